@@ -1,0 +1,3 @@
+"""prism-lab: experiment management and benchmarks for PRISM-style multimodal post-training."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,254 @@
+"""The `prism-lab` command line. Every user-facing error is one line on stderr and exit code 2."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from prism_lab.errors import PrismError
+
+app = typer.Typer(
+    help="prism-lab: declare a grid (size x algorithm x alignment x seed), run every PRISM stage, "
+    "evaluate, tune and report.",
+    no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
+)
+sweep_app = typer.Typer(help="Plan, run and inspect grids (experiments/*.yaml).", no_args_is_help=True)
+app.add_typer(sweep_app, name="sweep")
+
+out = Console()
+err = Console(stderr=True, soft_wrap=True)
+
+
+class Format(str, Enum):
+    table = "table"
+    json = "json"
+
+
+class WandbMode(str, Enum):
+    offline = "offline"
+    online = "online"
+    disabled = "disabled"
+
+
+RootOpt = Annotated[
+    Optional[Path],
+    typer.Option("--root", help="Directory holding ledger.sqlite and runs/ (default: $PRISM_LAB_ROOT or ./runs)."),
+]
+FormatOpt = Annotated[Format, typer.Option("--format", help="`table` for people, `json` (one document on stdout) for tools.")]
+GridArg = Annotated[Path, typer.Argument(help="Grid file, e.g. experiments/toy.yaml.")]
+
+
+def resolve_root(root: Path | None) -> Path:
+    return Path(root or os.environ.get("PRISM_LAB_ROOT") or "runs")
+
+
+def _load_plan(grid_path: Path):
+    from prism_lab.grid import load_grid
+    from prism_lab.plan import build_plan
+
+    return build_plan(load_grid(grid_path))
+
+
+def _run_records(plan, root: Path, *, with_metrics: bool) -> list[dict]:
+    from prism_lab.ledger import Ledger
+
+    ledger = Ledger.open_existing(root)
+    rows = ledger.get_runs(plan.runs) if ledger else {}
+    records = []
+    for key, run in plan.runs.items():
+        row = rows.get(key)
+        rec = {
+            "key": key, "kind": run.kind, "label": run.label, "inputs": run.inputs, "cells": run.cells,
+            "status": row.status if row else "new", "config": run.config,
+        }
+        if with_metrics:
+            rec.update({
+                "attempts": row.attempts if row else 0,
+                "artifact_path": row.artifact_path if row else None,
+                "log_path": row.log_path if row else None,
+                "error": row.error if row else None,
+                "started_at": row.started_at if row else None,
+                "finished_at": row.finished_at if row else None,
+                "metrics": ledger.last_metrics(key) if ledger and row else {},
+            })
+        records.append(rec)
+    if ledger:
+        ledger.close()
+    return records
+
+
+_STATUS_STYLE = {"done": "green", "running": "yellow", "failed": "red", "blocked": "magenta", "pending": "white",
+                 "new": "dim"}
+
+
+def _print_table(plan, records: list[dict], *, title: str, with_metrics: bool) -> None:
+    table = Table(title=title, show_lines=False)
+    table.add_column("kind")
+    table.add_column("run")
+    table.add_column("key")
+    table.add_column("cells", justify="right")
+    table.add_column("status")
+    if with_metrics:
+        table.add_column("time", justify="right")
+        table.add_column("summary")
+    for rec in records:
+        style = _STATUS_STYLE.get(rec["status"], "white")
+        row = [rec["kind"], rec["label"], rec["key"][:12], str(len(rec["cells"])), f"[{style}]{rec['status']}[/{style}]"]
+        if with_metrics:
+            dur = ""
+            if rec.get("started_at") and rec.get("finished_at"):
+                dur = f"{rec['finished_at'] - rec['started_at']:.0f}s"
+            summary = rec.get("error") or ", ".join(
+                f"{k}={v:.3g}" for k, v in list(sorted(rec["metrics"].items()))[:4] if v is not None)
+            row += [dur, summary[:80]]
+        table.add_row(*row)
+    out.print(table)
+    counts: dict[str, int] = {}
+    for rec in records:
+        counts[rec["kind"]] = counts.get(rec["kind"], 0) + 1
+    out.print(f"{len(plan.cells)} cells, {len(records)} stage runs: "
+              + ", ".join(f"{n} {k}" for k, n in counts.items()))
+
+
+@sweep_app.command("plan")
+def sweep_plan(grid: GridArg, format: FormatOpt = Format.table, root: RootOpt = None) -> None:
+    """Expand a grid into cells and deduplicated stage runs (nothing is run or written)."""
+    plan = _load_plan(grid)
+    records = _run_records(plan, resolve_root(root), with_metrics=False)
+    if format is Format.json:
+        print(json.dumps([{k: r[k] for k in ("key", "kind", "label", "inputs", "cells", "status")} for r in records],
+                         indent=2))
+        return
+    _print_table(plan, records, title=f"plan of {plan.grid.name} ({grid})", with_metrics=False)
+
+
+@sweep_app.command("run")
+def sweep_run(
+    grid: GridArg,
+    workers: Annotated[int, typer.Option("--workers", "-w", min=1, help="Stage runs to execute in parallel.")] = 1,
+    root: RootOpt = None,
+    stages: Annotated[Optional[str], typer.Option(
+        "--stages", help="Only these stage kinds (comma-separated, e.g. sft,eval); a run is included when its "
+        "upstream runs are too.")] = None,
+    retry_failed: Annotated[bool, typer.Option("--retry-failed/--no-retry-failed",
+                                               help="Run failed runs again (default) or leave them failed.")] = True,
+    wandb: Annotated[WandbMode, typer.Option("--wandb", help="W&B mode for every stage run.")] = WandbMode.offline,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the commands that would run, run nothing.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress display.")] = False,
+) -> None:
+    """Run every pending stage run of a grid in dependency order; re-running resumes where it stopped."""
+    from prism_lab.executors.local import LocalExecutor, select_runs
+
+    plan = _load_plan(grid)
+    root_dir = resolve_root(root).resolve()
+    kinds = {s.strip() for s in stages.split(",")} if stages else None
+    if kinds:
+        from prism_lab.stages.registry import STAGE_KINDS
+
+        for k in kinds:
+            if k not in STAGE_KINDS:
+                raise PrismError(f"--stages: unknown stage kind {k!r}; known: {', '.join(STAGE_KINDS.names())}")
+    if dry_run:
+        for key in select_runs(plan, kinds):
+            run = plan.runs[key]
+            print(f"{sys.executable} -m prism_lab.stages.run --root {root_dir} {key}   # {run.label}")
+        return
+    os.environ["PRISM_LAB_WANDB"] = wandb.value
+    t0 = time.time()
+    summary = LocalExecutor(root_dir, workers=workers, retry_failed=retry_failed, show_progress=not quiet).run(
+        plan, kinds=kinds)
+    elapsed = time.time() - t0
+    err.print(
+        f"sweep {plan.grid.name}: {len(summary.done)} run(s) finished, {len(summary.skipped)} already done, "
+        f"{len(summary.failed)} failed, {len(summary.blocked)} blocked"
+        + (f", {len(summary.restarted)} restarted after a crash" if summary.restarted else "")
+        + f" in {elapsed:.0f}s"
+    )
+    if summary.unavailable:
+        missing = sorted({plan.runs[k].kind for k in summary.unavailable})
+        err.print(f"not run: stage kind(s) {', '.join(missing)} are not available in this build "
+                  f"({len(summary.unavailable)} run(s) and their dependents wait for them)")
+    err.print(f"ledger: {root_dir / 'ledger.sqlite'}   artifacts: {root_dir / 'runs'}")
+    err.print(f"next: prism-lab sweep status {grid} --root {root_dir}   |   prism-lab report {grid} --root {root_dir}")
+    if not summary.ok:
+        raise typer.Exit(1)
+
+
+@sweep_app.command("status")
+def sweep_status(grid: GridArg, format: FormatOpt = Format.table, root: RootOpt = None) -> None:
+    """Status of every stage run of a grid, with the latest metrics of each."""
+    plan = _load_plan(grid)
+    records = _run_records(plan, resolve_root(root), with_metrics=True)
+    if format is Format.json:
+        print(json.dumps([{k: v for k, v in r.items() if k != "config"} for r in records], indent=2, default=str))
+        return
+    _print_table(plan, records, title=f"status of {plan.grid.name} ({resolve_root(root)})", with_metrics=True)
+
+
+@app.command()
+def doctor() -> None:
+    """Versions, torch threads, devices and which optional extras are installed."""
+    from prism_lab.provenance import git_commit, host_info, package_versions
+
+    table = Table(title="prism-lab doctor")
+    table.add_column("item")
+    table.add_column("value")
+    for k, v in host_info().items():
+        table.add_row(k, v)
+    table.add_row("git commit", git_commit() or "(not a git checkout)")
+    for name, version in package_versions().items():
+        table.add_row(name, version or "[dim]not installed[/dim]")
+    try:
+        import torch
+
+        table.add_row("torch threads", str(torch.get_num_threads()))
+        table.add_row("cuda available", str(torch.cuda.is_available()))
+        if torch.cuda.is_available():
+            table.add_row("cuda device", torch.cuda.get_device_name(0))
+    except ImportError:
+        table.add_row("torch", "[red]not importable[/red]")
+    try:
+        import torchvision  # noqa: F401
+
+        table.add_row("torchvision", "[yellow]installed: it can break transformers' Qwen3-VL import on CPU torch[/yellow]")
+    except Exception:  # noqa: BLE001
+        table.add_row("torchvision", "not installed (good for the core environment)")
+    from prism_lab.stages.registry import STAGE_KINDS
+
+    for name in STAGE_KINDS.names():
+        kind = STAGE_KINDS.get(name)
+        table.add_row(f"stage {name}", "available" if kind.is_available() else "[yellow]not in this build[/yellow]")
+    table.add_row("wandb mode", os.environ.get("PRISM_LAB_WANDB") or os.environ.get("WANDB_MODE") or "offline")
+    out.print(table)
+
+
+def main(argv: list[str] | None = None) -> int:
+    import click
+
+    try:
+        result = app(args=argv, standalone_mode=False)
+    except PrismError as exc:
+        print(f"prism-lab: error: {exc}", file=sys.stderr)
+        return 2
+    except click.exceptions.Exit as exc:
+        return exc.exit_code
+    except click.exceptions.ClickException as exc:
+        exc.show()
+        return exc.exit_code
+    except click.exceptions.Abort:
+        print("aborted", file=sys.stderr)
+        return 130
+    return result if isinstance(result, int) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

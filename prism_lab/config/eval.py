@@ -1,0 +1,27 @@
+"""The evaluation stage: one run per checkpoint, all of the grid's benchmarks (prism_spec.md §8)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+
+from prism_lab.config.base import StrictModel
+
+
+class EvalConfig(StrictModel):
+    """Generation and scoring settings; predictions are cached per (checkpoint, benchmark, settings)."""
+
+    benchmarks: list[str] = Field(default_factory=list, description="Benchmark names (benchmarks/*.yaml).")
+    backend: Literal["builtin", "vlmevalkit"] = Field(
+        "builtin", description="`builtin` scorer or VLMEvalKit's own inference and evaluate."
+    )
+    batch_size: int = Field(16, ge=1, description="Generation batch size.")
+    temperature: float | None = Field(
+        None, ge=0, description="Override each benchmark's temperature (paper eval: 1.0; 0 = greedy)."
+    )
+    top_p: float | None = Field(None, gt=0, le=1, description="Override each benchmark's top-p (paper: 0.7).")
+    max_new_tokens: int | None = Field(None, ge=1, description="Override each benchmark's max_new_tokens.")
+    limit: int | None = Field(None, ge=1, description="Evaluate only the first N items of each benchmark.")
+    threads: int | None = Field(None, ge=1, description="torch CPU threads (None = torch default).")
+    seed: int = Field(0, description="Seed for sampled generation.")

@@ -1,0 +1,37 @@
+"""Stage 3, RLVR. Shared settings from prism_spec.md §7.2; per-algorithm settings are presets."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import Field
+
+from prism_lab.config.base import StrictModel
+
+
+class RLConfig(StrictModel):
+    """One RL loop for GRPO, DAPO and GSPO; `algorithm` picks the preset, `algorithm_overrides` edit it."""
+
+    algorithm: str = Field("grpo", description="Algorithm preset: grpo, dapo, gspo, gspo_token, dr_grpo.")
+    algorithm_overrides: dict[str, Any] = Field(
+        default_factory=dict, description="Fields of the algorithm preset to override (e.g. clip_ratio_high)."
+    )
+    steps: int = Field(1500, ge=1, description="Training steps (paper scripts: 1500).")
+    prompts_per_step: int = Field(32, ge=1, description="Prompts per rollout batch (paper: 32).")
+    n: int = Field(16, ge=1, description="Responses sampled per prompt (group size; paper: 16).")
+    temperature: float = Field(1.0, gt=0, description="Rollout temperature (paper: 1.0).")
+    top_p: float = Field(1.0, gt=0, le=1, description="Rollout top-p (paper: 1.0).")
+    max_prompt_length: int = Field(2048, ge=8, description="Prompts longer than this are filtered.")
+    max_new_tokens: int = Field(8192, ge=1, description="Max response length (paper: 8192).")
+    acc_weight: float = Field(0.8, ge=0, description="Reward = acc_weight*acc + format_weight*format.")
+    format_weight: float = Field(0.2, ge=0, description="Weight of the format term of the reward.")
+    micro_batch_size: int = Field(8, ge=1, description="Sequences per forward/backward micro-batch.")
+    rollout_engine: Literal["auto", "hf", "vllm"] = Field(
+        "auto", description="`auto`: vLLM when installed with a GPU, else HF generate."
+    )
+    precision: Literal["auto", "fp32", "bf16"] = Field("auto", description="Training precision.")
+    save_every: int = Field(120, ge=1, description="Resumable checkpoint every N steps (paper: 120).")
+    log_every: int = Field(1, ge=1, description="Log metrics every N steps.")
+    max_minutes: float | None = Field(None, gt=0, description="Wall-clock budget for the stage.")
+    threads: int | None = Field(None, ge=1, description="torch CPU threads (None = torch default).")
+    seed: int = Field(0, description="Seed for sampling, data order and dropout.")

@@ -1,0 +1,47 @@
+"""Stage 1, SFT. Defaults follow the paper's LLaMA-Factory run (prism_spec.md §3)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+
+from prism_lab.config.base import StrictModel
+
+
+class SFTConfig(StrictModel):
+    """Supervised fine-tuning on the public mixture plus the teacher demonstrations."""
+
+    model: str = Field(
+        "",
+        description="Model preset name (tiny-s, qwen3-vl-4b, ...), local checkpoint directory or hub id. "
+        "Filled from the grid's `models` map by the `size` axis.",
+    )
+    datasets: list[Literal["public", "teacher"]] = Field(
+        default_factory=lambda: ["public", "teacher"],
+        description="Which SFT sets to mix (the paper uses both: 1.26M public + 113K teacher).",
+    )
+    tokenizer_vocab_size: int = Field(
+        512, ge=64, description="Vocabulary of the locally trained tokenizer (tiny presets only)."
+    )
+    lr: float = Field(1e-5, gt=0, description="Peak AdamW learning rate (paper: 1e-5).")
+    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
+    adam_betas: tuple[float, float] = Field((0.9, 0.999), description="AdamW betas.")
+    epochs: float = Field(1.0, gt=0, description="Passes over the data (paper: 1).")
+    max_steps: int | None = Field(None, ge=1, description="Stop after this many optimizer steps.")
+    max_minutes: float | None = Field(
+        None, gt=0, description="Wall-clock budget; training stops (and saves) when it is spent."
+    )
+    warmup_ratio: float = Field(0.1, ge=0, le=1, description="Linear warmup share of steps (paper: 0.1).")
+    min_lr_ratio: float = Field(0.0, ge=0, le=1, description="Cosine floor as a fraction of the peak lr.")
+    batch_size: int = Field(2, ge=1, description="Micro-batch size per optimizer micro-step.")
+    grad_accum: int = Field(1, ge=1, description="Gradient accumulation steps (global batch = batch x accum).")
+    max_length: int = Field(8192, ge=16, description="Truncate sequences longer than this (paper: 8192).")
+    grad_clip: float = Field(1.0, gt=0, description="Gradient norm clip.")
+    precision: Literal["auto", "fp32", "bf16"] = Field(
+        "auto", description="`auto` = bf16 where the device supports it, fp32 on CPU."
+    )
+    save_every: int = Field(200, ge=1, description="Write a resumable checkpoint every N steps.")
+    log_every: int = Field(10, ge=1, description="Log metrics every N steps.")
+    threads: int | None = Field(None, ge=1, description="torch CPU threads (None = torch default).")
+    seed: int = Field(0, description="Seed for init (tiny presets), data order and dropout.")

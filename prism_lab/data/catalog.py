@@ -1,0 +1,70 @@
+"""The `data` stage's artifact: a catalog.json naming every dataset file the other stages read.
+
+For the synthetic task the files are inside the artifact; for `source: local` they are the user's
+files (fingerprinted into the run key). Stages never guess paths: they ask the catalog.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from prism_lab.errors import DataError
+
+CATALOG_FILE = "catalog.json"
+
+
+@dataclass
+class DataCatalog:
+    """Absolute paths of the datasets of one `data` run."""
+
+    sft_public: list[str] = field(default_factory=list)  # ShareGPT multimodal JSON files (public mixture)
+    sft_teacher: list[str] = field(default_factory=list)  # ShareGPT multimodal JSON files (teacher demos)
+    rl: str | None = None  # RL parquet (verl schema + teacher fields)
+    warmup: str | None = None  # discriminator warmup pairs (JSONL)
+    bench_dir: str | None = None  # directory of benchmark TSVs
+    image_root: str | None = None  # base for relative image paths
+    source: str = "synth"
+
+    def sft_files(self, which: list[str]) -> list[Path]:
+        out: list[Path] = []
+        for name in which:
+            out += [Path(p) for p in (self.sft_public if name == "public" else self.sft_teacher)]
+        return out
+
+    def save(self, directory: Path) -> Path:
+        path = Path(directory) / CATALOG_FILE
+        path.write_text(json.dumps(asdict(self), indent=2, sort_keys=True))
+        return path
+
+    @classmethod
+    def load(cls, directory: str | Path) -> "DataCatalog":
+        path = Path(directory) / CATALOG_FILE
+        try:
+            raw = json.loads(path.read_text())
+            cat = cls(**raw)
+        except FileNotFoundError:
+            raise DataError(f"{path}: no data catalog (is this the artifact of a `data` run?)") from None
+        except (ValueError, TypeError) as exc:
+            raise DataError(f"{path}: malformed data catalog ({exc})") from None
+        base = Path(directory).resolve()
+
+        def absolute(p: str | None) -> str | None:
+            return None if p is None else str(base / p) if not Path(p).is_absolute() else p
+
+        cat.sft_public = [absolute(p) for p in cat.sft_public]
+        cat.sft_teacher = [absolute(p) for p in cat.sft_teacher]
+        cat.rl, cat.warmup = absolute(cat.rl), absolute(cat.warmup)
+        cat.bench_dir, cat.image_root = absolute(cat.bench_dir), absolute(cat.image_root)
+        return cat
+
+
+def synth_catalog(subdir: str = "data") -> DataCatalog:
+    """Catalog of a synth.generate output at ``<artifact>/<subdir>`` (paths relative to the artifact,
+    so the catalog stays valid when the in-progress directory is renamed)."""
+    d = subdir
+    return DataCatalog(
+        sft_public=[f"{d}/sft_public.json"], sft_teacher=[f"{d}/sft_teacher.json"], rl=f"{d}/rl_train.parquet",
+        warmup=f"{d}/warmup_pairs.jsonl", bench_dir=f"{d}/bench", image_root=d, source="synth",
+    )

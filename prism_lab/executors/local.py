@@ -1,0 +1,188 @@
+"""Run a plan's pending stage runs on this machine: one subprocess per run, N at a time, in
+dependency order. Re-running resumes: done runs are skipped, runs left `running` by a dead process are
+restarted, failed runs are retried (unless told not to), and a failure blocks only its dependents."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+from prism_lab.ledger import Ledger, RunRow, pid_alive
+from prism_lab.plan import Plan
+from prism_lab.stages.context import partial_dir
+from prism_lab.stages.registry import STAGE_KINDS
+
+
+@dataclass
+class ExecutionSummary:
+    done: list[str] = field(default_factory=list)  # keys finished by this invocation
+    skipped: list[str] = field(default_factory=list)  # already done before
+    failed: list[str] = field(default_factory=list)
+    blocked: list[str] = field(default_factory=list)
+    unavailable: list[str] = field(default_factory=list)  # stage kind not implemented in this build
+    restarted: list[str] = field(default_factory=list)  # stale `running` runs that were reset
+
+    @property
+    def ok(self) -> bool:
+        return not self.failed and not self.blocked
+
+
+def select_runs(plan: Plan, kinds: set[str] | None) -> list[str]:
+    """Runs to execute: all, or those of ``kinds`` whose every upstream run is also selectable."""
+    if not kinds:
+        return list(plan.runs)
+    allowed = set(kinds) | {"data"}
+    ok: dict[str, bool] = {}
+    for key, run in plan.runs.items():  # topological order
+        ok[key] = run.kind in allowed and all(ok.get(d, False) for d in run.inputs.values())
+    return [k for k, v in ok.items() if v]
+
+
+class LocalExecutor:
+    def __init__(self, root: Path, *, workers: int = 1, retry_failed: bool = True, stale_after: float = 120.0,
+                 poll_seconds: float = 0.2, console: Console | None = None, show_progress: bool = True) -> None:
+        self.root = Path(root)
+        self.workers = max(1, workers)
+        self.retry_failed = retry_failed
+        self.stale_after = stale_after
+        self.poll = poll_seconds
+        self.console = console or Console(stderr=True)
+        self.show_progress = show_progress
+        self.host = socket.gethostname()
+
+    # ---- helpers ------------------------------------------------------------------------------------
+    def _is_stale(self, row: RunRow) -> bool:
+        if row.host == self.host:
+            return not pid_alive(row.owner_pid) and not pid_alive(row.pid)
+        return row.heartbeat_at is None or time.time() - row.heartbeat_at > self.stale_after
+
+    def _reset_for_this_invocation(self, ledger: Ledger, keys: list[str], summary: ExecutionSummary) -> None:
+        rows = ledger.get_runs(keys)
+        for key in keys:
+            row = rows[key]
+            if row.status == "running" and self._is_stale(row):
+                if ledger.set_status(key, "pending", error=None, only_if=("running",)):
+                    ledger.event("restarted", f"stale run (pid {row.pid}, owner {row.owner_pid}) restarted", run_key=key)
+                    summary.restarted.append(key)
+            elif row.status == "blocked" or (row.status == "failed" and self.retry_failed):
+                ledger.set_status(key, "pending", error=row.error, only_if=(row.status,))
+
+    def _spawn(self, ledger: Ledger, key: str, kind: str) -> subprocess.Popen:
+        work = partial_dir(self.root, kind, key)
+        work.mkdir(parents=True, exist_ok=True)
+        log_path = work / "stage.log"
+        log = open(log_path, "ab")  # noqa: SIM115 - the child owns it until it exits
+        log.write(f"\n===== {time.strftime('%Y-%m-%d %H:%M:%S')} attempt on {self.host} =====\n".encode())
+        log.flush()
+        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "prism_lab.stages.run", "--root", str(self.root), key],
+            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
+        )
+        log.close()
+        ledger.set_process(key, pid=proc.pid, log_path=str(log_path))
+        return proc
+
+    def _block_dependents(self, ledger: Ledger, plan: Plan, failed_key: str, targets: set[str],
+                          summary: ExecutionSummary) -> None:
+        deps = plan.dependents()
+        stack = list(deps.get(failed_key, []))
+        label = plan.runs[failed_key].label
+        while stack:
+            key = stack.pop()
+            if key not in targets:
+                continue
+            if ledger.set_status(key, "blocked", error=f"blocked by failed {label} ({failed_key[:12]})",
+                                 only_if=("pending",)):
+                summary.blocked.append(key)
+            stack.extend(deps.get(key, []))
+
+    # ---- main loop ----------------------------------------------------------------------------------
+    def run(self, plan: Plan, *, kinds: set[str] | None = None) -> ExecutionSummary:
+        summary = ExecutionSummary()
+        ledger = Ledger(self.root)
+        ledger.record_plan(plan)
+        targets = select_runs(plan, kinds)
+        target_set = set(targets)
+        self._reset_for_this_invocation(ledger, targets, summary)
+        rows = ledger.get_runs(targets)
+        summary.skipped = [k for k in targets if rows[k].status == "done"]
+        unavailable_kinds = {r.kind for r in plan.runs.values() if not STAGE_KINDS.get(r.kind).is_available()}
+        active: dict[str, subprocess.Popen] = {}
+        me = os.getpid()
+        progress = Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                            TimeElapsedColumn(), console=self.console, disable=not self.show_progress,
+                            transient=False)
+        with progress:
+            overall = progress.add_task(f"sweep {plan.grid.name}", total=len(targets),
+                                        completed=len(summary.skipped))
+            tasks: dict[str, int] = {}
+            while True:
+                rows = ledger.get_runs(targets)
+                # reap finished children
+                for key, proc in list(active.items()):
+                    if proc.poll() is None:
+                        continue
+                    del active[key]
+                    progress.remove_task(tasks.pop(key))
+                    row = ledger.get_run(key)
+                    if proc.returncode == 0 and row is not None and row.status == "done":
+                        summary.done.append(key)
+                        progress.advance(overall)
+                    else:
+                        if row is not None and row.status == "running":
+                            ledger.set_status(key, "failed", error=f"stage process exited with code {proc.returncode}; see {row.log_path}",
+                                              only_if=("running",))
+                        summary.failed.append(key)
+                        err = (ledger.get_run(key).error or "") if ledger.get_run(key) else ""
+                        self.console.print(f"[red]failed[/red] {plan.runs[key].label} ({key[:12]}): {err}")
+                        self._block_dependents(ledger, plan, key, target_set, summary)
+                    rows = ledger.get_runs(targets)
+                # launch ready runs
+                waiting_on_others = False
+                for key in targets:
+                    if len(active) >= self.workers:
+                        break
+                    row = rows[key]
+                    if key in active:
+                        continue
+                    if row.status == "running":
+                        if self._is_stale(row) and ledger.set_status(key, "pending", only_if=("running",)):
+                            summary.restarted.append(key)
+                        else:
+                            waiting_on_others = True
+                        continue
+                    if row.status != "pending":
+                        continue
+                    run = plan.runs[key]
+                    dep_status = [rows[d].status if d in rows else "done" for d in run.inputs.values()]
+                    if any(s in ("failed", "blocked") for s in dep_status):
+                        self._block_dependents(ledger, plan, next(d for d in run.inputs.values()
+                                                                  if rows.get(d) and rows[d].status in ("failed", "blocked")),
+                                               target_set, summary)
+                        continue
+                    if not all(s == "done" for s in dep_status):
+                        continue
+                    if run.kind in unavailable_kinds:
+                        if key not in summary.unavailable:
+                            summary.unavailable.append(key)
+                        continue
+                    if not ledger.claim(key, owner_pid=me):
+                        waiting_on_others = True
+                        continue
+                    active[key] = self._spawn(ledger, key, run.kind)
+                    tasks[key] = progress.add_task(f"  {run.label}", total=None)
+                if not active and not waiting_on_others:
+                    break
+                time.sleep(self.poll)
+        summary.blocked = [k for k in dict.fromkeys(summary.blocked)]
+        ledger.close()
+        return summary

@@ -1,0 +1,283 @@
+"""The ledger: one SQLite file (WAL) per root with sweeps, cells, runs, metrics and events.
+
+Safe with several processes writing at once: every write is a short IMMEDIATE transaction, readers
+never block writers (WAL), and run claims are compare-and-set updates.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import sqlite3
+import time
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+SCHEMA_VERSION = 1
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS sweeps (
+    name TEXT PRIMARY KEY, grid_path TEXT NOT NULL, grid_json TEXT NOT NULL,
+    created_at REAL NOT NULL, updated_at REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS cells (
+    sweep TEXT NOT NULL, cell_id TEXT NOT NULL, axes_json TEXT NOT NULL, ordinal INTEGER NOT NULL,
+    PRIMARY KEY (sweep, cell_id));
+CREATE TABLE IF NOT EXISTS cell_runs (
+    sweep TEXT NOT NULL, cell_id TEXT NOT NULL, role TEXT NOT NULL, run_key TEXT NOT NULL,
+    PRIMARY KEY (sweep, cell_id, role));
+CREATE TABLE IF NOT EXISTS runs (
+    key TEXT PRIMARY KEY, kind TEXT NOT NULL, label TEXT NOT NULL, config_json TEXT NOT NULL,
+    inputs_json TEXT NOT NULL, status TEXT NOT NULL DEFAULT 'pending', attempts INTEGER NOT NULL DEFAULT 0,
+    created_at REAL NOT NULL, started_at REAL, finished_at REAL, heartbeat_at REAL,
+    host TEXT, owner_pid INTEGER, pid INTEGER, artifact_path TEXT, log_path TEXT, error TEXT);
+CREATE INDEX IF NOT EXISTS runs_status ON runs(status);
+CREATE TABLE IF NOT EXISTS metrics (
+    run_key TEXT NOT NULL, step INTEGER NOT NULL, name TEXT NOT NULL, value REAL, ts REAL NOT NULL);
+CREATE INDEX IF NOT EXISTS metrics_run ON metrics(run_key, name, step);
+CREATE TABLE IF NOT EXISTS events (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, ts REAL NOT NULL, run_key TEXT, sweep TEXT,
+    kind TEXT NOT NULL, message TEXT NOT NULL);
+"""
+
+STATUSES = ("pending", "running", "done", "failed", "blocked")
+
+
+@dataclass
+class RunRow:
+    key: str
+    kind: str
+    label: str
+    config: dict[str, Any]
+    inputs: dict[str, str]
+    status: str
+    attempts: int
+    started_at: float | None
+    finished_at: float | None
+    heartbeat_at: float | None
+    host: str | None
+    owner_pid: int | None
+    pid: int | None
+    artifact_path: str | None
+    log_path: str | None
+    error: str | None
+
+    @classmethod
+    def from_row(cls, row: sqlite3.Row) -> "RunRow":
+        return cls(
+            key=row["key"], kind=row["kind"], label=row["label"], config=json.loads(row["config_json"]),
+            inputs=json.loads(row["inputs_json"]), status=row["status"], attempts=row["attempts"],
+            started_at=row["started_at"], finished_at=row["finished_at"], heartbeat_at=row["heartbeat_at"],
+            host=row["host"], owner_pid=row["owner_pid"], pid=row["pid"], artifact_path=row["artifact_path"],
+            log_path=row["log_path"], error=row["error"],
+        )
+
+
+class Ledger:
+    """Open (and create or migrate) ``<root>/ledger.sqlite``."""
+
+    def __init__(self, root: str | Path, *, create: bool = True) -> None:
+        self.root = Path(root)
+        self.path = self.root / "ledger.sqlite"
+        if not create and not self.path.exists():
+            raise FileNotFoundError(self.path)
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.conn = sqlite3.connect(self.path, timeout=60.0, isolation_level=None, check_same_thread=False)
+        self.conn.row_factory = sqlite3.Row
+        self.conn.execute("PRAGMA busy_timeout=60000")
+        self.conn.execute("PRAGMA journal_mode=WAL")
+        self.conn.execute("PRAGMA synchronous=NORMAL")
+        self._migrate()
+
+    @classmethod
+    def open_existing(cls, root: str | Path) -> "Ledger | None":
+        """The ledger under ``root`` if there is one; never creates a file."""
+        try:
+            return cls(root, create=False)
+        except FileNotFoundError:
+            return None
+
+    def close(self) -> None:
+        self.conn.close()
+
+    @contextmanager
+    def tx(self) -> Iterator[sqlite3.Connection]:
+        """A write transaction that takes the write lock up front (no upgrade deadlocks)."""
+        for attempt in range(50):
+            try:
+                self.conn.execute("BEGIN IMMEDIATE")
+                break
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) or attempt == 49:
+                    raise
+                time.sleep(0.05 * (attempt + 1))
+        try:
+            yield self.conn
+        except BaseException:
+            self.conn.execute("ROLLBACK")
+            raise
+        else:
+            self.conn.execute("COMMIT")
+
+    def _migrate(self) -> None:
+        with self.tx() as c:
+            for stmt in filter(None, (s.strip() for s in _SCHEMA.split(";"))):
+                c.execute(stmt)
+            row = c.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
+            if row is None:
+                c.execute("INSERT INTO meta(key, value) VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
+            elif int(row["value"]) > SCHEMA_VERSION:
+                raise RuntimeError(
+                    f"{self.path}: ledger schema version {row['value']} is newer than this prism-lab "
+                    f"({SCHEMA_VERSION}); upgrade prism-lab"
+                )
+
+    # ---- plan ---------------------------------------------------------------------------------------
+    def record_plan(self, plan: Any) -> None:
+        """Insert the sweep, its cells and every stage run (existing runs keep their status)."""
+        now = time.time()
+        grid = plan.grid
+        with self.tx() as c:
+            c.execute(
+                "INSERT INTO sweeps(name, grid_path, grid_json, created_at, updated_at) VALUES (?,?,?,?,?) "
+                "ON CONFLICT(name) DO UPDATE SET grid_path=excluded.grid_path, grid_json=excluded.grid_json, "
+                "updated_at=excluded.updated_at",
+                (grid.name, str(grid.path), grid.spec.model_dump_json(), now, now),
+            )
+            c.execute("DELETE FROM cells WHERE sweep=?", (grid.name,))
+            c.execute("DELETE FROM cell_runs WHERE sweep=?", (grid.name,))
+            c.executemany(
+                "INSERT INTO cells(sweep, cell_id, axes_json, ordinal) VALUES (?,?,?,?)",
+                [(grid.name, cell.id, json.dumps(cell.axes), i) for i, cell in enumerate(plan.cells)],
+            )
+            c.executemany(
+                "INSERT INTO cell_runs(sweep, cell_id, role, run_key) VALUES (?,?,?,?)",
+                [(grid.name, cell.id, role, key) for cell in plan.cells for role, key in cell.runs.items()],
+            )
+            c.executemany(
+                "INSERT OR IGNORE INTO runs(key, kind, label, config_json, inputs_json, status, created_at) "
+                "VALUES (?,?,?,?,?,'pending',?)",
+                [(r.key, r.kind, r.label, json.dumps(r.config, sort_keys=True), json.dumps(r.inputs), now)
+                 for r in plan.runs.values()],
+            )
+
+    # ---- runs ---------------------------------------------------------------------------------------
+    def get_run(self, key: str) -> RunRow | None:
+        row = self.conn.execute("SELECT * FROM runs WHERE key=?", (key,)).fetchone()
+        return None if row is None else RunRow.from_row(row)
+
+    def get_runs(self, keys: Iterable[str]) -> dict[str, RunRow]:
+        keys = list(keys)
+        out: dict[str, RunRow] = {}
+        for i in range(0, len(keys), 500):
+            chunk = keys[i:i + 500]
+            marks = ",".join("?" * len(chunk))
+            for row in self.conn.execute(f"SELECT * FROM runs WHERE key IN ({marks})", chunk):
+                out[row["key"]] = RunRow.from_row(row)
+        return out
+
+    def claim(self, key: str, *, owner_pid: int, allowed: tuple[str, ...] = ("pending",)) -> bool:
+        """Atomically move a run to `running` for this executor. False if someone else has it."""
+        marks = ",".join("?" * len(allowed))
+        with self.tx() as c:
+            cur = c.execute(
+                f"UPDATE runs SET status='running', attempts=attempts+1, started_at=?, heartbeat_at=?, "
+                f"host=?, owner_pid=?, pid=NULL, error=NULL, finished_at=NULL WHERE key=? AND status IN ({marks})",
+                (time.time(), time.time(), socket.gethostname(), owner_pid, key, *allowed),
+            )
+            return cur.rowcount == 1
+
+    def set_status(self, key: str, status: str, *, error: str | None = None, only_if: tuple[str, ...] = ()) -> bool:
+        assert status in STATUSES
+        sql = "UPDATE runs SET status=?, error=?"
+        args: list[Any] = [status, error]
+        if status in ("done", "failed"):
+            sql += ", finished_at=?"
+            args.append(time.time())
+        sql += " WHERE key=?"
+        args.append(key)
+        if only_if:
+            sql += f" AND status IN ({','.join('?' * len(only_if))})"
+            args.extend(only_if)
+        with self.tx() as c:
+            return c.execute(sql, args).rowcount == 1
+
+    def set_process(self, key: str, *, pid: int, log_path: str) -> None:
+        with self.tx() as c:
+            c.execute("UPDATE runs SET pid=?, log_path=?, heartbeat_at=? WHERE key=?",
+                      (pid, log_path, time.time(), key))
+
+    def heartbeat(self, key: str) -> None:
+        with self.tx() as c:
+            c.execute("UPDATE runs SET heartbeat_at=? WHERE key=? AND status='running'", (time.time(), key))
+
+    def mark_done(self, key: str, artifact_path: str) -> None:
+        with self.tx() as c:
+            c.execute(
+                "UPDATE runs SET status='done', artifact_path=?, finished_at=?, error=NULL WHERE key=?",
+                (artifact_path, time.time(), key),
+            )
+
+    # ---- metrics and events -------------------------------------------------------------------------
+    def log_metrics(self, key: str, step: int, values: dict[str, float]) -> None:
+        now = time.time()
+        rows = [(key, int(step), name, None if v is None else float(v), now) for name, v in values.items()]
+        with self.tx() as c:
+            c.executemany("INSERT INTO metrics(run_key, step, name, value, ts) VALUES (?,?,?,?,?)", rows)
+
+    def metrics(self, key: str) -> list[tuple[int, str, float]]:
+        return [(r["step"], r["name"], r["value"]) for r in self.conn.execute(
+            "SELECT step, name, value FROM metrics WHERE run_key=? ORDER BY step, rowid", (key,))]
+
+    def last_metrics(self, key: str) -> dict[str, float]:
+        """The latest value of every metric of a run."""
+        rows = self.conn.execute(
+            "SELECT name, value FROM metrics WHERE rowid IN "
+            "(SELECT MAX(rowid) FROM metrics WHERE run_key=? GROUP BY name)", (key,))
+        return {r["name"]: r["value"] for r in rows}
+
+    def event(self, kind: str, message: str, *, run_key: str | None = None, sweep: str | None = None) -> None:
+        with self.tx() as c:
+            c.execute("INSERT INTO events(ts, run_key, sweep, kind, message) VALUES (?,?,?,?,?)",
+                      (time.time(), run_key, sweep, kind, message))
+
+    def events(self, run_key: str | None = None) -> list[sqlite3.Row]:
+        if run_key is None:
+            return list(self.conn.execute("SELECT * FROM events ORDER BY id"))
+        return list(self.conn.execute("SELECT * FROM events WHERE run_key=? ORDER BY id", (run_key,)))
+
+    # ---- sweeps -------------------------------------------------------------------------------------
+    def sweep_names(self) -> list[str]:
+        return [r["name"] for r in self.conn.execute("SELECT name FROM sweeps ORDER BY name")]
+
+    def sweep(self, name: str) -> sqlite3.Row | None:
+        return self.conn.execute("SELECT * FROM sweeps WHERE name=?", (name,)).fetchone()
+
+    def cells(self, sweep: str) -> list[tuple[str, dict[str, Any], dict[str, str]]]:
+        """(cell_id, axes, role -> run key) for every cell of a sweep, in grid order."""
+        roles: dict[str, dict[str, str]] = {}
+        for r in self.conn.execute("SELECT cell_id, role, run_key FROM cell_runs WHERE sweep=?", (sweep,)):
+            roles.setdefault(r["cell_id"], {})[r["role"]] = r["run_key"]
+        return [(r["cell_id"], json.loads(r["axes_json"]), roles.get(r["cell_id"], {}))
+                for r in self.conn.execute("SELECT * FROM cells WHERE sweep=? ORDER BY ordinal", (sweep,))]
+
+
+def pid_alive(pid: int | None) -> bool:
+    if not pid:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # a zombie child of ours counts as dead
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().split(")")[-1].split()[0] != "Z"
+    except OSError:
+        return True

@@ -1,0 +1,232 @@
+"""Pipelines turn one cell into its chain of stage runs. The default is PRISM's:
+
+    data -> sft -> [disc_warmup -> align] -> rl, with an `eval` run for the SFT, aligned and RL checkpoints.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+from pathlib import Path
+from typing import Any, Protocol
+
+from prism_lab.grid import CORE_AXES, Grid
+from prism_lab.plan import Cell, PlanBuilder
+from prism_lab.registry import Registry
+from prism_lab.stages.registry import STAGE_KINDS
+
+
+class Pipeline(Protocol):
+    name: str
+
+    def validate(self, grid: Grid) -> None: ...
+
+    def expand(self, grid: Grid, cell: Cell, builder: PlanBuilder) -> None: ...
+
+
+PIPELINES: Registry[Pipeline] = Registry("pipeline")
+
+
+def get_pipeline(name: str) -> Pipeline:
+    return PIPELINES.get(name)
+
+
+def set_path(cfg: dict, path: list[str], value: Any) -> None:
+    """Set ``cfg[a][b][c] = value`` for path [a, b, c], creating mappings on the way."""
+    node = cfg
+    for part in path[:-1]:
+        nxt = node.get(part)
+        if not isinstance(nxt, dict):
+            nxt = {}
+            node[part] = nxt
+        node = nxt
+    node[path[-1]] = value
+
+
+def fingerprint_local_files(paths: list[str], base: Path) -> str:
+    """sha256 over the named files' contents (directories: every file below, sorted)."""
+    digest = hashlib.sha256()
+    for ref in sorted(paths):
+        p = Path(ref) if Path(ref).is_absolute() else base / ref
+        files = sorted(x for x in p.rglob("*") if x.is_file()) if p.is_dir() else [p]
+        for f in files:
+            digest.update(str(f.name).encode())
+            if f.is_file():
+                with f.open("rb") as fh:
+                    for chunk in iter(lambda: fh.read(1 << 20), b""):
+                        digest.update(chunk)
+            else:
+                digest.update(b"<missing>")
+    return digest.hexdigest()
+
+
+ALIGNMENT_VALUES = ("none", "prism", "gad")
+
+
+class PrismPipeline:
+    """SFT -> [PRISM alignment] -> RLVR -> eval, as in the paper (prism_spec.md §1)."""
+
+    name = "prism"
+    always = ("data", "sft", "rl", "eval")
+    aligned = ("disc_warmup", "align")
+
+    # ---- validation -------------------------------------------------------------------------------
+    def validate(self, grid: Grid) -> None:
+        spec = grid.spec
+        for axis in CORE_AXES:
+            if axis not in spec.axes:
+                raise grid.error(("axes",), f"missing required axis {axis!r} (a PRISM grid has {', '.join(CORE_AXES)})")
+        used = list(self.always)
+        if any(v != "none" for v in spec.axes["alignment"]):
+            used += list(self.aligned)
+        for kind in spec.stages:
+            if kind not in STAGE_KINDS or kind == "data":
+                known = ", ".join(k for k in STAGE_KINDS.names() if k != "data")
+                raise grid.error(("stages", kind), f"unknown stage {kind!r}; known: {known}")
+        for kind in used:
+            if kind != "data" and kind not in spec.stages:
+                raise grid.error(("stages",), f"missing stage {kind!r}: declare it (`{kind}: {{}}` takes the paper defaults)")
+        for kind in spec.seed_scope:
+            if kind not in STAGE_KINDS:
+                raise grid.error(("seed_scope",), f"unknown stage kind {kind!r}")
+        from prism_lab.grid import validate_config
+
+        validate_config(grid, STAGE_KINDS.get("data").config_model(), spec.data, ("data",))
+        for kind in used:
+            if kind != "data":
+                validate_config(grid, STAGE_KINDS.get(kind).config_model(), spec.stages[kind], ("stages", kind))
+        self._validate_sizes(grid)
+        self._validate_values(grid)
+        self._validate_path_axes(grid, used)
+        self._validate_report(grid)
+        self._validate_benchmarks(grid)
+
+    def _validate_sizes(self, grid: Grid) -> None:
+        from prism_lab.models.refs import classify_model_ref
+
+        spec = grid.spec
+        for i, size in enumerate(spec.axes["size"]):
+            if not isinstance(size, str) or size not in spec.models:
+                known = ", ".join(spec.models) or "(none)"
+                raise grid.error(("axes", "size", i), f"size {size!r} has no entry in `models` (known: {known})")
+        for size, ref in spec.models.items():
+            problem = classify_model_ref(ref, base=grid.path.parent).problem
+            if problem:
+                raise grid.error(("models", size), problem)
+
+    def _validate_values(self, grid: Grid) -> None:
+        axes = grid.spec.axes
+        for i, v in enumerate(axes["alignment"]):
+            if v not in ALIGNMENT_VALUES:
+                raise grid.error(("axes", "alignment", i), f"expected one of {', '.join(ALIGNMENT_VALUES)}, got {v!r}")
+        for i, v in enumerate(axes["seed"]):
+            if not isinstance(v, int) or isinstance(v, bool):
+                raise grid.error(("axes", "seed", i), f"expected an integer seed, got {v!r}")
+        from prism_lab.config.algorithms import ALGORITHM_PRESETS
+
+        for i, v in enumerate(axes["algorithm"]):
+            if not isinstance(v, str) or v not in ALGORITHM_PRESETS:
+                raise grid.error(("axes", "algorithm", i),
+                                 f"unknown algorithm {v!r}; known: {', '.join(ALGORITHM_PRESETS.names())}")
+
+    def _validate_path_axes(self, grid: Grid, used: list[str]) -> None:
+        for name, values in grid.spec.axes.items():
+            if name in CORE_AXES:
+                continue
+            kind, _, rest = name.partition(".")
+            if not rest or kind not in used:
+                raise grid.error(("axes", name),
+                                 f"unknown axis {name!r}: expected one of {', '.join(CORE_AXES)} or a config path "
+                                 f"`<stage>.<field>` with stage in {', '.join(used)}")
+            model = STAGE_KINDS.get(kind).config_model()
+            base = grid.spec.data if kind == "data" else grid.spec.stages.get(kind, {})
+            for i, value in enumerate(values):
+                cfg = copy.deepcopy(base)
+                set_path(cfg, rest.split("."), value)
+                from prism_lab.grid import validate_config
+
+                try:
+                    validate_config(grid, model, cfg, ())
+                except Exception as exc:  # re-locate at the axis value
+                    detail = str(exc).split(": ", 2)[-1]
+                    raise grid.error(("axes", name, i), f"invalid value for {rest!r} of stage {kind!r}: {detail}") from None
+
+    def _validate_report(self, grid: Grid) -> None:
+        rep = grid.spec.report
+        if rep.compare_axis not in grid.spec.axes:
+            raise grid.error(("report", "compare_axis"), f"{rep.compare_axis!r} is not an axis of this grid")
+        values = grid.spec.axes[rep.compare_axis]
+        for field in ("baseline", "treatment"):
+            if getattr(rep, field) not in values:
+                raise grid.error(("report", field), f"{getattr(rep, field)!r} is not a value of axis {rep.compare_axis!r} ({values})")
+        if rep.significance not in ("paired_t", "bootstrap"):
+            raise grid.error(("report", "significance"), "expected `paired_t` or `bootstrap`")
+
+    def _validate_benchmarks(self, grid: Grid) -> None:
+        if not grid.spec.benchmarks:
+            raise grid.error(("benchmarks",), "expected at least one benchmark name")
+        try:
+            from prism_lab.eval.benchmarks import list_benchmarks
+        except ImportError:
+            return
+        known = set(list_benchmarks())
+        for i, name in enumerate(grid.spec.benchmarks):
+            if name not in known:
+                raise grid.error(("benchmarks", i), f"unknown benchmark {name!r}; known: {', '.join(sorted(known))}")
+
+    # ---- expansion --------------------------------------------------------------------------------
+    def expand(self, grid: Grid, cell: Cell, builder: PlanBuilder) -> None:
+        spec, ax = grid.spec, cell.axes
+        overrides: dict[str, dict[str, Any]] = {}
+        for name, value in ax.items():
+            if name not in CORE_AXES:
+                kind, _, rest = name.partition(".")
+                overrides.setdefault(kind, {})[rest] = value
+
+        def cfg(kind: str, **fixed: Any) -> dict:
+            out = copy.deepcopy(spec.data if kind == "data" else spec.stages.get(kind, {}))
+            for k, v in fixed.items():
+                out[k] = v
+            for path, v in overrides.get(kind, {}).items():
+                set_path(out, path.split("."), v)
+            if kind in spec.seed_scope and kind != "data":
+                out["seed"] = ax["seed"]
+            return out
+
+        def label(kind: str, *parts: str) -> str:
+            extra = [f"{k}={v}" for k, v in ax.items() if k not in CORE_AXES and k.split(".")[0] in parts]
+            return " ".join([kind, *[f"{p}={ax[p]}" for p in parts if p in ax], *extra])
+
+        data_cfg = cfg("data")
+        fp = ""
+        if data_cfg.get("source") == "local":
+            local = data_cfg.get("local") or {}
+            files = [*local.get("sft", []), *[local[k] for k in ("rl", "warmup") if local.get(k)]]
+            fp = fingerprint_local_files(files, grid.path.parent)
+        data = builder.add("data", data_cfg, {}, label="data", cell=cell, role="data", fingerprint=fp,
+                           where=("data",))
+        up = ["size", "seed", "sft", "data"]
+        sft = builder.add("sft", cfg("sft", model=spec.models[ax["size"]]), {"data": data},
+                          label=label("sft", *up), cell=cell, role="sft")
+        self._eval(builder, cfg, cell, sft, data, "sft", label("eval:sft", *up, "eval"))
+        policy = sft
+        if ax["alignment"] != "none":
+            dw = builder.add("disc_warmup", cfg("disc_warmup"), {"policy": sft, "data": data},
+                             label=label("disc_warmup", *up, "disc_warmup"), cell=cell, role="disc_warmup")
+            up += ["alignment", "disc_warmup", "align"]
+            policy = builder.add("align", cfg("align", variant=ax["alignment"]),
+                                 {"policy": sft, "discriminator": dw, "data": data},
+                                 label=label("align", *up), cell=cell, role="align")
+            self._eval(builder, cfg, cell, policy, data, "align", label("eval:align", *up, "eval"))
+        up += ["algorithm", "rl"] + ([] if "alignment" in up else ["alignment"])
+        rl = builder.add("rl", cfg("rl", algorithm=ax["algorithm"]), {"policy": policy, "data": data},
+                         label=label("rl", *up), cell=cell, role="rl")
+        self._eval(builder, cfg, cell, rl, data, "rl", label("eval:rl", *up, "eval"))
+
+    @staticmethod
+    def _eval(builder: PlanBuilder, cfg: Any, cell: Cell, ckpt: str, data: str, of: str, label: str) -> None:
+        builder.add("eval", cfg("eval", benchmarks=list(builder.grid.spec.benchmarks)),
+                    {"checkpoint": ckpt, "data": data}, label=label, cell=cell, role=f"eval/{of}")
+
+
+PIPELINES.add("prism", PrismPipeline())

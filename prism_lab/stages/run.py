@@ -1,0 +1,145 @@
+"""Entry point of one stage run in its own process: ``python -m prism_lab.stages.run --root R KEY``.
+
+It reads the run from the ledger, runs the stage kind's runner with a StageContext, writes run.json,
+renames the in-progress directory to the final one, and marks the run done. On error it records a
+one-line error in the ledger and exits 1 (the traceback is in the run's log).
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import json
+import logging
+import os
+import shutil
+import signal
+import sys
+import threading
+import time
+import traceback
+from pathlib import Path
+
+from prism_lab.errors import PrismError
+from prism_lab.ledger import Ledger
+from prism_lab.plugins import load_plugins
+from prism_lab.provenance import git_commit, host_info, package_versions
+from prism_lab.stages.context import InputArtifact, StageContext, artifact_dir, partial_dir
+from prism_lab.stages.registry import STAGE_KINDS
+from prism_lab.tracking import Tracker
+
+HEARTBEAT_SECONDS = 5.0
+
+
+def _die_with_parent() -> None:
+    """Ask Linux to SIGKILL us when the executor that started us dies (no orphaned stage runs)."""
+    if sys.platform.startswith("linux"):
+        try:
+            ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+        except OSError:
+            pass
+
+
+def _heartbeat_loop(ledger_root: Path, key: str, stop: threading.Event) -> None:
+    ledger = Ledger(ledger_root)
+    try:
+        while not stop.wait(HEARTBEAT_SECONDS):
+            ledger.heartbeat(key)
+    finally:
+        ledger.close()
+
+
+def complete_run_json(path: Path, key: str) -> bool:
+    """True when ``path/run.json`` exists and names ``key`` (a finished artifact)."""
+    try:
+        return json.loads((path / "run.json").read_text())["key"] == key
+    except (OSError, ValueError, KeyError):
+        return False
+
+
+def execute(root: Path, key: str) -> int:
+    ledger = Ledger(root)
+    run = ledger.get_run(key)
+    if run is None:
+        print(f"prism-lab: no run {key} in {ledger.path}", file=sys.stderr)
+        return 2
+    final = artifact_dir(root, run.kind, key)
+    if complete_run_json(final, key):  # finished before a crash could record it
+        ledger.mark_done(key, str(final))
+        return 0
+    work = partial_dir(root, run.kind, key)
+    work.mkdir(parents=True, exist_ok=True)
+    stop = threading.Event()
+    beat = threading.Thread(target=_heartbeat_loop, args=(root, key, stop), daemon=True)
+    beat.start()
+    started = time.time()
+    tracker = None
+    try:
+        kind = STAGE_KINDS.get(run.kind)
+        config = kind.config_model().model_validate(run.config)
+        inputs = {}
+        for role, dep in run.inputs.items():
+            dep_run = ledger.get_run(dep)
+            if dep_run is None or dep_run.status != "done" or not dep_run.artifact_path:
+                raise PrismError(f"input {role!r} ({dep[:12]}) of {run.label} is not done")
+            inputs[role] = InputArtifact(dep, dep_run.kind, Path(dep_run.artifact_path), dep_run.config)
+        cells = [r["cell_id"] for r in ledger.conn.execute("SELECT DISTINCT cell_id FROM cell_runs WHERE run_key=?", (key,))]
+        sweeps = [r["sweep"] for r in ledger.conn.execute("SELECT DISTINCT sweep FROM cell_runs WHERE run_key=?", (key,))]
+        tracker = Tracker(ledger, key, kind=run.kind, label=run.label, config=run.config, run_dir=work,
+                          group=sweeps[0] if sweeps else None, tags=cells)
+        ctx = StageContext(key=key, kind=run.kind, label=run.label, config=config, inputs=inputs, out_dir=work,
+                           root=root, ledger=ledger, tracker=tracker, attempt=run.attempts)
+        print(f"[prism-lab] {run.label} ({key[:12]}) attempt {run.attempts} started", flush=True)
+        summary = kind.load_runner()(ctx) or {}
+        tracker.summary(summary)
+        tracker.finish()
+        tracker = None
+        record = {
+            "key": key, "kind": run.kind, "label": run.label, "config": run.config,
+            "inputs": {r: {"key": a.key, "path": str(a.path)} for r, a in inputs.items()},
+            "summary": summary, "attempts": run.attempts, "started_at": started, "finished_at": time.time(),
+            "git_commit": git_commit(), "packages": package_versions(), "host": host_info(),
+            "stage_version": kind.version,
+        }
+        (work / "run.json").write_text(json.dumps(record, indent=2, sort_keys=True, default=str))
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(work, final)
+        ledger.mark_done(key, str(final))
+        ledger.set_process(key, pid=os.getpid(), log_path=str(final / "stage.log"))
+        print(f"[prism-lab] {run.label} done in {time.time() - started:.1f}s -> {final}", flush=True)
+        return 0
+    except BaseException as exc:  # noqa: BLE001 - every failure must reach the ledger
+        traceback.print_exc()
+        msg = str(exc) if isinstance(exc, PrismError) else f"{type(exc).__name__}: {exc}"
+        msg = " ".join(msg.split())[:500]
+        try:
+            ledger.set_status(key, "failed", error=msg, only_if=("running",))
+            ledger.event("failed", msg, run_key=key)
+        except Exception:  # noqa: BLE001
+            pass
+        return 130 if isinstance(exc, KeyboardInterrupt) else 1
+    finally:
+        stop.set()
+        if tracker is not None:
+            try:
+                tracker.finish()
+            except Exception:  # noqa: BLE001
+                pass
+        sys.stdout.flush()
+        sys.stderr.flush()
+
+
+def main(argv: list[str] | None = None) -> int:
+    _die_with_parent()
+    parser = argparse.ArgumentParser(prog="python -m prism_lab.stages.run", description=__doc__)
+    parser.add_argument("--root", required=True, type=Path)
+    parser.add_argument("key")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stdout)
+    load_plugins()
+    return execute(args.root, args.key)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,141 @@
+"""Planner: deduplicated stage runs, content keys, inheritance, path axes, JSON output."""
+
+from __future__ import annotations
+
+import json
+
+import yaml
+
+from prism_lab.grid import load_grid
+from prism_lab.plan import build_plan
+from tests.conftest import REPO, run_cli
+
+TOY = REPO / "experiments" / "toy.yaml"
+
+
+def toy_variant(tmp_path, name="v", **stage_changes):
+    d = yaml.safe_load(TOY.read_text())
+    for kind, changes in stage_changes.items():
+        d["stages"].setdefault(kind, {}).update(changes)
+    p = tmp_path / f"{name}.yaml"
+    p.write_text(yaml.safe_dump(d))
+    return p
+
+
+def keys_by_kind(plan):
+    out = {}
+    for run in plan.runs.values():
+        out.setdefault(run.kind, set()).add(run.key)
+    return out
+
+
+def test_toy_plan_counts():
+    plan = build_plan(load_grid(TOY))
+    assert len(plan.cells) == 12
+    assert plan.count("data") == 1
+    assert plan.count("sft") == 2
+    assert plan.count("disc_warmup") == 2
+    assert plan.count("align") == 2
+    assert plan.count("rl") == 12
+    # eval of every checkpoint: 2 sft + 2 align + 12 rl
+    assert plan.count("eval") == 16
+    evaluated = {r.inputs["checkpoint"] for r in plan.runs.values() if r.kind == "eval"}
+    assert evaluated == {r.key for r in plan.runs.values() if r.kind in ("sft", "align", "rl")}
+
+
+def test_shared_runs_belong_to_their_cells():
+    plan = build_plan(load_grid(TOY))
+    for run in plan.runs.values():
+        if run.kind == "sft":
+            assert len(run.cells) == 6  # 3 algorithms x 2 alignment
+        if run.kind in ("disc_warmup", "align"):
+            assert len(run.cells) == 3  # 3 algorithms
+        if run.kind == "rl":
+            assert len(run.cells) == 1
+    # every cell's roles point at runs with the right kind
+    for cell in plan.cells:
+        assert plan.runs[cell.runs["sft"]].kind == "sft"
+        assert ("align" in cell.runs) == (cell.axes["alignment"] != "none")
+        rl = plan.runs[cell.runs["rl"]]
+        assert rl.config["algorithm"] == cell.axes["algorithm"]
+        expected_policy = cell.runs["align"] if "align" in cell.runs else cell.runs["sft"]
+        assert rl.inputs["policy"] == expected_policy
+
+
+def test_topological_order():
+    plan = build_plan(load_grid(TOY))
+    seen = set()
+    for key, run in plan.runs.items():
+        assert all(dep in seen for dep in run.inputs.values())
+        seen.add(key)
+
+
+def test_rl_only_change_keeps_sft_and_align_keys(tmp_path):
+    base = keys_by_kind(build_plan(load_grid(TOY)))
+    changed = keys_by_kind(build_plan(load_grid(toy_variant(tmp_path, rl={"steps": 21, "temperature": 0.9}))))
+    for kind in ("data", "sft", "disc_warmup", "align"):
+        assert base[kind] == changed[kind], kind
+    assert base["rl"].isdisjoint(changed["rl"])
+    # evals of sft/align checkpoints are unchanged, evals of rl checkpoints are new
+    assert len(base["eval"] & changed["eval"]) == 4
+
+
+def test_sft_change_propagates_downstream(tmp_path):
+    base = keys_by_kind(build_plan(load_grid(TOY)))
+    changed = keys_by_kind(build_plan(load_grid(toy_variant(tmp_path, sft={"lr": 1e-3}))))
+    assert base["data"] == changed["data"]
+    for kind in ("sft", "disc_warmup", "align", "rl", "eval"):
+        assert base[kind].isdisjoint(changed[kind]), kind
+
+
+def test_keys_are_stable_and_defaults_are_resolved(tmp_path):
+    a = build_plan(load_grid(TOY))
+    b = build_plan(load_grid(TOY))
+    assert list(a.runs) == list(b.runs)
+    # writing a default explicitly does not change any key
+    explicit = toy_variant(tmp_path, rl={"acc_weight": 0.8, "format_weight": 0.2})
+    assert set(build_plan(load_grid(explicit)).runs) == set(a.runs)
+    sft = next(r for r in a.runs.values() if r.kind == "sft")
+    assert sft.config["warmup_ratio"] == 0.05 and sft.config["grad_clip"] == 1.0  # toy value + paper default
+
+
+def test_path_axis_and_seed_axis(tmp_path):
+    d = yaml.safe_load(TOY.read_text())
+    d["axes"]["rl.temperature"] = [0.7, 1.0]
+    d["axes"]["seed"] = [0, 1]
+    p = tmp_path / "g.yaml"
+    p.write_text(yaml.safe_dump(d))
+    plan = build_plan(load_grid(p))
+    assert len(plan.cells) == 12 * 2 * 2
+    assert plan.count("sft") == 4  # per size and seed; the rl-only axis does not multiply sft
+    assert plan.count("align") == 4
+    assert plan.count("rl") == 48
+    temps = {r.config["temperature"] for r in plan.runs.values() if r.kind == "rl"}
+    assert temps == {0.7, 1.0}
+    seeds = {r.config["seed"] for r in plan.runs.values() if r.kind == "sft"}
+    assert seeds == {0, 1}
+
+
+def test_extends_inherits_and_overrides(tmp_path):
+    child = tmp_path / "child.yaml"
+    child.write_text(f"extends: {TOY}\nname: child\naxes:\n  algorithm: [grpo]\nstages:\n  rl:\n    steps: 3\n")
+    grid = load_grid(child)
+    assert grid.name == "child"
+    assert grid.spec.axes["algorithm"] == ["grpo"] and grid.spec.axes["size"] == ["4b", "8b"]
+    assert grid.spec.stages["rl"]["steps"] == 3 and grid.spec.stages["rl"]["n"] == 8
+    assert grid.spec.stages["sft"]["lr"] == 2e-3
+    plan = build_plan(grid)
+    assert plan.count("rl") == 4
+
+
+def test_plan_json_output():
+    res = run_cli("sweep", "plan", str(TOY), "--format", "json", "--root", "/nonexistent/prism-root")
+    assert res.returncode == 0, res.stderr
+    runs = json.loads(res.stdout)
+    kinds = [r["kind"] for r in runs]
+    assert kinds.count("sft") == 2 and kinds.count("align") == 2 and kinds.count("rl") == 12
+    for r in runs:
+        assert set(r) == {"key", "kind", "label", "inputs", "cells", "status"}
+        assert r["status"] == "new" and len(r["key"]) == 64
+    keys = {r["key"] for r in runs}
+    assert all(v in keys for r in runs for v in r["inputs"].values())
