@@ -1,0 +1,122 @@
+"""Image encode/decode helpers shared by every reader and writer.
+
+``load_image`` accepts every form an image takes in the PRISM/verl/LLaMA-Factory/VLMEvalKit schemas:
+a file path, raw bytes, the HF ``datasets.Image`` struct ``{"bytes": ..., "path": ...}``, a base64
+string, or an already decoded PIL image. It always returns an RGB PIL image.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import io
+from pathlib import Path
+from typing import Any
+
+from PIL import Image, UnidentifiedImageError
+
+from prism_lab.errors import DataError
+
+ImageRef = Any  # str | Path | bytes | dict | PIL.Image.Image
+
+#: Fixed PNG options: the same pixels always give the same bytes (no timestamps, no text chunks).
+_PNG_OPTS = {"format": "PNG", "optimize": False, "compress_level": 6}
+
+_B64_CHARS = set("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/=\n\r")
+
+
+def encode_png(img: Image.Image) -> bytes:
+    """PNG bytes of ``img`` (converted to RGB), deterministic."""
+    buf = io.BytesIO()
+    img.convert("RGB").save(buf, **_PNG_OPTS)
+    return buf.getvalue()
+
+
+def png_to_base64(data: bytes) -> str:
+    """Base64 text (no newlines) of encoded image bytes, as VLMEvalKit TSVs store it."""
+    return base64.b64encode(data).decode("ascii")
+
+
+def image_to_base64(img: Image.Image) -> str:
+    return png_to_base64(encode_png(img))
+
+
+def decode_base64(text: str, *, where: str = "image") -> bytes:
+    """Strict base64 decode; raises DataError naming ``where`` on bad input."""
+    try:
+        return base64.b64decode("".join(text.split()), validate=True)
+    except (binascii.Error, ValueError) as e:
+        raise DataError(f"{where}: expected base64-encoded image data, got invalid base64 ({e})") from None
+
+
+def check_image_bytes(data: bytes, *, where: str = "image") -> None:
+    """Cheap validity check: PIL can identify the format (header only, no full decode)."""
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            im.verify()
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+        raise DataError(f"{where}: expected encoded image bytes (PNG/JPEG/...), could not be read ({e})") from None
+
+
+def looks_like_base64(text: str) -> bool:
+    """Heuristic used to tell a base64 payload from a file path."""
+    return len(text) > 64 and set(text[:256]) <= _B64_CHARS
+
+
+def resolve_path(ref: str | Path, base_dir: str | Path | None) -> Path:
+    p = Path(ref).expanduser()
+    if not p.is_absolute() and base_dir is not None:
+        p = Path(base_dir) / p
+    return p
+
+
+def _open_bytes(data: bytes, where: str) -> Image.Image:
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            return im.convert("RGB")
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+        raise DataError(f"{where}: expected encoded image bytes, could not be decoded ({e})") from None
+
+
+def _open_path(p: Path, where: str) -> Image.Image:
+    if not p.is_file():
+        raise DataError(f"{where}: image file not found: {p}")
+    try:
+        with Image.open(p) as im:
+            return im.convert("RGB")
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+        raise DataError(f"{where}: image file {p} could not be decoded ({e})") from None
+
+
+def load_image(ref: ImageRef, *, base_dir: str | Path | None = None, where: str = "image") -> Image.Image:
+    """Decode any supported image reference to an RGB PIL image.
+
+    ``ref`` may be a PIL image, a path (str/Path; relative paths are joined with ``base_dir``), raw
+    encoded bytes, a ``{"bytes": ..., "path": ...}`` dict (bytes win when present), or base64 text.
+    Failures raise DataError whose message starts with ``where``.
+    """
+    if isinstance(ref, Image.Image):
+        return ref.convert("RGB")
+    if isinstance(ref, (bytes, bytearray, memoryview)):
+        return _open_bytes(bytes(ref), where)
+    if isinstance(ref, dict):
+        data, path = ref.get("bytes"), ref.get("path")
+        if data:
+            return _open_bytes(bytes(data), where)
+        if path:
+            return _open_path(resolve_path(path, base_dir), where)
+        raise DataError(f"{where}: image struct has neither 'bytes' nor 'path'")
+    if isinstance(ref, Path):
+        return _open_path(resolve_path(ref, base_dir), where)
+    if isinstance(ref, str):
+        if ref.startswith(("http://", "https://")):
+            raise DataError(f"{where}: image URLs are not supported offline ({ref[:80]}); download it first")
+        p = resolve_path(ref, base_dir) if len(ref) < 4096 else None
+        if p is not None and p.is_file():
+            return _open_path(p, where)
+        if looks_like_base64(ref):
+            return _open_bytes(decode_base64(ref, where=where), where)
+        raise DataError(f"{where}: image file not found: {p}")
+    raise DataError(
+        f"{where}: expected an image path, bytes, {{'bytes','path'}} dict or base64 string, got {type(ref).__name__}"
+    )

@@ -1,0 +1,440 @@
+"""Question families over a scene, and the two response styles (teacher = dense, public = terse/noisy).
+
+Families (each generated item records its family and a sub-form):
+
+- ``count``: "How many red circles are there?" (colour and/or shape) -> integer
+- ``presence``: "Is there a blue triangle?" -> Yes/No
+- ``mcq_count``: counting with four numeric options -> letter
+- ``mcq_most``: "Which colour has the most shapes?" -> letter
+- ``mcq_colour``: "What colour is the square?" (exactly one square) -> letter
+- ``mcq_shape``: "What shape is the red one?" (exactly one red object) -> letter
+- ``arith``: arithmetic over perceived counts, 1 to 3 steps ("How many red shapes plus twice the
+  blue circles?") -> integer
+
+Every answer is an integer, a letter A-D or Yes/No, so the rule judge can check it. ``meta`` holds what
+is needed to re-derive the answer from the scene (see ``derive_answer``).
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from prism_lab.data.scenes import PALETTE, SHAPES, Scene, plural
+from prism_lab.prompts import format_response
+
+FAMILIES: tuple[str, ...] = ("count", "presence", "mcq_count", "mcq_most", "mcq_colour", "mcq_shape", "arith")
+LETTERS = "ABCD"
+
+Desc = tuple[str | None, str | None]  # (colour, shape); None = any
+
+
+@dataclass
+class Item:
+    """One question about one scene, with its checkable answer and the teacher's reasoning."""
+
+    family: str
+    form: str
+    stem: str  # question text without options
+    options: dict[str, str]  # {} for open questions
+    answer: str
+    answer_type: str  # "integer" | "letter" | "yesno"
+    teacher_think: str
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def question(self) -> str:
+        """The full user text: the stem, plus the options for MCQ items."""
+        return format_mcq(self.stem, self.options)
+
+    @property
+    def equivalent_answers(self) -> list[str]:
+        if self.answer_type == "letter":
+            return [self.answer, f"{self.answer}. {self.options[self.answer]}"]
+        if self.answer_type == "yesno":
+            return [self.answer, self.answer.lower()]
+        return [self.answer]
+
+
+def format_mcq(stem: str, options: dict[str, str]) -> str:
+    """The prompt text of an item: used by the generator and by the benchmark prompt builder alike."""
+    if not options:
+        return stem
+    lines = [stem] + [f"{k}. {v}" for k, v in options.items()]
+    return "\n".join(lines) + "\nAnswer with the letter."
+
+
+# ---------------------------------------------------------------------------------------------- text
+def desc_text(d: Desc) -> str:
+    """(red, circle) -> 'red circles'; (red, None) -> 'red shapes'; (None, None) -> 'shapes'."""
+    colour, shape = d
+    noun = plural(shape) if shape else "shapes"
+    return f"{colour} {noun}" if colour else noun
+
+
+def _article(word: str) -> str:
+    return "an" if word[0] in "aeiou" else "a"
+
+
+def desc_singular(d: Desc) -> str:
+    colour, shape = d
+    noun = shape or "shape"
+    phrase = f"{colour} {noun}" if colour else noun
+    return f"{_article(phrase)} {phrase}"
+
+
+def derive_count_line(scene: Scene, d: Desc, colours: Sequence[str], shapes: Sequence[str]) -> tuple[str, int]:
+    """A one-line count derivation ('red shapes = 1 + 2 = 3') and the count."""
+    colour, shape = d
+    if colour and shape:
+        parts = [scene.count(colour, shape)]
+    elif colour:
+        parts = [scene.count(colour, s) for s in shapes]
+    elif shape:
+        parts = [scene.count(c, shape) for c in colours]
+    else:
+        parts = [scene.count(c, None) for c in colours]
+    parts = [p for p in parts if p] or [0]
+    total = sum(parts)
+    if len(parts) == 1:
+        return f"{desc_text(d)} = {total}", total
+    return f"{desc_text(d)} = {' + '.join(map(str, parts))} = {total}", total
+
+
+def teacher_caption_lines(scene: Scene, colours: Sequence[str], shapes: Sequence[str]) -> list[str]:
+    """Dense caption: every object, grouped by colour then shape, with counts."""
+    lines = []
+    for c in colours:
+        parts = []
+        for s in shapes:
+            n = scene.count(c, s)
+            if n:
+                parts.append(f"{n} {plural(s) if n > 1 else s}")
+        if parts:
+            lines.append(f"- {c}: {', '.join(parts)}")
+    return lines or ["- no shapes"]
+
+
+def teacher_caption(scene: Scene, colours: Sequence[str], shapes: Sequence[str]) -> str:
+    return "\n".join(teacher_caption_lines(scene, colours, shapes))
+
+
+# ------------------------------------------------------------------------------------------ families
+def _random_desc(rng: random.Random, colours: Sequence[str], shapes: Sequence[str], *, hard: bool) -> Desc:
+    r = rng.random()
+    if hard:
+        if r < 0.6:
+            return rng.choice(list(colours)), rng.choice(list(shapes))
+        if r < 0.85:
+            return rng.choice(list(colours)), None
+        return None, rng.choice(list(shapes))
+    if r < 0.4:
+        return rng.choice(list(colours)), None
+    if r < 0.7:
+        return rng.choice(list(colours)), rng.choice(list(shapes))
+    if r < 0.9:
+        return None, rng.choice(list(shapes))
+    return None, None
+
+
+def _disjoint(a: Desc, b: Desc) -> bool:
+    if a[0] and b[0] and a[0] != b[0]:
+        return True
+    return bool(a[0] == b[0] and a[0] and a[1] and b[1] and a[1] != b[1])
+
+
+def _letter_options(
+    rng: random.Random, truth: str, primary: Sequence[str], extra: Sequence[str] = (), n: int = 4
+) -> tuple[dict[str, str], str]:
+    """Options: ``truth`` plus distractors, preferring ``primary`` (drawn kinds) over ``extra`` (never drawn),
+    shuffled; returns (options, answer letter)."""
+    first = [p for p in primary if p != truth]
+    rest = [p for p in extra if p != truth and p not in first]
+    rng.shuffle(first)
+    rng.shuffle(rest)
+    choices = [truth] + (first + rest)[: n - 1]
+    rng.shuffle(choices)
+    options = {LETTERS[i]: v for i, v in enumerate(choices)}
+    letter = next(k for k, v in options.items() if v == truth)
+    return options, letter
+
+
+def _extra_colours(colours: Sequence[str]) -> list[str]:
+    """Palette colours that are never drawn (so never the answer)."""
+    return [c for c in PALETTE if c not in colours]
+
+
+def _make_count(rng, scene, colours, shapes, hard) -> Item:
+    d = _random_desc(rng, colours, shapes, hard=hard)
+    line, n = derive_count_line(scene, d, colours, shapes)
+    return Item("count", "count", f"How many {desc_text(d)} are there?", {}, str(n), "integer", line,
+                {"terms": [[1, d[0], d[1]]], "k": 0})
+
+
+def _make_presence(rng, scene, colours, shapes, hard, *, target: bool | None = None) -> Item | None:
+    want = rng.random() < 0.5 if target is None else target
+    r = rng.random()
+    kinds = ["cs"] * 7 + ["c"] * 2 + ["s"] if not hard else ["cs"]
+    kind = kinds[int(r * len(kinds))]
+    cands: list[Desc] = []
+    if kind == "cs":
+        cands = [(c, s) for c in colours for s in shapes]
+    elif kind == "c":
+        cands = [(c, None) for c in colours]
+    else:
+        cands = [(None, s) for s in shapes]
+    cands = [d for d in cands if (scene.count(*d) > 0) == want]
+    if not cands:
+        return None
+    d = rng.choice(cands)
+    n = scene.count(*d)
+    ans = "Yes" if n else "No"
+    think = f"{desc_text(d)} = {n}\nso {ans}"
+    return Item("presence", kind, f"Is there {desc_singular(d)}?", {}, ans, "yesno", think,
+                {"desc": [d[0], d[1]]})
+
+
+def _make_mcq_count(rng, scene, colours, shapes, hard) -> Item:
+    d = _random_desc(rng, colours, shapes, hard=hard)
+    line, n = derive_count_line(scene, d, colours, shapes)
+    start = max(0, n - rng.randint(0, 3))
+    values = [str(v) for v in range(start, start + 4)]
+    options = {LETTERS[i]: v for i, v in enumerate(values)}
+    letter = LETTERS[values.index(str(n))]
+    return Item("mcq_count", "count", f"How many {desc_text(d)} are there?", options, letter, "letter",
+                f"{line}\nso {letter}", {"terms": [[1, d[0], d[1]]], "k": 0})
+
+
+def _make_mcq_most(rng, scene, colours, shapes, hard) -> Item | None:
+    if len(colours) < 2:
+        return None
+    counts = [(c, scene.count(c, None)) for c in colours]
+    best = max(n for _, n in counts)
+    winners = [c for c, n in counts if n == best]
+    if best == 0 or len(winners) != 1:
+        return None
+    options, letter = _letter_options(rng, winners[0], colours, _extra_colours(colours))
+    listing = ", ".join(f"{c} {n}" for c, n in counts)
+    think = f"{listing}\nmost is {winners[0]}, so {letter}"
+    return Item("mcq_most", "colour", "Which colour has the most shapes?", options, letter, "letter", think,
+                {"colour": winners[0]})
+
+
+def _make_mcq_colour(rng, scene, colours, shapes, hard) -> Item | None:
+    singles = [s for s in shapes if scene.count(None, s) == 1]
+    if not singles:
+        return None
+    s = rng.choice(singles)
+    colour = next(o.colour for o in scene.objects if o.shape == s)
+    options, letter = _letter_options(rng, colour, colours, _extra_colours(colours))
+    if len(options) < 2:
+        return None
+    return Item("mcq_colour", "colour", f"What colour is the {s}?", options, letter, "letter",
+                f"the {s} is {colour}, so {letter}", {"shape": s, "colour": colour})
+
+
+def _make_mcq_shape(rng, scene, colours, shapes, hard) -> Item | None:
+    singles = [c for c in colours if scene.count(c, None) == 1]
+    if not singles:
+        return None
+    c = rng.choice(singles)
+    shape = next(o.shape for o in scene.objects if o.colour == c)
+    options, letter = _letter_options(rng, shape, shapes, [s for s in SHAPES if s not in shapes])
+    if len(options) < 2:
+        return None
+    return Item("mcq_shape", "shape", f"What shape is the {c} one?", options, letter, "letter",
+                f"the {c} one is {_article(shape)} {shape}, so {letter}", {"colour": c, "shape": shape})
+
+
+_EASY_ARITH = ("add_k", "add_k", "sum")
+_HARD_ARITH = ("sum", "twice", "diff", "sum_k", "twice")
+
+
+def _make_arith(rng, scene, colours, shapes, hard, *, form: str | None = None) -> Item | None:
+    form = form or rng.choice(_HARD_ARITH if hard else _EASY_ARITH)
+    a = _random_desc(rng, colours, shapes, hard=True)
+    if a == (None, None):
+        a = (rng.choice(list(colours)), None)
+    la, na = derive_count_line(scene, a, colours, shapes)
+    if form == "add_k":
+        k = rng.randint(1, 9)
+        think = f"{la}\n{na} + {k} = {na + k}"
+        return Item("arith", form, f"How many {desc_text(a)} are there? Add {k}.", {}, str(na + k), "integer",
+                    think, {"terms": [[1, a[0], a[1]]], "k": k})
+    b = None
+    for _ in range(20):
+        cand = (rng.choice(list(colours)), rng.choice([None, *shapes]))
+        if _disjoint(a, cand):
+            b = cand
+            break
+    if b is None:
+        return None
+    lb, nb = derive_count_line(scene, b, colours, shapes)
+    if form == "diff":
+        if na < nb:
+            a, b, la, lb, na, nb = b, a, lb, la, nb, na
+        r = na - nb
+        q = f"How many more {desc_text(a)} than {desc_text(b)}?"
+        return Item("arith", form, q, {}, str(r), "integer", f"{la}\n{lb}\n{na} - {nb} = {r}",
+                    {"terms": [[1, a[0], a[1]], [-1, b[0], b[1]]], "k": 0})
+    if form == "twice":
+        r = na + 2 * nb
+        q = f"How many {desc_text(a)} plus twice the {desc_text(b)}?"
+        return Item("arith", form, q, {}, str(r), "integer", f"{la}\n{lb}\n{na} + 2*{nb} = {r}",
+                    {"terms": [[1, a[0], a[1]], [2, b[0], b[1]]], "k": 0})
+    k = rng.randint(1, 9) if form == "sum_k" else 0
+    r = na + nb + k
+    q = f"How many {desc_text(a)} plus {desc_text(b)}?" + (f" Add {k}." if k else "")
+    expr = f"{na} + {nb}" + (f" + {k}" if k else "")
+    return Item("arith", form, q, {}, str(r), "integer", f"{la}\n{lb}\n{expr} = {r}",
+                {"terms": [[1, a[0], a[1]], [1, b[0], b[1]]], "k": k})
+
+
+_MAKERS = {
+    "count": _make_count,
+    "presence": _make_presence,
+    "mcq_count": _make_mcq_count,
+    "mcq_most": _make_mcq_most,
+    "mcq_colour": _make_mcq_colour,
+    "mcq_shape": _make_mcq_shape,
+    "arith": _make_arith,
+}
+
+
+def make_item(
+    rng: random.Random,
+    scene: Scene,
+    family: str,
+    colours: Sequence[str],
+    shapes: Sequence[str],
+    *,
+    hard: bool = False,
+    **kw: Any,
+) -> Item | None:
+    """An item of ``family`` about ``scene``, or None when the scene does not support it."""
+    return _MAKERS[family](rng, scene, colours, shapes, hard, **kw)
+
+
+def derive_answer(item_meta: dict[str, Any], family: str, scene: Scene) -> str:
+    """Recompute an item's answer from its metadata and the scene alone (consistency checks/tests)."""
+    if family in ("count", "arith", "mcq_count"):
+        val = sum(coef * scene.count(c, s) for coef, c, s in item_meta["terms"]) + item_meta.get("k", 0)
+        return str(val)
+    if family == "presence":
+        c, s = item_meta["desc"]
+        return "Yes" if scene.count(c, s) else "No"
+    if family == "mcq_most":
+        counts: dict[str, int] = {}
+        for o in scene.objects:
+            counts[o.colour] = counts.get(o.colour, 0) + 1
+        best = max(counts.values())
+        winners = [c for c, n in counts.items() if n == best]
+        return winners[0] if len(winners) == 1 else "tie"
+    if family == "mcq_colour":
+        return next(o.colour for o in scene.objects if o.shape == item_meta["shape"])
+    if family == "mcq_shape":
+        return next(o.shape for o in scene.objects if o.colour == item_meta["colour"])
+    raise KeyError(family)
+
+
+# ------------------------------------------------------------------------------------------ responses
+def teacher_segments(item: Item, scene: Scene, colours: Sequence[str], shapes: Sequence[str]) -> tuple[str, str]:
+    """(caption block with tags, cot = think block + answer block) of the teacher response."""
+    full = format_response(teacher_caption(scene, colours, shapes), item.teacher_think, item.answer)
+    return split_response(full)
+
+
+def teacher_response(item: Item, scene: Scene, colours: Sequence[str], shapes: Sequence[str]) -> str:
+    return format_response(teacher_caption(scene, colours, shapes), item.teacher_think, item.answer)
+
+
+def split_response(text: str) -> tuple[str, str]:
+    from prism_lab.prompts import SPLIT_RE
+
+    m = SPLIT_RE.match(text)
+    if m is None:  # pragma: no cover - callers pass format-valid text
+        raise ValueError("response does not follow the caption/think/answer format")
+    return m.group(1), m.group(2)
+
+
+def wrong_answer(rng: random.Random, item: Item) -> str:
+    """A plausible wrong answer of the right type."""
+    if item.answer_type == "yesno":
+        return "No" if item.answer == "Yes" else "Yes"
+    if item.answer_type == "letter":
+        return rng.choice([k for k in item.options if k != item.answer])
+    n = int(item.answer)
+    cands = [n + d for d in (-2, -1, 1, 2) if n + d >= 0]
+    return str(rng.choice(cands))
+
+
+@dataclass
+class PublicResponse:
+    text: str
+    answer: str
+    wrong_answer: bool
+    wrong_caption: bool
+    format_error: bool
+
+
+def _public_caption(rng: random.Random, scene: Scene, colours, shapes, wrong: bool) -> str:
+    groups = scene.groups(colours, shapes)
+    total = len(scene.objects)
+    style = rng.choice(("total", "colours", "partial", "vague")) if not wrong else rng.choice(("total", "partial"))
+    if style == "total" or not groups:
+        n = total + (rng.choice((-1, 1)) if wrong and total > 1 else (1 if wrong else 0))
+        return f"- {n} shapes"
+    if style == "colours":
+        present = [c for c in colours if scene.count(c, None)]
+        return f"- {', '.join(present)} shapes"
+    if style == "partial":
+        c, s, n = rng.choice(groups)
+        if wrong:
+            n = n + 1 if n == 1 or rng.random() < 0.5 else n - 1
+        return f"- {n} {c} {plural(s) if n != 1 else s}"
+    return "- shapes on white"
+
+
+def _public_think(item: Item, answer: str, wrong: bool) -> str:
+    fam = item.family
+    if fam in ("count",):
+        return f"I see {answer}."
+    if fam == "mcq_count":
+        return f"I see {item.options[answer]}."
+    if fam == "presence":
+        return f"I think {answer.lower()}."
+    if fam.startswith("mcq_"):
+        return f"It is {item.options[answer]}."
+    if not wrong:
+        return item.teacher_think.splitlines()[-1]
+    return f"so {answer}"
+
+
+def public_response(
+    rng: random.Random,
+    item: Item,
+    scene: Scene,
+    colours: Sequence[str],
+    shapes: Sequence[str],
+    *,
+    wrong_answer_share: float,
+    wrong_caption_share: float,
+    format_error_share: float,
+) -> PublicResponse:
+    """Lower-fidelity response: terse or partial caption, terse reasoning, sometimes a wrong answer."""
+    wrong = rng.random() < wrong_answer_share
+    wrong_cap = rng.random() < wrong_caption_share
+    bad_format = rng.random() < format_error_share
+    answer = wrong_answer(rng, item) if wrong else item.answer
+    caption = _public_caption(rng, scene, colours, shapes, wrong_cap)
+    think = _public_think(item, answer, wrong)
+    if bad_format:
+        if rng.random() < 0.5:
+            text = f"<think>\n{think}\n</think>\n<answer>\n{answer}\n</answer>"
+        else:
+            text = answer
+    else:
+        text = format_response(caption, think, answer)
+    return PublicResponse(text, answer, wrong, wrong_cap, bad_format)

@@ -1,0 +1,227 @@
+"""The synthetic generator: determinism, option validation, answer/scene consistency, response styles."""
+
+from __future__ import annotations
+
+import base64
+import json
+from pathlib import Path
+
+import pandas as pd
+import pyarrow.parquet as pq
+import pytest
+
+from prism_lab.data.images import encode_png
+from prism_lab.data.questions import derive_answer, teacher_caption
+from prism_lab.data.scenes import Scene, draw
+from prism_lab.data.synth import SynthConfig, corpus_texts, generate, load_manifest
+from prism_lab.errors import ConfigError
+from prism_lab.prompts import FORMAT_RE, SPLIT_RE, SYSTEM_PROMPT, extract_answer
+
+SMALL = dict(seed=3, n_sft_public=120, n_teacher=30, n_rl=30, n_warmup=20, n_bench=24)
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("synth") / "data"
+    generate(SynthConfig(**SMALL), out)
+    return out
+
+
+def _files(d: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(d)): p.read_bytes() for p in sorted(d.rglob("*")) if p.is_file()}
+
+
+def _scene(meta: dict) -> Scene:
+    return Scene.from_list(meta["image_size"], meta["scene"])
+
+
+def _check_item(meta: dict, answer: str) -> None:
+    scene = _scene(meta)
+    derived = derive_answer(meta["q"], meta["family"], scene)
+    if meta["answer_type"] == "letter":
+        assert meta["options"][answer] == derived, meta
+    else:
+        assert answer == derived, meta
+
+
+# ----------------------------------------------------------------------------------- determinism
+def test_same_config_gives_identical_files(data_dir, tmp_path):
+    again = tmp_path / "again"
+    m = generate(SynthConfig(**SMALL), again)
+    a, b = _files(data_dir), _files(again)
+    assert a.keys() == b.keys()
+    assert all(a[k] == b[k] for k in a), [k for k in a if a[k] != b[k]]
+    assert m == load_manifest(data_dir)
+
+
+def test_different_seed_gives_different_files(data_dir, tmp_path):
+    m = generate(SynthConfig(**{**SMALL, "seed": 4}), tmp_path / "other")
+    ref = load_manifest(data_dir)
+    for rel in ("sft_public.json", "rl_train.parquet", "bench/synth-reasoning.tsv"):
+        assert m["files"][rel]["sha256"] != ref["files"][rel]["sha256"]
+    assert m["fingerprint"] != ref["fingerprint"]
+
+
+def test_manifest_and_layout(data_dir):
+    m = load_manifest(data_dir)
+    assert m["generator_version"] and m["config"]["seed"] == 3
+    assert m["files"]["sft_public.json"]["rows"] == 120
+    assert m["files"]["sft_teacher.json"]["rows"] == 30
+    assert m["files"]["rl_train.parquet"]["rows"] == 30
+    assert m["files"]["warmup_pairs.jsonl"]["rows"] == 20
+    assert m["files"]["bench/synth-perception.tsv"]["rows"] == 24
+    assert m["files"]["bench/synth-hallusion.tsv"]["rows"] == 24
+    assert m["images"]["count"] == 120 + 30 + 20
+    assert not [p for p in data_dir.parent.iterdir() if p.name.startswith(".")]  # no temp dirs left
+
+
+# ------------------------------------------------------------------------------------- options
+@pytest.mark.parametrize(
+    "bad, field",
+    [
+        ({"image_size": 50}, "image_size"),
+        ({"image_size": 0}, "image_size"),
+        ({"n_rl": -1}, "n_rl"),
+        ({"n_bench": "many"}, "n_bench"),
+        ({"colours": []}, "colours"),
+        ({"colours": ["red", "pink"]}, "colours"),
+        ({"shapes": ["hexagon"]}, "shapes"),
+        ({"families": ["riddles"]}, "families"),
+        ({"public_wrong_answer_share": 1.5}, "public_wrong_answer_share"),
+        ({"min_object_size": 12, "max_object_size": 6}, "min_object_size"),
+        ({"max_objects": 500}, "max_objects"),
+        ({"colours": ["red"], "shapes": ["circle"]}, "at least 2 kinds"),
+        ({"nonsense_option": 1}, "nonsense_option"),
+    ],
+)
+def test_bad_options_rejected(tmp_path, bad, field):
+    with pytest.raises(ConfigError) as e:
+        generate({**SMALL, **bad}, tmp_path / "x")
+    assert field in str(e.value)
+    assert "\n" not in str(e.value)
+    assert not (tmp_path / "x").exists()
+
+
+def test_bad_constructed_config_rejected(tmp_path):
+    cfg = SynthConfig.model_construct(**{**SynthConfig().model_dump(), "image_size": 48})
+    with pytest.raises(ConfigError, match="image_size.*multiple of 32"):
+        generate(cfg, tmp_path / "x")
+
+
+def test_refuses_non_empty_out_dir(tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "keep.txt").write_text("x")
+    tiny = {**SMALL, "n_sft_public": 4, "n_teacher": 2, "n_rl": 2, "n_warmup": 2, "n_bench": 4}
+    with pytest.raises(ConfigError, match="overwrite=True"):
+        generate(tiny, out)
+    assert (out / "keep.txt").exists()
+    generate(tiny, out, overwrite=True)
+    assert not (out / "keep.txt").exists() and (out / "manifest.json").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+
+# --------------------------------------------------------------------------------- consistency
+def test_teacher_answers_and_captions_match_the_scene(data_dir):
+    rows = json.loads((data_dir / "sft_teacher.json").read_text())
+    cfg = SynthConfig(**SMALL)
+    for row in rows:
+        meta = row["meta"]
+        resp = row["messages"][-1]["content"]
+        assert FORMAT_RE.match(resp), resp
+        assert extract_answer(resp) == meta["answer"]
+        _check_item(meta, meta["answer"])
+        scene = _scene(meta)
+        assert teacher_caption(scene, cfg.colours, cfg.shapes) in resp
+        # the stored image is exactly the scene described in the metadata
+        assert (data_dir / row["images"][0]).read_bytes() == encode_png(draw(scene))
+        assert row["messages"][0] == {"role": "system", "content": SYSTEM_PROMPT}
+        assert row["messages"][1]["content"].startswith("<image>")
+    assert sum(r["meta"]["difficulty"] == "hard" for r in rows) == len(rows)  # teacher_hard_share = 1
+
+
+def test_rl_rows_consistent(data_dir):
+    rows = pq.read_table(data_dir / "rl_train.parquet").to_pylist()
+    for i, row in enumerate(rows):
+        meta = json.loads(row["extra_info"]["meta"])
+        assert row["extra_info"]["index"] == i and row["extra_info"]["split"] == "train"
+        assert row["data_source"] == "prism_synth"
+        gt = row["reward_model"]["ground_truth"]
+        assert gt in row["reward_model"]["equivalent_answers"]
+        _check_item(meta, gt)
+        full = row["teacher_caption"] + "\n" + row["teacher_cot"]
+        m = SPLIT_RE.match(full)
+        assert m and m.group(1) == row["teacher_caption"] and extract_answer(full) == gt
+        assert row["images"][0]["bytes"] == encode_png(draw(_scene(meta)))
+
+
+def test_public_style_and_noise(tmp_path):
+    cfg = SynthConfig(seed=11, n_sft_public=500, n_teacher=0, n_rl=0, n_warmup=0, n_bench=0,
+                      public_wrong_answer_share=0.3, include_system_prompt=False)
+    out = tmp_path / "pub"
+    generate(cfg, out)
+    rows = json.loads((out / "sft_public.json").read_text())
+    wrong = valid = 0
+    for row in rows:
+        meta = row["meta"]
+        assert [m["role"] for m in row["messages"]] == ["user", "assistant"]
+        _check_item(meta, meta["answer"])
+        resp = row["messages"][-1]["content"]
+        given = extract_answer(resp) if "<answer>" in resp else resp.strip()
+        assert given == meta["response_answer"]
+        assert (given != meta["answer"]) == meta["wrong_answer"]
+        wrong += meta["wrong_answer"]
+        valid += bool(FORMAT_RE.match(resp))
+        assert FORMAT_RE.match(resp) or meta["format_error"]
+    assert abs(wrong / len(rows) - 0.3) < 0.08
+    assert valid / len(rows) > 0.85
+    fams = {r["meta"]["family"] for r in rows}
+    assert fams == {"count", "presence", "mcq_count", "mcq_most", "mcq_colour", "mcq_shape", "arith"}
+
+
+def test_responses_are_short(data_dir):
+    t = [r["messages"][-1]["content"] for r in json.loads((data_dir / "sft_teacher.json").read_text())]
+    p = [r["messages"][-1]["content"] for r in json.loads((data_dir / "sft_public.json").read_text())]
+    assert sum(map(len, t)) / len(t) < 240 and max(map(len, t)) < 320
+    assert sum(map(len, p)) / len(p) < 120
+
+
+def test_benchmarks_consistent_and_held_out(data_dir):
+    train_pairs = set()
+    for name in ("sft_public.json", "sft_teacher.json"):
+        for row in json.loads((data_dir / name).read_text()):
+            q = row["messages"][-2]["content"].removeprefix("<image>")
+            train_pairs.add(((data_dir / row["images"][0]).read_bytes(), q))
+    for name in ("synth-perception", "synth-reasoning", "synth-hallusion"):
+        df = pd.read_csv(data_dir / "bench" / f"{name}.tsv", sep="\t", dtype=str, keep_default_na=False)
+        for rec in df.to_dict(orient="records"):
+            meta = json.loads(rec["meta"])
+            _check_item(meta, rec["answer"])
+            png = base64.b64decode(rec["image"])
+            assert png == encode_png(draw(_scene(meta)))
+            assert (png, rec["question"]) not in train_pairs
+    perc = pd.read_csv(data_dir / "bench" / "synth-perception.tsv", sep="\t", dtype=str, keep_default_na=False)
+    assert (perc["A"] != "").any() and (perc["A"] == "").any()  # MCQ and open rows
+    reas = pd.read_csv(data_dir / "bench" / "synth-reasoning.tsv", sep="\t", dtype=str, keep_default_na=False)
+    assert set(reas["category"]) == {"arith"} and reas["answer"].str.fullmatch(r"-?\d+").all()
+
+
+def test_hallusion_layout(data_dir):
+    df = pd.read_csv(data_dir / "bench" / "synth-hallusion.tsv", sep="\t", dtype=str, keep_default_na=False)
+    assert set(df["answer"]) == {"Yes", "No"} and (df["answer"] == "No").sum() == len(df) // 2
+    ids = [tuple(i.split("_")[3:6]) for i in df["index"]]
+    assert ids == list(zip(df["set_id"], df["figure_id"], df["question_id"]))
+    assert df["index"].is_unique and set(df["category"]) == {"VD"}
+    for _, g in df.groupby("set_id"):
+        assert len(g) == 4
+        # the same question flips its answer between the original and the edited figure
+        for _, q in g.groupby("question_id"):
+            assert sorted(q["answer"]) == ["No", "Yes"] and q["question"].nunique() == 1
+
+
+def test_corpus_texts(data_dir):
+    texts = list(corpus_texts(data_dir))
+    assert texts.count(SYSTEM_PROMPT) == 1
+    assert not any("<image>" in t for t in texts)
+    joined = "\n".join(texts)
+    assert "<caption>" in joined and "Answer with the letter." in joined and "Is there" in joined
