@@ -24,6 +24,15 @@ app = typer.Typer(
 sweep_app = typer.Typer(help="Plan, run and inspect grids (experiments/*.yaml).", no_args_is_help=True)
 app.add_typer(sweep_app, name="sweep")
 
+
+def _register_subcommands() -> None:
+    from prism_lab.data_cli import data_app
+
+    app.add_typer(data_app, name="data")
+
+
+_register_subcommands()
+
 out = Console()
 err = Console(stderr=True, soft_wrap=True)
 
