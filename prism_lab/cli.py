@@ -29,6 +29,9 @@ def _register_subcommands() -> None:
     from prism_lab.data_cli import data_app
 
     app.add_typer(data_app, name="data")
+    from prism_lab.eval_cli import eval_command
+
+    app.command("eval")(eval_command)
 
 
 _register_subcommands()

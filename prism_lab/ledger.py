@@ -165,6 +165,17 @@ class Ledger:
                  for r in plan.runs.values()],
             )
 
+    def add_run(self, key: str, kind: str, label: str, config: dict, inputs: dict[str, str], *,
+                status: str = "pending", artifact_path: str | None = None) -> None:
+        """Insert one run outside any sweep (an ad-hoc evaluation, an external checkpoint); no-op if present."""
+        with self.tx() as c:
+            c.execute(
+                "INSERT OR IGNORE INTO runs(key, kind, label, config_json, inputs_json, status, created_at, "
+                "artifact_path, finished_at) VALUES (?,?,?,?,?,?,?,?,?)",
+                (key, kind, label, json.dumps(config, sort_keys=True), json.dumps(inputs), status, time.time(),
+                 artifact_path, time.time() if status == "done" else None),
+            )
+
     # ---- runs ---------------------------------------------------------------------------------------
     def get_run(self, key: str) -> RunRow | None:
         row = self.conn.execute("SELECT * FROM runs WHERE key=?", (key,)).fetchone()

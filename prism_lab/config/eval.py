@@ -23,5 +23,8 @@ class EvalConfig(StrictModel):
     top_p: float | None = Field(None, gt=0, le=1, description="Override each benchmark's top-p (paper: 0.7).")
     max_new_tokens: int | None = Field(None, ge=1, description="Override each benchmark's max_new_tokens.")
     limit: int | None = Field(None, ge=1, description="Evaluate only the first N items of each benchmark.")
+    bench_dir: str | None = Field(
+        None, description="Directory of benchmark TSVs; None = the data run's catalog, else $LMUData."
+    )
     threads: int | None = Field(None, ge=1, description="torch CPU threads (None = torch default).")
     seed: int = Field(0, description="Seed for sampled generation.")

@@ -88,6 +88,14 @@ def _open_path(p: Path, where: str) -> Image.Image:
         raise DataError(f"{where}: image file {p} could not be decoded ({e})") from None
 
 
+def _is_file(p: Path) -> bool:
+    """Path.is_file that says False for strings too long to be a file name (base64 images)."""
+    try:
+        return p.is_file()
+    except OSError:
+        return False
+
+
 def load_image(ref: ImageRef, *, base_dir: str | Path | None = None, where: str = "image") -> Image.Image:
     """Decode any supported image reference to an RGB PIL image.
 
@@ -112,7 +120,7 @@ def load_image(ref: ImageRef, *, base_dir: str | Path | None = None, where: str 
         if ref.startswith(("http://", "https://")):
             raise DataError(f"{where}: image URLs are not supported offline ({ref[:80]}); download it first")
         p = resolve_path(ref, base_dir) if len(ref) < 4096 else None
-        if p is not None and p.is_file():
+        if p is not None and _is_file(p):
             return _open_path(p, where)
         if looks_like_base64(ref):
             return _open_bytes(decode_base64(ref, where=where), where)

@@ -1,0 +1,228 @@
+"""Evaluation backends: a registry (name -> backend class) and the types every backend shares.
+
+A backend turns one benchmark's items into scored prediction rows::
+
+    backend = get_backend_class("builtin")(batch_size=16, prompting=Prompting(), threads=None)
+    result = backend.evaluate(checkpoint_dir, spec, items, settings)   # -> BenchmarkResult
+
+``builtin`` (``prism_lab.eval.builtin``) generates with the rollout engine and scores with the rule judge.
+Further backends (e.g. ``vlmevalkit``) register a ``module:Class`` reference with
+:func:`register_backend`; classes are imported only when used, so this module stays cheap to import.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from prism_lab.errors import ConfigError
+from prism_lab.registry import Registry
+
+__all__ = [
+    "EVAL_BACKENDS",
+    "PROMPTING_FILE",
+    "BenchmarkResult",
+    "EvalBackend",
+    "GenerationSettings",
+    "Prompting",
+    "get_backend_class",
+    "register_backend",
+    "resolve_settings",
+    "summarize_rows",
+]
+
+#: Written next to a checkpoint by the training stages: how its training data was prompted.
+PROMPTING_FILE = "prism_prompting.json"
+
+
+# ----------------------------------------------------------------------------------------------- types
+@dataclass(frozen=True)
+class GenerationSettings:
+    """What decides a benchmark's generations (all of it enters the prediction cache key).
+
+    Greedy settings are canonical (temperature 0, top_p 1, top_k -1), so equivalent greedy configs share
+    cache entries. ``top_k`` -1 means disabled. ``limit`` None = every item.
+    """
+
+    max_new_tokens: int
+    do_sample: bool
+    temperature: float
+    top_p: float
+    top_k: int = -1
+    seed: int = 0
+    limit: int | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def resolve_settings(spec: Any, cfg: Any) -> GenerationSettings:
+    """The benchmark YAML's generation settings overridden by the EvalConfig's (None = keep the YAML's).
+
+    An overriding temperature also decides sampling: ``> 0`` samples, ``0`` is greedy (EvalConfig doc).
+    """
+    temperature = spec.temperature if cfg.temperature is None else cfg.temperature
+    do_sample = (spec.do_sample if cfg.temperature is None else True) and temperature > 0
+    top_p = spec.top_p if cfg.top_p is None else cfg.top_p
+    max_new = spec.max_new_tokens if cfg.max_new_tokens is None else cfg.max_new_tokens
+    top_k = int(getattr(spec, "top_k", -1))
+    top_k = -1 if top_k <= 0 else top_k
+    if not do_sample:
+        temperature, top_p, top_k = 0.0, 1.0, -1
+    return GenerationSettings(
+        max_new_tokens=int(max_new), do_sample=bool(do_sample), temperature=float(temperature),
+        top_p=float(top_p), top_k=top_k, seed=int(cfg.seed), limit=cfg.limit,
+    )
+
+
+@dataclass(frozen=True)
+class Prompting:
+    """How prompts are built for a checkpoint (the data convention it was trained with).
+
+    ``system_prompt``: prepend the paper's system prompt as a system message (default True, as the
+    paper's eval template does). ``yesno_instruction``: append "Answer Yes or No." to Yes/No questions.
+    """
+
+    system_prompt: bool = True
+    yesno_instruction: bool = True
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_checkpoint(cls, checkpoint_dir: str | Path) -> "Prompting":
+        """Read ``prism_prompting.json`` from the checkpoint directory (else its parent, the stage
+        artifact); absent file = defaults. Unknown keys are ignored; known keys must be booleans."""
+        d = Path(checkpoint_dir)
+        for cand in (d / PROMPTING_FILE, d.parent / PROMPTING_FILE):
+            if cand.is_file():
+                return cls.from_file(cand)
+        return cls()
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> "Prompting":
+        path = Path(path)
+        try:
+            raw = json.loads(path.read_text(encoding="utf-8"))
+        except ValueError as e:
+            raise ConfigError(f"{path}: not valid JSON ({e})") from None
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{path}: expected a JSON object like {{\"system_prompt\": true}}")
+        kw: dict[str, bool] = {}
+        for name in ("system_prompt", "yesno_instruction"):
+            if name in raw:
+                if not isinstance(raw[name], bool):
+                    raise ConfigError(f"{path}: field '{name}': expected true or false, got {raw[name]!r}")
+                kw[name] = raw[name]
+        return cls(**kw)
+
+
+def summarize_rows(rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """Benchmark metrics from scored rows: accuracy and format_rate are fractions in [0, 1]."""
+    n = len(rows)
+    if n == 0:
+        return {"n": 0, "accuracy": math.nan, "format_rate": math.nan, "mean_response_tokens": math.nan,
+                "truncated_rate": math.nan, "by_category": {}}
+    acc = sum(bool(r.get("correct")) for r in rows) / n
+    fmt = sum(bool(r.get("format_valid")) for r in rows) / n
+    lens = [int(r["n_tokens"]) for r in rows if r.get("n_tokens") is not None]
+    trunc = sum(r.get("finish_reason") == "length" for r in rows) / n
+    cats: dict[str, list[bool]] = {}
+    for r in rows:
+        if r.get("category"):
+            cats.setdefault(str(r["category"]), []).append(bool(r.get("correct")))
+    return {
+        "n": n,
+        "accuracy": acc,
+        "format_rate": fmt,
+        "mean_response_tokens": (sum(lens) / len(lens)) if lens else math.nan,
+        "truncated_rate": trunc,
+        "by_category": {c: {"n": len(v), "accuracy": sum(v) / len(v)} for c, v in sorted(cats.items())},
+    }
+
+
+@dataclass
+class BenchmarkResult:
+    """One benchmark's scored prediction rows (see ``prism_lab.eval.predictions``) and their metrics."""
+
+    benchmark: str
+    rows: list[dict[str, Any]]
+    settings: GenerationSettings
+    backend: str
+    cached: bool = False
+    info: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def metrics(self) -> dict[str, Any]:
+        return summarize_rows(self.rows)
+
+
+# ----------------------------------------------------------------------------------------------- base
+class EvalBackend:
+    """Base class. Subclasses set ``name`` and implement :meth:`evaluate`.
+
+    One instance serves one checkpoint: it may load the model on the first :meth:`evaluate` and reuse
+    it for every benchmark. Nothing may be loaded in ``__init__`` (a fully cached evaluation never
+    touches the model).
+    """
+
+    name = "base"
+
+    def __init__(self, *, batch_size: int = 16, prompting: Prompting | None = None, threads: int | None = None,
+                 log: Any = None, progress: bool = True) -> None:
+        self.batch_size = batch_size
+        self.prompting = prompting or Prompting()
+        self.threads = threads
+        self.progress = progress
+        self._log = log
+
+    def log(self, msg: str) -> None:
+        if self._log is None:
+            return
+        if callable(getattr(self._log, "info", None)):
+            self._log.info(msg)
+        else:
+            self._log(msg)
+
+    def evaluate(self, checkpoint_dir: str | Path, spec: Any, items: Sequence[Any],
+                 settings: GenerationSettings) -> BenchmarkResult:
+        raise NotImplementedError
+
+    def rescore(self, spec: Any, items: Sequence[Any], rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Re-score cached rows (default: keep them as stored)."""
+        return rows
+
+    def close(self) -> None:
+        """Release the model (called once the checkpoint's benchmarks are done)."""
+
+
+# ----------------------------------------------------------------------------------------------- registry
+EVAL_BACKENDS: Registry[type[EvalBackend] | str] = Registry("eval backend")
+
+
+def register_backend(name: str, backend: type[EvalBackend] | str, *, replace: bool = False) -> None:
+    """Register a backend class, or a lazy ``"package.module:Class"`` reference."""
+    EVAL_BACKENDS.add(name, backend, replace=replace)
+
+
+def get_backend_class(name: str) -> type[EvalBackend]:
+    """The backend class called ``name`` (unknown names raise ConfigError listing the known ones)."""
+    try:
+        ref = EVAL_BACKENDS.get(name)
+    except KeyError as e:
+        raise ConfigError(str(e.args[0])) from None
+    if isinstance(ref, str):
+        from prism_lab.stages.registry import import_ref
+
+        try:
+            ref = import_ref(ref)
+        except (ImportError, AttributeError) as e:
+            raise ConfigError(f"eval backend {name!r} is not available in this installation ({e})") from None
+    return ref
+
+
+register_backend("builtin", "prism_lab.eval.builtin:BuiltinBackend")

@@ -1,0 +1,252 @@
+"""Evaluate one checkpoint on a list of benchmarks: the body of the `eval` stage and of a standalone
+command (``python -m prism_lab.eval.run CHECKPOINT --bench-dir DIR -b synth-perception ...``).
+
+For every benchmark: read its TSV, resolve the generation settings (YAML overridden by the EvalConfig),
+look the predictions up in the cache, generate and score on a miss, then write
+``<out_dir>/predictions/<benchmark>.jsonl``. ``<out_dir>/results.json`` collects per-benchmark metrics,
+settings and cache keys; the returned dict has the same content, with flat ledger metrics under
+``"metrics"``::
+
+    eval/<bench>/accuracy, eval/<bench>/format_rate, eval/<bench>/n, eval/<bench>/mean_response_tokens,
+    eval/avg/accuracy, eval/avg/format_rate
+
+Accuracy and format rate are fractions in [0, 1].
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import logging
+import math
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from prism_lab.config.eval import EvalConfig
+from prism_lab.errors import DataError, PrismError
+from prism_lab.eval.backends import BenchmarkResult, Prompting, get_backend_class, resolve_settings
+from prism_lab.eval.benchmarks import BenchmarkSpec, load_benchmark
+from prism_lab.eval.predictions import PredictionCache, cache_key, file_sha256, write_json_atomic, write_jsonl_atomic
+
+__all__ = ["RESULTS_FILE", "PREDICTIONS_DIR", "benchmark_tsv", "checkpoint_fingerprint", "evaluate_checkpoint", "main"]
+
+RESULTS_FILE = "results.json"
+PREDICTIONS_DIR = "predictions"
+
+#: Files up to this size are content-hashed by :func:`checkpoint_fingerprint`; larger ones by size+mtime.
+_FULL_HASH_LIMIT = 256 << 20
+
+Log = logging.Logger | Callable[[str], Any] | None
+
+
+def _emit(log: Log, msg: str) -> None:
+    if log is None:
+        return
+    if callable(getattr(log, "info", None)):
+        log.info(msg)  # type: ignore[union-attr]
+    else:
+        log(msg)  # type: ignore[operator]
+
+
+def checkpoint_fingerprint(checkpoint_dir: str | Path) -> str:
+    """A content key for a checkpoint directory that no stage produced (standalone evaluation).
+
+    sha256 over every file's relative path and content (files over 256 MiB: path, size and mtime).
+    """
+    d = Path(checkpoint_dir)
+    if not d.is_dir():
+        raise PrismError(f"checkpoint directory {d} does not exist")
+    h = hashlib.sha256(b"prism-lab checkpoint v1\0")
+    for p in sorted(x for x in d.rglob("*") if x.is_file()):
+        rel = p.relative_to(d).as_posix()
+        st = p.stat()
+        h.update(rel.encode() + b"\0")
+        if st.st_size <= _FULL_HASH_LIMIT:
+            h.update(file_sha256(p).encode())
+        else:
+            h.update(f"{st.st_size}:{st.st_mtime_ns}".encode())
+    return "ckpt-" + h.hexdigest()
+
+
+def benchmark_tsv(spec: BenchmarkSpec, bench_dir: str | Path | None) -> Path:
+    """Where a benchmark's TSV is: ``<bench_dir>/<file>``; without bench_dir, the spec's own location
+    ($LMUData for VLMEvalKit benchmarks). A missing file raises DataError naming both."""
+    if bench_dir is not None:
+        path = Path(bench_dir) / spec.file
+        where = f"the benchmark directory {bench_dir}"
+    elif spec.source == "vlmevalkit":
+        path = spec.tsv_path()
+        where = "$LMUData (or ~/LMUData)"
+    else:
+        raise DataError(f"benchmark {spec.name!r}: a synth benchmark needs the data run's benchmark directory "
+                        f"(bench_dir) to find {spec.file}")
+    if not path.is_file():
+        raise DataError(f"benchmark {spec.name!r}: TSV file {spec.file} not found; expected it at {path} "
+                        f"(in {where})")
+    return path
+
+
+def _as_config(cfg: EvalConfig | dict | None) -> EvalConfig:
+    if cfg is None:
+        return EvalConfig()
+    if isinstance(cfg, EvalConfig):
+        return cfg
+    return EvalConfig.model_validate(cfg)
+
+
+def _finite(x: Any) -> Any:
+    return None if isinstance(x, float) and not math.isfinite(x) else x
+
+
+def evaluate_checkpoint(
+    checkpoint_dir: str | Path,
+    benchmarks: Sequence[str | BenchmarkSpec] | None,
+    cfg: EvalConfig | dict | None,
+    *,
+    bench_dir: str | Path | None,
+    cache_dir: str | Path | None,
+    checkpoint_key: str | None,
+    out_dir: str | Path | None = None,
+    log: Log = None,
+    progress: bool = True,
+    prompting: Prompting | None = None,
+    benchmark_search_dirs: Sequence[str | Path] | None = None,
+) -> dict[str, Any]:
+    """Evaluate ``checkpoint_dir`` on ``benchmarks`` (names or specs; None = ``cfg.benchmarks``).
+
+    ``bench_dir``: directory of the benchmark TSVs (the data catalog's ``bench_dir``).
+    ``cache_dir``: prediction cache directory (``<root>/cache/predictions``; None = no cache).
+    ``checkpoint_key``: the checkpoint's content key (the producing run's key; None = fingerprint the
+    directory). ``out_dir``: where predictions/ and results.json go (None = write nothing).
+    ``prompting``: override the checkpoint's ``prism_prompting.json``.
+    Returns the results dict (see the module doc); ``results["metrics"]`` are the ledger metrics.
+    """
+    cfg = _as_config(cfg)
+    names = list(cfg.benchmarks if benchmarks is None else benchmarks)
+    if not names:
+        raise PrismError("eval: no benchmarks to evaluate (set eval.benchmarks)")
+    specs = [b if isinstance(b, BenchmarkSpec) else load_benchmark(b, benchmark_search_dirs) for b in names]
+    dup = sorted({s.name for s in specs if sum(t.name == s.name for t in specs) > 1})
+    if dup:
+        raise PrismError(f"eval: benchmark(s) listed twice: {', '.join(dup)}")
+    # Fail on a missing TSV before any model is loaded.
+    paths = {s.name: benchmark_tsv(s, bench_dir) for s in specs}
+    ckpt_key = checkpoint_key or checkpoint_fingerprint(checkpoint_dir)
+    prompting = prompting or Prompting.from_checkpoint(checkpoint_dir)
+    backend = get_backend_class(cfg.backend)(
+        batch_size=cfg.batch_size, prompting=prompting, threads=cfg.threads, log=log, progress=progress
+    )
+    cache = PredictionCache(cache_dir) if cache_dir is not None else None
+    out = Path(out_dir) if out_dir is not None else None
+
+    from prism_lab.data.bench_tsv import read_benchmark_tsv
+
+    per_bench: dict[str, Any] = {}
+    metrics: dict[str, float] = {}
+    t_all = time.perf_counter()
+    try:
+        for spec in specs:
+            path = paths[spec.name]
+            sha = file_sha256(path)
+            items = read_benchmark_tsv(path)
+            if cfg.limit is not None:
+                items = items[: cfg.limit]
+            settings = resolve_settings(spec, cfg)
+            key = cache_key(checkpoint_key=ckpt_key, benchmark=spec.name, file_sha256=sha,
+                            settings=settings.to_dict(), backend=cfg.backend, prompting=prompting.to_dict())
+            result: BenchmarkResult | None = None
+            cached_rows = cache.get(key) if cache is not None else None
+            if cached_rows is not None:
+                try:
+                    rows = backend.rescore(spec, items, cached_rows)
+                    result = BenchmarkResult(spec.name, rows, settings, cfg.backend, cached=True)
+                    _emit(log, f"eval {spec.name}: {len(rows)} predictions from the cache ({key[:12]})")
+                except (KeyError, ValueError) as e:
+                    _emit(log, f"eval {spec.name}: cache entry {key[:12]} does not fit the benchmark ({e}); "
+                               "regenerating")
+            if result is None:
+                _emit(log, f"eval {spec.name}: generating {len(items)} items ({settings.to_dict()})")
+                result = backend.evaluate(checkpoint_dir, spec, items, settings)
+                if cache is not None:
+                    cache.put(key, result.rows, meta={
+                        "checkpoint_key": ckpt_key, "benchmark": spec.name, "file": str(path), "file_sha256": sha,
+                        "settings": settings.to_dict(), "prompting": prompting.to_dict(), "backend": cfg.backend,
+                        "n": len(result.rows), "created_at": time.time(),
+                    })
+            m = result.metrics
+            if out is not None:
+                write_jsonl_atomic(out / PREDICTIONS_DIR / f"{spec.name}.jsonl", result.rows)
+            per_bench[spec.name] = {
+                **{k: _finite(v) for k, v in m.items()},
+                "kind": spec.kind, "file": str(path), "file_sha256": sha, "settings": settings.to_dict(),
+                "cache_key": key, "cache_hit": result.cached, **({"info": result.info} if result.info else {}),
+            }
+            metrics[f"eval/{spec.name}/accuracy"] = m["accuracy"]
+            metrics[f"eval/{spec.name}/format_rate"] = m["format_rate"]
+            metrics[f"eval/{spec.name}/n"] = float(m["n"])
+            metrics[f"eval/{spec.name}/mean_response_tokens"] = m["mean_response_tokens"]
+            _emit(log, f"eval {spec.name}: accuracy {m['accuracy']:.4f}, format rate {m['format_rate']:.4f}, "
+                       f"n {m['n']}")
+    finally:
+        backend.close()
+
+    accs = [b["accuracy"] for b in per_bench.values() if b["accuracy"] is not None]
+    fmts = [b["format_rate"] for b in per_bench.values() if b["format_rate"] is not None]
+    metrics["eval/avg/accuracy"] = sum(accs) / len(accs) if accs else math.nan
+    metrics["eval/avg/format_rate"] = sum(fmts) / len(fmts) if fmts else math.nan
+    results = {
+        "checkpoint_key": ckpt_key,
+        "checkpoint_dir": str(checkpoint_dir),
+        "backend": cfg.backend,
+        "prompting": prompting.to_dict(),
+        "config": cfg.model_dump(),
+        "benchmarks": per_bench,
+        "avg": {"accuracy": _finite(metrics["eval/avg/accuracy"]), "format_rate": _finite(metrics["eval/avg/format_rate"])},
+        "metrics": metrics,
+        "seconds": round(time.perf_counter() - t_all, 3),
+    }
+    if out is not None:
+        write_json_atomic(out / RESULTS_FILE, {**results, "metrics": {k: _finite(v) for k, v in metrics.items()}})
+    return results
+
+
+# ----------------------------------------------------------------------------------------------- CLI
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m prism_lab.eval.run", description="Evaluate one checkpoint.")
+    p.add_argument("checkpoint", type=Path, help="HF checkpoint directory")
+    p.add_argument("-b", "--benchmark", action="append", required=True, help="benchmark name (repeatable)")
+    p.add_argument("--bench-dir", type=Path, default=None, help="directory of the benchmark TSVs")
+    p.add_argument("--out", type=Path, required=True, help="output directory (predictions/, results.json)")
+    p.add_argument("--cache-dir", type=Path, default=None, help="prediction cache directory (default: none)")
+    p.add_argument("--checkpoint-key", default=None, help="checkpoint key (default: content fingerprint)")
+    p.add_argument("--backend", default="builtin")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--temperature", type=float, default=None)
+    p.add_argument("--top-p", type=float, default=None)
+    p.add_argument("--max-new-tokens", type=int, default=None)
+    p.add_argument("--limit", type=int, default=None)
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--seed", type=int, default=0)
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stderr)
+    try:
+        cfg = EvalConfig(benchmarks=args.benchmark, backend=args.backend, batch_size=args.batch_size,
+                         temperature=args.temperature, top_p=args.top_p, max_new_tokens=args.max_new_tokens,
+                         limit=args.limit, threads=args.threads, seed=args.seed)
+        res = evaluate_checkpoint(args.checkpoint, None, cfg, bench_dir=args.bench_dir, cache_dir=args.cache_dir,
+                                  checkpoint_key=args.checkpoint_key, out_dir=args.out,
+                                  log=logging.getLogger("prism_lab.eval"))
+    except PrismError as e:
+        print(f"prism-lab eval: {e}", file=sys.stderr)
+        return 2
+    for name, b in res["benchmarks"].items():
+        print(f"{name}: accuracy {b['accuracy']}, format_rate {b['format_rate']}, n {b['n']}")
+    print(f"avg: accuracy {res['avg']['accuracy']}")
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

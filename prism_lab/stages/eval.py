@@ -1,0 +1,64 @@
+"""The `eval` stage: evaluate the input checkpoint on the configured benchmarks (prism_spec.md section 8).
+
+Inputs: ``checkpoint`` (an artifact whose HF checkpoint is ``<path>/model``) and ``data`` (a data run;
+its catalog's ``bench_dir`` holds the benchmark TSVs). Writes ``predictions/<benchmark>.jsonl`` and
+``results.json`` into the run directory, logs ``eval/<bench>/{accuracy,format_rate,n,...}`` and
+``eval/avg/accuracy`` at step 0, and returns the same metrics as the run's summary. Predictions are
+cached under ``<root>/cache/predictions`` (see ``prism_lab.eval.predictions``).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+
+from prism_lab.config.eval import EvalConfig
+from prism_lab.errors import CheckpointError
+from prism_lab.stages.context import StageContext
+
+CACHE_SUBDIR = Path("cache") / "predictions"
+
+
+def checkpoint_dir_of(artifact_path: Path) -> Path:
+    """The HF checkpoint inside a checkpoint-producing run's artifact (``<path>/model``)."""
+    model = Path(artifact_path) / "model"
+    if (model / "config.json").is_file():
+        return model
+    if (Path(artifact_path) / "config.json").is_file():
+        return Path(artifact_path)
+    raise CheckpointError(f"{artifact_path}: no HF checkpoint (expected {model}/config.json)")
+
+
+def _default_benchmarks(bench_dir: str | None) -> list[str]:
+    """Every registered benchmark whose TSV is in ``bench_dir`` (used when the config lists none)."""
+    from prism_lab.eval.benchmarks import all_benchmarks
+
+    if not bench_dir:
+        return []
+    return [name for name, spec in all_benchmarks().items() if (Path(bench_dir) / spec.file).is_file()]
+
+
+def run(ctx: StageContext) -> dict:
+    from prism_lab.data.catalog import DataCatalog
+    from prism_lab.eval.run import evaluate_checkpoint
+
+    cfg: EvalConfig = ctx.config  # type: ignore[assignment]
+    ckpt = ctx.input("checkpoint")
+    if cfg.bench_dir:
+        bench_dir = cfg.bench_dir
+    elif "data" in ctx.inputs:
+        bench_dir = DataCatalog.load(ctx.input("data").path).bench_dir
+    else:
+        bench_dir = os.environ.get("LMUData")
+    names = list(cfg.benchmarks) or _default_benchmarks(bench_dir)
+    if not cfg.benchmarks:
+        ctx.log.info("eval: no benchmarks configured; using those found in %s: %s", bench_dir,
+                     ", ".join(names) or "(none)")
+    results = evaluate_checkpoint(
+        checkpoint_dir_of(ckpt.path), names, cfg, bench_dir=bench_dir,
+        cache_dir=Path(ctx.root) / CACHE_SUBDIR, checkpoint_key=ckpt.key, out_dir=ctx.out_dir, log=ctx.log,
+    )
+    metrics = {k: v for k, v in results["metrics"].items() if isinstance(v, (int, float)) and math.isfinite(v)}
+    ctx.log_metrics(0, metrics)
+    return metrics
