@@ -32,6 +32,9 @@ def _register_subcommands() -> None:
     from prism_lab.eval_cli import eval_command
 
     app.command("eval")(eval_command)
+    from prism_lab.report_cli import report
+
+    app.command("report")(report)
 
 
 _register_subcommands()

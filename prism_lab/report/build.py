@@ -1,0 +1,127 @@
+"""build_report: ledger -> report.md, results.csv, curves.csv, per-size wide CSVs, deltas.csv and PNG plots.
+
+Regenerable at any time from the ledger alone (the grid is the JSON stored when the sweep was planned);
+nothing here imports trainers, torch or transformers.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from prism_lab.errors import PrismError
+from prism_lab.ledger import Ledger
+from prism_lab.report.frame import SweepData, curves_frame, load_sweep, resolve_sweep, results_frame
+from prism_lab.report.markdown import render_report
+from prism_lab.report.paper import canonical_column
+from prism_lab.report.plots import plot_curves, plot_deltas
+from prism_lab.report.tables import (
+    Delta,
+    Row,
+    build_deltas,
+    build_rows,
+    deltas_frame,
+    failed_runs,
+    status_counts,
+    wide_frame,
+)
+
+
+@dataclass
+class ReportPaths:
+    """Where a report was written."""
+
+    out_dir: Path
+    markdown: Path
+    results_csv: Path
+    curves_csv: Path
+    deltas_csv: Path
+    tables: dict[str, Path] = field(default_factory=dict)  # size -> wide CSV
+    plots: list[Path] = field(default_factory=list)
+
+    def all_files(self) -> list[Path]:
+        return [self.markdown, self.results_csv, self.curves_csv, self.deltas_csv, *self.tables.values(), *self.plots]
+
+
+@dataclass
+class Report:
+    """The computed report (what the files are rendered from)."""
+
+    data: SweepData
+    rows: dict[Any, list[Row]]
+    deltas: list[Delta]
+    bench_columns: dict[str, str | None]
+
+
+def _safe(name: Any) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", str(name)) or "_"
+
+
+def benchmark_paper_columns(benchmarks: list[str]) -> dict[str, str | None]:
+    """benchmark -> the paper column its spec names (None when unset or the spec is unknown here)."""
+    from prism_lab.errors import ConfigError
+    from prism_lab.eval.benchmarks import load_benchmark
+
+    out: dict[str, str | None] = {}
+    for name in benchmarks:
+        try:
+            out[name] = canonical_column(load_benchmark(name).paper_column)
+        except (ConfigError, OSError):
+            out[name] = None
+    return out
+
+
+def compute_report(ledger: Ledger, target: str | Path) -> Report:
+    sweep = resolve_sweep(ledger, target)
+    data = load_sweep(ledger, sweep)
+    rows = build_rows(data)
+    deltas = build_deltas(data, rows)
+    return Report(data=data, rows=rows, deltas=deltas, bench_columns=benchmark_paper_columns(data.benchmarks))
+
+
+def build_report(ledger_root: str | Path, sweep_name_or_grid_path: str | Path,
+                 out_dir: str | Path | None = None) -> ReportPaths:
+    """Write the report of one sweep into ``out_dir`` (default ``reports/<sweep>``) and return the paths."""
+    ledger = Ledger.open_existing(ledger_root)
+    if ledger is None:
+        raise PrismError(f"{ledger_root}: no ledger.sqlite here; pass --root (the directory `sweep run` used)")
+    try:
+        rep = compute_report(ledger, sweep_name_or_grid_path)
+    finally:
+        ledger.close()
+    data = rep.data
+    out = Path(out_dir) if out_dir is not None else Path("reports") / _safe(data.name)
+    out.mkdir(parents=True, exist_ok=True)
+    plots_dir = out / "plots"
+
+    paths = ReportPaths(out_dir=out, markdown=out / "report.md", results_csv=out / "results.csv",
+                        curves_csv=out / "curves.csv", deltas_csv=out / "deltas.csv")
+    results_frame(data).to_csv(paths.results_csv, index=False)
+    curves_frame(data).to_csv(paths.curves_csv, index=False)
+    files: dict[str, Path] = {"results": paths.results_csv, "curves": paths.curves_csv}
+    for size, rows in rep.rows.items():
+        path = out / f"table_{_safe(size)}.csv"
+        wide_frame(rows, data.benchmarks, data.extra_axes).to_csv(path, index=False)
+        paths.tables[str(size)] = path
+        files[f"table_{size}"] = path
+    deltas_frame(rep.deltas, data.benchmarks).to_csv(paths.deltas_csv, index=False)
+    files["deltas"] = paths.deltas_csv
+
+    for stale in plots_dir.glob("*.png") if plots_dir.is_dir() else []:
+        stale.unlink()  # a regenerated report never shows plots of runs that are gone
+    for path in plot_curves(data, plots_dir):
+        paths.plots.append(path)
+        files[f"plot_{path.stem}"] = path
+    delta_png = plot_deltas(rep.deltas, plots_dir / "delta_avg.png",
+                            title=f"{data.name}: Avg Δ ({data.report_spec['treatment']} − "
+                                  f"{data.report_spec['baseline']}); error bars = std over seeds")
+    if delta_png is not None:
+        paths.plots.append(delta_png)
+        files["plot_delta_avg"] = delta_png
+
+    text = render_report(data, rep.rows, rep.deltas, bench_columns=rep.bench_columns, failed=failed_runs(data),
+                         counts=status_counts(data), files=files, out_dir=out)
+    paths.markdown.write_text(text, encoding="utf-8")
+    return paths

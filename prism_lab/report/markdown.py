@@ -1,0 +1,240 @@
+"""Markdown rendering of a report: paper-shaped tables per size, deltas, paper side by side, status."""
+
+from __future__ import annotations
+
+import datetime as _dt
+from pathlib import Path
+from typing import Any
+
+from prism_lab.report.frame import SweepData
+from prism_lab.report.paper import PAPER_AVG_DELTAS, PAPER_ALIGN_ONLY_DELTAS, PAPER_COLUMNS, paper_row, paper_size
+from prism_lab.report.stats import method_description
+from prism_lab.report.tables import AVG, Delta, Row
+
+DASH = "–"
+SIG_MARK = "*"
+
+
+# ---- cell formatting -------------------------------------------------------------------------------
+def fmt_mean_std(mean: float | None, std: float | None) -> str:
+    """"75.7 ± 0.4"; one seed: "75.7 ± –"; no value: "–"."""
+    if mean is None:
+        return DASH
+    return f"{mean:.1f} ± {DASH if std is None else f'{std:.1f}'}"
+
+
+def fmt_signed(x: float | None) -> str:
+    if x is None:
+        return DASH
+    text = f"{x:+.1f}"
+    return "+0.0" if text == "-0.0" else text
+
+
+def fmt_delta(mean: float | None, significant: bool | None) -> str:
+    """"+4.4*" when significant, "+4.4" otherwise (or untestable)."""
+    return fmt_signed(mean) + (SIG_MARK if significant else "")
+
+
+def fmt_significant(significant: bool | None, note: str = "") -> str:
+    if significant is None:
+        return note or "n/a (1 seed)"
+    return "yes" if significant else "no"
+
+
+def md_table(headers: list[str], rows: list[list[Any]]) -> str:
+    def cell(x: Any) -> str:
+        return str(x).replace("|", "\\|").replace("\n", " ")
+
+    lines = ["| " + " | ".join(cell(h) for h in headers) + " |",
+             "|" + "|".join("---" for _ in headers) + "|"]
+    lines += ["| " + " | ".join(cell(x) for x in r) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+# ---- table bodies ----------------------------------------------------------------------------------
+def result_table(rows: list[Row], benchmarks: list[str]) -> tuple[list[str], list[list[str]]]:
+    headers = ["Method", *benchmarks, AVG, "n"]
+    body = []
+    for row in rows:
+        if row.done:
+            cells = [fmt_mean_std(*row.stat(col)[:2]) for col in [*benchmarks, AVG]]
+            n = str(row.n_done)
+        else:
+            cells = [row.status] * (len(benchmarks) + 1)
+            n = f"{row.n_done}/{row.n_total} done"
+        body.append([row.label, *cells, n])
+    return headers, body
+
+
+def delta_table(deltas: list[Delta], benchmarks: list[str]) -> tuple[list[str], list[list[str]]]:
+    headers = ["Size", "Δ", *benchmarks, AVG, "Avg 95% CI", "n", "Avg significant"]
+    body = []
+    for d in deltas:
+        if not d.done:
+            body.append([str(d.size), d.label, *[d.status] * (len(benchmarks) + 1), DASH, DASH, d.status])
+            continue
+        cells = []
+        for col in [*benchmarks, AVG]:
+            iv = d.intervals[col]
+            cells.append(fmt_delta(iv.mean, iv.significant))
+        iv = d.intervals[AVG]
+        ci = DASH if iv.low is None else f"[{fmt_signed(iv.low)}, {fmt_signed(iv.high)}]"
+        body.append([str(d.size), d.label, *cells, ci, str(iv.n), fmt_significant(iv.significant, iv.note)])
+    return headers, body
+
+
+def paper_columns_of(bench_columns: dict[str, str | None]) -> list[tuple[str, str]]:
+    """(our benchmark, paper column) for the grid benchmarks that stand in for a paper column."""
+    return [(b, c) for b, c in bench_columns.items() if c in PAPER_COLUMNS]
+
+
+def paper_table(rows: list[Row], matched: list[tuple[str, str]], size: Any) -> tuple[list[str], list[list[str]]]:
+    headers = ["Method"]
+    for b, col in matched:
+        headers += [f"{col} ours ({b})", f"{col} paper"]
+    headers += ["paper Avg (7 benchmarks)"]
+    body = []
+    for row in rows:
+        prow = paper_row(size, row.base_label)
+        if prow is None:
+            continue
+        cells = [row.label]
+        for b, col in matched:
+            ours = fmt_mean_std(*row.stat(b)[:2]) if row.done else row.status
+            cells += [ours, f"{prow[col]:.1f}"]
+        cells.append(f"{prow['Avg']:.1f}")
+        body.append(cells)
+    return headers, body
+
+
+def paper_delta_table(deltas: list[Delta], matched: list[tuple[str, str]]) -> tuple[list[str], list[list[str]]]:
+    names = ", ".join(col for _b, col in matched)
+    headers = ["Size", "Δ", f"ours (mean over {names})", f"paper (mean over {names})", "paper Avg Δ (7 benchmarks)"]
+    body = []
+    for d in deltas:
+        key = paper_size(d.size)
+        if key is None:
+            continue
+        t_row, b_row = paper_row(d.size, d.treatment.base_label), paper_row(d.size, d.baseline.base_label)
+        if t_row is None or b_row is None:
+            continue
+        paper_sub = sum(t_row[c] - b_row[c] for _b, c in matched) / len(matched)
+        if d.kind == "align":
+            paper_avg = PAPER_ALIGN_ONLY_DELTAS.get(key)
+        else:
+            paper_avg = PAPER_AVG_DELTAS.get(key, {}).get(str(d.algorithm))
+        if paper_avg is None:
+            paper_avg = t_row["Avg"] - b_row["Avg"]
+        if d.done:
+            per_seed = []
+            for s in d.seeds:
+                vals = [d.treatment.seed_value(s, b) for b, _c in matched]
+                base = [d.baseline.seed_value(s, b) for b, _c in matched]
+                if all(v is not None for v in vals + base):
+                    per_seed.append(sum(v - w for v, w in zip(vals, base)) / len(matched))
+            ours = fmt_signed(sum(per_seed) / len(per_seed)) if per_seed else DASH
+        else:
+            ours = d.status
+        body.append([str(d.size), d.label, ours, fmt_signed(paper_sub), fmt_signed(paper_avg)])
+    return headers, body
+
+
+# ---- the document ----------------------------------------------------------------------------------
+def render_report(
+    data: SweepData,
+    rows: dict[Any, list[Row]],
+    deltas: list[Delta],
+    *,
+    bench_columns: dict[str, str | None],
+    failed: list[dict[str, Any]],
+    counts: dict[str, int],
+    files: dict[str, Path],
+    out_dir: Path,
+) -> str:
+    rep = data.report_spec
+    benchmarks = data.benchmarks
+    lines: list[str] = [f"# Report: {data.name}", ""]
+    if data.description:
+        lines += [data.description, ""]
+    now = _dt.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")
+    lines += [
+        f"Generated {now} from the ledger `{data.ledger_path}` (grid `{data.grid_path}`); regenerate with "
+        f"`prism-lab report {data.name}`. Never edit by hand.",
+        "",
+        "Axes: " + "; ".join(f"`{k}` = {', '.join(str(v) for v in vals)}" for k, vals in data.axes.items()),
+        "",
+        "Runs: " + ", ".join(f"{n} {s}" for s, n in counts.items()) + f" ({len(data.cells)} cells).",
+        "",
+        "## Method",
+        "",
+        "- Accuracy in % (one decimal, as in the paper), **mean ± sample std over seeds** (`± –`: one seed); "
+        "`n` = seeds.",
+        f"- `{AVG}` = mean over this grid's benchmarks ({', '.join(benchmarks)}) per seed, then mean ± std "
+        f"over seeds.",
+        "- Rows: `+SFT` = SFT checkpoint; `SFT+X` = SFT → RLVR with algorithm X; `PRISM` = SFT → PRISM "
+        "alignment; `PRISM+X` = SFT → PRISM → RLVR. `[axis=value]` marks further (non-core) axes.",
+        f"- Deltas: `{rep['treatment']}` − `{rep['baseline']}` of axis `{rep['compare_axis']}`, paired by "
+        f"seed, in points.",
+        f"- Significance ({rep['significance']}): {method_description(rep['significance'])}",
+        "- A row or delta whose runs are not all done shows the status (`failed`, `running`, `pending`, "
+        "`blocked`) instead of a number; nothing is dropped.",
+        "",
+    ]
+    for size, size_rows in rows.items():
+        headers, body = result_table(size_rows, benchmarks)
+        lines += [f"## Results: size {size}", "", md_table(headers, body), ""]
+        if f"table_{size}" in files:
+            lines += [f"CSV: [{files[f'table_{size}'].name}]({_rel(files[f'table_{size}'], out_dir)})", ""]
+    lines += ["## Deltas", ""]
+    if deltas:
+        headers, body = delta_table(deltas, benchmarks)
+        lines += [md_table(headers, body), "",
+                  f"`{SIG_MARK}` = significant ({rep['significance']}, 95%). CSV with every interval: "
+                  f"[deltas.csv]({_rel(files['deltas'], out_dir)})" if "deltas" in files else "", ""]
+    else:
+        lines += [f"No pair of rows differs only in `{rep['compare_axis']}` "
+                  f"({rep['baseline']} vs {rep['treatment']}).", ""]
+    matched = paper_columns_of(bench_columns)
+    paper_sizes = [s for s in rows if paper_size(s) is not None]
+    if matched and paper_sizes:
+        lines += ["## Paper side by side", "",
+                  "The paper's numbers (Qwen3-VL, prism_spec.md §9) next to ours for the benchmarks that stand in "
+                  "for a paper column. Different models and data: compare shapes, not values.", ""]
+        for size in paper_sizes:
+            headers, body = paper_table(rows[size], matched, size)
+            if body:
+                lines += [f"### Size {size}", "", md_table(headers, body), ""]
+        headers, body = paper_delta_table([d for d in deltas if d.size in paper_sizes], matched)
+        if body:
+            lines += ["### Deltas vs the paper's", "", md_table(headers, body), ""]
+    plots = [(k, p) for k, p in files.items() if k.startswith("plot_")]
+    if plots:
+        lines += ["## Plots", ""]
+        for key, path in plots:
+            title = key.removeprefix("plot_").replace("_", " ")
+            lines += [f"### {title}", "", f"![{title}]({_rel(path, out_dir)})", ""]
+    lines += ["## Failed runs", ""]
+    if failed:
+        lines += [md_table(["run", "kind", "key", "attempts", "error", "log"],
+                           [[f["label"], f["kind"], f["key"][:12], f["attempts"], _summary_line(f["error"]),
+                             f"`{f['log_path']}`" if f["log_path"] else DASH] for f in failed]), ""]
+    else:
+        lines += ["None.", ""]
+    lines += ["## Files", ""]
+    for key, path in files.items():
+        if not key.startswith("plot_"):
+            lines.append(f"- [{path.name}]({_rel(path, out_dir)})")
+    lines.append("")
+    return "\n".join(lines)
+
+
+def _summary_line(text: str, limit: int = 200) -> str:
+    line = (text or "").strip().splitlines()[-1] if (text or "").strip() else ""
+    return line if len(line) <= limit else line[: limit - 1] + "…"
+
+
+def _rel(path: Path, base: Path) -> str:
+    try:
+        return path.relative_to(base).as_posix()
+    except ValueError:
+        return path.as_posix()

@@ -1,0 +1,361 @@
+"""Paper-shaped tables from a sweep: rows per size (+SFT, SFT+X, PRISM, PRISM+X, ...), seed aggregation,
+treatment − baseline deltas paired by seed, and their significance.
+
+Row identity: (size, stage, alignment, algorithm, extras), where ``stage`` is the evaluated checkpoint
+(``base``, ``sft``, ``align``, ``rl``) and ``extras`` are the non-core axes that change that stage's runs
+(found from the ledger: an axis splits a row only when cells differing in it have different runs).
+Replicates of a row are its seeds. Accuracies are reported in percent.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import pandas as pd
+
+from prism_lab.report.frame import EVAL_ROLES, STATUS_PRIORITY, SweepData
+from prism_lab.report.stats import Interval, mean_std, paired_interval
+
+AVG = "Avg"
+STAGE_ORDER = ("base", "sft", "align", "rl")
+#: Labels of alignment values (others are upper-cased).
+ALIGN_LABELS = {"none": "SFT", "prism": "PRISM", "gad": "GAD"}
+
+
+def alignment_label(value: Any) -> str:
+    return ALIGN_LABELS.get(str(value), str(value).upper())
+
+
+def algorithm_label(value: Any) -> str:
+    return str(value).upper()
+
+
+def worst_status(statuses: list[str]) -> str:
+    """`done` when all are done, else the first of failed > running > blocked > pending > missing present."""
+    if not statuses:
+        return "missing"
+    for s in STATUS_PRIORITY:
+        if s != "done" and s in statuses:
+            return s
+    if all(s == "done" for s in statuses):
+        return "done"
+    return next(s for s in statuses if s != "done")
+
+
+@dataclass
+class Row:
+    """One line of a size's table: a stage checkpoint aggregated over seeds."""
+
+    size: Any
+    stage: str
+    alignment: Any | None
+    algorithm: Any | None
+    extras: tuple[tuple[str, Any], ...]
+    benchmarks: list[str]
+    reps: dict[Any, str] = field(default_factory=dict)  # seed -> eval run key
+    rep_status: dict[Any, str] = field(default_factory=dict)
+    values: dict[Any, dict[str, float]] = field(default_factory=dict)  # done seeds -> benchmark -> %
+
+    # ---- identity ---------------------------------------------------------------------------------
+    @property
+    def base_label(self) -> str:
+        if self.stage == "base":
+            return "Base"
+        if self.stage == "sft":
+            return "+SFT"
+        if self.stage == "align":
+            return alignment_label(self.alignment)
+        prefix = "SFT" if self.alignment in (None, "none") else alignment_label(self.alignment)
+        return f"{prefix}+{algorithm_label(self.algorithm)}"
+
+    @property
+    def label(self) -> str:
+        if not self.extras:
+            return self.base_label
+        return f"{self.base_label} [{', '.join(f'{k}={v}' for k, v in self.extras)}]"
+
+    def attrs(self) -> dict[str, Any]:
+        """The row's identifying values (axis name -> value), used to pair treatment and baseline rows."""
+        out: dict[str, Any] = {"size": self.size, "stage": self.stage}
+        if self.alignment is not None:
+            out["alignment"] = self.alignment
+        if self.algorithm is not None:
+            out["algorithm"] = self.algorithm
+        out.update(dict(self.extras))
+        return out
+
+    # ---- status -----------------------------------------------------------------------------------
+    @property
+    def status(self) -> str:
+        return worst_status(list(self.rep_status.values()))
+
+    @property
+    def done(self) -> bool:
+        return self.status == "done"
+
+    @property
+    def n_total(self) -> int:
+        return len(self.reps)
+
+    @property
+    def n_done(self) -> int:
+        return sum(1 for s in self.rep_status.values() if s == "done")
+
+    # ---- numbers ----------------------------------------------------------------------------------
+    def seed_avg(self, seed: Any) -> float | None:
+        """Mean over the grid's benchmarks of one seed (None if a benchmark has no value)."""
+        vals = self.values.get(seed, {})
+        if not self.benchmarks or any(b not in vals for b in self.benchmarks):
+            return None
+        return sum(vals[b] for b in self.benchmarks) / len(self.benchmarks)
+
+    def seed_value(self, seed: Any, column: str) -> float | None:
+        return self.seed_avg(seed) if column == AVG else self.values.get(seed, {}).get(column)
+
+    def stat(self, column: str) -> tuple[float | None, float | None, int]:
+        """(mean, sample std, n) over the done seeds for a benchmark or ``Avg``."""
+        vals = [v for s in self.values if (v := self.seed_value(s, column)) is not None]
+        return mean_std(vals)
+
+
+@dataclass
+class Delta:
+    """treatment − baseline for one pair of rows, per benchmark and Avg, paired by seed."""
+
+    size: Any
+    treatment: Row
+    baseline: Row
+    method: str
+    kind: str = "rl"  # "rl": PRISM+X − SFT+X; "align": PRISM − +SFT; "other": a non-alignment compare axis
+    diffs: dict[str, list[float]] = field(default_factory=dict)
+    intervals: dict[str, Interval] = field(default_factory=dict)
+    seeds: list[Any] = field(default_factory=list)
+
+    @property
+    def label(self) -> str:
+        return f"{self.treatment.label} − {self.baseline.label}"
+
+    @property
+    def algorithm(self) -> Any | None:
+        return self.treatment.algorithm
+
+    @property
+    def status(self) -> str:
+        return worst_status([self.treatment.status, self.baseline.status])
+
+    @property
+    def done(self) -> bool:
+        return self.status == "done"
+
+    def compute(self, columns: list[str]) -> None:
+        self.seeds = [s for s in self.treatment.reps if s in self.baseline.reps]
+        self.diffs, self.intervals = {}, {}
+        if not self.done:
+            return
+        for col in columns:
+            d = []
+            for s in self.seeds:
+                t, b = self.treatment.seed_value(s, col), self.baseline.seed_value(s, col)
+                if t is not None and b is not None:
+                    d.append(t - b)
+            self.diffs[col] = d
+            self.intervals[col] = paired_interval(d, self.method)
+
+
+# ---- building rows ---------------------------------------------------------------------------------
+def _relevant_extras(data: SweepData, role: str) -> dict[str, list[str]]:
+    """cell id -> the non-core axes that change that cell's ``role`` run (cells that differ from it only in
+    the axis use other runs). E.g. ``align.caption_weight`` splits PRISM+X rows but not SFT+X rows."""
+    cells = [c for c in data.cells if role in c.roles]
+    out: dict[str, list[str]] = {c.cell_id: [] for c in cells}
+    for axis in data.extra_axes:
+        def rest(c: Any) -> str:
+            return json.dumps({k: v for k, v in c.axes.items() if k != axis}, sort_keys=True, default=str)
+
+        groups: dict[str, set[str]] = {}
+        for c in cells:
+            groups.setdefault(rest(c), set()).add(c.roles[role])
+        for c in cells:
+            if len(groups[rest(c)]) > 1:
+                out[c.cell_id].append(axis)
+    return out
+
+
+def build_rows(data: SweepData) -> dict[Any, list[Row]]:
+    """size -> its rows, in the paper's order (Base, +SFT, SFT+X..., then per alignment: ALIGN, ALIGN+X...)."""
+    benchmarks = data.benchmarks
+    rows: dict[tuple, Row] = {}
+    for role, stage in EVAL_ROLES.items():
+        extras_axes = _relevant_extras(data, role)
+        for cell in data.cells:
+            key = cell.roles.get(role)
+            if key is None:
+                continue
+            ax = cell.axes
+            alignment = ax.get("alignment") if stage in ("align", "rl") else None
+            algorithm = ax.get("algorithm") if stage == "rl" else None
+            extras = tuple((a, ax.get(a)) for a in extras_axes[cell.cell_id])
+            ident = (json.dumps(ax.get("size"), default=str), stage, json.dumps(alignment, default=str),
+                     json.dumps(algorithm, default=str), json.dumps(extras, default=str))
+            row = rows.get(ident)
+            if row is None:
+                row = rows[ident] = Row(size=ax.get("size"), stage=stage, alignment=alignment, algorithm=algorithm,
+                                        extras=extras, benchmarks=benchmarks)
+            seed = ax.get("seed", 0)
+            if seed in row.reps:
+                continue  # the same run, shared by the cells of other algorithms/alignments
+            row.reps[seed] = key
+            status = data.chain_status(key)
+            row.rep_status[seed] = status
+            if status == "done":
+                row.values[seed] = {b: 100.0 * v for b, v in data.accuracies(key).items()}
+
+    def order(row: Row) -> tuple:
+        if row.stage in ("base", "sft"):
+            group = 0
+        elif row.alignment in (None, "none"):
+            group = 1
+        else:
+            group = 2 + data.axis_order("alignment", row.alignment)
+        return (data.axis_order("size", row.size), group, STAGE_ORDER.index(row.stage),
+                data.axis_order("algorithm", row.algorithm) if row.algorithm is not None else -1,
+                tuple(data.axis_order(a, v) for a, v in row.extras))
+
+    by_size: dict[Any, list[Row]] = {}
+    for row in sorted(rows.values(), key=order):
+        by_size.setdefault(row.size, []).append(row)
+    return by_size
+
+
+# ---- deltas ----------------------------------------------------------------------------------------
+def _compatible(a: dict[str, Any], b: dict[str, Any], skip: set[str]) -> bool:
+    return all(a[k] == b[k] for k in a if k in b and k not in skip)
+
+
+def build_deltas(data: SweepData, rows: dict[Any, list[Row]]) -> list[Delta]:
+    """Treatment − baseline of the grid's compare axis for every matching pair of rows.
+
+    With the default compare axis (alignment: none vs prism) these are PRISM+X − SFT+X per size and
+    algorithm, plus the alignment-only PRISM − +SFT.
+    """
+    rep = data.report_spec
+    axis, base_v, treat_v, method = rep["compare_axis"], rep["baseline"], rep["treatment"], rep["significance"]
+    columns = [*data.benchmarks, AVG]
+    all_rows = [r for rs in rows.values() for r in rs]
+    out: list[Delta] = []
+
+    def value_of(row: Row) -> Any:
+        return row.attrs().get(axis, _MISSING)
+
+    for t in all_rows:
+        if value_of(t) != treat_v:
+            continue
+        t_attrs = t.attrs()
+        for b in all_rows:
+            if b is t or value_of(b) != base_v or b.stage != t.stage:
+                continue
+            if axis != "size" and b.size != t.size:
+                continue
+            if not _compatible(t_attrs, b.attrs(), {axis}):
+                continue
+            kind = "rl" if axis == "alignment" else "other"
+            out.append(Delta(size=t.size, treatment=t, baseline=b, method=method, kind=kind))
+        if axis == "alignment" and base_v == "none" and t.stage == "align":
+            for b in all_rows:
+                if b.stage == "sft" and b.size == t.size and _compatible(t_attrs, b.attrs(), {"stage", "alignment"}):
+                    out.append(Delta(size=t.size, treatment=t, baseline=b, method=method, kind="align"))
+    for d in out:
+        d.compute(columns)
+
+    def order(d: Delta) -> tuple:
+        return (data.axis_order("size", d.size), 0 if d.kind != "align" else 1,
+                data.axis_order("algorithm", d.algorithm) if d.algorithm is not None else -1,
+                tuple(data.axis_order(a, v) for a, v in d.treatment.extras))
+
+    return sorted(out, key=order)
+
+
+class _Missing:
+    def __eq__(self, other: object) -> bool:
+        return False
+
+    def __hash__(self) -> int:
+        return 0
+
+
+_MISSING = _Missing()
+
+
+# ---- CSV frames ------------------------------------------------------------------------------------
+def _num(x: float | None) -> float:
+    """A CSV number: NaN when absent; rounded to 6 decimals (drops float noise like 58.599999999999994)."""
+    return math.nan if x is None else round(float(x), 6)
+
+
+def wide_frame(rows: list[Row], benchmarks: list[str], extra_axes: list[str]) -> pd.DataFrame:
+    """One size's table as numbers: mean and sample std per benchmark and Avg (blank when not done)."""
+    records = []
+    for row in rows:
+        rec: dict[str, Any] = {"method": row.label, "stage": row.stage, "alignment": row.alignment,
+                               "algorithm": row.algorithm}
+        extras = dict(row.extras)
+        for a in extra_axes:
+            rec[a] = extras.get(a)
+        rec.update({"status": row.status, "n_done": row.n_done, "n_total": row.n_total})
+        for col in [*benchmarks, AVG]:
+            mean, std, _n = row.stat(col) if row.done else (None, None, 0)
+            rec[col] = _num(mean)
+            rec[f"{col}_std"] = _num(std)
+        records.append(rec)
+    cols = ["method", "stage", "alignment", "algorithm", *extra_axes, "status", "n_done", "n_total"]
+    for col in [*benchmarks, AVG]:
+        cols += [col, f"{col}_std"]
+    return pd.DataFrame.from_records(records, columns=cols)
+
+
+def deltas_frame(deltas: list[Delta], benchmarks: list[str]) -> pd.DataFrame:
+    """deltas.csv: one row per comparison x column (benchmarks and Avg), in points of accuracy."""
+    records = []
+    for d in deltas:
+        for col in [*benchmarks, AVG]:
+            iv = d.intervals.get(col)
+            records.append({
+                "size": d.size, "comparison": d.label, "kind": d.kind, "treatment": d.treatment.label,
+                "baseline": d.baseline.label, "algorithm": d.algorithm, "benchmark": col, "status": d.status,
+                "n_pairs": iv.n if iv else 0, "mean": _num(iv.mean if iv else None),
+                "std": _num(iv.std if iv else None), "ci_low": _num(iv.low if iv else None),
+                "ci_high": _num(iv.high if iv else None),
+                "significant": None if iv is None or iv.significant is None else bool(iv.significant),
+                "method": d.method, "note": iv.note if iv else "",
+            })
+    cols = ["size", "comparison", "kind", "treatment", "baseline", "algorithm", "benchmark", "status", "n_pairs",
+            "mean", "std", "ci_low", "ci_high", "significant", "method", "note"]
+    return pd.DataFrame.from_records(records, columns=cols)
+
+
+def failed_runs(data: SweepData) -> list[dict[str, Any]]:
+    """Failed runs of the sweep (any stage) with their error and log path, in plan order."""
+    out = []
+    seen = set()
+    for cell in data.cells:
+        for role, key in cell.roles.items():
+            run = data.runs.get(key)
+            if key in seen or run is None or run.status != "failed":
+                continue
+            seen.add(key)
+            out.append({"key": key, "kind": run.kind, "role": role, "label": run.label,
+                        "attempts": run.attempts, "error": run.error or "", "log_path": run.log_path or ""})
+    return out
+
+
+def status_counts(data: SweepData) -> dict[str, int]:
+    """Effective status -> number of distinct runs used by the sweep's cells."""
+    keys = {k for c in data.cells for k in c.roles.values()}
+    counts: dict[str, int] = {}
+    for k in keys:
+        s = data.run_status(k)
+        counts[s] = counts.get(s, 0) + 1
+    return dict(sorted(counts.items(), key=lambda kv: STATUS_PRIORITY.index(kv[0]) if kv[0] in STATUS_PRIORITY else 99))

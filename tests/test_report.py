@@ -1,0 +1,440 @@
+"""Reports from the ledger alone: every number of the Markdown and CSV tables against hand-computed values,
+significance marks, failed/running cells shown as such, results.csv shape, plots; stats functions."""
+
+from __future__ import annotations
+
+import itertools
+import math
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import pandas as pd
+import pytest
+
+from prism_lab.grid import GridSpec
+from prism_lab.ledger import Ledger
+from prism_lab.report import build_report
+from prism_lab.report.paper import PAPER_AVG_DELTAS, PAPER_COLUMNS, PAPER_TABLES, paper_value
+from prism_lab.report.stats import (
+    mean_std,
+    paired_bootstrap_interval,
+    paired_interval,
+    paired_t_interval,
+    t_cdf,
+    t_quantile,
+)
+
+BENCHES = ["synth-perception", "synth-reasoning", "synth-hallusion"]
+#: Per seed offsets of each benchmark from the row's per-seed Avg (they sum to 0, so Avg = the row value).
+OFFSETS = {0: {"synth-perception": 2.0, "synth-reasoning": -3.0, "synth-hallusion": 1.0},
+           1: {"synth-perception": 2.4, "synth-reasoning": -3.4, "synth-hallusion": 1.0}}
+#: size -> row -> (seed 0 Avg, seed 1 Avg) in %; None = not done (8b PRISM+DAPO seed 1 runs, +GSPO seed 1 failed).
+AVGS = {
+    "4b": {"+SFT": (56.6, 57.0), "SFT+GRPO": (61.6, 62.0), "SFT+DAPO": (63.0, 63.4), "SFT+GSPO": (61.2, 62.0),
+           "PRISM": (57.1, 57.3), "PRISM+GRPO": (66.6, 67.2), "PRISM+DAPO": (64.0, 63.0), "PRISM+GSPO": (65.6, 66.0)},
+    "8b": {"+SFT": (58.0, 58.2), "SFT+GRPO": (63.0, 63.6), "SFT+DAPO": (65.0, 65.4), "SFT+GSPO": (63.2, 63.4),
+           "PRISM": (59.1, 59.5), "PRISM+GRPO": (69.1, 69.5), "PRISM+DAPO": (68.9, None), "PRISM+GSPO": (68.7, None)},
+}
+ROW_ORDER = ["+SFT", "SFT+GRPO", "SFT+DAPO", "SFT+GSPO", "PRISM", "PRISM+GRPO", "PRISM+DAPO", "PRISM+GSPO"]
+
+
+# ---- a ledger with known numbers -------------------------------------------------------------------
+def make_plan(spec: GridSpec, path: Path):
+    """A plan shaped like PrismPipeline's (shared sft/align runs, eval roles) without importing stages."""
+    names = list(spec.axes)
+    runs: dict[str, SimpleNamespace] = {}
+    cells = []
+
+    def add(kind: str, key: str, label: str, inputs: dict) -> str:
+        runs.setdefault(key, SimpleNamespace(key=key, kind=kind, label=label, config={"k": key}, inputs=inputs))
+        return key
+
+    for values in itertools.product(*(spec.axes[n] for n in names)):
+        ax = dict(zip(names, values))
+        size, seed, al, alg = ax["size"], ax["seed"], ax["alignment"], ax["algorithm"]
+        align_extra = "".join(f"-{k}={v}" for k, v in ax.items() if k.startswith("align."))
+        roles = {"data": add("data", "data", "data", {})}
+        sft = roles["sft"] = add("sft", f"sft-{size}-s{seed}", f"sft size={size} seed={seed}", {"data": "data"})
+        roles["eval/sft"] = add("eval", f"ev-{sft}", f"eval:sft size={size} seed={seed}", {"checkpoint": sft})
+        policy = sft
+        if al != "none":
+            dw = roles["disc_warmup"] = add("disc_warmup", f"dw-{size}-s{seed}", f"disc_warmup size={size} seed={seed}",
+                                            {"policy": sft})
+            policy = roles["align"] = add("align", f"al-{size}-s{seed}-{al}{align_extra}",
+                                          f"align size={size} seed={seed}{align_extra}", {"policy": sft, "discriminator": dw})
+            roles["eval/align"] = add("eval", f"ev-{policy}", f"eval:align {policy}", {"checkpoint": policy})
+        rl = roles["rl"] = add("rl", f"rl-{policy}-{alg}", f"rl {policy} algorithm={alg}", {"policy": policy})
+        roles["eval/rl"] = add("eval", f"ev-{rl}", f"eval:rl {rl}", {"checkpoint": rl})
+        cells.append(SimpleNamespace(id=f"c{len(cells):02d}", axes=ax, runs=roles))
+    grid = SimpleNamespace(name=spec.name, path=path, spec=spec)
+    return SimpleNamespace(grid=grid, cells=cells, runs=runs)
+
+
+def spec_for(name="rep", significance="paired_t", **axes_over):
+    axes = {"size": ["4b", "8b"], "algorithm": ["grpo", "dapo", "gspo"], "alignment": ["none", "prism"],
+            "seed": [0, 1], **axes_over}
+    return GridSpec(name=name, axes=axes, models={"4b": "tiny-s", "8b": "tiny-m"}, benchmarks=BENCHES,
+                    stages={"sft": {}, "disc_warmup": {}, "align": {}, "rl": {}, "eval": {}},
+                    report={"significance": significance})
+
+
+def row_of(role: str, axes: dict) -> str:
+    if role == "eval/sft":
+        return "+SFT"
+    if role == "eval/align":
+        return "PRISM"
+    prefix = "SFT" if axes["alignment"] == "none" else "PRISM"
+    return f"{prefix}+{axes['algorithm'].upper()}"
+
+
+def log_eval(ledger: Ledger, key: str, avg: float, seed: int) -> None:
+    values = {}
+    for b in BENCHES:
+        values[f"eval/{b}/accuracy"] = (avg + OFFSETS[seed][b]) / 100.0
+        values[f"eval/{b}/format_rate"] = 0.9
+        values[f"eval/{b}/n"] = 100
+    values["eval/avg/accuracy"] = avg / 100.0
+    ledger.log_metrics(key, 0, values)
+
+
+def log_curves(ledger: Ledger, key: str, kind: str) -> None:
+    names = {"sft": ["loss", "lr"], "disc_warmup": ["warmup/acc", "warmup/heldout_acc", "warmup/loss"],
+             "align": ["d_acc", "cap_acc", "cot_acc", "format_rate", "gap/caption", "gap/cot", "response_length"],
+             "rl": ["reward/mean", "acc/mean", "format/mean", "response_length/mean"]}[kind]
+    for step in range(5):
+        ledger.log_metrics(key, step, {n: 0.1 * step + 0.01 * i for i, n in enumerate(names)})
+
+
+@pytest.fixture
+def ledger_root(tmp_path):
+    root = tmp_path / "root"
+    ledger = Ledger(root)
+    plan = make_plan(spec_for(), tmp_path / "rep.yaml")
+    ledger.record_plan(plan)
+    failed_rl = running_eval = None
+    for cell in plan.cells:
+        ax = cell.axes
+        if ax["size"] == "8b" and ax["alignment"] == "prism" and ax["seed"] == 1:
+            if ax["algorithm"] == "gspo":
+                failed_rl = cell.runs["rl"]
+            if ax["algorithm"] == "dapo":
+                running_eval = cell.runs["eval/rl"]
+    done = set()
+    for cell in plan.cells:
+        for role, key in cell.runs.items():
+            if key in done or key in (failed_rl, running_eval) or (role == "eval/rl" and cell.runs["rl"] == failed_rl):
+                continue
+            done.add(key)
+            kind = plan.runs[key].kind
+            if role.startswith("eval/"):
+                avg = AVGS[cell.axes["size"]][row_of(role, cell.axes)][cell.axes["seed"]]
+                log_eval(ledger, key, avg, cell.axes["seed"])
+            elif kind != "data":
+                log_curves(ledger, key, kind)
+            ledger.mark_done(key, str(tmp_path / "art" / key))
+    assert ledger.claim(failed_rl, owner_pid=1)
+    log_curves(ledger, failed_rl, "rl")
+    ledger.set_process(failed_rl, pid=1234, log_path="/logs/rl-failed.log")
+    ledger.set_status(failed_rl, "failed", error="Traceback (most recent call last):\nRuntimeError: CUDA out of memory")
+    assert ledger.claim(running_eval, owner_pid=1)
+    ledger.close()
+    return root
+
+
+# ---- helpers ---------------------------------------------------------------------------------------
+def md_section(text: str, heading: str) -> str:
+    start = text.index(heading + "\n")
+    rest = text[start + len(heading) + 1:]
+    nxt = [i for i in (rest.find("\n## "), rest.find("\n### ")) if i >= 0]
+    return rest[: min(nxt)] if nxt else rest
+
+
+def md_rows(section: str) -> list[dict[str, str]]:
+    lines = [ln for ln in section.splitlines() if ln.startswith("|")]
+    headers = [h.strip() for h in lines[0].strip("|").split("|")]
+    return [dict(zip(headers, (c.strip() for c in ln.strip("|").split("|")))) for ln in lines[2:]]
+
+
+def fmt(mean: float, std: float) -> str:
+    return f"{mean:.1f} ± {std:.1f}"
+
+
+def bench_values(size: str, row: str, col: str) -> list[float]:
+    out = []
+    for seed, avg in enumerate(AVGS[size][row]):
+        if avg is not None:
+            out.append(avg if col == "Avg" else avg + OFFSETS[seed][col])
+    return out
+
+
+T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571}
+
+
+# ---- stats -----------------------------------------------------------------------------------------
+def test_t_quantile_matches_tables():
+    for df, expected in T975.items():
+        assert t_quantile(0.975, df) == pytest.approx(expected, abs=5e-4)
+    assert t_quantile(0.995, 1) == pytest.approx(63.657, abs=1e-3)
+    assert t_quantile(0.95, 10) == pytest.approx(1.812, abs=1e-3)
+    assert t_quantile(0.975, 30) == pytest.approx(2.042, abs=1e-3)
+    assert t_quantile(0.975, 10_000) == pytest.approx(1.960, abs=1e-3)
+    assert t_quantile(0.025, 3) == pytest.approx(-3.182, abs=5e-4)
+    assert t_quantile(0.5, 4) == 0.0
+    assert t_cdf(0.0, 3) == 0.5
+    assert t_cdf(1.0, 1) == pytest.approx(0.75)  # Cauchy: 1/2 + atan(1)/pi
+    assert t_cdf(-2.0, 10) == pytest.approx(1 - t_cdf(2.0, 10))
+
+
+def test_mean_std_and_intervals():
+    assert mean_std([]) == (None, None, 0)
+    assert mean_std([3.0]) == (3.0, None, 1)
+    m, s, n = mean_std([1.0, 2.0, 4.0])
+    assert (m, n) == (pytest.approx(7 / 3), 3) and s == pytest.approx(math.sqrt(((1 - 7 / 3) ** 2 + (2 - 7 / 3) ** 2 + (4 - 7 / 3) ** 2) / 2))
+    # t-interval by hand: d = 5.0, 5.2 -> mean 5.1, sd 0.1414, se 0.1, half = 12.706 * 0.1
+    iv = paired_t_interval([5.0, 5.2])
+    assert iv.mean == pytest.approx(5.1) and iv.std == pytest.approx(math.sqrt(0.02))
+    assert iv.low == pytest.approx(5.1 - 1.2706, abs=1e-3) and iv.high == pytest.approx(5.1 + 1.2706, abs=1e-3)
+    assert iv.significant is True
+    iv = paired_t_interval([1.0, -0.4])
+    assert iv.significant is False and iv.low < 0 < iv.high
+    # three seeds: d = 1, 2, 3 -> mean 2, sd 1, half = 4.303 / sqrt(3)
+    iv = paired_interval([1.0, 2.0, 3.0], "paired_t")
+    assert (iv.low, iv.high) == (pytest.approx(2 - 4.303 / math.sqrt(3), abs=1e-3), pytest.approx(2 + 4.303 / math.sqrt(3), abs=1e-3))
+    one = paired_t_interval([2.0])
+    assert one.significant is None and one.note == "n/a (1 seed)" and one.mean == 2.0
+    assert paired_bootstrap_interval([2.0]).note == "n/a (1 seed)"
+    # bootstrap with 2 pairs: resampled means are d1, (d1+d2)/2, d2 -> percentile interval [min, max]
+    b = paired_bootstrap_interval([0.5, 0.3])
+    assert (b.low, b.high, b.significant) == (pytest.approx(0.3), pytest.approx(0.5), True)
+    assert paired_bootstrap_interval([1.0, -0.4]).significant is False
+    # fixed seed: identical on every call
+    many = [0.3, -0.1, 0.8, 0.2, 0.5]
+    assert paired_bootstrap_interval(many) == paired_bootstrap_interval(many)
+    with pytest.raises(ValueError):
+        paired_interval([1.0, 2.0], "anova")
+
+
+def test_paper_tables_are_consistent():
+    for size, table in PAPER_TABLES.items():
+        for label, row in table.items():
+            avg = sum(row[c] for c in PAPER_COLUMNS) / len(PAPER_COLUMNS)
+            assert abs(avg - row["Avg"]) <= 0.05, (size, label)
+        for alg, delta in PAPER_AVG_DELTAS[size].items():
+            got = table[f"PRISM+{alg.upper()}"]["Avg"] - table[f"SFT+{alg.upper()}"]["Avg"]
+            assert got == pytest.approx(delta, abs=1e-9)
+    assert paper_value("4b", "Base", "HalluBench") == 68.2
+    assert paper_value("8B", "PRISM+GRPO", "hallusionbench") == 77.2
+    assert paper_value("2b", "PRISM", "MMMU") is None
+
+
+# ---- the report ------------------------------------------------------------------------------------
+def test_report_tables_every_number(ledger_root, tmp_path):
+    out = tmp_path / "out"
+    paths = build_report(ledger_root, "rep", out)
+    text = paths.markdown.read_text()
+    assert "paired t-interval" in text and "95%" in text  # the method is stated
+
+    for size in ("4b", "8b"):
+        rows = md_rows(md_section(text, f"## Results: size {size}"))
+        assert [r["Method"] for r in rows] == ROW_ORDER
+        wide = pd.read_csv(paths.tables[size])
+        assert list(wide["method"]) == ROW_ORDER
+        for r, (_, w) in zip(rows, wide.iterrows()):
+            label = r["Method"]
+            vals = AVGS[size][label]
+            if None in vals:
+                continue
+            assert r["n"] == "2" and w["n_done"] == 2 and w["status"] == "done"
+            for col in [*BENCHES, "Avg"]:
+                xs = bench_values(size, label, col)
+                assert r[col] == fmt(statistics.mean(xs), statistics.stdev(xs)), (size, label, col)
+                assert w[col] == pytest.approx(statistics.mean(xs), abs=1e-6)
+                assert w[f"{col}_std"] == pytest.approx(statistics.stdev(xs), abs=1e-6)
+        # Avg is the mean of the benchmark columns of each seed
+        for r in rows:
+            if r["Method"] in ("PRISM+DAPO", "PRISM+GSPO") and size == "8b":
+                continue
+            bench_means = [float(r[b].split(" ± ")[0]) for b in BENCHES]
+            assert float(r["Avg"].split(" ± ")[0]) == pytest.approx(statistics.mean(bench_means), abs=0.06)
+
+    # a few literal hand-computed cells
+    rows4 = {r["Method"]: r for r in md_rows(md_section(text, "## Results: size 4b"))}
+    assert rows4["SFT+GRPO"]["Avg"] == "61.8 ± 0.3"          # 61.6, 62.0
+    assert rows4["SFT+GRPO"]["synth-perception"] == "64.0 ± 0.6"  # 63.6, 64.4
+    assert rows4["SFT+GRPO"]["synth-reasoning"] == "58.6 ± 0.0"   # 58.6, 58.6
+    assert rows4["PRISM+DAPO"]["Avg"] == "63.5 ± 0.7"        # 64.0, 63.0
+    # not-done rows show their status, never a number; and are not dropped
+    rows8 = {r["Method"]: r for r in md_rows(md_section(text, "## Results: size 8b"))}
+    assert all(rows8["PRISM+GSPO"][c] == "failed" for c in [*BENCHES, "Avg"])
+    assert rows8["PRISM+GSPO"]["n"] == "1/2 done"
+    assert all(rows8["PRISM+DAPO"][c] == "running" for c in [*BENCHES, "Avg"])
+    wide8 = pd.read_csv(paths.tables["8b"]).set_index("method")
+    assert wide8.loc["PRISM+GSPO", "status"] == "failed" and math.isnan(wide8.loc["PRISM+GSPO", "Avg"])
+    assert wide8.loc["PRISM+DAPO", "status"] == "running" and wide8.loc["PRISM+DAPO", "n_done"] == 1
+
+    # ---- deltas (hand-computed: pairs by seed, t quantile 12.706 for 2 seeds) -------------------------
+    drows = md_rows(md_section(text, "## Deltas"))
+    got = {(r["Size"], r["Δ"]): r for r in drows}
+    expected_order = [("4b", f"PRISM+{a} − SFT+{a}") for a in ("GRPO", "DAPO", "GSPO")] + [("4b", "PRISM − +SFT")] + \
+                     [("8b", f"PRISM+{a} − SFT+{a}") for a in ("GRPO", "DAPO", "GSPO")] + [("8b", "PRISM − +SFT")]
+    assert [(r["Size"], r["Δ"]) for r in drows] == expected_order
+    hand = {  # (size, comparison) -> (per-seed Avg diffs, mean text, CI text, significant)
+        ("4b", "PRISM+GRPO − SFT+GRPO"): ([5.0, 5.2], "+5.1", "[+3.8, +6.4]", "yes"),
+        ("4b", "PRISM+DAPO − SFT+DAPO"): ([1.0, -0.4], "+0.3", "[-8.6, +9.2]", "no"),
+        ("4b", "PRISM+GSPO − SFT+GSPO"): ([4.4, 4.0], "+4.2", "[+1.7, +6.7]", "yes"),
+        ("4b", "PRISM − +SFT"): ([0.5, 0.3], "+0.4", "[-0.9, +1.7]", "no"),
+        ("8b", "PRISM+GRPO − SFT+GRPO"): ([6.1, 5.9], "+6.0", "[+4.7, +7.3]", "yes"),
+        ("8b", "PRISM − +SFT"): ([1.1, 1.3], "+1.2", "[-0.1, +2.5]", "no"),
+    }
+    deltas = pd.read_csv(paths.deltas_csv)
+    for (size, comp), (diffs, mean_text, ci_text, sig) in hand.items():
+        r = got[(size, comp)]
+        mark = "*" if sig == "yes" else ""
+        assert r["Avg"] == mean_text + mark
+        assert r["Avg 95% CI"] == ci_text and r["Avg significant"] == sig and r["n"] == "2"
+        # per benchmark: the offsets cancel in the pair, so every benchmark delta equals the Avg delta
+        for b in BENCHES:
+            assert r[b] == mean_text + mark
+        m, s = statistics.mean(diffs), statistics.stdev(diffs)
+        half = 12.706 * s / math.sqrt(2)
+        d = deltas[(deltas["size"] == size) & (deltas["comparison"] == comp)].set_index("benchmark")
+        assert list(d.index) == [*BENCHES, "Avg"]
+        for col in [*BENCHES, "Avg"]:
+            assert d.loc[col, "mean"] == pytest.approx(m, abs=1e-6) and d.loc[col, "std"] == pytest.approx(s, abs=1e-6)
+            assert d.loc[col, "ci_low"] == pytest.approx(m - half, abs=1e-3)
+            assert d.loc[col, "ci_high"] == pytest.approx(m + half, abs=1e-3)
+            assert bool(d.loc[col, "significant"]) == (sig == "yes") and d.loc[col, "n_pairs"] == 2
+            assert d.loc[col, "status"] == "done" and d.loc[col, "method"] == "paired_t"
+    assert got[("8b", "PRISM+DAPO − SFT+DAPO")]["Avg"] == "running"
+    assert got[("8b", "PRISM+GSPO − SFT+GSPO")]["Avg"] == "failed"
+    assert got[("8b", "PRISM+GSPO − SFT+GSPO")]["Avg significant"] == "failed"
+    assert set(deltas[deltas["comparison"] == "PRISM+GSPO − SFT+GSPO"].query("size == '8b'")["status"]) == {"failed"}
+
+    # ---- failed runs are listed with error and log --------------------------------------------------
+    failed = md_rows(md_section(text, "## Failed runs"))
+    assert len(failed) == 1
+    assert failed[0]["kind"] == "rl" and "CUDA out of memory" in failed[0]["error"]
+    assert failed[0]["log"] == "`/logs/rl-failed.log`"
+
+    # ---- paper side by side (synth-hallusion stands in for HalluBench) ------------------------------
+    side = {r["Method"]: r for r in md_rows(md_section(text, "### Size 4b"))}
+    assert list(side) == ROW_ORDER
+    assert side["SFT+GRPO"]["HalluBench ours (synth-hallusion)"] == "62.8 ± 0.3"
+    assert side["SFT+GRPO"]["HalluBench paper"] == "72.0"
+    assert side["SFT+GRPO"]["paper Avg (7 benchmarks)"] == "61.8"
+    assert {r["Method"]: r for r in md_rows(md_section(text, "### Size 8b"))}["PRISM+GSPO"]["HalluBench ours (synth-hallusion)"] == "failed"
+    pd_rows = {(r["Size"], r["Δ"]): r for r in md_rows(md_section(text, "### Deltas vs the paper's"))}
+    r = pd_rows[("4b", "PRISM+GRPO − SFT+GRPO")]
+    assert r["ours (mean over HalluBench)"] == "+5.1" and r["paper (mean over HalluBench)"] == "+2.8"
+    assert r["paper Avg Δ (7 benchmarks)"] == "+4.4"
+    assert pd_rows[("8b", "PRISM+GRPO − SFT+GRPO")]["paper Avg Δ (7 benchmarks)"] == "+6.0"
+    assert pd_rows[("8b", "PRISM − +SFT")]["paper Avg Δ (7 benchmarks)"] == "+1.2"
+
+    # ---- results.csv: one row per eval run x benchmark x metric, never dropping unfinished runs ------
+    res = pd.read_csv(paths.results_csv)
+    assert list(res.columns) == ["sweep", "cell_id", "size", "algorithm", "alignment", "seed", "role", "run_key",
+                                 "status", "benchmark", "metric", "value"]
+    # 4 sft evals + 4 align evals + 24 rl evals = 32; 30 done x (3 benchmarks x 3 metrics + avg) + 2 unfinished
+    assert len(res) == 30 * 10 + 2
+    assert res["run_key"].nunique() == 32
+    unfinished = res[res["benchmark"].isna()]
+    assert sorted(unfinished["status"]) == ["pending", "running"]
+    sft = res[(res["role"] == "eval/sft") & (res["size"] == "4b") & (res["seed"] == 1)]
+    assert sft["alignment"].isna().all() and sft["algorithm"].isna().all()  # shared by 6 cells
+    assert len(sft.iloc[0]["cell_id"].split(";")) == 6
+    acc = sft[(sft["benchmark"] == "synth-perception") & (sft["metric"] == "accuracy")]["value"]
+    assert acc.tolist() == [pytest.approx((57.0 + 2.4) / 100)]
+
+    # ---- plots -----------------------------------------------------------------------------------------
+    names = sorted(p.name for p in paths.plots)
+    assert names == ["curves_align.png", "curves_disc_warmup.png", "curves_rl.png", "curves_sft.png", "delta_avg.png"]
+    for p in paths.plots:
+        assert p.stat().st_size > 1000 and p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert f"plots/{p.name}" in text
+    curves = pd.read_csv(paths.curves_csv)
+    assert set(curves["kind"]) == {"sft", "disc_warmup", "align", "rl"}
+
+
+def test_report_bootstrap_and_grid_path(ledger_root, tmp_path):
+    # re-plan the same sweep with bootstrap significance; the report is found through the grid path
+    ledger = Ledger(ledger_root)
+    grid_file = tmp_path / "rep.yaml"
+    grid_file.write_text("name: rep\n")
+    ledger.record_plan(make_plan(spec_for(significance="bootstrap"), grid_file))
+    ledger.close()
+    paths = build_report(ledger_root, grid_file, tmp_path / "boot")
+    text = paths.markdown.read_text()
+    assert "paired bootstrap" in text and "10,000 resamples" in text
+    got = {(r["Size"], r["Δ"]): r for r in md_rows(md_section(text, "## Deltas"))}
+    # two pairs: the percentile interval is [min diff, max diff]
+    assert got[("4b", "PRISM+GRPO − SFT+GRPO")]["Avg 95% CI"] == "[+5.0, +5.2]"
+    assert got[("4b", "PRISM+GRPO − SFT+GRPO")]["Avg significant"] == "yes"
+    assert got[("4b", "PRISM+DAPO − SFT+DAPO")]["Avg 95% CI"] == "[-0.4, +1.0]"
+    assert got[("4b", "PRISM+DAPO − SFT+DAPO")]["Avg significant"] == "no"
+    assert got[("4b", "PRISM − +SFT")]["Avg significant"] == "yes"  # 0.5, 0.3: same sign (t: not significant)
+    assert got[("4b", "PRISM − +SFT")]["Avg"] == "+0.4*"
+    assert set(pd.read_csv(paths.deltas_csv)["method"]) == {"bootstrap"}
+
+
+def test_extra_axis_splits_rows_and_one_seed(tmp_path):
+    root = tmp_path / "root"
+    ledger = Ledger(root)
+    spec = spec_for(name="cw", size=["4b"], algorithm=["grpo"], seed=[0], **{"align.caption_weight": [0.5, 1.0]})
+    plan = make_plan(spec, tmp_path / "cw.yaml")
+    ledger.record_plan(plan)
+    avg = {"+SFT": 50.0, "SFT+GRPO": 55.0, "PRISM": 52.0, "PRISM+GRPO": 60.0}
+    for cell in plan.cells:
+        for role, key in cell.runs.items():
+            if ledger.get_run(key).status == "done":
+                continue
+            if role.startswith("eval/"):
+                bump = 2.0 * (cell.axes["align.caption_weight"] == 1.0) if role != "eval/sft" and cell.axes["alignment"] != "none" else 0.0
+                log_eval(ledger, key, avg[row_of(role, cell.axes)] + bump, 0)
+            ledger.mark_done(key, "x")
+    ledger.close()
+    paths = build_report(root, "cw", tmp_path / "out")
+    text = paths.markdown.read_text()
+    rows = md_rows(md_section(text, "## Results: size 4b"))
+    assert [r["Method"] for r in rows] == [
+        "+SFT", "SFT+GRPO", "PRISM [align.caption_weight=0.5]", "PRISM [align.caption_weight=1.0]",
+        "PRISM+GRPO [align.caption_weight=0.5]", "PRISM+GRPO [align.caption_weight=1.0]"]
+    assert rows[1]["Avg"] == "55.0 ± –" and rows[1]["n"] == "1"
+    assert rows[5]["Avg"] == "62.0 ± –"
+    got = {r["Δ"]: r for r in md_rows(md_section(text, "## Deltas"))}
+    r = got["PRISM+GRPO [align.caption_weight=1.0] − SFT+GRPO"]
+    assert r["Avg"] == "+7.0" and r["Avg significant"] == "n/a (1 seed)" and r["Avg 95% CI"] == "–"
+    assert got["PRISM+GRPO [align.caption_weight=0.5] − SFT+GRPO"]["Avg"] == "+5.0"
+    assert got["PRISM [align.caption_weight=0.5] − +SFT"]["Avg"] == "+2.0"
+    wide = pd.read_csv(paths.tables["4b"])
+    assert "align.caption_weight" in wide.columns and math.isnan(wide.loc[0, "Avg_std"])
+    assert (tmp_path / "out" / "plots" / "delta_avg.png").stat().st_size > 0
+
+
+def test_report_imports_no_trainers_and_cli(ledger_root, tmp_path):
+    code = ("import sys; import prism_lab.report, prism_lab.report_cli; "
+            "prism_lab.report.build_report(sys.argv[1], 'rep', sys.argv[2]); "
+            "bad = [m for m in ('torch', 'transformers', 'prism_lab.trainers', 'prism_lab.stages') if m in sys.modules]; "
+            "print(bad); sys.exit(1 if bad else 0)")
+    proc = subprocess.run([sys.executable, "-c", code, str(ledger_root), str(tmp_path / "sub")],
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+    import typer
+    from typer.testing import CliRunner
+
+    from prism_lab.report_cli import report
+
+    app = typer.Typer()
+    app.command()(report)
+    app.command("noop")(lambda: None)  # a second command so `report` is a sub-command as in cli.py
+    runner = CliRunner()
+    res = runner.invoke(app, ["report", "--help"])
+    assert res.exit_code == 0 and "GRID_OR_SWEEP" in res.output and "--root" in res.output and "--out" in res.output
+    res = runner.invoke(app, ["report", "rep", "--root", str(ledger_root), "--out", str(tmp_path / "cli")])
+    assert res.exit_code == 0, res.output
+    assert (tmp_path / "cli" / "report.md").is_file() and (tmp_path / "cli" / "results.csv").is_file()
+    res = runner.invoke(app, ["report", "nope", "--root", str(ledger_root)])
+    assert res.exit_code != 0 and "no sweep" in str(res.exception)
