@@ -1,0 +1,352 @@
+"""The SFT loop: AdamW + cosine-with-warmup, assistant-only loss, gradient accumulation, accelerate.
+
+:func:`train_sft` trains a policy in place on a list of SFT examples. It is resumable: every
+``cfg.save_every`` steps it writes model, optimizer, scheduler, RNG states and the data position to
+``resume_dir`` (atomically), and when ``resume_dir`` holds a state on start it continues from it, so an
+interrupted run that is restarted ends with the same weights as an uninterrupted one.
+
+Data order: a fresh permutation per epoch, ``numpy.random.default_rng([seed, epoch])``; micro-batches
+take consecutive ``batch_size`` slices of the stream of epochs (a step can straddle two epochs).
+Loss: summed token cross-entropy over the labelled (assistant) tokens of all micro-batches of one
+optimizer step, divided by their number, so accumulation equals one large batch.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from prism_lab.config.sft import SFTConfig
+from prism_lab.data.collate import IGNORE_INDEX, SFTCollator
+from prism_lab.errors import CheckpointError, ConfigError, DataError
+from prism_lab.trainers.common import (
+    TimeBudget,
+    format_duration,
+    load_resume_state,
+    make_cosine_scheduler,
+    save_resume_state,
+    set_seed,
+    setup_threads,
+    warmup_steps_for,
+)
+
+log = logging.getLogger(__name__)
+
+
+class TrainingInterrupted(RuntimeError):
+    """Raised by ``train_sft(stop_after_step=k)`` after step k (simulates a killed run, for tests)."""
+
+
+@dataclass
+class SFTResult:
+    steps: int
+    total_steps: int
+    final_loss: float | None  # mean step loss over the last logging window
+    last_step_loss: float | None
+    samples_seen: int
+    tokens_seen: int  # every non-padding token fed to the model (prompt, image and response)
+    label_tokens_seen: int  # tokens the loss covered
+    epochs_done: float
+    wall_s: float  # this attempt
+    train_s: float  # all attempts together (what the time budget counts)
+    samples_per_s: float
+    tokens_per_s: float
+    stopped_by: str  # "max_steps" | "epochs" | "time"
+    resumed_from_step: int | None
+    warmup_steps: int
+    mixed_precision: str
+    device: str
+    threads: int
+    history: list[dict[str, float]] = field(default_factory=list, repr=False)
+
+    def summary(self) -> dict[str, Any]:
+        d = asdict(self)
+        d.pop("history")
+        return d
+
+
+# ------------------------------------------------------------------------------------------ plan
+def steps_per_epoch(n_examples: int, batch_size: int, grad_accum: int) -> int:
+    return max(1, math.ceil(n_examples / (batch_size * grad_accum)))
+
+
+def total_steps_for(cfg: SFTConfig, n_examples: int) -> int:
+    """``min(max_steps, ceil(epochs * ceil(N / (batch * accum))))``."""
+    total = max(1, math.ceil(cfg.epochs * steps_per_epoch(n_examples, cfg.batch_size, cfg.grad_accum)))
+    return min(total, cfg.max_steps) if cfg.max_steps else total
+
+
+def resolve_mixed_precision(precision: str, device: str) -> str:
+    """accelerate's ``mixed_precision`` for ``cfg.precision`` on ``device``: "bf16" or "no".
+
+    ``auto`` gives bf16 only on a CUDA device that supports it. ``bf16`` is honoured on such a device
+    and on CPU (autocast; usually slower there); a CUDA device without bf16 is a ConfigError.
+    """
+    if precision == "fp32":
+        return "no"
+    cuda_bf16 = device == "cuda" and torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    if precision == "auto":
+        return "bf16" if cuda_bf16 else "no"
+    if precision == "bf16":
+        if device == "cuda" and not cuda_bf16:
+            raise ConfigError("precision: bf16 but this GPU does not support bfloat16; use fp32 or auto")
+        return "bf16"
+    raise ConfigError(f"precision must be auto, fp32 or bf16, got {precision!r}")
+
+
+class EpochStream:
+    """Deterministic stream of example indices: a new permutation per epoch, drawn from (seed, epoch)."""
+
+    def __init__(self, n: int, seed: int, epoch: int = 0, pos: int = 0) -> None:
+        if n <= 0:
+            raise DataError("no SFT examples to train on")
+        self.n, self.seed, self.epoch, self.pos = n, seed, epoch, pos
+        self._order = self._perm(epoch)
+
+    def _perm(self, epoch: int) -> np.ndarray:
+        return np.random.default_rng([self.seed & 0xFFFFFFFFFFFFFFFF, epoch]).permutation(self.n)
+
+    def take(self, k: int) -> list[int]:
+        out: list[int] = []
+        while len(out) < k:
+            if self.pos >= self.n:
+                self.epoch += 1
+                self.pos = 0
+                self._order = self._perm(self.epoch)
+            m = min(k - len(out), self.n - self.pos)
+            out += self._order[self.pos:self.pos + m].tolist()
+            self.pos += m
+        return out
+
+
+def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """Decay matrices; never biases and norm weights (1-D parameters), as HF Trainer does."""
+    decay, no_decay = [], []
+    for _, p in model.named_parameters():
+        if p.requires_grad:
+            (decay if p.ndim >= 2 else no_decay).append(p)
+    groups = [{"params": decay, "weight_decay": weight_decay}]
+    if no_decay:
+        groups.append({"params": no_decay, "weight_decay": 0.0})
+    return groups
+
+
+# ------------------------------------------------------------------------------------------ progress
+class _Progress:
+    """A rich progress bar on a TTY; always a one-line log every ``log_every`` steps."""
+
+    def __init__(self, total: int, start: int, enabled: bool | None) -> None:
+        self.bar = None
+        use = sys.stdout.isatty() if enabled is None else enabled
+        if use:
+            try:
+                from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+                self.bar = Progress(TextColumn("sft"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                                    TextColumn("{task.fields[info]}"), transient=True)
+                self.task = self.bar.add_task("sft", total=total, completed=start, info="")
+                self.bar.start()
+            except Exception:  # noqa: BLE001 - a progress bar must never break training
+                self.bar = None
+
+    def update(self, step: int, info: str) -> None:
+        if self.bar is not None:
+            self.bar.update(self.task, completed=step, info=info)
+
+    def line(self, text: str) -> None:
+        if self.bar is not None:
+            self.bar.console.print(text)
+        else:
+            print(text, flush=True)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.stop()
+            self.bar = None
+
+
+# ------------------------------------------------------------------------------------------ loop
+def _to(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
+    return {k: v.to(device) for k, v in batch.items()}
+
+
+def train_sft(
+    model: torch.nn.Module,
+    processor: Any,
+    examples: Sequence[Any],
+    cfg: SFTConfig,
+    *,
+    resume_dir: str | Path | None = None,
+    log_metrics: Callable[[int, dict[str, float]], None] | None = None,
+    on_step: Callable[[int, dict[str, float]], None] | None = None,
+    stop_after_step: int | None = None,
+    heartbeat: Callable[[], None] | None = None,
+    progress: bool | None = None,
+    collator: Callable[[Sequence[Any]], dict[str, torch.Tensor]] | None = None,
+) -> SFTResult:
+    """Train ``model`` in place on ``examples`` (SFTExample-like rows) with the settings of ``cfg``.
+
+    ``resume_dir``: where the resumable state lives (saved every ``cfg.save_every`` steps, loaded on
+    start when present; None disables both). ``log_metrics(step, values)`` gets loss, lr, grad_norm,
+    tokens_per_s, samples_per_s, epoch every ``cfg.log_every`` steps. ``on_step(step, values)`` runs
+    after every optimizer step (and after any checkpoint of that step); raising from it aborts the run
+    like a crash. ``stop_after_step=k`` raises :class:`TrainingInterrupted` after step k.
+    ``progress``: rich bar on/off (None = only on a TTY).
+    """
+    from accelerate import Accelerator
+
+    t_start = time.monotonic()
+    threads = setup_threads(cfg.threads)
+    set_seed(cfg.seed)
+    device_type = "cuda" if torch.cuda.is_available() else "cpu"
+    mp = resolve_mixed_precision(cfg.precision, device_type)
+    accelerator = Accelerator(cpu=device_type == "cpu", mixed_precision=mp)
+    n = len(examples)
+    if n == 0:
+        raise DataError("no SFT examples to train on")
+    total = total_steps_for(cfg, n)
+    warmup = warmup_steps_for(total, cfg.warmup_ratio)
+    collate = collator or SFTCollator(processor, max_length=cfg.max_length)
+
+    model.train()
+    optimizer = torch.optim.AdamW(_param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=tuple(cfg.adam_betas),
+                                  weight_decay=cfg.weight_decay)
+    scheduler = make_cosine_scheduler(optimizer, total_steps=total, warmup_steps=warmup, min_lr_ratio=cfg.min_lr_ratio)
+
+    step, epoch, pos = 0, 0, 0
+    samples_seen = tokens_seen = label_tokens = 0
+    spent_before = 0.0
+    resumed_from = None
+    if resume_dir is not None:
+        meta = load_resume_state(resume_dir, model=model, optimizer=optimizer, scheduler=scheduler)
+        if meta is not None:
+            if meta.get("n_examples") != n or meta.get("total_steps") != total:
+                raise CheckpointError(
+                    f"{resume_dir}: resumable state is for {meta.get('n_examples')} examples / "
+                    f"{meta.get('total_steps')} steps, this run has {n} / {total}; delete it to start over")
+            step, epoch, pos = int(meta["step"]), int(meta["epoch"]), int(meta["pos"])
+            samples_seen, tokens_seen = int(meta["samples_seen"]), int(meta["tokens_seen"])
+            label_tokens, spent_before = int(meta["label_tokens_seen"]), float(meta["train_s"])
+            resumed_from = step
+            msg = f"[sft] resumed from step {step}/{total} (epoch {epoch}, position {pos}) in {resume_dir}"
+            log.info(msg)
+            print(msg, flush=True)
+    model, optimizer = accelerator.prepare(model, optimizer)
+    device = accelerator.device
+    stream = EpochStream(n, cfg.seed, epoch, pos)
+    budget = TimeBudget(cfg.max_minutes, already_spent_s=spent_before)
+
+    bar = _Progress(total, step, progress)
+    bar.line(f"[sft] {n} examples, {total} steps (warmup {warmup}), batch {cfg.batch_size} x accum {cfg.grad_accum}, "
+             f"lr {cfg.lr:g}, device {device}, mixed precision {mp}, threads {threads}")
+    history: list[dict[str, float]] = []
+    window: list[tuple[float, int, int]] = []  # (loss, samples, tokens) per step since the last log
+    window_t = time.monotonic()
+    final_loss = last_loss = None
+    stopped_by = "max_steps" if cfg.max_steps and total == cfg.max_steps else "epochs"
+    run_t0 = time.monotonic()
+    run_samples0, run_tokens0 = samples_seen, tokens_seen
+
+    def state_meta() -> dict[str, Any]:
+        return {"step": step, "epoch": stream.epoch, "pos": stream.pos, "samples_seen": samples_seen,
+                "tokens_seen": tokens_seen, "label_tokens_seen": label_tokens, "train_s": budget.elapsed(),
+                "n_examples": n, "total_steps": total, "seed": cfg.seed}
+
+    try:
+        while step < total:
+            if budget.spent():
+                stopped_by = "time"
+                bar.line(f"[sft] time budget of {cfg.max_minutes:g} min spent at step {step}/{total}; stopping")
+                break
+            micro = [[examples[i] for i in stream.take(cfg.batch_size)] for _ in range(cfg.grad_accum)]
+            batches = [collate(m) for m in micro]
+            n_lab = int(sum(int((b["labels"][:, 1:] != IGNORE_INDEX).sum()) for b in batches))
+            denom = max(1, n_lab)
+            lr_now = scheduler.get_last_lr()[0]
+            loss_sum = 0.0
+            step_tokens = 0
+            for b in batches:
+                step_tokens += int(b["attention_mask"].sum())
+                b = _to(b, device)
+                labels = b.pop("labels")
+                with accelerator.autocast():
+                    logits = model(**b, use_cache=False).logits
+                tok_loss = F.cross_entropy(logits[:, :-1].float().reshape(-1, logits.shape[-1]),
+                                           labels[:, 1:].reshape(-1), ignore_index=IGNORE_INDEX, reduction="sum")
+                accelerator.backward(tok_loss / denom)
+                loss_sum += float(tok_loss.detach())
+            grad_norm = accelerator.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            step += 1
+            step_samples = cfg.batch_size * cfg.grad_accum
+            samples_seen += step_samples
+            tokens_seen += step_tokens
+            label_tokens += n_lab
+            last_loss = loss_sum / denom if n_lab else float("nan")
+            if not math.isfinite(last_loss) and n_lab:
+                raise RuntimeError(f"SFT loss is {last_loss} at step {step}; lower the lr or check the data")
+            window.append((last_loss, step_samples, step_tokens))
+            values = {"loss": last_loss, "lr": lr_now, "grad_norm": float(grad_norm)}
+
+            if step % cfg.log_every == 0 or step == total:
+                dt = max(1e-9, time.monotonic() - window_t)
+                losses = [w[0] for w in window if math.isfinite(w[0])]
+                final_loss = sum(losses) / len(losses) if losses else None
+                rec = {
+                    "loss": final_loss if final_loss is not None else float("nan"), "lr": lr_now,
+                    "grad_norm": float(grad_norm), "tokens_per_s": sum(w[2] for w in window) / dt,
+                    "samples_per_s": sum(w[1] for w in window) / dt, "epoch": samples_seen / n,
+                }
+                history.append({"step": step, **rec})
+                if log_metrics is not None:
+                    log_metrics(step, rec)
+                if heartbeat is not None:
+                    heartbeat()
+                el = budget.elapsed()
+                rate = (step - (resumed_from or 0)) / max(1e-9, time.monotonic() - run_t0)
+                eta = (total - step) / rate if rate > 0 else 0.0
+                bar.line(f"[sft] step {step}/{total} loss {rec['loss']:.4f} lr {lr_now:.3g} grad {rec['grad_norm']:.3f} "
+                         f"{rec['samples_per_s']:.1f} samples/s {rec['tokens_per_s']:.0f} tok/s epoch {rec['epoch']:.2f} "
+                         f"elapsed {format_duration(el)} eta {format_duration(eta)}")
+                window, window_t = [], time.monotonic()
+            bar.update(step, f"loss {last_loss:.4f}")
+
+            if resume_dir is not None and step % cfg.save_every == 0 and step < total:
+                save_resume_state(resume_dir, model=accelerator.unwrap_model(model), optimizer=optimizer,
+                                  scheduler=scheduler, meta=state_meta())
+            if on_step is not None:
+                on_step(step, values)
+            if stop_after_step is not None and step >= stop_after_step and step < total:
+                raise TrainingInterrupted(f"stopped after step {step} (stop_after_step)")
+    finally:
+        bar.close()
+
+    if final_loss is None and window:
+        losses = [w[0] for w in window if math.isfinite(w[0])]
+        final_loss = sum(losses) / len(losses) if losses else None
+    unwrapped = accelerator.unwrap_model(model)
+    unwrapped.eval()
+    run_dt = max(1e-9, time.monotonic() - run_t0)
+    result = SFTResult(
+        steps=step, total_steps=total, final_loss=final_loss, last_step_loss=last_loss, samples_seen=samples_seen,
+        tokens_seen=tokens_seen, label_tokens_seen=label_tokens, epochs_done=samples_seen / n,
+        wall_s=time.monotonic() - t_start, train_s=budget.elapsed(),
+        samples_per_s=(samples_seen - run_samples0) / run_dt, tokens_per_s=(tokens_seen - run_tokens0) / run_dt,
+        stopped_by=stopped_by, resumed_from_step=resumed_from, warmup_steps=warmup, mixed_precision=mp,
+        device=str(device), threads=threads, history=history,
+    )
+    bar.line(f"[sft] finished: {step}/{total} steps, loss {final_loss if final_loss is not None else float('nan'):.4f}, "
+             f"stopped by {stopped_by}, {result.samples_per_s:.1f} samples/s")
+    return result
