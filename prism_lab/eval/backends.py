@@ -59,19 +59,6 @@ class GenerationSettings:
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
-    def write(self, checkpoint_dir: str | Path) -> Path:
-        """Record the convention next to a checkpoint (training stages call this)."""
-        path = Path(checkpoint_dir) / PROMPTING_FILE
-        path.write_text(json.dumps(self.to_dict(), indent=1, sort_keys=True))
-        return path
-
-    @staticmethod
-    def carry_over(src_checkpoint_dir: str | Path, dst_checkpoint_dir: str | Path) -> None:
-        """Copy the convention of an input checkpoint to a checkpoint trained from it."""
-        src = Path(src_checkpoint_dir) / PROMPTING_FILE
-        if src.is_file():
-            (Path(dst_checkpoint_dir) / PROMPTING_FILE).write_text(src.read_text())
-
 
 def resolve_settings(spec: Any, cfg: Any) -> GenerationSettings:
     """The benchmark YAML's generation settings overridden by the EvalConfig's (None = keep the YAML's).
@@ -105,6 +92,19 @@ class Prompting:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    def write(self, checkpoint_dir: str | Path) -> Path:
+        """Record the convention next to a checkpoint (training stages call this)."""
+        path = Path(checkpoint_dir) / PROMPTING_FILE
+        path.write_text(json.dumps(self.to_dict(), indent=1, sort_keys=True))
+        return path
+
+    @staticmethod
+    def carry_over(src_checkpoint_dir: str | Path, dst_checkpoint_dir: str | Path) -> None:
+        """Copy the convention of an input checkpoint to a checkpoint trained from it."""
+        src = Path(src_checkpoint_dir) / PROMPTING_FILE
+        if src.is_file():
+            (Path(dst_checkpoint_dir) / PROMPTING_FILE).write_text(src.read_text())
 
     @classmethod
     def from_checkpoint(cls, checkpoint_dir: str | Path) -> "Prompting":
