@@ -35,6 +35,9 @@ def _register_subcommands() -> None:
     from prism_lab.report_cli import report
 
     app.command("report")(report)
+    from prism_lab.tune_cli import tune
+
+    app.command("tune")(tune)
 
 
 _register_subcommands()

@@ -1,42 +1,34 @@
 """Qwen3-VL models for prism-lab: tiny random-init presets for CPU runs and offline checkpoint loading.
 
-Importing this package registers ``TinyQwen3VLProcessor`` with ``AutoProcessor``.
+Names are imported lazily, so light users (grid validation asks only for PRESETS) do not pay for
+torch and transformers. Importing prism_lab.models.processor (or anything that loads a model)
+registers ``TinyQwen3VLProcessor`` with ``AutoProcessor``.
 """
 
-from prism_lab.models.attention import choose_attn_implementation, pick_device, pick_dtype
-from prism_lab.models.loader import (
-    build_tiny_policy,
-    count_parameters,
-    load_policy,
-    resolve_checkpoint_dir,
-    save_policy,
-    tiny_config,
-)
-from prism_lab.models.presets import PRESETS, ModelPreset, ModelRef, mrope_section_for, resolve_model_ref
-from prism_lab.models.processor import TinyQwen3VLProcessor, build_image_processor, build_processor, load_processor
-from prism_lab.models.tokenizer import FORMAT_TAGS, SPECIAL_TOKENS, build_tokenizer, special_token_ids
+from __future__ import annotations
 
-__all__ = [
-    "FORMAT_TAGS",
-    "PRESETS",
-    "SPECIAL_TOKENS",
-    "ModelPreset",
-    "ModelRef",
-    "TinyQwen3VLProcessor",
-    "build_image_processor",
-    "build_processor",
-    "build_tiny_policy",
-    "build_tokenizer",
-    "choose_attn_implementation",
-    "count_parameters",
-    "load_policy",
-    "load_processor",
-    "mrope_section_for",
-    "pick_device",
-    "pick_dtype",
-    "resolve_checkpoint_dir",
-    "resolve_model_ref",
-    "save_policy",
-    "special_token_ids",
-    "tiny_config",
-]
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "choose_attn_implementation": "attention", "pick_device": "attention", "pick_dtype": "attention",
+    "build_tiny_policy": "loader", "count_parameters": "loader", "load_policy": "loader",
+    "resolve_checkpoint_dir": "loader", "save_policy": "loader", "tiny_config": "loader",
+    "PRESETS": "presets", "ModelPreset": "presets", "ModelRef": "presets", "mrope_section_for": "presets",
+    "resolve_model_ref": "presets",
+    "TinyQwen3VLProcessor": "processor", "build_image_processor": "processor", "build_processor": "processor",
+    "load_processor": "processor",
+    "FORMAT_TAGS": "tokenizer", "SPECIAL_TOKENS": "tokenizer", "build_tokenizer": "tokenizer",
+    "special_token_ids": "tokenizer",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'prism_lab.models' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"prism_lab.models.{module}"), name)
+    globals()[name] = value
+    return value
