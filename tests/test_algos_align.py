@@ -418,7 +418,7 @@ def test_align_configs_defaults_and_strictness():
     assert (a.steps, a.prompts_per_step, a.n, a.batch_size) == (500, 4, 16, 64)
     assert (a.actor_lr, a.critic_lr, a.score_clip, a.score_reg_coef, a.format_penalty) == (1e-6, 1e-6, 10.0, 0.001, 1.5)
     assert (a.advantage_mode, a.variant, a.terminator_convention, a.critic_positions) == (
-        "align", "prism", "original", "text_1d")
+        "align", "prism", "uniform", "mrope")
     assert (a.clip_ratio_low, a.clip_ratio_high, a.dual_clip, a.loss_agg_mode) == (0.2, 0.2, 3.0, "token-mean")
     w = DiscWarmupConfig()
     assert (w.lr, w.weight_decay, w.warmup_ratio, w.epochs, w.grad_clip, w.aux_coef, w.seed) == (

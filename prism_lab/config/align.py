@@ -89,6 +89,22 @@ class DiscWarmupConfig(_Strict):
     )
     max_length: int = Field(8192, ge=16, description="Truncation length of one scored sequence (MAX_LENGTH).")
     max_pixels: int = Field(560 * 560, ge=1, description="Image max_pixels of the warmup processor (§5.2).")
+    discriminator: DiscriminatorConfig = Field(
+        default_factory=DiscriminatorConfig, description="How the discriminator is built (upcycling, head, ablations)."
+    )
+    terminator_convention: Literal["original", "uniform"] = Field(
+        "uniform",
+        description="Token each scored segment ends on (§10.3); must match align.terminator_convention. "
+        "'uniform' (default, the spec's recommendation) ends every segment with one fixed terminator; "
+        "'original' reproduces the paper's mismatch (warmup scores full chat turns).",
+    )
+    critic_positions: Literal["mrope", "text_1d"] = Field(
+        "mrope", description="Position ids fed to the discriminator (§10.4); must match align.critic_positions."
+    )
+    max_new_tokens: int | None = Field(
+        None, ge=1, description="Length cap of the student responses generated from the SFT policy "
+        "(None = twice the longest teacher response)."
+    )
 
 
 class AlignConfig(_Strict):
@@ -143,7 +159,7 @@ class AlignConfig(_Strict):
         "prism", description="'prism' = caption/cot discriminator (paper); 'gad' = whole-response GAD (§6.8)."
     )
     terminator_convention: Literal["original", "uniform"] = Field(
-        "original",
+        "uniform",
         description=(
             "Which token each scored segment ends on (§10.3). 'original' reproduces the paper (warmup scores "
             "after '<|im_end|>\\n', online student caption ends at '</caption>', cot at '<|im_end|>', teacher "
@@ -151,7 +167,7 @@ class AlignConfig(_Strict):
         ),
     )
     critic_positions: Literal["mrope", "text_1d"] = Field(
-        "text_1d",
+        "mrope",
         description=(
             "Position ids fed to the discriminator (§10.4). 'text_1d' reproduces the original (1-D text "
             "positions for all tokens, image tokens included); 'mrope' = proper Qwen3-VL M-RoPE ids."

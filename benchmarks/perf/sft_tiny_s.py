@@ -1,0 +1,123 @@
+"""SFT of tiny-s on the synthetic task: the accuracy curve within a wall-clock training budget.
+
+    python benchmarks/perf/sft_tiny_s.py [--minutes 10] [--threads 2] [--eval-every 150] [--out /tmp/sft-bench]
+
+Uses the toy grid's data and SFT settings (experiments/toy.yaml) and the product's own SFT loop and
+evaluation. Every `--eval-every` steps the policy is saved and evaluated greedily on the held-out
+benchmarks (first `--limit` items each); evaluation time is excluded from the training clock. Target
+(issue: embedded default): >= 0.5 accuracy on synth-reasoning and >= 0.95 format-valid rate within
+10 minutes of training on 2 cores, without saturating the benchmarks (headroom for RL).
+Writes curve.csv in --out and prints the curve.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO))
+os.environ.setdefault("PRISM_LAB_WANDB", "disabled")
+
+
+class _Done(Exception):
+    pass
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--minutes", type=float, default=10.0)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--eval-every", type=int, default=150)
+    ap.add_argument("--limit", type=int, default=100)
+    ap.add_argument("--preset", default="tiny-s")
+    ap.add_argument("--max-steps", type=int, default=2000, help="Length of the LR schedule (warmup + cosine).")
+    ap.add_argument("--out", type=Path, default=Path(tempfile.gettempdir()) / "prism-sft-bench")
+    args = ap.parse_args()
+
+    import torch
+
+    from prism_lab.config.eval import EvalConfig
+    from prism_lab.config.sft import SFTConfig
+    from prism_lab.data.catalog import DataCatalog, synth_catalog
+    from prism_lab.data.synth import SynthConfig, generate
+    from prism_lab.eval.run import evaluate_checkpoint
+    from prism_lab.grid import load_grid
+    from prism_lab.models import save_policy
+    from prism_lab.stages.sft import build_policy, load_examples
+    from prism_lab.trainers.sft import train_sft
+
+    torch.set_num_threads(args.threads)
+    grid = load_grid(REPO / "experiments" / "toy.yaml")
+    data_dir = args.out / "data"
+    if not (data_dir / "manifest.json").exists():
+        generate(SynthConfig.model_validate(grid.spec.data["synth"]), data_dir, overwrite=True)
+    synth_catalog("data").save(args.out)
+    catalog = DataCatalog.load(args.out)
+    sft_fields = {**grid.spec.stages["sft"], "model": args.preset, "max_steps": args.max_steps, "epochs": 1000, "max_minutes": None,
+                  "threads": args.threads, "log_every": 50}
+    cfg = SFTConfig.model_validate(sft_fields)
+    examples = load_examples(catalog, cfg.datasets)
+    model, processor, _ = build_policy(cfg, catalog)
+    benches = list(grid.spec.benchmarks)
+    eval_cfg = EvalConfig(benchmarks=benches, batch_size=50, limit=args.limit)
+    budget_s = args.minutes * 60
+    t0 = time.monotonic()
+    eval_s = 0.0
+    rows: list[dict] = []
+    last_loss: dict[str, float] = {}
+
+    def evaluate(step: int) -> None:
+        nonlocal eval_s
+        e0 = time.monotonic()
+        train_s = e0 - t0 - eval_s
+        model.eval()
+        ckpt = args.out / "ckpt"
+        save_policy(model, processor, ckpt)
+        from prism_lab.eval.backends import Prompting
+
+        Prompting(system_prompt=False, yesno_instruction=False).write(ckpt)
+        res = evaluate_checkpoint(ckpt, benches, eval_cfg, bench_dir=catalog.bench_dir, cache_dir=None,
+                                  checkpoint_key=f"bench-step-{step}", progress=False)
+        model.train()
+        row = {"step": step, "train_s": round(train_s, 1), "loss": round(last_loss.get("loss", float("nan")), 4)}
+        for b in benches:
+            row[f"{b}/acc"] = round(res["benchmarks"][b]["accuracy"], 3)
+            row[f"{b}/format"] = round(res["benchmarks"][b]["format_rate"], 3)
+        rows.append(row)
+        print("  ".join(f"{k}={v}" for k, v in row.items()), flush=True)
+        eval_s += time.monotonic() - e0
+
+    def on_step(step: int, values: dict) -> None:
+        if "loss" in values:
+            last_loss["loss"] = values["loss"]
+        train_s = time.monotonic() - t0 - eval_s
+        if step % args.eval_every == 0 or train_s >= budget_s:
+            evaluate(step)
+        if train_s >= budget_s:
+            raise _Done
+
+    print(f"SFT {args.preset} on {len(examples)} examples, {args.threads} threads, budget {args.minutes} min of training")
+    try:
+        train_sft(model, processor, examples, cfg, on_step=on_step, progress=False)
+    except _Done:
+        pass
+    args.out.mkdir(parents=True, exist_ok=True)
+    with open(args.out / "curve.csv", "w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    best = max(rows, key=lambda r: r["synth-reasoning/acc"])
+    final = rows[-1]
+    print(f"final (train {final['train_s']}s, step {final['step']}): " + ", ".join(
+        f"{b} acc {final[f'{b}/acc']:.3f} format {final[f'{b}/format']:.3f}" for b in benches))
+    print(f"best synth-reasoning acc {best['synth-reasoning/acc']:.3f} at {best['train_s']}s; curve: {args.out / 'curve.csv'}")
+
+
+if __name__ == "__main__":
+    main()

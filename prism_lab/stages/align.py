@@ -1,0 +1,68 @@
+"""The `align` stage: PRISM alignment (stage 2, prism_spec.md §6).
+
+Inputs: ``policy`` (the SFT artifact, HF checkpoint at ``<path>/model``), ``discriminator`` (a `disc_warmup`
+artifact, ``<path>/discriminator``) and ``data`` (its catalog's RL parquet, which must carry non-empty
+``teacher_caption``/``teacher_cot``). The discriminator must read the policy's inputs (same tokenizer and image
+preprocessing; checked before loading). Outputs: ``<out_dir>/model`` (the aligned policy) and
+``<out_dir>/discriminator`` (the updated discriminator). The resumable state lives in ``<out_dir>/resume`` and
+is removed at the end. Rollouts use the HF engine (its weights are the trained ones; a vLLM engine would need
+weight syncing after every actor update).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+from prism_lab.errors import CheckpointError, DataError
+from prism_lab.stages.context import StageContext
+
+MODEL_SUBDIR = "model"
+DISC_SUBDIR = "discriminator"
+
+
+def discriminator_dir_of(artifact_path: Path) -> Path:
+    d = Path(artifact_path) / DISC_SUBDIR
+    if (d / "discriminator.json").is_file():
+        return d
+    if (Path(artifact_path) / "discriminator.json").is_file():
+        return Path(artifact_path)
+    raise CheckpointError(f"{artifact_path}: no discriminator (expected {d}/discriminator.json)")
+
+
+def run(ctx: StageContext) -> dict:
+    import torch
+
+    from prism_lab.data.catalog import DataCatalog
+    from prism_lab.data.rl_parquet import read_rl_parquet
+    from prism_lab.models import load_policy, save_policy
+    from prism_lab.models.discriminator import load_discriminator, save_discriminator
+    from prism_lab.stages.disc_warmup import policy_checkpoint_dir
+    from prism_lab.trainers.align import align_examples_from_rl, run_align
+
+    cfg = ctx.config
+    t0 = time.monotonic()
+    catalog = DataCatalog.load(ctx.input("data").path)
+    if not catalog.rl:
+        raise DataError(f"{ctx.input('data').path}: the data catalog names no RL parquet")
+    examples = align_examples_from_rl(read_rl_parquet(catalog.rl, require_teacher=True))
+    policy, processor = load_policy(policy_checkpoint_dir(ctx.input("policy").path), dtype=torch.float32)
+    disc = load_discriminator(discriminator_dir_of(ctx.input("discriminator").path), policy_processor=processor,
+                              dtype=torch.float32)
+    print(f"[align] variant={cfg.variant}: {len(examples)} prompts, {cfg.steps} steps x "
+          f"{cfg.prompts_per_step} prompts x n={cfg.n}", flush=True)
+    summary = run_align(policy, processor, disc, examples, cfg, out_dir=ctx.out_dir, log=ctx.log_metrics,
+                        heartbeat=ctx.heartbeat)
+    save_policy(policy, processor, ctx.out_dir / MODEL_SUBDIR)
+    from prism_lab.eval.backends import Prompting
+
+    Prompting.carry_over(policy_checkpoint_dir(ctx.input("policy").path), ctx.out_dir / MODEL_SUBDIR)
+    save_discriminator(disc, processor, ctx.out_dir / DISC_SUBDIR)
+    (ctx.out_dir / "align_curves.json").write_text(json.dumps(summary.get("curves", {}), indent=1))
+    return {
+        **{k: v for k, v in summary.items() if k != "curves"},
+        "model_dir": MODEL_SUBDIR,
+        "discriminator_dir": DISC_SUBDIR,
+        "stage_wall_s": round(time.monotonic() - t0, 2),
+    }

@@ -1,0 +1,46 @@
+"""The `rl` stage (RLVR, stage 3): load the input policy and the RL parquet, run GRPO/DAPO/GSPO, save.
+
+Inputs: ``policy`` (an artifact with an HF checkpoint at ``<path>/model``) and ``data`` (a `data`
+run whose catalog names the RL parquet). Output: the trained policy at ``out_dir/model`` (the
+checkpoint contract). Resumable state lives in ``out_dir/resume`` while the run is in progress and
+is removed once the final policy is saved.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from prism_lab.config.algorithms import resolve_algorithm
+from prism_lab.config.rl import RLConfig
+from prism_lab.data.catalog import DataCatalog
+from prism_lab.data.rl_parquet import read_rl_parquet
+from prism_lab.errors import DataError
+from prism_lab.models import load_policy, pick_device, save_policy
+from prism_lab.stages.context import StageContext
+from prism_lab.trainers.common import remove_resume_state, set_seed, setup_threads
+from prism_lab.trainers.rl import RESUME_DIR, train_rl
+
+
+def run(ctx: StageContext) -> dict:
+    cfg: RLConfig = ctx.config  # type: ignore[assignment]
+    threads = setup_threads(cfg.threads)
+    set_seed(cfg.seed)
+    algo = resolve_algorithm(cfg.algorithm, cfg.algorithm_overrides)
+    catalog = DataCatalog.load(ctx.input("data").path)
+    if not catalog.rl:
+        raise DataError(f"{ctx.input('data').path}: the data catalog names no RL parquet (field 'rl')")
+    examples = read_rl_parquet(catalog.rl, image_root=catalog.image_root)
+    device = pick_device()
+    # Parameters stay float32 (AdamW state in fp32); bf16 runs use autocast (see trainers/rl.py).
+    model, processor = load_policy(ctx.input("policy").path / "model", dtype=torch.float32, device=device)
+    ctx.log.info("rl: %s, %d prompts, %d steps x %d prompts x n=%d, %d threads", cfg.algorithm, len(examples),
+                 cfg.steps, cfg.prompts_per_step, cfg.n, threads)
+    result = train_rl(model, processor, examples, cfg, algo, log=ctx.log_metrics, out_dir=ctx.out_dir,
+                      heartbeat=ctx.heartbeat)
+    model.eval()
+    save_policy(model, processor, ctx.out_dir / "model")
+    from prism_lab.eval.backends import Prompting
+
+    Prompting.carry_over(ctx.input("policy").path / "model", ctx.out_dir / "model")
+    remove_resume_state(ctx.out_dir / RESUME_DIR)
+    return {"algorithm": cfg.algorithm, "num_prompts": len(examples), **result.summary()}

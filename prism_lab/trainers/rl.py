@@ -1,0 +1,629 @@
+"""RLVR training loop (stage 3): GRPO / DAPO / GSPO on a Qwen3-VL policy with the rule reward.
+
+One training step (prism_spec.md section 7.2, anchors Part A)::
+
+    prompts  <- next `prompts_per_step` examples of a seeded per-epoch permutation of the RL data
+                (x gen_batch_multiplier when DAPO dynamic sampling is on)
+    rollouts <- engine.generate(prompts, n, T=cfg.temperature, top_p=cfg.top_p)   (log-probs kept)
+    reward   <- compute_score(text, gt) = acc_weight*acc + format_weight*format
+                (+ DAPO overlong penalty when algo.overlong_buffer.enabled; buffer resolved
+                against cfg.max_new_tokens)
+    DAPO     <- drop zero-variance groups on algo.filter_groups.metric, regenerate until
+                prompts_per_step groups survive (<= max_num_gen_batches, else PrismError)
+    A_i      <- GRPO advantage grouped by prompt
+    update   <- mini_batches_per_rollout mini-batches x ppo_epochs; micro-batches of
+                cfg.micro_batch_size sequences with gradient accumulation; the aggregation gets
+                the mini-batch totals (tokens / sequences), so the loss and gradient do not depend
+                on the micro-batch size; AdamW, linear warmup then constant lr, grad clip;
+                entropy bonus and KL-to-reference loss only when their coefficients are > 0.
+
+Old log-probs. With one mini-batch and one epoch (``algo.is_on_policy``) every micro-batch
+forward runs with the rollout parameters, so PPO's ``old_logp`` is known without another pass:
+the rollout engine's log-probs are used (HF engine, fp32). Each micro-batch compares them with
+its own forward; where they disagree by more than ``logprob_tolerance`` the forward's detached
+values are used instead (that IS the recomputation, at no extra cost) and
+``rollout/logprob_fallback`` counts it. Off-policy settings (several mini-batches or epochs),
+bf16, engines without log-probs, or the vLLM engine recompute ``old_logp`` with a no-grad pass
+(:func:`recompute_old_logprobs`) before the first update.
+
+The log-prob distribution everywhere is ``log softmax(logits / T)`` with the vision placeholder
+tokens masked (see :mod:`prism_lab.rollout`).
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import logging
+import math
+import random
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from prism_lab.algos.advantages import compute_advantage
+from prism_lab.algos.aggregation import aggregate, masked_mean
+from prism_lab.algos.dapo import GenBatch, accumulate_until, overlong_penalty
+from prism_lab.algos.kl import kl_penalty
+from prism_lab.algos.policy_loss import compute_policy_loss
+from prism_lab.config.algorithms import AlgorithmConfig, resolve_algorithm
+from prism_lab.config.rl import RLConfig
+from prism_lab.errors import PrismError
+from prism_lab.rollout import Prompt, Rollout, RolloutEngine, build_prompt_inputs, make_engine, pad_token_id, vision_token_ids
+from prism_lab.trainers.common import (
+    TimeBudget,
+    load_resume_state,
+    make_cosine_scheduler,
+    remove_resume_state,
+    save_resume_state,
+)
+from prism_lab.trainers.logprobs import SequenceBatch, completion_logprobs, image_chunks_per_row, make_sequence_batch
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "RESUME_DIR",
+    "PromptSampler",
+    "RLResult",
+    "RLSample",
+    "recompute_old_logprobs",
+    "score_rollouts",
+    "train_rl",
+]
+
+RESUME_DIR = "resume"
+_SUMMED = ("actor/pg_loss", "actor/loss")
+LOGPROB_TOLERANCE = 1e-3
+
+
+# --------------------------------------------------------------------------------------------
+# Data order
+# --------------------------------------------------------------------------------------------
+
+
+class PromptSampler:
+    """Seeded epoch-wise permutation of example indices; its position is part of the resumable state.
+
+    Examples whose templated prompt is longer than ``max_prompt_length`` tokens are skipped (their
+    lengths are measured lazily and cached).
+    """
+
+    def __init__(self, n: int, seed: int, accept: Callable[[int], bool] | None = None) -> None:
+        if n <= 0:
+            raise PrismError("the RL dataset is empty")
+        self.n = n
+        self.seed = seed
+        self.epoch = 0
+        self.cursor = 0
+        self.accept = accept or (lambda i: True)
+        self._perm = self._permutation(0)
+
+    def _permutation(self, epoch: int) -> list[int]:
+        order = list(range(self.n))
+        random.Random(f"prism-rl-{self.seed}-{epoch}").shuffle(order)
+        return order
+
+    def take(self, k: int) -> list[int]:
+        out: list[int] = []
+        rejected_in_a_row = 0
+        while len(out) < k:
+            if self.cursor >= self.n:
+                self.epoch += 1
+                self.cursor = 0
+                self._perm = self._permutation(self.epoch)
+            i = self._perm[self.cursor]
+            self.cursor += 1
+            if self.accept(i):
+                out.append(i)
+                rejected_in_a_row = 0
+            else:
+                rejected_in_a_row += 1
+                if rejected_in_a_row > self.n:
+                    raise PrismError("every RL prompt is longer than max_prompt_length; raise max_prompt_length")
+        return out
+
+    def state(self) -> dict[str, int]:
+        return {"epoch": self.epoch, "cursor": self.cursor}
+
+    def load(self, state: dict[str, Any]) -> None:
+        self.epoch = int(state["epoch"])
+        self.cursor = int(state["cursor"])
+        self._perm = self._permutation(self.epoch)
+
+
+# --------------------------------------------------------------------------------------------
+# Samples and rewards
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class RLSample:
+    """One trajectory of the training batch."""
+
+    prompt_key: int  # index into the step's list of unique prompts
+    group: tuple[int, int]  # (generation batch, prompt index within it)
+    token_ids: list[int]
+    rollout_logprobs: list[float] | None
+    finish_reason: str
+    score: float
+    acc: float
+    format: float
+    reward: float  # score + overlong penalty
+    advantage: float = 0.0
+
+
+def _score_one(score_fn, text: str, ex, acc_w: float, fmt_w: float) -> tuple[float, float, float]:
+    r = score_fn(text, ex.ground_truth, list(ex.equivalent_answers or ()), acc_weight=acc_w, format_weight=fmt_w)
+    return float(r.score), float(r.acc), float(r.format)
+
+
+def score_rollouts(
+    rollouts: Sequence[Rollout],
+    examples: Sequence[Any],
+    *,
+    acc_weight: float = 0.8,
+    format_weight: float = 0.2,
+    overlong: tuple[int, int, float] | None = None,
+    score_fn: Callable[..., Any] | None = None,
+) -> list[tuple[float, float, float, float]]:
+    """``(reward, score, acc, format)`` per rollout; ``examples[r.prompt_index]`` holds the answer.
+
+    ``overlong = (max_len, buffer_len, factor)`` adds the DAPO soft overlong penalty on the
+    completion length (tokens, eos included) to the score.
+    """
+    if score_fn is None:
+        from prism_lab.rewards import compute_score as score_fn
+    rows = [_score_one(score_fn, r.text, examples[r.prompt_index], acc_weight, format_weight) for r in rollouts]
+    if overlong is not None and rollouts:
+        max_len, buf, factor = overlong
+        pen = overlong_penalty([len(r.token_ids) for r in rollouts], max_len=max_len, buffer_len=buf, factor=factor).tolist()
+    else:
+        pen = [0.0] * len(rollouts)
+    return [(s + p, s, a, f) for (s, a, f), p in zip(rows, pen)]
+
+
+# --------------------------------------------------------------------------------------------
+# Old log-probs
+# --------------------------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def recompute_old_logprobs(model, batches: Sequence[SequenceBatch], *, temperature: float,
+                           suppress_token_ids: Sequence[int], autocast: Callable[[], Any]) -> list[Tensor]:
+    """No-grad forward over every micro-batch: ``old_logp`` for off-policy updates (or untrusted rollout log-probs)."""
+    was = model.training
+    model.eval()
+    try:
+        out = []
+        for b in batches:
+            with autocast():
+                lp, _ = completion_logprobs(model, b, temperature=temperature, suppress_token_ids=suppress_token_ids)
+            out.append(lp.float().detach())
+        return out
+    finally:
+        model.train(was)
+
+
+# --------------------------------------------------------------------------------------------
+# The loop
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class RLResult:
+    """Summary of a ``train_rl`` call."""
+
+    steps_done: int
+    start_step: int
+    stopped_early: bool
+    last_metrics: dict[str, float] = field(default_factory=dict)
+    history: list[dict[str, float]] = field(default_factory=list)
+    elapsed_s: float = 0.0
+    recompute_calls: int = 0  # no-grad old-log-prob passes (0 when every update was on-policy)
+
+    def summary(self) -> dict[str, Any]:
+        keep = ("reward/mean", "acc/mean", "format/mean", "response_length/mean", "samples/s")
+        return {
+            "steps_done": self.steps_done,
+            "start_step": self.start_step,
+            "stopped_early": self.stopped_early,
+            "elapsed_s": round(self.elapsed_s, 3),
+            **{f"final/{k}": self.last_metrics[k] for k in keep if k in self.last_metrics},
+        }
+
+
+def _seed_for(*parts: Any) -> int:
+    h = hashlib.sha256("/".join(str(p) for p in parts).encode()).digest()
+    return int.from_bytes(h[:4], "little")
+
+
+def _autocast_factory(model, precision: str) -> tuple[Callable[[], Any], bool]:
+    """(context factory, uses_bf16)."""
+    device = next(model.parameters()).device
+    param_bf16 = next(model.parameters()).dtype == torch.bfloat16
+    want_bf16 = precision == "bf16" or (precision == "auto" and device.type == "cuda" and torch.cuda.is_bf16_supported())
+    if want_bf16 and not param_bf16:
+        return (lambda: torch.autocast(device_type=device.type, dtype=torch.bfloat16)), True
+    import contextlib
+
+    return contextlib.nullcontext, param_bf16
+
+
+def _split(items: list[int], parts: int) -> list[list[int]]:
+    parts = max(1, min(parts, len(items)))
+    size, rem = divmod(len(items), parts)
+    out, start = [], 0
+    for p in range(parts):
+        end = start + size + (1 if p < rem else 0)
+        out.append(items[start:end])
+        start = end
+    return out
+
+
+class _RLRun:
+    def __init__(self, model, processor, examples, cfg: RLConfig, algo: AlgorithmConfig, *, log_fn, out_dir,
+                 engine, heartbeat, score_fn, logprob_tolerance, max_steps):
+        self.model = model
+        self.processor = processor
+        self.examples = list(examples)
+        self.cfg = cfg
+        self.algo = algo
+        self.log_fn = log_fn
+        self.out_dir = Path(out_dir) if out_dir is not None else None
+        self.heartbeat = heartbeat
+        self.score_fn = score_fn
+        self.tol = logprob_tolerance
+        self.total_steps = cfg.steps if max_steps is None else min(cfg.steps, max_steps)
+        self.engine: RolloutEngine = engine if engine is not None else make_engine(model, processor, cfg.rollout_engine)
+        self.suppress = list(getattr(self.engine, "suppress_token_ids", None) or vision_token_ids(model))
+        self.pad_id = pad_token_id(model, processor)
+        self.autocast, self.bf16 = _autocast_factory(model, cfg.precision)
+        self.device = next(model.parameters()).device
+        # A frozen reference copy only when the KL loss is on (taken before any resume state is loaded).
+        self.ref_model = None
+        if algo.uses_reference:
+            self.ref_model = copy.deepcopy(model).eval()
+            for p in self.ref_model.parameters():
+                p.requires_grad_(False)
+        if algo.overlong_buffer.enabled:
+            buf = algo.overlong_buffer.resolve_len(cfg.max_new_tokens)  # ConfigError when len > max_new_tokens
+            self.overlong = (cfg.max_new_tokens, buf, algo.overlong_buffer.penalty_factor)
+        else:
+            self.overlong = None
+        self.loss_scale_factor = algo.loss_scale_factor
+        if algo.loss_agg_mode == "seq-mean-token-sum-norm" and self.loss_scale_factor is None:
+            self.loss_scale_factor = float(cfg.max_new_tokens)  # constant divisor: micro-batch invariant
+        params = [p for p in model.parameters() if p.requires_grad]
+        self.params = params
+        self.optimizer = torch.optim.AdamW(params, lr=algo.lr, weight_decay=algo.weight_decay, betas=(0.9, 0.999))
+        self.scheduler = make_cosine_scheduler(self.optimizer, total_steps=cfg.steps,
+                                               warmup_steps=algo.num_warmup_steps(cfg.steps), min_lr_ratio=1.0)
+        self._len_cache: dict[int, int] = {}
+        self.sampler = PromptSampler(len(self.examples), cfg.seed, accept=self._prompt_fits)
+        engine_kind = getattr(self.engine, "kind", "custom")
+        self.trust_rollout_logprobs = engine_kind == "hf" and not self.bf16
+        self.recompute_calls = 0
+
+    # ---------------------------------------------------------------- data
+    def _prompt(self, i: int) -> Prompt:
+        ex = self.examples[i]
+        return Prompt(messages=list(ex.prompt), images=ex.load_images())
+
+    def _prompt_fits(self, i: int) -> bool:
+        if i not in self._len_cache:
+            batch = build_prompt_inputs(self.processor, [self._prompt(i)])
+            self._len_cache[i] = int(batch["input_ids"].shape[1])
+        return self._len_cache[i] <= self.cfg.max_prompt_length
+
+    # ---------------------------------------------------------------- one step
+    def _generate(self, step: int, k: int, n_prompts: int):
+        idx = self.sampler.take(n_prompts)
+        prompts = [self._prompt(i) for i in idx]
+        exs = [self.examples[i] for i in idx]
+        t0 = time.perf_counter()
+        with self.autocast():
+            rollouts = self.engine.generate(
+                prompts, n=self.cfg.n, max_new_tokens=self.cfg.max_new_tokens, temperature=self.cfg.temperature,
+                top_p=self.cfg.top_p, do_sample=True, seed=_seed_for(self.cfg.seed, step, k),
+                return_logprobs=True, batch_size=max(1, n_prompts * self.cfg.n),
+            )
+        t1 = time.perf_counter()
+        scored = score_rollouts(rollouts, exs, acc_weight=self.cfg.acc_weight, format_weight=self.cfg.format_weight,
+                                overlong=self.overlong, score_fn=self.score_fn)
+        t2 = time.perf_counter()
+        self._t_gen += t1 - t0
+        self._t_score += t2 - t1
+        samples = [
+            RLSample(prompt_key=-1, group=(k, r.prompt_index), token_ids=list(r.token_ids), rollout_logprobs=r.logprobs,
+                     finish_reason=r.finish_reason, score=s, acc=a, format=f, reward=rew)
+            for r, (rew, s, a, f) in zip(rollouts, scored)
+        ]
+        self._all_generated.extend(samples)
+        metric = [s.acc if self.algo.filter_groups.metric == "acc" else s.reward for s in samples]
+        return GenBatch(payload=(prompts, samples), values=metric, group_ids=[s.group for s in samples])
+
+    def step(self, step: int) -> dict[str, float]:
+        cfg, algo = self.cfg, self.algo
+        t_start = time.perf_counter()
+        self._t_gen = self._t_score = 0.0
+        self._all_generated: list[RLSample] = []
+        fg = algo.filter_groups
+        n_prompts = math.ceil(cfg.prompts_per_step * fg.gen_batch_multiplier) if fg.enabled else cfg.prompts_per_step
+        ds = accumulate_until(lambda k: self._generate(step, k, n_prompts), target_groups=cfg.prompts_per_step,
+                              max_num_gen_batches=fg.max_num_gen_batches, enabled=fg.enabled)
+        # Training batch: selected samples with their prompts (unique prompts in order).
+        prompts: list[Prompt] = []
+        samples: list[RLSample] = []
+        for b, sel in zip(ds.batches, ds.selected):
+            b_prompts, b_samples = b.payload
+            keymap: dict[int, int] = {}
+            for j in sel:
+                s = b_samples[j]
+                pi = s.group[1]
+                if pi not in keymap:
+                    keymap[pi] = len(prompts)
+                    prompts.append(b_prompts[pi])
+                s.prompt_key = keymap[pi]
+                samples.append(s)
+        rewards = torch.tensor([s.reward for s in samples], dtype=torch.float32)
+        adv = compute_advantage(algo.adv_estimator, rewards, [s.group for s in samples], eps=algo.adv_eps,
+                                norm_by_std=algo.norm_adv_by_std)
+        for s, a in zip(samples, adv.tolist()):
+            s.advantage = a
+        t_train0 = time.perf_counter()
+        train_metrics = self._update(prompts, samples)
+        sync = getattr(self.engine, "sync_weights", None)
+        if sync is not None:  # engines holding their own copy of the weights (vLLM)
+            sync(self.model)
+        t_end = time.perf_counter()
+        gen = self._all_generated
+        metrics: dict[str, float] = {
+            "reward/mean": _mean([s.reward for s in gen]),
+            "score/mean": _mean([s.score for s in gen]),
+            "acc/mean": _mean([s.acc for s in gen]),
+            "format/mean": _mean([s.format for s in gen]),
+            "response_length/mean": _mean([len(s.token_ids) for s in gen]),
+            "response_length/max": float(max(len(s.token_ids) for s in gen)),
+            "response/clip_ratio": _mean([1.0 if s.finish_reason == "length" else 0.0 for s in gen]),
+            "batch/reward_mean": float(rewards.mean()),
+            "batch/num_samples": float(len(samples)),
+            "filtered_group_share": ds.filtered_share,
+            "dapo/num_gen_batches": float(ds.num_gen_batches),
+            "time/generate": self._t_gen,
+            "time/score": self._t_score,
+            "time/train": t_end - t_train0,
+            "time/step": t_end - t_start,
+            "samples/s": len(gen) / max(t_end - t_start, 1e-9),
+            "train_samples/s": len(samples) / max(t_end - t_start, 1e-9),
+            "lr": float(self.optimizer.param_groups[0]["lr"]),
+        }
+        metrics.update(train_metrics)
+        self.scheduler.step()
+        return metrics
+
+    # ---------------------------------------------------------------- update
+    def _micro_batches(self, samples: list[RLSample], rows: list[int], prompt_batch: dict,
+                       chunks) -> list[tuple[list[int], SequenceBatch]]:
+        out = []
+        mbs = self.cfg.micro_batch_size
+        for start in range(0, len(rows), mbs):
+            r = rows[start : start + mbs]
+            sb = make_sequence_batch(prompt_batch, [samples[i].prompt_key for i in r], [samples[i].token_ids for i in r],
+                                     pad_token_id=self.pad_id, image_chunks=chunks)
+            out.append((r, sb.to(self.device)))
+        return out
+
+    def _update(self, prompts: list[Prompt], samples: list[RLSample]) -> dict[str, float]:
+        cfg, algo = self.cfg, self.algo
+        prompt_batch = build_prompt_inputs(self.processor, prompts)
+        chunks = image_chunks_per_row(prompt_batch)
+        all_rows = list(range(len(samples)))
+        mini_batches = _split(all_rows, algo.mini_batches_per_rollout)
+        mb_micro = [self._micro_batches(samples, rows, prompt_batch, chunks) for rows in mini_batches]
+        on_policy = algo.is_on_policy
+        have_lp = all(s.rollout_logprobs is not None and len(s.rollout_logprobs) == len(s.token_ids) for s in samples)
+        use_rollout_lp = on_policy and have_lp and self.trust_rollout_logprobs
+        old: dict[int, Tensor] = {}  # row -> [len] old log-probs
+        if not use_rollout_lp:
+            flat = [mb for micro in mb_micro for mb in micro]
+            self.recompute_calls += 1
+            lps = recompute_old_logprobs(self.model, [b for _, b in flat], temperature=cfg.temperature,
+                                         suppress_token_ids=self.suppress, autocast=self.autocast)
+            for (rows, b), lp in zip(flat, lps):
+                for j, i in enumerate(rows):
+                    old[i] = lp[j, : len(samples[i].token_ids)].cpu()
+        else:
+            for i, s in enumerate(samples):
+                old[i] = torch.tensor(s.rollout_logprobs, dtype=torch.float32)
+        ref: dict[int, Tensor] = {}
+        if self.ref_model is not None:
+            flat = [mb for micro in mb_micro for mb in micro]
+            lps = recompute_old_logprobs(self.ref_model, [b for _, b in flat], temperature=cfg.temperature,
+                                         suppress_token_ids=self.suppress, autocast=self.autocast)
+            for (rows, b), lp in zip(flat, lps):
+                for j, i in enumerate(rows):
+                    ref[i] = lp[j, : len(samples[i].token_ids)].cpu()
+
+        acc: dict[str, float] = {}
+        sums: dict[str, float] = {}
+        tok_total = 0.0
+        diff_max = 0.0
+        fallbacks = 0
+        grad_norms: list[float] = []
+        skipped = 0
+        self.model.train()
+        for _epoch in range(algo.ppo_epochs):
+            for micro in mb_micro:
+                n_tok = sum(float(b.response_mask.sum()) for _, b in micro)
+                n_seq = sum(float((b.response_mask.sum(-1) > 0).sum()) for _, b in micro)
+                self.optimizer.zero_grad(set_to_none=True)
+                for rows, b in micro:
+                    m = b.response_mask
+                    old_lp = _pad_rows([old[i] for i in rows], m.shape[1]).to(self.device)
+                    adv = torch.tensor([samples[i].advantage for i in rows], dtype=torch.float32, device=self.device)
+                    need_ent_grad = algo.entropy_coeff > 0
+                    with self.autocast():
+                        logp, ent = completion_logprobs(self.model, b, temperature=cfg.temperature, with_entropy=True,
+                                                        entropy_grad=need_ent_grad, suppress_token_ids=self.suppress)
+                    logp = logp.float()
+                    if use_rollout_lp:
+                        d = float(((logp.detach() - old_lp).abs() * m).max()) if m.numel() else 0.0
+                        diff_max = max(diff_max, d)
+                        if d > self.tol:
+                            # the exact recomputation: same parameters as the rollout (on-policy)
+                            old_lp = logp.detach()
+                            fallbacks += 1
+                    out = compute_policy_loss(
+                        algo.policy_loss, logp, old_lp, adv, m, clip_low=algo.clip_ratio_low,
+                        clip_high=algo.clip_ratio_high, clip_ratio_c=algo.clip_ratio_c, agg_mode=algo.loss_agg_mode,
+                        global_num_tokens=n_tok, global_num_seqs=n_seq, loss_scale_factor=self.loss_scale_factor,
+                    )
+                    loss = out.loss
+                    agg_kw = dict(global_num_tokens=n_tok, global_num_seqs=n_seq, loss_scale_factor=self.loss_scale_factor)
+                    agg_mode = out.agg_mode
+                    if need_ent_grad:
+                        ent_loss = aggregate(ent.float(), m, agg_mode, **agg_kw)
+                        loss = loss - algo.entropy_coeff * ent_loss
+                    ent_det = ent.detach().float()
+                    kl_val = None
+                    if self.ref_model is not None:
+                        ref_lp = _pad_rows([ref[i] for i in rows], m.shape[1]).to(self.device)
+                        kl_mat = kl_penalty(logp, ref_lp, algo.kl_loss_type)
+                        kl_loss = aggregate(kl_mat, m, agg_mode, **agg_kw)
+                        loss = loss + algo.kl_loss_coef * kl_loss
+                        kl_val = float(masked_mean(kl_mat.detach(), m))
+                    loss.backward()
+                    # metrics, weighted by valid tokens of this micro-batch
+                    w = float(m.sum())
+                    tok_total += w
+                    mets = out.metrics(prefix="actor/")
+                    mets["actor/entropy"] = float(masked_mean(ent_det, m))
+                    if kl_val is not None:
+                        mets["actor/kl_loss"] = kl_val
+                    mets["actor/loss"] = float(loss.detach())
+                    for k, v in mets.items():
+                        if k in _SUMMED:  # already divided by the mini-batch totals: sum over micro-batches
+                            sums[k] = sums.get(k, 0.0) + v
+                        else:
+                            acc[k] = acc.get(k, 0.0) + v * w
+                gn = torch.nn.utils.clip_grad_norm_(self.params, algo.grad_clip)
+                gnf = float(gn)
+                if math.isfinite(gnf):
+                    self.optimizer.step()
+                else:
+                    skipped += 1
+                grad_norms.append(gnf)
+        self.optimizer.zero_grad(set_to_none=True)
+        res = {k: v / max(tok_total, 1.0) for k, v in acc.items()}
+        res.update({k: v / max(len(grad_norms), 1) for k, v in sums.items()})  # mean over optimiser updates
+        res["actor/grad_norm"] = _mean(grad_norms)
+        res["actor/skipped_updates"] = float(skipped)
+        res["actor/num_updates"] = float(len(grad_norms))
+        res["clipfrac/low"] = res.get("actor/pg_clipfrac_low", 0.0)
+        res["clipfrac/high"] = res.get("actor/pg_clipfrac_high", 0.0)
+        res["approx_kl"] = res.get("actor/ppo_kl", 0.0)
+        res["entropy"] = res.get("actor/entropy", float("nan"))
+        res["rollout/old_logp_from_rollout"] = 1.0 if use_rollout_lp else 0.0
+        if use_rollout_lp:
+            res["rollout/logprob_diff_max"] = diff_max
+            res["rollout/logprob_fallback"] = float(fallbacks)
+        return res
+
+    # ---------------------------------------------------------------- resume
+    def save(self, step_done: int, budget: TimeBudget) -> None:
+        if self.out_dir is None:
+            return
+        meta = {"step": step_done, "data": self.sampler.state(), "elapsed_s": budget.elapsed(),
+                "algorithm": self.cfg.algorithm}
+        save_resume_state(self.out_dir / RESUME_DIR, model=self.model, optimizer=self.optimizer,
+                          scheduler=self.scheduler, meta=meta)
+
+    def load(self) -> dict[str, Any] | None:
+        if self.out_dir is None:
+            return None
+        return load_resume_state(self.out_dir / RESUME_DIR, model=self.model, optimizer=self.optimizer,
+                                 scheduler=self.scheduler)
+
+
+def _pad_rows(rows: list[Tensor], width: int) -> Tensor:
+    out = torch.zeros((len(rows), width), dtype=torch.float32)
+    for i, r in enumerate(rows):
+        out[i, : r.shape[0]] = r[:width]
+    return out
+
+
+def _mean(xs: Sequence[float]) -> float:
+    return float(sum(xs) / len(xs)) if xs else float("nan")
+
+
+def train_rl(
+    model,
+    processor,
+    examples: Sequence[Any],
+    cfg: RLConfig,
+    algo: AlgorithmConfig | None = None,
+    *,
+    log: Callable[[int, dict[str, float]], None] | None = None,
+    out_dir: str | Path | None = None,
+    engine: RolloutEngine | None = None,
+    heartbeat: Callable[[], None] | None = None,
+    score_fn: Callable[..., Any] | None = None,
+    logprob_tolerance: float = LOGPROB_TOLERANCE,
+    max_steps: int | None = None,
+    remove_resume: bool = False,
+) -> RLResult:
+    """Run the RL loop on ``model`` in place (no StageContext needed).
+
+    ``examples``: objects with ``prompt`` (messages with ``<image>`` placeholders), ``load_images()``,
+    ``ground_truth`` and ``equivalent_answers`` (:class:`prism_lab.data.rl_parquet.RLExample`).
+    ``algo`` defaults to ``resolve_algorithm(cfg.algorithm, cfg.algorithm_overrides)``.
+    ``log(step, metrics)`` is called every ``cfg.log_every`` steps (1-based step numbers).
+    ``out_dir``: resumable state lives in ``out_dir/resume`` (saved every ``cfg.save_every`` steps,
+    loaded when present); None disables resuming. ``max_steps`` stops after that many steps in
+    total (the LR schedule still spans ``cfg.steps``; for tests of resuming).
+    ``remove_resume``: delete the resume state after the last step.
+    """
+    if algo is None:
+        algo = resolve_algorithm(cfg.algorithm, cfg.algorithm_overrides)
+    if cfg.n < 2 and algo.adv_estimator in ("grpo", "dr_grpo"):
+        logger.warning("n=%d: GRPO groups of one sample carry no group baseline", cfg.n)
+    run = _RLRun(model, processor, examples, cfg, algo, log_fn=log, out_dir=out_dir, engine=engine,
+                 heartbeat=heartbeat, score_fn=score_fn, logprob_tolerance=logprob_tolerance, max_steps=max_steps)
+    meta = run.load()
+    start = 0
+    budget = TimeBudget(cfg.max_minutes)
+    if meta is not None:
+        start = int(meta["step"])
+        run.sampler.load(meta["data"])
+        budget.already_spent_s = float(meta.get("elapsed_s", 0.0))
+        logger.info("resuming RL from step %d (data epoch %d, cursor %d)", start, run.sampler.epoch, run.sampler.cursor)
+    result = RLResult(steps_done=start, start_step=start, stopped_early=False)
+    saved_at = start
+    for step in range(start, run.total_steps):
+        if budget.spent():
+            result.stopped_early = True
+            break
+        metrics = run.step(step)
+        metrics["step"] = float(step + 1)
+        result.steps_done = step + 1
+        result.last_metrics = metrics
+        result.history.append(metrics)
+        if log is not None and ((step + 1) % cfg.log_every == 0 or step + 1 == run.total_steps):
+            log(step + 1, metrics)
+        if heartbeat is not None:
+            heartbeat()
+        if (step + 1) % cfg.save_every == 0 and step + 1 < cfg.steps:
+            run.save(step + 1, budget)
+            saved_at = step + 1
+    if start < result.steps_done < cfg.steps and saved_at != result.steps_done:
+        run.save(result.steps_done, budget)  # stopped by the time budget or max_steps: keep the progress
+    result.elapsed_s = budget.elapsed()
+    result.recompute_calls = run.recompute_calls
+    if remove_resume and out_dir is not None:
+        remove_resume_state(Path(out_dir) / RESUME_DIR)
+    return result
