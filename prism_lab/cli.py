@@ -42,7 +42,7 @@ def _register_subcommands() -> None:
 
 _register_subcommands()
 
-out = Console()
+out = Console(width=None if sys.stdout.isatty() else 160)
 err = Console(stderr=True, soft_wrap=True)
 
 
@@ -108,6 +108,16 @@ _STATUS_STYLE = {"done": "green", "running": "yellow", "failed": "red", "blocked
                  "new": "dim"}
 
 
+_HEADLINE = ("eval/avg/accuracy", "eval/avg/format_rate", "loss", "reward/mean", "acc/mean", "format/mean",
+             "warmup/heldout_acc", "d_acc", "gap/caption", "gap/cot", "format_rate")
+
+
+def _headline(metrics: dict[str, float], n: int = 4) -> list[tuple[str, float]]:
+    """The most telling metrics of a run first (accuracy, loss, reward), then the rest by name."""
+    ranked = sorted(metrics.items(), key=lambda kv: (_HEADLINE.index(kv[0]) if kv[0] in _HEADLINE else 99, kv[0]))
+    return ranked[:n]
+
+
 def _print_table(plan, records: list[dict], *, title: str, with_metrics: bool) -> None:
     table = Table(title=title, show_lines=False)
     table.add_column("kind")
@@ -126,7 +136,7 @@ def _print_table(plan, records: list[dict], *, title: str, with_metrics: bool) -
             if rec.get("started_at") and rec.get("finished_at"):
                 dur = f"{rec['finished_at'] - rec['started_at']:.0f}s"
             summary = rec.get("error") or ", ".join(
-                f"{k}={v:.3g}" for k, v in list(sorted(rec["metrics"].items()))[:4] if v is not None)
+                f"{k}={v:.3g}" for k, v in _headline(rec["metrics"]) if v is not None)
             row += [dur, summary[:80]]
         table.add_row(*row)
     out.print(table)
