@@ -239,3 +239,4 @@ def get_backend_class(name: str) -> type[EvalBackend]:
 
 
 register_backend("builtin", "prism_lab.eval.builtin:BuiltinBackend")
+register_backend("vlmevalkit", "prism_lab.eval.vlmeval_backend:VLMEvalKitBackend")

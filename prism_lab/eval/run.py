@@ -72,21 +72,26 @@ def checkpoint_fingerprint(checkpoint_dir: str | Path) -> str:
 
 
 def benchmark_tsv(spec: BenchmarkSpec, bench_dir: str | Path | None) -> Path:
-    """Where a benchmark's TSV is: ``<bench_dir>/<file>``; without bench_dir, the spec's own location
-    ($LMUData for VLMEvalKit benchmarks). A missing file raises DataError naming both."""
+    """Where a benchmark's TSV is: ``<bench_dir>/<file>``; official VLMEvalKit benchmarks not found there
+    are looked up in $LMUData (or ~/LMUData). A missing file raises DataError saying which file, where it
+    must go and how to get it."""
+    candidates: list[Path] = []
     if bench_dir is not None:
-        path = Path(bench_dir) / spec.file
-        where = f"the benchmark directory {bench_dir}"
-    elif spec.source == "vlmevalkit":
-        path = spec.tsv_path()
-        where = "$LMUData (or ~/LMUData)"
-    else:
+        candidates.append(Path(bench_dir) / spec.file)
+    if spec.source == "vlmevalkit":
+        candidates.append(spec.tsv_path())
+    if not candidates:
         raise DataError(f"benchmark {spec.name!r}: a synth benchmark needs the data run's benchmark directory "
                         f"(bench_dir) to find {spec.file}")
-    if not path.is_file():
-        raise DataError(f"benchmark {spec.name!r}: TSV file {spec.file} not found; expected it at {path} "
-                        f"(in {where})")
-    return path
+    for path in candidates:
+        if path.is_file():
+            return path
+    if spec.source == "vlmevalkit":
+        from prism_lab.eval.vlmeval_datasets import missing_file_message
+
+        raise DataError(missing_file_message(spec, candidates[-1]))
+    raise DataError(f"benchmark {spec.name!r}: TSV file {spec.file} not found; expected it at {candidates[0]} "
+                    f"(regenerate the data run, or point --bench-dir at the directory holding it)")
 
 
 def _as_config(cfg: EvalConfig | dict | None) -> EvalConfig:

@@ -31,7 +31,10 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-__all__ = ["apply", "import_vlmeval", "shim_state", "torchvision_c_loads"]
+__all__ = ["PTH_NAME", "apply", "import_vlmeval", "install_hook", "shim_state", "torchvision_c_loads", "write_pth"]
+
+#: The ``.pth`` file :func:`write_pth` puts into site-packages (applies the shim in every process).
+PTH_NAME = "prism_lab_tv_shim.pth"
 
 _STATE: dict[str, Any] = {"checked": False, "applied": False, "reason": None}
 _LIB: Any = None  # keep the torch.library.Library alive: dropping it would unregister the schemas
@@ -114,6 +117,44 @@ def shim_state() -> dict[str, Any]:
     return dict(_STATE)
 
 
+class _TorchvisionHook:
+    """A ``sys.meta_path`` entry that runs :func:`apply` just before torchvision is first imported, then
+    removes itself (it never finds a module; the regular finders import torchvision)."""
+
+    def find_spec(self, fullname, path=None, target=None):  # noqa: ANN001 - importlib protocol
+        if fullname == "torchvision" or fullname.startswith("torchvision."):
+            try:
+                sys.meta_path.remove(self)
+            except ValueError:
+                pass
+            apply()
+        return None
+
+
+def install_hook() -> None:
+    """Apply the shim lazily: on the first ``import torchvision`` of this process (costs nothing until
+    then). Used by the ``.pth`` file of :func:`write_pth`; idempotent."""
+    if "torchvision" in sys.modules or any(isinstance(f, _TorchvisionHook) for f in sys.meta_path):
+        return
+    sys.meta_path.insert(0, _TorchvisionHook())
+
+
+def write_pth(site_dir: str | Path | None = None) -> Path:
+    """Write ``prism_lab_tv_shim.pth`` into ``site_dir`` (default: this interpreter's purelib), so every
+    Python process of the environment (``python -m vlmeval``, transformers' Qwen3-VL imports, pytest)
+    gets the conditional shim. ``python -m prism_lab.eval.tv_shim --install-pth`` does this."""
+    import sysconfig
+
+    d = Path(site_dir) if site_dir is not None else Path(sysconfig.get_paths()["purelib"])
+    p = d / PTH_NAME
+    p.write_text(
+        "import importlib.util as _u; _s = _u.find_spec('prism_lab') and __import__('prism_lab.eval.tv_shim', "
+        "fromlist=['install_hook']); _s and _s.install_hook()\n",
+        encoding="utf-8",
+    )
+    return p
+
+
 def import_vlmeval() -> ModuleType:
     """``import vlmeval`` after :func:`apply`, keeping the caller's grad mode and default SSL context.
 
@@ -139,3 +180,14 @@ def import_vlmeval() -> ModuleType:
         torch.set_grad_enabled(grad)
         ssl._create_default_https_context = https_ctx
     return sys.modules["vlmeval"]
+
+
+if __name__ == "__main__":  # pragma: no cover - command line
+    if sys.argv[1:] == ["--install-pth"]:
+        print(write_pth())
+    elif sys.argv[1:] == ["--check"]:
+        apply()
+        print(shim_state())
+    else:
+        print("usage: python -m prism_lab.eval.tv_shim --install-pth | --check", file=sys.stderr)
+        sys.exit(2)
