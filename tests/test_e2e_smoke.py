@@ -1,0 +1,71 @@
+"""End to end: the smoke grid through every real stage, the report, and W&B offline runs (slow)."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+from prism_lab.ledger import Ledger
+from tests.conftest import REPO, cli_env, run_cli
+from tests.wandb_offline import history
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def smoke_root(tmp_path_factory):
+    root = tmp_path_factory.mktemp("smoke") / "root"
+    res = run_cli("sweep", "run", "experiments/smoke.yaml", "--root", str(root), "--wandb", "offline", "-q",
+                  env=cli_env(PRISM_LAB_WANDB="offline"), timeout=1200)
+    assert res.returncode == 0, res.stderr[-3000:]
+    return root
+
+
+def test_every_stage_ran_once_and_is_done(smoke_root):
+    res = run_cli("sweep", "status", "experiments/smoke.yaml", "--root", str(smoke_root), "--format", "json")
+    runs = json.loads(res.stdout)
+    assert sorted(r["kind"] for r in runs) == sorted(["data", "sft", "disc_warmup", "align", "rl", "rl"] + ["eval"] * 4)
+    assert all(r["status"] == "done" and r["attempts"] == 1 for r in runs), [(r["label"], r["status"]) for r in runs]
+    for r in runs:
+        if r["kind"] in ("sft", "align", "rl"):
+            assert (REPO / r["artifact_path"] / "model" / "model.safetensors").is_file() or \
+                (smoke_root / r["artifact_path"] / "model" / "model.safetensors").is_file()
+        if r["kind"] == "eval":
+            assert {"eval/avg/accuracy", "eval/synth-reasoning/format_rate"} <= set(r["metrics"])
+    # running again does nothing
+    again = run_cli("sweep", "run", "experiments/smoke.yaml", "--root", str(smoke_root), "-q")
+    assert again.returncode == 0 and "0 run(s) finished, 10 already done" in again.stderr
+
+
+def test_wandb_offline_runs_match_the_ledger(smoke_root):
+    led = Ledger(smoke_root)
+    checked = 0
+    for row in led.conn.execute("SELECT key, artifact_path FROM runs WHERE kind IN ('sft', 'rl', 'align', 'eval')"):
+        files = list((smoke_root / "runs").glob(f"*/{row['key'][:16]}/wandb/offline-run-*/run-*.wandb"))
+        assert len(files) == 1, row["key"]
+        logged = {}
+        for rec in history(files[0]):
+            step = int(rec["_step"])
+            for k, v in rec.items():
+                if not k.startswith("_"):
+                    logged[(step, k)] = v
+        ledger_values = {(s, n): v for s, n, v in led.metrics(row["key"]) if v is not None and math.isfinite(v)}
+        assert ledger_values, row["key"]
+        assert set(ledger_values) == set(logged), row["key"]
+        for k, v in ledger_values.items():
+            assert logged[k] == pytest.approx(v, rel=1e-6, abs=1e-9), (row["key"], k)
+        checked += 1
+    led.close()
+    assert checked == 8  # 1 sft, 1 align, 2 rl, 4 eval
+
+
+def test_report_from_the_smoke_ledger(smoke_root, tmp_path):
+    res = run_cli("report", "experiments/smoke.yaml", "--root", str(smoke_root), "--out", str(tmp_path / "rep"))
+    assert res.returncode == 0, res.stderr
+    md = (tmp_path / "rep" / "report.md").read_text()
+    for row in ("+SFT", "SFT+GRPO", "PRISM", "PRISM+GRPO"):
+        assert row in md
+    assert (tmp_path / "rep" / "results.csv").is_file()
+    assert any(p.suffix == ".png" and p.stat().st_size > 1000 for p in (tmp_path / "rep").rglob("*.png"))
