@@ -260,22 +260,9 @@ def doctor() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    import click
+    from prism_lab.cli_errors import run_app
 
-    try:
-        result = app(args=argv, standalone_mode=False)
-    except PrismError as exc:
-        print(f"prism-lab: error: {exc}", file=sys.stderr)
-        return 2
-    except click.exceptions.Exit as exc:
-        return exc.exit_code
-    except click.exceptions.ClickException as exc:
-        exc.show()
-        return exc.exit_code
-    except click.exceptions.Abort:
-        print("aborted", file=sys.stderr)
-        return 130
-    return result if isinstance(result, int) else 0
+    return run_app(app, argv)
 
 
 if __name__ == "__main__":

@@ -31,6 +31,9 @@ SPLIT_RE = re.compile(
     r"^\s*(<caption>.*?</caption>)\s*(<think>.*?</think>\s*<answer>.*?</answer>)\s*$", re.DOTALL
 )
 
+#: Placeholder for an image inside a user message's text (ShareGPT/LLaMA-Factory and verl schemas).
+IMAGE_PLACEHOLDER = "<image>"
+
 ANSWER_RE = re.compile(r"<answer>(.*?)</answer>", re.DOTALL)
 
 
@@ -48,3 +51,14 @@ def extract_answer(text: str) -> str | None:
 def format_response(caption: str, think: str, answer: str) -> str:
     """Assemble a response in the paper's format (used by data generators and tests)."""
     return f"<caption>\n{caption}\n</caption>\n<think>\n{think}\n</think>\n<answer>\n{answer}\n</answer>"
+
+
+def split_image_placeholders(text: str) -> list[dict]:
+    """``"<image>How many?"`` -> ``[{"type": "image"}, {"type": "text", "text": "How many?"}]``."""
+    items: list[dict] = []
+    for k, part in enumerate(text.split(IMAGE_PLACEHOLDER)):
+        if k > 0:
+            items.append({"type": "image"})
+        if part:
+            items.append({"type": "text", "text": part})
+    return items

@@ -59,7 +59,7 @@ __all__ = [
     "vllm_available",
 ]
 
-IMAGE_PLACEHOLDER = "<image>"
+from prism_lab.prompts import IMAGE_PLACEHOLDER, split_image_placeholders  # noqa: E402
 
 
 @dataclass
@@ -110,14 +110,7 @@ def _content_items(content: Any) -> list[dict]:
         return content
     if not isinstance(content, str):
         raise PrismError(f"message content must be a string or a list of content items, got {type(content).__name__}")
-    items: list[dict] = []
-    parts = content.split(IMAGE_PLACEHOLDER)
-    for k, part in enumerate(parts):
-        if k > 0:
-            items.append({"type": "image"})
-        if part:
-            items.append({"type": "text", "text": part})
-    return items
+    return split_image_placeholders(content)
 
 
 def to_content_messages(messages: Sequence[dict]) -> list[dict]:

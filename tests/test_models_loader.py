@@ -237,3 +237,26 @@ def test_load_moe_checkpoint(tok, tmp_path):
     assert isinstance(proc, TinyQwen3VLProcessor)
     sd1, sd2 = moe.state_dict(), model.state_dict()
     assert sd1.keys() == sd2.keys() and all(torch.equal(sd1[k], sd2[k]) for k in sd1)
+
+
+def test_tiny_vision_tower_distinguishes_images():
+    """A from-scratch tiny vision tower must not encode every image alike (position table at N(0, 0.02^2))."""
+    import numpy as np
+    from PIL import Image, ImageDraw
+
+    from prism_lab.models import build_processor, build_tiny_policy, build_tokenizer
+
+    tok = build_tokenizer(["a red circle", "two blue squares", "0123456789"], vocab_size=300)
+    model, proc = build_tiny_policy("tiny-s", tok, seed=0)
+    assert model.model.visual.pos_embed.weight.std().item() < 0.05
+    images = []
+    for i in range(4):
+        im = Image.new("RGB", (64, 64), "white")
+        ImageDraw.Draw(im).ellipse((4 + 10 * i, 8, 14 + 10 * i, 18), fill=("red", "blue", "green", "black")[i])
+        images.append(im)
+    batch = proc.image_processor(images=images, return_tensors="pt")
+    with torch.no_grad():
+        feats = model.model.visual(batch["pixel_values"], grid_thw=batch["image_grid_thw"]).pooler_output
+    feats = feats.view(4, -1, feats.shape[-1])
+    spread = feats.std(0).mean() / feats.abs().mean()
+    assert spread > 0.1, float(spread)

@@ -37,6 +37,8 @@ def main() -> None:
     ap.add_argument("--limit", type=int, default=100)
     ap.add_argument("--preset", default="tiny-s")
     ap.add_argument("--max-steps", type=int, default=2000, help="Length of the LR schedule (warmup + cosine).")
+    ap.add_argument("--set", action="append", default=[], metavar="SECTION.FIELD=VALUE",
+                    help="Override a toy-grid setting, e.g. synth.image_size=128 or sft.lr=1e-3 (repeatable).")
     ap.add_argument("--out", type=Path, default=Path(tempfile.gettempdir()) / "prism-sft-bench")
     args = ap.parse_args()
 
@@ -53,7 +55,14 @@ def main() -> None:
     from prism_lab.trainers.sft import train_sft
 
     torch.set_num_threads(args.threads)
+    import yaml
+
     grid = load_grid(REPO / "experiments" / "toy.yaml")
+    for item in args.set:
+        path, _, value = item.partition("=")
+        section, _, field = path.partition(".")
+        target = grid.spec.data["synth"] if section == "synth" else grid.spec.stages[section]
+        target[field] = yaml.safe_load(value)
     data_dir = args.out / "data"
     if not (data_dir / "manifest.json").exists():
         generate(SynthConfig.model_validate(grid.spec.data["synth"]), data_dir, overwrite=True)

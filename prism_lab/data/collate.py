@@ -25,7 +25,7 @@ import torch
 
 from prism_lab.errors import DataError
 
-IMAGE_PLACEHOLDER = "<image>"
+from prism_lab.prompts import IMAGE_PLACEHOLDER, split_image_placeholders  # noqa: E402
 IGNORE_INDEX = -100
 
 
@@ -41,14 +41,7 @@ def to_content_messages(messages: Sequence[dict[str, Any]]) -> list[dict[str, An
     for m in messages:
         content = m["content"]
         if isinstance(content, str) and m["role"] != "assistant" and IMAGE_PLACEHOLDER in content:
-            items: list[dict[str, Any]] = []
-            parts = content.split(IMAGE_PLACEHOLDER)
-            for i, part in enumerate(parts):
-                if i > 0:
-                    items.append({"type": "image"})
-                if part:
-                    items.append({"type": "text", "text": part})
-            content = items
+            content = split_image_placeholders(content)
         out.append({"role": m["role"], "content": content})
     return out
 

@@ -102,6 +102,7 @@ def build_tiny_policy(
     config._attn_implementation = attn_implementation or choose_attn_implementation("cpu")
     torch.manual_seed(seed)
     model = Qwen3VLForConditionalGeneration(config)
+    _scale_vision_position_init(model)
     _set_generation_ids(model, tokenizer)
     model.eval()
     processor = build_processor(
@@ -111,6 +112,19 @@ def build_tiny_policy(
         temporal_patch_size=p.temporal_patch_size,
     )
     return model, processor
+
+
+def _scale_vision_position_init(model, std: float = 0.02) -> None:
+    """Re-draw the vision tower's learned position table from N(0, std^2).
+
+    transformers leaves this nn.Embedding at its N(0, 1) default. In a tiny vision tower (hidden 32-64)
+    a unit-scale position signal swamps the patch content (the conv patch embedding is drawn at 0.02),
+    so every image encodes to nearly the same features and SFT learns to ignore the image (measured:
+    shuffling the images of a batch left the SFT loss unchanged to 1e-6). Real checkpoints are not
+    affected: this runs only when a tiny preset is built from scratch.
+    """
+    with torch.no_grad():
+        model.model.visual.pos_embed.weight.normal_(0.0, std)
 
 
 def save_policy(model, processor, out_dir: str | Path) -> Path:
