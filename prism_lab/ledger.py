@@ -226,11 +226,12 @@ class Ledger:
         with self.tx() as c:
             c.execute("UPDATE runs SET heartbeat_at=? WHERE key=? AND status='running'", (time.time(), key))
 
-    def mark_done(self, key: str, artifact_path: str) -> None:
+    def mark_done(self, key: str, artifact_path: str, *, log_path: str | None = None) -> None:
         with self.tx() as c:
             c.execute(
-                "UPDATE runs SET status='done', artifact_path=?, finished_at=?, error=NULL WHERE key=?",
-                (artifact_path, time.time(), key),
+                "UPDATE runs SET status='done', artifact_path=?, finished_at=?, error=NULL, "
+                "log_path=COALESCE(?, log_path) WHERE key=?",
+                (artifact_path, time.time(), log_path, key),
             )
 
     # ---- metrics and events -------------------------------------------------------------------------

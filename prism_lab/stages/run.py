@@ -65,7 +65,7 @@ def execute(root: Path, key: str) -> int:
         return 2
     final = artifact_dir(root, run.kind, key)
     if complete_run_json(final, key):  # finished before a crash could record it
-        ledger.mark_done(key, str(final))
+        ledger.mark_done(key, str(final), log_path=str(final / "stage.log"))
         return 0
     work = partial_dir(root, run.kind, key)
     work.mkdir(parents=True, exist_ok=True)
@@ -105,8 +105,7 @@ def execute(root: Path, key: str) -> int:
         if final.exists():
             shutil.rmtree(final)
         os.replace(work, final)
-        ledger.mark_done(key, str(final))
-        ledger.set_process(key, pid=os.getpid(), log_path=str(final / "stage.log"))
+        ledger.mark_done(key, str(final), log_path=str(final / "stage.log"))
         print(f"[prism-lab] {run.label} done in {time.time() - started:.1f}s -> {final}", flush=True)
         return 0
     except BaseException as exc:  # noqa: BLE001 - every failure must reach the ledger
