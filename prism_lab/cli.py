@@ -255,6 +255,12 @@ def doctor() -> None:
     for name in STAGE_KINDS.names():
         kind = STAGE_KINDS.get(name)
         table.add_row(f"stage {name}", "available" if kind.is_available() else "[yellow]not in this build[/yellow]")
+    try:
+        from prism_lab.eval.vlmeval_backend import find_vlmeval_python
+
+        table.add_row("vlmevalkit backend", f"runs with {find_vlmeval_python()}")
+    except PrismError as exc:
+        table.add_row("vlmevalkit backend", f"[dim]not set up ({str(exc).splitlines()[0][:60]}...)[/dim]")
     table.add_row("wandb mode", os.environ.get("PRISM_LAB_WANDB") or os.environ.get("WANDB_MODE") or "offline")
     out.print(table)
 
