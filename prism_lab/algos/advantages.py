@@ -84,14 +84,21 @@ def group_normalize(
     if b == 0:
         return values.to(out_dtype)
     idx, uniq = group_index(group_ids, b)
-    idx = idx.to(values.device)
-    g = len(uniq)
-    v = values.detach().to(torch.float64)
+    return group_normalize_indexed(values, idx.to(values.device), len(uniq), eps=eps, norm_by_std=norm_by_std)
+
+
+def group_normalize_indexed(
+    values: Tensor, idx: Tensor, n_groups: int, *, eps: float = 1e-6, norm_by_std: bool = True
+) -> Tensor:
+    """:func:`group_normalize` with the groups given as dense indices ``0..n_groups-1`` (no gradient)."""
+    out_dtype = values.dtype if values.is_floating_point() else torch.float32
+    v = values.detach().reshape(-1).to(torch.float64)
+    g = n_groups
     count = torch.zeros(g, dtype=torch.float64, device=v.device).index_add_(0, idx, torch.ones_like(v))
     total = torch.zeros(g, dtype=torch.float64, device=v.device).index_add_(0, idx, v)
-    mean = total / count
+    mean = total / count.clamp(min=1)
     sq = torch.zeros(g, dtype=torch.float64, device=v.device).index_add_(0, idx, (v - mean[idx]) ** 2)
-    single = count == 1
+    single = count <= 1
     var = sq / (count - 1).clamp(min=1)
     std = var.sqrt()
     mean = torch.where(single, torch.zeros_like(mean), mean)

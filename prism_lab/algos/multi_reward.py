@@ -33,6 +33,9 @@ from typing import Any, Protocol
 import torch
 from torch import Tensor
 
+from prism_lab.algos.advantages import group_index as _dense_group_index
+from prism_lab.algos.advantages import group_normalize_indexed
+
 from prism_lab.registry import Registry
 
 __all__ = [
@@ -117,28 +120,14 @@ def select_mode(flags: Mapping[str, Any] | Any | None = None, **kw: Any) -> str:
 
 def group_index(group_ids: Sequence[Hashable] | Tensor, device: torch.device | None = None) -> tuple[Tensor, int]:
     """Map arbitrary group ids (e.g. verl's uid strings) to ``0..G-1`` in order of first appearance."""
-    if isinstance(group_ids, Tensor):
-        keys: list[Hashable] = group_ids.reshape(-1).tolist()
-    else:
-        keys = list(group_ids)
-    mapping: dict[Hashable, int] = {}
-    idx = [mapping.setdefault(k, len(mapping)) for k in keys]
-    return torch.tensor(idx, dtype=torch.long, device=device), len(mapping)
+    idx, uniq = _dense_group_index(group_ids)
+    return idx.to(device) if device is not None else idx, len(uniq)
 
 
 def group_normalize(x: Tensor, inv: Tensor, n_groups: int, eps: float = 1e-6) -> Tensor:
-    """Per-group ``(x - mean) / (std + eps)`` with the unbiased std; groups of size 1 use mean 0, std 1."""
-    x = x.reshape(-1)
-    xf = x.to(torch.float64)
-    count = torch.zeros(n_groups, dtype=torch.float64, device=x.device).index_add_(0, inv, torch.ones_like(xf))
-    total = torch.zeros(n_groups, dtype=torch.float64, device=x.device).index_add_(0, inv, xf)
-    mean = total / count
-    sq = torch.zeros(n_groups, dtype=torch.float64, device=x.device).index_add_(0, inv, (xf - mean[inv]) ** 2)
-    std = torch.sqrt(sq / (count - 1).clamp(min=1.0))
-    single = count <= 1
-    mean = torch.where(single, torch.zeros_like(mean), mean)
-    std = torch.where(single, torch.ones_like(std), std)
-    return ((xf - mean[inv]) / (std[inv] + eps)).to(x.dtype)
+    """Per-group ``(x - mean) / (std + eps)`` with the unbiased std; groups of size 1 use mean 0, std 1
+    (the GRPO normaliser of prism_lab.algos.advantages, applied to one reward channel)."""
+    return group_normalize_indexed(x.reshape(-1), inv, n_groups, eps=eps)
 
 
 def place_invalid_scores(scores: Tensor, invalid: Tensor, inv: Tensor, n_groups: int) -> Tensor:

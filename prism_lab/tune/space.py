@@ -30,6 +30,7 @@ from pydantic import BaseModel, Field, ValidationError
 from prism_lab.config.base import StrictModel
 from prism_lab.errors import ConfigError
 from prism_lab.grid import Grid, GridSpec, _validation_error, load_grid
+from prism_lab.pipeline import set_path
 from prism_lab.yamlio import LineMap, dotted, load_yaml, locate
 
 __all__ = ["ObjectiveSpec", "ParamSpec", "PruningSpec", "SearchSpace", "SearchSpaceSpec", "load_space"]
@@ -150,17 +151,6 @@ def _get_path(cfg: Any, parts: list[str]) -> Any:
             return None
         node = node[p]
     return node
-
-
-def _set_path(cfg: dict, parts: list[str], value: Any) -> None:
-    node = cfg
-    for p in parts[:-1]:
-        nxt = node.get(p)
-        if not isinstance(nxt, dict):
-            nxt = {}
-            node[p] = nxt
-        node = nxt
-    node[parts[-1]] = value
 
 
 def _detail(exc: ConfigError) -> str:
@@ -284,7 +274,7 @@ class SearchSpace:
         for path, value in params.items():
             kind, _, rest = path.partition(".")
             target = raw["data"] if kind == "data" else raw["stages"].setdefault(kind, {})
-            _set_path(target, rest.split("."), copy.deepcopy(value))
+            set_path(target, rest.split("."), copy.deepcopy(value))
         try:
             spec = GridSpec.model_validate(raw)
         except ValidationError as exc:
@@ -299,7 +289,7 @@ class SearchSpace:
         for path, value in params.items():
             kind, _, rest = path.partition(".")
             target = out.setdefault("data", {}) if kind == "data" else out.setdefault("stages", {}).setdefault(kind, {})
-            _set_path(target, rest.split("."), value)
+            set_path(target, rest.split("."), value)
         return out
 
 
