@@ -1,0 +1,54 @@
+"""A real Optuna study over the smoke grid's alignment settings (slow): every stage is real."""
+
+from __future__ import annotations
+
+import optuna
+import pytest
+
+from prism_lab.grid import load_grid
+from prism_lab.ledger import Ledger
+from prism_lab.plan import build_plan
+from tests.conftest import REPO, cli_env, run_cli
+
+pytestmark = pytest.mark.slow
+
+SPACE = f"""
+name: smoke-disc
+base: {REPO}/experiments/smoke.yaml
+cell: {{size: 4b, algorithm: grpo, alignment: prism, seed: 0}}
+objective: {{role: eval/align, metric: eval/avg/accuracy, reduce: last, direction: maximize}}
+sampler: random
+seed: 0
+enqueue_defaults: true
+parameters:
+  align.caption_weight: {{type: float, low: 0.2, high: 0.8}}
+  align.score_clip: {{type: float, low: 2.0, high: 20.0, log: true}}
+"""
+
+
+def test_small_study_on_the_smoke_grid(tmp_path):
+    space = tmp_path / "space.yaml"
+    space.write_text(SPACE)
+    root, out = tmp_path / "root", tmp_path / "out"
+    storage = f"sqlite:///{tmp_path / 'study.db'}"
+    res = run_cli("tune", str(space), "--root", str(root), "--trials", "2", "--storage", storage, "--out", str(out),
+                  env=cli_env(), timeout=1500)
+    assert res.returncode == 0, res.stderr[-3000:]
+    study = optuna.load_study(study_name="smoke-disc", storage=storage)
+    complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    assert len(complete) == 2
+    assert complete[0].params["align.caption_weight"] == 0.5  # the enqueued defaults come first
+    led = Ledger(root)
+    kinds = {}
+    for row in led.conn.execute("SELECT kind, attempts, status FROM runs"):
+        kinds.setdefault(row["kind"], []).append((row["attempts"], row["status"]))
+    led.close()
+    # data, SFT and the SFT eval are shared by both trials: one run each, executed once
+    for kind in ("data", "sft"):
+        assert kinds[kind] == [(1, "done")], kinds[kind]
+    assert len(kinds["align"]) == 2  # one per trial (different caption weights)
+    best = load_grid(out / "best.yaml")
+    plan = build_plan(best)
+    assert plan.count("align") >= 1
+    assert any(r.config.get("caption_weight") == study.best_params["align.caption_weight"]
+               for r in plan.runs.values() if r.kind == "align")
