@@ -286,3 +286,21 @@ def test_runner_end_to_end(fixture_dir, tmp_path, monkeypatch):
     gen = model.generate(**inputs, max_new_tokens=6, do_sample=False)
     assert gen.shape[1] > inputs["input_ids"].shape[1]
     ledger.close()
+
+
+def test_vision_tower_gets_its_own_learning_rate():
+    from prism_lab.models import build_tiny_policy, build_tokenizer
+    from prism_lab.trainers.sft import _param_groups
+
+    tok = build_tokenizer(["a red circle", "0123456789"], vocab_size=300)
+    model, _ = build_tiny_policy("tiny-xs", tok, seed=0)
+    groups = _param_groups(model, 0.01, 1e-3, vision_lr_scale=10.0)
+    vision = {id(p) for p in model.model.visual.parameters()}
+    n_seen = 0
+    for g in groups:
+        in_vision = {id(p) in vision for p in g["params"]}
+        assert len(in_vision) == 1  # a group is all-vision or all-language
+        assert g["lr"] == pytest.approx(1e-2 if in_vision.pop() else 1e-3)
+        assert g["weight_decay"] == (0.01 if g["params"][0].ndim >= 2 else 0.0)
+        n_seen += len(g["params"])
+    assert n_seen == sum(1 for p in model.parameters() if p.requires_grad)

@@ -26,6 +26,9 @@ class SFTConfig(StrictModel):
     )
     lr: float = Field(1e-5, gt=0, description="Peak AdamW learning rate (paper: 1e-5).")
     weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
+    vision_lr_scale: float = Field(
+        1.0, gt=0, description="Learning rate of the vision tower relative to `lr` (1 = the paper's single lr)."
+    )
     adam_betas: tuple[float, float] = Field((0.9, 0.999), description="AdamW betas.")
     epochs: float = Field(1.0, gt=0, description="Passes over the data (paper: 1).")
     max_steps: int | None = Field(None, ge=1, description="Stop after this many optimizer steps.")

@@ -129,15 +129,21 @@ class EpochStream:
         return out
 
 
-def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
-    """Decay matrices; never biases and norm weights (1-D parameters), as HF Trainer does."""
-    decay, no_decay = [], []
-    for _, p in model.named_parameters():
+def _param_groups(model: torch.nn.Module, weight_decay: float, lr: float,
+                  vision_lr_scale: float = 1.0) -> list[dict[str, Any]]:
+    """Decay matrices; never biases and norm weights (1-D parameters), as HF Trainer does.
+
+    Parameters of the vision tower (``model.visual``) get ``lr * vision_lr_scale``.
+    """
+    buckets: dict[tuple[bool, bool], list[torch.nn.Parameter]] = {}
+    for name, p in model.named_parameters():
         if p.requires_grad:
-            (decay if p.ndim >= 2 else no_decay).append(p)
-    groups = [{"params": decay, "weight_decay": weight_decay}]
-    if no_decay:
-        groups.append({"params": no_decay, "weight_decay": 0.0})
+            is_vision = ".visual." in f".{name}"
+            buckets.setdefault((is_vision, p.ndim >= 2), []).append(p)
+    groups = []
+    for (is_vision, decays), params in sorted(buckets.items()):
+        groups.append({"params": params, "weight_decay": weight_decay if decays else 0.0,
+                       "lr": lr * (vision_lr_scale if is_vision else 1.0)})
     return groups
 
 
@@ -219,7 +225,7 @@ def train_sft(
     collate = collator or SFTCollator(processor, max_length=cfg.max_length)
 
     model.train()
-    optimizer = torch.optim.AdamW(_param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=tuple(cfg.adam_betas),
+    optimizer = torch.optim.AdamW(_param_groups(model, cfg.weight_decay, cfg.lr, cfg.vision_lr_scale), lr=cfg.lr, betas=tuple(cfg.adam_betas),
                                   weight_decay=cfg.weight_decay)
     scheduler = make_cosine_scheduler(optimizer, total_steps=total, warmup_steps=warmup, min_lr_ratio=cfg.min_lr_ratio)
 
