@@ -40,9 +40,7 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import random
-import shutil
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -64,7 +62,15 @@ from prism_lab.errors import DataError
 from prism_lab.models.discriminator import Discriminator
 from prism_lab.prompts import is_format_valid
 from prism_lab.rollout import Prompt, Rollout, make_engine, vision_token_ids
-from prism_lab.trainers.common import load_resume_state, save_resume_state, set_seed
+from prism_lab.trainers.common import (
+    fresh_temp_dir,
+    load_resume_state,
+    remove_resume_state,
+    resume_candidates,
+    save_resume_state,
+    set_seed,
+    swap_into_place,
+)
 from prism_lab.trainers.disc_inputs import (
     DiscTokens,
     PromptBatch,
@@ -133,31 +139,18 @@ def align_examples_from_rl(rows: Sequence[Any]) -> list[AlignExample]:
 def save_align_resume(out_dir: str | Path, *, policy: torch.nn.Module, disc: torch.nn.Module,
                       actor_opt: torch.optim.Optimizer, disc_opt: torch.optim.Optimizer, meta: dict) -> Path:
     """Atomically replace ``out_dir/resume`` with ``policy/`` and ``discriminator/`` resumable states."""
-    out = Path(out_dir)
-    final = out / RESUME_DIR
-    tmp = out / f".{RESUME_DIR}.tmp-{os.getpid()}"
-    old = out / f"{RESUME_DIR}.old"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir(parents=True)
+    final = Path(out_dir) / RESUME_DIR
+    tmp = fresh_temp_dir(final)
     save_resume_state(tmp / "policy", model=policy, optimizer=actor_opt, scheduler=None, meta=meta)
     save_resume_state(tmp / "discriminator", model=disc, optimizer=disc_opt, scheduler=None, meta=meta)
     (tmp / "state.json").write_text(json.dumps(meta, indent=1, sort_keys=True, default=str))
-    if final.exists():
-        if old.exists():
-            shutil.rmtree(old)
-        os.replace(final, old)
-    os.replace(tmp, final)
-    if old.exists():
-        shutil.rmtree(old, ignore_errors=True)
-    return final
+    return swap_into_place(tmp, final)
 
 
 def load_align_resume(out_dir: str | Path, *, policy: torch.nn.Module, disc: torch.nn.Module,
                       actor_opt: torch.optim.Optimizer, disc_opt: torch.optim.Optimizer) -> dict | None:
     """Restore what :func:`save_align_resume` wrote (or its ``.old`` twin); None when there is nothing."""
-    out = Path(out_dir)
-    for cand in (out / RESUME_DIR, out / f"{RESUME_DIR}.old"):
+    for cand in resume_candidates(Path(out_dir) / RESUME_DIR):
         if (cand / "state.json").is_file():
             meta = load_resume_state(cand / "policy", model=policy, optimizer=actor_opt, scheduler=None,
                                      restore_rng=True)
@@ -168,13 +161,6 @@ def load_align_resume(out_dir: str | Path, *, policy: torch.nn.Module, disc: tor
                 continue
             return meta
     return None
-
-
-def _remove_resume(out_dir: Path) -> None:
-    for name in (RESUME_DIR, f"{RESUME_DIR}.old"):
-        p = out_dir / name
-        if p.exists():
-            shutil.rmtree(p, ignore_errors=True)
 
 
 # ------------------------------------------------------------------------------------------ actor
@@ -540,7 +526,7 @@ def run_align(
                               meta={"step": step + 1, "total_steps": total, "history": history})
 
     if out_path is not None and not keep_resume:
-        _remove_resume(out_path)
+        remove_resume_state(out_path / RESUME_DIR)
     policy.eval()
     disc.eval()
     last = history[-max(1, len(history) // 5):] if history else []

@@ -173,32 +173,49 @@ def save_resume_state(
     from safetensors.torch import save_model
 
     d = Path(directory)
-    d.parent.mkdir(parents=True, exist_ok=True)
-    tmp = d.parent / f".{d.name}.tmp-{os.getpid()}"
-    old = d.parent / f"{d.name}.old"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir()
+    tmp = fresh_temp_dir(d)
     save_model(_unwrap(model), str(tmp / MODEL_FILE))
     if optimizer is not None:
         torch.save(optimizer.state_dict(), tmp / OPTIMIZER_FILE)
     torch.save({"scheduler": scheduler.state_dict() if scheduler is not None else None, "rng": rng_state(),
                 "meta": meta}, tmp / STATE_FILE)
     (tmp / META_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True, default=str))
-    if d.exists():
+    return swap_into_place(tmp, d)
+
+
+def fresh_temp_dir(target: Path) -> Path:
+    """An empty sibling temp directory to build ``target`` in (see :func:`swap_into_place`)."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.parent / f".{target.name}.tmp-{os.getpid()}"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir()
+    return tmp
+
+
+def swap_into_place(tmp: Path, target: Path) -> Path:
+    """Replace ``target`` with the finished ``tmp`` by renames. A crash at any point leaves the old or the
+    new directory, the old one possibly under ``<target>.old`` (:func:`resume_candidates` looks there)."""
+    old = target.parent / f"{target.name}.old"
+    if target.exists():
         if old.exists():
             shutil.rmtree(old)
-        os.replace(d, old)
-    os.replace(tmp, d)
+        os.replace(target, old)
+    os.replace(tmp, target)
     if old.exists():
         shutil.rmtree(old, ignore_errors=True)
-    return d
+    return target
+
+
+def resume_candidates(directory: str | Path) -> tuple[Path, Path]:
+    """Where a state written by :func:`swap_into_place` may be: the directory, then its ``.old`` twin."""
+    d = Path(directory)
+    return d, d.parent / f"{d.name}.old"
 
 
 def find_resume_state(directory: str | Path) -> Path | None:
     """The complete resumable state at ``directory`` (or its ``.old`` twin), or None."""
-    d = Path(directory)
-    for cand in (d, d.parent / f"{d.name}.old"):
+    for cand in resume_candidates(directory):
         if (cand / STATE_FILE).is_file() and (cand / MODEL_FILE).is_file():
             return cand
     return None
@@ -241,8 +258,8 @@ def load_resume_state(
 
 
 def remove_resume_state(directory: str | Path) -> None:
-    d = Path(directory)
-    for cand in (d, d.parent / f"{d.name}.old"):
+    """Delete a resumable state and its ``.old`` twin (the stage finished)."""
+    for cand in resume_candidates(directory):
         if cand.exists():
             shutil.rmtree(cand, ignore_errors=True)
 
