@@ -3,12 +3,9 @@ format-valid rollouts, resuming, and bad inputs (missing teacher fields, foreign
 
 from __future__ import annotations
 
-import logging
 import math
 import shutil
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import pyarrow.parquet as pq
 import pytest
@@ -23,28 +20,11 @@ from prism_lab.models import build_tiny_policy, build_tokenizer, load_policy, sa
 from prism_lab.models.discriminator import build_discriminator, load_discriminator, save_discriminator
 from prism_lab.rollout import Rollout, make_engine
 from prism_lab.stages.context import InputArtifact
+from tests.fakes import FakeCtx
 from prism_lab.trainers.align import AlignExample, align_examples_from_rl, run_align
 from prism_lab.trainers.disc_inputs import disc_tokens, plain_ids
 
 SMALL = dict(n_sft_public=16, n_teacher=8, n_rl=8, n_warmup=4, n_bench=4, include_system_prompt=False)
-
-
-@dataclass
-class FakeCtx:
-    config: Any
-    inputs: dict[str, InputArtifact]
-    out_dir: Path
-    metrics: list[tuple[int, dict[str, float]]] = field(default_factory=list)
-    log: logging.Logger = field(default_factory=lambda: logging.getLogger("test"))
-
-    def input(self, role: str) -> InputArtifact:
-        return self.inputs[role]
-
-    def log_metrics(self, step: int, values: dict[str, float]) -> None:
-        self.metrics.append((step, dict(values)))
-
-    def heartbeat(self) -> None:
-        pass
 
 
 def _art(path: Path, kind: str) -> InputArtifact:

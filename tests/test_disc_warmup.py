@@ -3,10 +3,7 @@ separable toy set, the ablation kinds, and resuming."""
 
 from __future__ import annotations
 
-import logging
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import pytest
 import torch
@@ -19,6 +16,7 @@ from prism_lab.models import build_tiny_policy, build_tokenizer, save_policy
 from prism_lab.models.discriminator import build_discriminator, load_discriminator
 from prism_lab.prompts import format_response
 from prism_lab.stages.context import InputArtifact
+from tests.fakes import FakeCtx
 from prism_lab.trainers.disc_inputs import (
     disc_tokens,
     online_student_segment,
@@ -30,24 +28,6 @@ from prism_lab.trainers.disc_inputs import (
 from prism_lab.trainers.disc_warmup import Comparison, build_comparisons, heldout_split, run_disc_warmup
 
 SMALL = dict(n_sft_public=16, n_teacher=8, n_rl=8, n_warmup=12, n_bench=4, include_system_prompt=False)
-
-
-@dataclass
-class FakeCtx:
-    config: Any
-    inputs: dict[str, InputArtifact]
-    out_dir: Path
-    metrics: list[tuple[int, dict[str, float]]] = field(default_factory=list)
-    log: logging.Logger = field(default_factory=lambda: logging.getLogger("test"))
-
-    def input(self, role: str) -> InputArtifact:
-        return self.inputs[role]
-
-    def log_metrics(self, step: int, values: dict[str, float]) -> None:
-        self.metrics.append((step, dict(values)))
-
-    def heartbeat(self) -> None:
-        pass
 
 
 @pytest.fixture(scope="module")

@@ -20,6 +20,7 @@ from prism_lab.models.loader import build_tiny_policy
 from prism_lab.models.tokenizer import build_tokenizer
 from prism_lab.prompts import SYSTEM_PROMPT, format_response
 from prism_lab.rewards import RewardResult
+from tests.fakes import counting_corpus
 from prism_lab.rollout import Rollout
 from prism_lab.trainers.rl import RESUME_DIR, score_rollouts, train_rl
 
@@ -29,18 +30,10 @@ REQUIRED_METRICS = (
 )
 
 
-def _corpus() -> list[str]:
-    out = [SYSTEM_PROMPT]
-    for i in range(100):
-        out.append(f"how many red circles are there ? add {i % 10} .")
-        out.append(format_response(f"- {i % 6} red circles", f"{i % 6} plus {i % 10}", str(i % 16)))
-    return out
-
-
 @pytest.fixture(scope="module")
 def tok():
     torch.set_num_threads(1)
-    return build_tokenizer(_corpus(), vocab_size=400)
+    return build_tokenizer(counting_corpus(), vocab_size=400)
 
 
 def _policy(tok):

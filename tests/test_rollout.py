@@ -10,23 +10,16 @@ from PIL import Image
 from prism_lab.errors import ConfigError, PrismError
 from prism_lab.models.loader import build_tiny_policy
 from prism_lab.models.tokenizer import build_tokenizer
-from prism_lab.prompts import SYSTEM_PROMPT, format_response
+from prism_lab.prompts import SYSTEM_PROMPT
+from tests.fakes import counting_corpus
 from prism_lab.rollout import HFGenerateEngine, Prompt, build_prompt_inputs, make_engine, vllm_available
 from prism_lab.trainers.logprobs import completion_logprobs, make_sequence_batch
-
-
-def _corpus() -> list[str]:
-    out = [SYSTEM_PROMPT]
-    for i in range(100):
-        out.append(f"how many red circles are there ? add {i % 10} .")
-        out.append(format_response(f"- {i % 6} red circles", f"{i % 6} plus {i % 10}", str(i % 16)))
-    return out
 
 
 @pytest.fixture(scope="module")
 def policy():
     torch.set_num_threads(1)
-    tok = build_tokenizer(_corpus(), vocab_size=400)
+    tok = build_tokenizer(counting_corpus(), vocab_size=400)
     return build_tiny_policy("tiny-xs", tok, seed=0)
 
 

@@ -1,0 +1,40 @@
+"""Shared test doubles and fixtures data (tests only)."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from prism_lab.prompts import SYSTEM_PROMPT, format_response
+from prism_lab.stages.context import InputArtifact
+
+
+@dataclass
+class FakeCtx:
+    """The part of StageContext a stage runner uses, recording metrics in memory."""
+
+    config: Any
+    inputs: dict[str, InputArtifact]
+    out_dir: Path
+    metrics: list[tuple[int, dict[str, float]]] = field(default_factory=list)
+    log: logging.Logger = field(default_factory=lambda: logging.getLogger("test"))
+
+    def input(self, role: str) -> InputArtifact:
+        return self.inputs[role]
+
+    def log_metrics(self, step: int, values: dict[str, float]) -> None:
+        self.metrics.append((step, dict(values)))
+
+    def heartbeat(self) -> None:
+        pass
+
+
+def counting_corpus() -> list[str]:
+    """A small task corpus for training a test tokenizer (counting + addition, paper format)."""
+    out = [SYSTEM_PROMPT]
+    for i in range(100):
+        out.append(f"how many red circles are there ? add {i % 10} .")
+        out.append(format_response(f"- {i % 6} red circles", f"{i % 6} plus {i % 10}", str(i % 16)))
+    return out
