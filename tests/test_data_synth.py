@@ -17,7 +17,7 @@ from prism_lab.data.synth import SynthConfig, corpus_texts, generate, load_manif
 from prism_lab.errors import ConfigError
 from prism_lab.prompts import FORMAT_RE, SPLIT_RE, SYSTEM_PROMPT, extract_answer
 
-SMALL = dict(seed=3, n_sft_public=120, n_teacher=30, n_rl=30, n_warmup=20, n_bench=24)
+SMALL = dict(seed=3, n_sft_public=120, n_teacher=30, n_caption=12, n_rl=30, n_warmup=20, n_bench=24)
 
 
 @pytest.fixture(scope="module")
@@ -71,7 +71,8 @@ def test_manifest_and_layout(data_dir):
     assert m["files"]["warmup_pairs.jsonl"]["rows"] == 20
     assert m["files"]["bench/synth-perception.tsv"]["rows"] == 24
     assert m["files"]["bench/synth-hallusion.tsv"]["rows"] == 24
-    assert m["images"]["count"] == 120 + 30 + 20
+    assert m["files"]["sft_caption.json"]["rows"] == 12
+    assert m["images"]["count"] == 120 + 30 + 12 + 20
     assert not [p for p in data_dir.parent.iterdir() if p.name.startswith(".")]  # no temp dirs left
 
 
@@ -138,6 +139,28 @@ def test_teacher_answers_and_captions_match_the_scene(data_dir):
         assert row["messages"][0] == {"role": "system", "content": SYSTEM_PROMPT}
         assert row["messages"][1]["content"].startswith("<image>")
     assert sum(r["meta"]["difficulty"] == "hard" for r in rows) == len(rows)  # teacher_hard_share = 1
+
+
+def test_caption_rows_describe_their_image(data_dir):
+    rows = json.loads((data_dir / "sft_caption.json").read_text())
+    cfg = SynthConfig(**SMALL)
+    assert len(rows) == 12
+    prompts = set()
+    for row in rows:
+        scene = _scene(row["meta"])
+        assert scene.objects
+        assert row["messages"][-1] == {"role": "assistant",
+                                       "content": f"<caption>\n{teacher_caption(scene, cfg.colours, cfg.shapes)}\n</caption>"}
+        assert (data_dir / row["images"][0]).read_bytes() == encode_png(draw(scene))
+        prompts.add(row["messages"][-2]["content"])
+        assert row["messages"][-2]["content"].startswith("<image>")
+    assert len(prompts) == 3  # every phrasing is used
+
+
+def test_no_caption_file_unless_asked(tmp_path):
+    tiny = {**SMALL, "n_sft_public": 4, "n_teacher": 2, "n_caption": 0, "n_rl": 2, "n_warmup": 2, "n_bench": 4}
+    m = generate(tiny, tmp_path / "d")
+    assert "sft_caption.json" not in m["files"] and not (tmp_path / "d" / "sft_caption.json").exists()
 
 
 def test_rl_rows_consistent(data_dir):

@@ -304,3 +304,56 @@ def test_vision_tower_gets_its_own_learning_rate():
         assert g["weight_decay"] == (0.01 if g["params"][0].ndim >= 2 else 0.0)
         n_seen += len(g["params"])
     assert n_seen == sum(1 for p in model.parameters() if p.requires_grad)
+
+
+def test_catalog_names_a_missing_sft_set():
+    from prism_lab.data.catalog import synth_catalog
+
+    cat = synth_catalog("data")
+    assert [p.name for p in cat.sft_files(["public", "teacher"])] == ["sft_public.json", "sft_teacher.json"]
+    with pytest.raises(DataError, match="no 'caption' SFT files.*n_caption"):
+        cat.sft_files(["public", "caption"])
+    assert [p.name for p in synth_catalog("data", caption=True).sft_files(["caption"])] == ["sft_caption.json"]
+    local = DataCatalog(sft_public=["a.json"], source="local")  # a local catalog lists every SFT file as public
+    assert local.sft_files(["public", "teacher"]) == [Path("a.json")]
+
+
+def _image_spread(model, proc, images) -> float:
+    """Across-image std of the vision tower's merged output, relative to its mean magnitude."""
+    batch = proc.image_processor(images=images, return_tensors="pt")
+    with torch.no_grad():
+        out = model.model.visual(batch["pixel_values"], grid_thw=batch["image_grid_thw"]).pooler_output
+    feats = out.reshape(len(images), -1)
+    return float(feats.std(0).mean() / feats.abs().mean())
+
+
+def test_tiny_vision_tower_still_tells_images_apart_after_sft(tokenizer, tmp_path):
+    """Regression: with Qwen3-VL's 0.5 normalisation a white background is a constant +1 input, the first
+    AdamW steps push every patch-embedding weight the same way and the tower collapses to one output
+    for every image. The tiny presets normalise white to 0, which keeps the images apart."""
+    import random
+
+    from prism_lab.data.scenes import draw, random_scene
+
+    rng = random.Random(0)
+    shapes = []
+    for i in range(48):
+        scene = random_scene(rng, 64, rng.randint(1, 6), ["red", "green", "blue"], ["circle", "square"], 6, 12)
+        path = tmp_path / f"{i}.png"
+        draw(scene).save(path)
+        shapes.append(SFTExample(messages=[{"role": "user", "content": "<image>what colour is the square ? item 1"},
+                                           {"role": "assistant", "content": f"<answer>\n{scene.count('red')}\n</answer>"}],
+                                 images=[path], source="scenes", row=i))
+    images = [img for ex in shapes[:16] for img in ex.load_images()]
+    kept = {}
+    for name, mean in (("tiny preset", None), ("qwen3-vl normalisation", [0.5, 0.5, 0.5])):
+        model, proc = _policy(tokenizer)
+        if mean is not None:
+            proc.image_processor.image_mean = mean
+        before = _image_spread(model, proc, images)
+        train_sft(model, proc, shapes, _cfg(max_steps=40, batch_size=16, grad_accum=1, lr=2e-3, warmup_ratio=0.0),
+                  progress=False)
+        model.eval()
+        kept[name] = _image_spread(model, proc, images) / before
+    assert proc.image_processor.image_mean == [0.5, 0.5, 0.5]
+    assert kept["tiny preset"] > 5 * kept["qwen3-vl normalisation"], kept  # measured: 0.19 vs 0.016

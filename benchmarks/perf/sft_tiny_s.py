@@ -1,6 +1,6 @@
 """SFT of tiny-s on the synthetic task: the accuracy curve within a wall-clock training budget.
 
-    python benchmarks/perf/sft_tiny_s.py [--minutes 10] [--threads 2] [--eval-every 150] [--out /tmp/sft-bench]
+    python benchmarks/perf/sft_tiny_s.py [--minutes 10] [--threads 2] [--max-steps 4000] [--eval-every 500]
 
 Uses the toy grid's data and SFT settings (experiments/toy.yaml) and the product's own SFT loop and
 evaluation. Every `--eval-every` steps the policy is saved and evaluated greedily on the held-out
@@ -29,16 +29,36 @@ class _Done(Exception):
     pass
 
 
+def image_use_gap(model, processor, examples, n: int = 64) -> tuple[float, float]:
+    """(loss, loss with every image swapped for the next row's) on ``n`` teacher rows: a policy that
+    reads the image loses accuracy when the images are swapped; one that ignores them does not."""
+    import torch
+
+    from prism_lab.data.collate import SFTCollator
+
+    rows = [e for e in examples if "teacher" in str(e.source)][:n]
+    batch = SFTCollator(processor, max_length=512)(rows)
+    per_image = int(batch["image_grid_thw"][0].prod())
+    model.eval()
+    with torch.no_grad():
+        real = model(**batch).loss.item()
+        swapped = model(**{**batch, "pixel_values": torch.roll(batch["pixel_values"], per_image, 0)}).loss.item()
+    model.train()
+    return real, swapped
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--minutes", type=float, default=10.0)
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--eval-every", type=int, default=150)
-    ap.add_argument("--limit", type=int, default=100)
+    ap.add_argument("--eval-every", type=int, default=500)
+    ap.add_argument("--limit", type=int, default=200, help="Items per benchmark (the toy grid writes 200).")
     ap.add_argument("--preset", default="tiny-s")
-    ap.add_argument("--max-steps", type=int, default=2000, help="Length of the LR schedule (warmup + cosine).")
+    ap.add_argument("--max-steps", type=int, default=4000, help="Length of the LR schedule (warmup + cosine).")
     ap.add_argument("--set", action="append", default=[], metavar="SECTION.FIELD=VALUE",
                     help="Override a toy-grid setting, e.g. synth.image_size=128 or sft.lr=1e-3 (repeatable).")
+    ap.add_argument("--preset-set", action="append", default=[], metavar="FIELD=VALUE",
+                    help="Change a field of the preset for this run, e.g. num_hidden_layers=4 (repeatable).")
     ap.add_argument("--out", type=Path, default=Path(tempfile.gettempdir()) / "prism-sft-bench")
     args = ap.parse_args()
 
@@ -66,7 +86,16 @@ def main() -> None:
     data_dir = args.out / "data"
     if not (data_dir / "manifest.json").exists():
         generate(SynthConfig.model_validate(grid.spec.data["synth"]), data_dir, overwrite=True)
-    synth_catalog("data").save(args.out)
+    synth_catalog("data", caption=bool(grid.spec.data["synth"].get("n_caption"))).save(args.out)
+    if args.preset_set:
+        import dataclasses
+
+        from prism_lab.models.presets import PRESETS
+
+        changes = {k: yaml.safe_load(v) for k, v in (item.partition("=")[::2] for item in args.preset_set)}
+        base = PRESETS.get(args.preset)
+        args.preset = f"{args.preset}+custom"
+        PRESETS.add(args.preset, dataclasses.replace(base, name=args.preset, **changes))
     catalog = DataCatalog.load(args.out)
     sft_fields = {**grid.spec.stages["sft"], "model": args.preset, "max_steps": args.max_steps, "epochs": 1000, "max_minutes": None,
                   "threads": args.threads, "log_every": 50}
@@ -102,7 +131,10 @@ def main() -> None:
         print("  ".join(f"{k}={v}" for k, v in row.items()), flush=True)
         eval_s += time.monotonic() - e0
 
+    last_step = {"step": 0}
+
     def on_step(step: int, values: dict) -> None:
+        last_step["step"] = step
         if "loss" in values:
             last_loss["loss"] = values["loss"]
         train_s = time.monotonic() - t0 - eval_s
@@ -116,6 +148,9 @@ def main() -> None:
         train_sft(model, processor, examples, cfg, on_step=on_step, progress=False)
     except _Done:
         pass
+    if not rows or rows[-1]["step"] != last_step["step"]:
+        evaluate(last_step["step"])
+    real, swapped = image_use_gap(model, processor, examples)
     args.out.mkdir(parents=True, exist_ok=True)
     with open(args.out / "curve.csv", "w", newline="") as fh:
         w = csv.DictWriter(fh, fieldnames=list(rows[0]))
@@ -125,6 +160,8 @@ def main() -> None:
     final = rows[-1]
     print(f"final (train {final['train_s']}s, step {final['step']}): " + ", ".join(
         f"{b} acc {final[f'{b}/acc']:.3f} format {final[f'{b}/format']:.3f}" for b in benches))
+    print(f"teacher-row loss {real:.4f}, with each image swapped for another row's {swapped:.4f} "
+          f"(gap {swapped - real:+.4f}; about 0 means the policy ignores the image)")
     print(f"best synth-reasoning acc {best['synth-reasoning/acc']:.3f} at {best['train_s']}s; curve: {args.out / 'curve.csv'}")
 
 

@@ -17,9 +17,11 @@ class SFTConfig(StrictModel):
         description="Model preset name (tiny-s, qwen3-vl-4b, ...), local checkpoint directory or hub id. "
         "Filled from the grid's `models` map by the `size` axis.",
     )
-    datasets: list[Literal["public", "teacher"]] = Field(
+    datasets: list[Literal["public", "teacher", "caption"]] = Field(
         default_factory=lambda: ["public", "teacher"],
-        description="Which SFT sets to mix (the paper uses both: 1.26M public + 113K teacher).",
+        description="Which SFT sets to mix (the paper uses public + teacher: 1.26M + 113K). `caption` "
+        "(synthetic data only) adds image -> dense caption rows: perception pre-training for a "
+        "random-init tiny tower, standing in for a real checkpoint's visual pre-training.",
     )
     tokenizer_vocab_size: int = Field(
         512, ge=64, description="Vocabulary of the locally trained tokenizer (tiny presets only)."

@@ -21,6 +21,7 @@ class DataCatalog:
 
     sft_public: list[str] = field(default_factory=list)  # ShareGPT multimodal JSON files (public mixture)
     sft_teacher: list[str] = field(default_factory=list)  # ShareGPT multimodal JSON files (teacher demos)
+    sft_caption: list[str] = field(default_factory=list)  # ShareGPT multimodal JSON files (image -> caption)
     rl: str | None = None  # RL parquet (verl schema + teacher fields)
     warmup: str | None = None  # discriminator warmup pairs (JSONL)
     bench_dir: str | None = None  # directory of benchmark TSVs
@@ -28,9 +29,21 @@ class DataCatalog:
     source: str = "synth"
 
     def sft_files(self, which: list[str]) -> list[Path]:
+        """The files of the named SFT datasets (public, teacher, caption), in the order named.
+
+        A synthetic catalog must have every named set (asking for captions from data generated with
+        ``n_caption: 0`` is an error); a local catalog lists all its SFT files as public.
+        """
+        by_name = {"public": self.sft_public, "teacher": self.sft_teacher, "caption": self.sft_caption}
         out: list[Path] = []
         for name in which:
-            out += [Path(p) for p in (self.sft_public if name == "public" else self.sft_teacher)]
+            if name not in by_name:
+                raise DataError(f"unknown SFT dataset {name!r}; expected one of {sorted(by_name)}")
+            if not by_name[name] and self.source == "synth":
+                raise DataError(f"the data catalog has no {name!r} SFT files (source {self.source!r}); "
+                                f"drop {name!r} from sft.datasets" + (" or set data.synth.n_caption > 0"
+                                                                       if name == "caption" else ""))
+            out += [Path(p) for p in by_name[name]]
         return out
 
     def save(self, directory: Path) -> Path:
@@ -55,16 +68,19 @@ class DataCatalog:
 
         cat.sft_public = [absolute(p) for p in cat.sft_public]
         cat.sft_teacher = [absolute(p) for p in cat.sft_teacher]
+        cat.sft_caption = [absolute(p) for p in cat.sft_caption]
         cat.rl, cat.warmup = absolute(cat.rl), absolute(cat.warmup)
         cat.bench_dir, cat.image_root = absolute(cat.bench_dir), absolute(cat.image_root)
         return cat
 
 
-def synth_catalog(subdir: str = "data") -> DataCatalog:
+def synth_catalog(subdir: str = "data", *, caption: bool = False) -> DataCatalog:
     """Catalog of a synth.generate output at ``<artifact>/<subdir>`` (paths relative to the artifact,
-    so the catalog stays valid when the in-progress directory is renamed)."""
+    so the catalog stays valid when the in-progress directory is renamed). ``caption``: the output
+    has an sft_caption.json (``n_caption > 0``)."""
     d = subdir
     return DataCatalog(
-        sft_public=[f"{d}/sft_public.json"], sft_teacher=[f"{d}/sft_teacher.json"], rl=f"{d}/rl_train.parquet",
+        sft_public=[f"{d}/sft_public.json"], sft_teacher=[f"{d}/sft_teacher.json"],
+        sft_caption=[f"{d}/sft_caption.json"] if caption else [], rl=f"{d}/rl_train.parquet",
         warmup=f"{d}/warmup_pairs.jsonl", bench_dir=f"{d}/bench", image_root=d, source="synth",
     )

@@ -6,6 +6,9 @@ plus held-out benchmarks, in the real schemas (so the same readers load the rele
 - ``sft_public.json``: broad, noisier SFT mixture (terse/partial captions, terse reasoning, a share of
   wrong answers, a few format breaks) -- the source of "SFT drift";
 - ``sft_teacher.json``: dense, correct teacher demonstrations on the hardest items;
+- ``sft_caption.json``: perception pre-training, "describe the image" -> the dense caption. It stands in
+  for the visual pre-training a real Qwen3-VL checkpoint starts from (a tiny random-init tower learns
+  to see mostly from it); the paper's SFT does not have it, and ``sft.datasets`` decides whether it is used;
 - ``rl_train.parquet``: verl RLHF schema + ``teacher_caption``/``teacher_cot``;
 - ``warmup_pairs.jsonl``: discriminator warmup pairs (teacher vs public-style student segments);
 - ``bench/synth-{perception,reasoning,hallusion}.tsv``: VLMEvalKit TSVs, held out (own seeds, and no
@@ -50,11 +53,12 @@ from prism_lab.data.warmup_jsonl import write_warmup_jsonl
 from prism_lab.errors import ConfigError
 from prism_lab.prompts import SYSTEM_PROMPT
 
-GENERATOR_VERSION = "1"
+GENERATOR_VERSION = "2"
 
 #: File names inside a generated data directory.
 SFT_PUBLIC = "sft_public.json"
 SFT_TEACHER = "sft_teacher.json"
+SFT_CAPTION = "sft_caption.json"
 RL_TRAIN = "rl_train.parquet"
 WARMUP = "warmup_pairs.jsonl"
 MANIFEST = "manifest.json"
@@ -78,6 +82,10 @@ class SynthConfig(BaseModel):
     )
     n_sft_public: int = Field(2000, ge=0, description="Rows of the public SFT mixture (sft_public.json).")
     n_teacher: int = Field(300, ge=0, description="Rows of teacher demonstrations (sft_teacher.json).")
+    n_caption: int = Field(
+        0, ge=0,
+        description="Rows of perception pre-training, image -> dense caption (sft_caption.json; 0 = no file).",
+    )
     n_rl: int = Field(500, ge=0, description="Rows of the RL parquet (rl_train.parquet).")
     n_warmup: int = Field(300, ge=0, description="Lines of discriminator warmup pairs (2 comparisons each).")
     n_bench: int = Field(
@@ -340,6 +348,35 @@ def _write_teacher(cfg, tmp, seen, prog) -> tuple[int, Counter]:
     return write_sft_json(tmp / SFT_TEACHER, rows), fam
 
 
+#: User prompts of the caption split (cycled by row, so every phrasing is seen).
+CAPTION_PROMPTS = (
+    "Describe the image.",
+    "List every shape in the image by colour.",
+    "What is in the image?",
+)
+
+
+def _write_caption(cfg, tmp, seen, prog) -> tuple[int, Counter]:
+    """Image -> ``<caption>`` block with the dense caption, on scenes of every difficulty."""
+    rows, kinds = [], Counter()
+    for i in range(cfg.n_caption):
+        rng = random.Random(_seed(cfg.seed, "caption", i))
+        hard = rng.random() < cfg.hard_share
+        scene = random_scene(rng, cfg.image_size, _n_objects(rng, cfg, hard), cfg.colours, cfg.shapes,
+                             cfg.min_object_size, cfg.max_object_size)
+        item_id = f"caption-{i:05d}"
+        (tmp / "images" / f"{item_id}.png").write_bytes(encode_png(draw(scene)))
+        prompt = CAPTION_PROMPTS[i % len(CAPTION_PROMPTS)]
+        target = f"<caption>\n{teacher_caption(scene, cfg.colours, cfg.shapes)}\n</caption>"
+        meta = {"id": item_id, "family": "caption", "difficulty": "hard" if hard else "easy",
+                "image_size": scene.size, "scene": scene.to_list()}
+        rows.append({"messages": _messages(cfg, "<image>" + prompt, target), "images": [f"images/{item_id}.png"],
+                     "meta": meta})
+        kinds["caption"] += 1
+        prog("caption", i + 1, cfg.n_caption)
+    return write_sft_json(tmp / SFT_CAPTION, rows), kinds
+
+
 def _write_rl(cfg, tmp, seen, prog) -> tuple[int, Counter]:
     rows, fam = [], Counter()
     split = _train_split(cfg, "rl", cfg.n_rl, cfg.hard_share, seen, tmp, prog, write_images=False)
@@ -495,8 +532,10 @@ def generate(
         seen: set = set()
         rows: dict[str, int] = {}
         families: dict[str, dict[str, int]] = {}
-        for fname, fn in ((SFT_PUBLIC, _write_public), (SFT_TEACHER, _write_teacher),
-                          (RL_TRAIN, _write_rl), (WARMUP, _write_warmup)):
+        writers = [(SFT_PUBLIC, _write_public), (SFT_TEACHER, _write_teacher)]
+        if cfg.n_caption:
+            writers.append((SFT_CAPTION, _write_caption))
+        for fname, fn in (*writers, (RL_TRAIN, _write_rl), (WARMUP, _write_warmup)):
             rows[fname], fam = fn(cfg, tmp, seen, prog)
             families[fname] = dict(sorted(fam.items()))
         bench_rows = {
@@ -583,7 +622,7 @@ def corpus_texts(data_dir: str | Path) -> Iterator[str]:
             seen_system.add(t)
             yield t
 
-    for name in (SFT_PUBLIC, SFT_TEACHER):
+    for name in (SFT_PUBLIC, SFT_TEACHER, SFT_CAPTION):
         p = d / name
         if p.is_file():
             for row in json.loads(p.read_text(encoding="utf-8")):

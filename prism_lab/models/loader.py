@@ -110,6 +110,8 @@ def build_tiny_policy(
         patch_size=p.patch_size,
         merge_size=p.spatial_merge_size,
         temporal_patch_size=p.temporal_patch_size,
+        image_mean=p.image_mean,
+        image_std=p.image_std,
     )
     return model, processor
 
@@ -118,10 +120,10 @@ def _scale_vision_position_init(model, std: float = 0.02) -> None:
     """Re-draw the vision tower's learned position table from N(0, std^2).
 
     transformers leaves this nn.Embedding at its N(0, 1) default. In a tiny vision tower (hidden 32-64)
-    a unit-scale position signal swamps the patch content (the conv patch embedding is drawn at 0.02),
-    so every image encodes to nearly the same features and SFT learns to ignore the image (measured:
-    shuffling the images of a batch left the SFT loss unchanged to 1e-6). Real checkpoints are not
-    affected: this runs only when a tiny preset is built from scratch.
+    a unit-scale position signal is large next to the patch content (the conv patch embedding is drawn
+    at 0.02). It was not what kept tiny policies from using the image, though: that was the image
+    normalisation (see ``presets.TINY_IMAGE_MEAN``). Real checkpoints are not affected: this runs only
+    when a tiny preset is built from scratch.
     """
     with torch.no_grad():
         model.model.visual.pos_embed.weight.normal_(0.0, std)

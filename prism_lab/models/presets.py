@@ -41,6 +41,10 @@ class ModelPreset:
     spatial_merge_size: int = 2
     temporal_patch_size: int = 2
     image_size: int = 64
+    #: Pixel normalisation of the tiny presets' processor: ``(x/255 - mean) / std``. Hub presets ignore
+    #: it (their checkpoint's preprocessor config is authoritative; Qwen3-VL uses 0.5 / 0.5).
+    image_mean: tuple[float, float, float] = (0.5, 0.5, 0.5)
+    image_std: tuple[float, float, float] = (0.5, 0.5, 0.5)
     tie_word_embeddings: bool = False
     rope_theta: float = 5_000_000.0
     max_position_embeddings: int = 4096
@@ -86,6 +90,15 @@ def mrope_section_for(head_dim: int) -> list[int]:
 
 PRESETS: Registry[ModelPreset] = Registry("model preset")
 
+#: Tiny presets train their vision tower from scratch on white-background synthetic images, so they
+#: normalise white to 0 (mean 1.0). With Qwen3-VL's mean 0.5 a white patch is a constant +1 input, and
+#: in the first AdamW steps every patch-embedding weight drifts by about the learning rate in the same
+#: direction: the tower's output becomes one large constant vector for every image (across-image
+#: spread fell from 44% to 1% within 50 SFT steps) and the policy never learns to use the image.
+#: With white at 0 only the drawn shapes feed the patch embedding (measured: the spread stays near
+#: 100% and a count probe goes from chance to 0.89 in 1,000 steps; benchmarks/perf/sft_tiny_s.py).
+TINY_IMAGE_MEAN = (1.0, 1.0, 1.0)
+
 
 def _add(p: ModelPreset) -> ModelPreset:
     return PRESETS.add(p.name, p)
@@ -98,6 +111,7 @@ _add(
         intermediate_size=128,
         vision_hidden_size=32, vision_depth=1, vision_num_heads=2, vision_intermediate_size=64,
         vision_out_hidden_size=64, deepstack_visual_indexes=(0,), vision_num_position_embeddings=64,
+        image_mean=TINY_IMAGE_MEAN,
         description="fastest random-init model, for unit tests",
     )
 )
@@ -108,6 +122,7 @@ _add(
         intermediate_size=256,
         vision_hidden_size=64, vision_depth=2, vision_num_heads=2, vision_intermediate_size=128,
         vision_out_hidden_size=128, deepstack_visual_indexes=(0,), vision_num_position_embeddings=576,
+        image_mean=TINY_IMAGE_MEAN,
         description="~0.87M params (cpu_facts h128 L2 v64x2); the default CPU policy for experiments",
     )
 )
@@ -118,6 +133,7 @@ _add(
         intermediate_size=768,
         vision_hidden_size=64, vision_depth=2, vision_num_heads=2, vision_intermediate_size=128,
         vision_out_hidden_size=192, deepstack_visual_indexes=(0,), vision_num_position_embeddings=576,
+        image_mean=TINY_IMAGE_MEAN,
         description="~2.4M params, more capacity for longer CPU runs",
     )
 )

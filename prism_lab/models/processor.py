@@ -17,6 +17,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import logging
+from collections.abc import Sequence
 from pathlib import Path
 
 from transformers import AutoProcessor, AutoTokenizer, PreTrainedConfig
@@ -63,8 +64,10 @@ def build_image_processor(
     temporal_patch_size: int = 2,
     min_pixels: int | None = None,
     max_pixels: int | None = None,
+    image_mean: Sequence[float] = QWEN3_VL_IMAGE_MEAN,
+    image_std: Sequence[float] = QWEN3_VL_IMAGE_STD,
 ) -> Qwen2VLImageProcessorPil:
-    """The pure-PIL Qwen2-VL image processor with Qwen3-VL normalisation.
+    """The pure-PIL Qwen2-VL image processor (Qwen3-VL normalisation unless told otherwise).
 
     Defaults: at least one merged patch (``(patch*merge)**2`` pixels) and at most 512x512 pixels.
     Image sides are rounded to multiples of ``patch_size * merge_size``.
@@ -76,8 +79,8 @@ def build_image_processor(
         temporal_patch_size=temporal_patch_size,
         min_pixels=min_pixels if min_pixels is not None else factor * factor,
         max_pixels=max_pixels if max_pixels is not None else 512 * 512,
-        image_mean=QWEN3_VL_IMAGE_MEAN,
-        image_std=QWEN3_VL_IMAGE_STD,
+        image_mean=list(image_mean),
+        image_std=list(image_std),
     )
 
 
@@ -89,6 +92,8 @@ def build_processor(
     temporal_patch_size: int = 2,
     min_pixels: int | None = None,
     max_pixels: int | None = None,
+    image_mean: Sequence[float] = QWEN3_VL_IMAGE_MEAN,
+    image_std: Sequence[float] = QWEN3_VL_IMAGE_STD,
 ) -> TinyQwen3VLProcessor:
     """A ``TinyQwen3VLProcessor`` around ``tokenizer`` (and its chat template)."""
     image_processor = build_image_processor(
@@ -97,6 +102,8 @@ def build_processor(
         temporal_patch_size=temporal_patch_size,
         min_pixels=min_pixels,
         max_pixels=max_pixels,
+        image_mean=image_mean,
+        image_std=image_std,
     )
     return TinyQwen3VLProcessor(image_processor=image_processor, tokenizer=tokenizer, chat_template=tokenizer.chat_template)
 

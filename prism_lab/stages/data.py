@@ -37,7 +37,7 @@ def run(ctx: StageContext) -> dict:
 
         target = ctx.out_dir / "data"
         manifest = generate(SynthConfig.model_validate(cfg.synth), target, progress=True, overwrite=True)
-        catalog = synth_catalog("data")
+        catalog = synth_catalog("data", caption=bool(manifest["config"].get("n_caption")))
         summary = {"source": "synth", "files": sorted(manifest.get("files", {}))}
     else:
         catalog = _local_catalog(cfg)
