@@ -1,6 +1,6 @@
 """SFT of tiny-s on the synthetic task: the accuracy curve within a wall-clock training budget.
 
-    python benchmarks/perf/sft_tiny_s.py [--minutes 10] [--threads 2] [--max-steps 4000] [--eval-every 500]
+    python benchmarks/perf/sft_tiny_s.py [--minutes 10] [--threads 2] [--max-steps 3500] [--eval-every 500]
 
 Uses the toy grid's data and SFT settings (experiments/toy.yaml) and the product's own SFT loop and
 evaluation. Every `--eval-every` steps the policy is saved and evaluated greedily on the held-out
@@ -54,7 +54,7 @@ def main() -> None:
     ap.add_argument("--eval-every", type=int, default=500)
     ap.add_argument("--limit", type=int, default=200, help="Items per benchmark (the toy grid writes 200).")
     ap.add_argument("--preset", default="tiny-s")
-    ap.add_argument("--max-steps", type=int, default=4000, help="Length of the LR schedule (warmup + cosine).")
+    ap.add_argument("--max-steps", type=int, default=3500, help="Length of the LR schedule (warmup + cosine).")
     ap.add_argument("--set", action="append", default=[], metavar="SECTION.FIELD=VALUE",
                     help="Override a toy-grid setting, e.g. synth.image_size=128 or sft.lr=1e-3 (repeatable).")
     ap.add_argument("--preset-set", action="append", default=[], metavar="FIELD=VALUE",
