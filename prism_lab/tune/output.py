@@ -131,7 +131,7 @@ def plot_study(study: Any, space: SearchSpace, importances: list[dict[str, float
         ax2.set_title("parameter importances (PED-ANOVA)")
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp.png")
+    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.png")  # per process: workers write the same study
     fig.savefig(tmp, dpi=110)
     plt.close(fig)
     os.replace(tmp, path)
