@@ -162,3 +162,16 @@ def test_dry_run_prints_commands_and_runs_nothing(tmp_path):
     assert res.returncode == 0
     assert res.stdout.count("prism_lab.stages.run") == 5
     assert not executions(tmp_path) and not (root / "ledger.sqlite").exists()
+
+
+def test_workers_share_the_cores_instead_of_oversubscribing():
+    from prism_lab.executors.local import THREAD_ENV_VARS, stage_env, threads_per_worker
+
+    assert threads_per_worker(2, cpus=2) == 1
+    assert threads_per_worker(1, cpus=2) == 2
+    assert threads_per_worker(3, cpus=16) == 5
+    assert threads_per_worker(4, cpus=2) == 1  # never 0
+    env = stage_env({"PATH": "/bin"}, workers=2, cpus=8)
+    assert {v: env[v] for v in THREAD_ENV_VARS} == {v: "4" for v in THREAD_ENV_VARS}
+    assert env["PATH"] == "/bin" and env["PYTHONUNBUFFERED"] == "1"
+    assert stage_env({"OMP_NUM_THREADS": "3"}, workers=2, cpus=8)["OMP_NUM_THREADS"] == "3"  # the user's choice stays
