@@ -31,10 +31,10 @@ class FakeCtx:
         pass
 
 
-def counting_corpus() -> list[str]:
-    """A small task corpus for training a test tokenizer (counting + addition, paper format)."""
+def counting_corpus(n: int = 100) -> list[str]:
+    """A small task corpus for training a test tokenizer (counting + addition, paper format), ``n`` items."""
     out = [SYSTEM_PROMPT]
-    for i in range(100):
+    for i in range(n):
         out.append(f"how many red circles are there ? add {i % 10} .")
         out.append(format_response(f"- {i % 6} red circles", f"{i % 6} plus {i % 10}", str(i % 16)))
     return out

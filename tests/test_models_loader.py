@@ -14,20 +14,12 @@ from prism_lab.errors import CheckpointError, ConfigError
 from prism_lab.models.loader import build_tiny_policy, count_parameters, load_policy, save_policy
 from prism_lab.models.processor import TinyQwen3VLProcessor
 from prism_lab.models.tokenizer import build_tokenizer
-from prism_lab.prompts import SYSTEM_PROMPT, format_response
-
-
-def _corpus() -> list[str]:
-    out = [SYSTEM_PROMPT]
-    for i in range(200):
-        out.append(f"how many red circles are there ? add {i % 10} .")
-        out.append(format_response(f"- a white image with {i % 6} red circles", f"{i % 6} plus {i % 10}", str(i % 16)))
-    return out
+from tests.fakes import counting_corpus
 
 
 @pytest.fixture(scope="module")
 def tok():
-    return build_tokenizer(_corpus(), vocab_size=512)
+    return build_tokenizer(counting_corpus(200), vocab_size=512)
 
 
 @pytest.fixture(scope="module")
