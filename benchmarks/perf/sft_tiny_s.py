@@ -67,7 +67,7 @@ def main() -> None:
     from prism_lab.config.eval import EvalConfig
     from prism_lab.config.sft import SFTConfig
     from prism_lab.data.catalog import DataCatalog, synth_catalog
-    from prism_lab.data.synth import SynthConfig, generate
+    from prism_lab.data.synth import SFT_CAPTION, SynthConfig, generate, load_manifest
     from prism_lab.eval.run import evaluate_checkpoint
     from prism_lab.grid import load_grid
     from prism_lab.models import save_policy
@@ -86,7 +86,7 @@ def main() -> None:
     data_dir = args.out / "data"
     if not (data_dir / "manifest.json").exists():
         generate(SynthConfig.model_validate(grid.spec.data["synth"]), data_dir, overwrite=True)
-    synth_catalog("data", caption=bool(grid.spec.data["synth"].get("n_caption"))).save(args.out)
+    synth_catalog("data", caption=SFT_CAPTION in load_manifest(data_dir)["files"]).save(args.out)
     if args.preset_set:
         import dataclasses
 

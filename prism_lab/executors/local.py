@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -54,14 +55,14 @@ def threads_per_worker(workers: int, cpus: int | None = None) -> int:
     """CPU threads each stage process gets when ``workers`` run at once: the cores shared out evenly.
 
     Without this every process sizes its pools to all cores, and with 2 workers on 2 cores the
-    OpenMP barriers wait on descheduled threads (measured: toy SFT ran 13x slower than alone).
+    OpenMP barriers wait on descheduled threads (measured: the two toy SFT runs were about 10x slower).
     """
     if cpus is None:
         cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     return max(1, cpus // max(1, workers))
 
 
-def stage_env(base: dict[str, str], workers: int, cpus: int | None = None) -> dict[str, str]:
+def stage_env(base: Mapping[str, str], workers: int, cpus: int | None = None) -> dict[str, str]:
     """The environment of a stage process: ``base`` plus thread-pool sizes for this worker count
     (a pool size the user set in ``base`` is kept; a stage config's ``threads`` still wins)."""
     env = dict(base, PYTHONUNBUFFERED="1")
@@ -107,7 +108,7 @@ class LocalExecutor:
         log = open(log_path, "ab")  # noqa: SIM115 - the child owns it until it exits
         log.write(f"\n===== {time.strftime('%Y-%m-%d %H:%M:%S')} attempt on {self.host} =====\n".encode())
         log.flush()
-        env = stage_env(dict(os.environ), self.workers)
+        env = stage_env(os.environ, self.workers)
         proc = subprocess.Popen(
             [sys.executable, "-m", "prism_lab.stages.run", "--root", str(self.root), key],
             stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,

@@ -95,8 +95,9 @@ PRESETS: Registry[ModelPreset] = Registry("model preset")
 #: in the first AdamW steps every patch-embedding weight drifts by about the learning rate in the same
 #: direction: the tower's output becomes one large constant vector for every image (across-image
 #: spread fell from 44% to 1% within 50 SFT steps) and the policy never learns to use the image.
-#: With white at 0 only the drawn shapes feed the patch embedding (measured: the spread stays near
-#: 100% and a count probe goes from chance to 0.89 in 1,000 steps; benchmarks/perf/sft_tiny_s.py).
+#: With white at 0 only the drawn shapes feed the patch embedding (measured with a throwaway probe: the
+#: spread stays near 100%, and counting one colour goes from chance to 0.89 in 1,000 steps; kept as the
+#: regression test tests/test_sft.py::test_tiny_vision_tower_still_tells_images_apart_after_sft).
 TINY_IMAGE_MEAN = (1.0, 1.0, 1.0)
 
 

@@ -33,11 +33,11 @@ def _local_catalog(cfg: DataConfig) -> DataCatalog:
 def run(ctx: StageContext) -> dict:
     cfg: DataConfig = ctx.config  # type: ignore[assignment]
     if cfg.source == "synth":
-        from prism_lab.data.synth import SynthConfig, generate
+        from prism_lab.data.synth import SFT_CAPTION, SynthConfig, generate
 
         target = ctx.out_dir / "data"
         manifest = generate(SynthConfig.model_validate(cfg.synth), target, progress=True, overwrite=True)
-        catalog = synth_catalog("data", caption=bool(manifest["config"].get("n_caption")))
+        catalog = synth_catalog("data", caption=SFT_CAPTION in manifest["files"])
         summary = {"source": "synth", "files": sorted(manifest.get("files", {}))}
     else:
         catalog = _local_catalog(cfg)
