@@ -313,6 +313,8 @@ def test_catalog_names_a_missing_sft_set():
     assert [p.name for p in cat.sft_files(["public", "teacher"])] == ["sft_public.json", "sft_teacher.json"]
     with pytest.raises(DataError, match="no 'caption' SFT files.*n_caption"):
         cat.sft_files(["public", "caption"])
+    with pytest.raises(DataError, match="unknown SFT dataset 'extra'"):
+        cat.sft_files(["extra"])
     assert [p.name for p in synth_catalog("data", caption=True).sft_files(["caption"])] == ["sft_caption.json"]
     local = DataCatalog(sft_public=["a.json"], source="local")  # a local catalog lists every SFT file as public
     assert local.sft_files(["public", "teacher"]) == [Path("a.json")]
