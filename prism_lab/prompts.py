@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import re
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from prism_lab.errors import ConfigError
 
 SYSTEM_PROMPT = (
     "You are a helpful scientific assistant.\n"
@@ -62,3 +68,62 @@ def split_image_placeholders(text: str) -> list[dict]:
         if part:
             items.append({"type": "text", "text": part})
     return items
+
+
+#: Written next to a checkpoint by the training stages: how its training data was prompted.
+PROMPTING_FILE = "prism_prompting.json"
+
+
+@dataclass(frozen=True)
+class Prompting:
+    """How prompts are built for a checkpoint (the data convention it was trained with).
+
+    ``system_prompt``: prepend the paper's system prompt as a system message (default True, as the
+    paper's eval template does). ``yesno_instruction``: append "Answer Yes or No." to Yes/No questions.
+    """
+
+    system_prompt: bool = True
+    yesno_instruction: bool = True
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def write(self, checkpoint_dir: str | Path) -> Path:
+        """Record the convention next to a checkpoint (training stages call this)."""
+        path = Path(checkpoint_dir) / PROMPTING_FILE
+        path.write_text(json.dumps(self.to_dict(), indent=1, sort_keys=True))
+        return path
+
+    @staticmethod
+    def carry_over(src_checkpoint_dir: str | Path, dst_checkpoint_dir: str | Path) -> None:
+        """Copy the convention of an input checkpoint to a checkpoint trained from it."""
+        src = Path(src_checkpoint_dir) / PROMPTING_FILE
+        if src.is_file():
+            (Path(dst_checkpoint_dir) / PROMPTING_FILE).write_text(src.read_text())
+
+    @classmethod
+    def from_checkpoint(cls, checkpoint_dir: str | Path) -> "Prompting":
+        """Read ``prism_prompting.json`` from the checkpoint directory (else its parent, the stage
+        artifact); absent file = defaults. Unknown keys are ignored; known keys must be booleans."""
+        d = Path(checkpoint_dir)
+        for cand in (d / PROMPTING_FILE, d.parent / PROMPTING_FILE):
+            if cand.is_file():
+                return cls.from_file(cand)
+        return cls()
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> "Prompting":
+        path = Path(path)
+        try:
+            raw = json.loads(path.read_text(encoding="utf-8"))
+        except ValueError as e:
+            raise ConfigError(f"{path}: not valid JSON ({e})") from None
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{path}: expected a JSON object like {{\"system_prompt\": true}}")
+        kw: dict[str, bool] = {}
+        for name in ("system_prompt", "yesno_instruction"):
+            if name in raw:
+                if not isinstance(raw[name], bool):
+                    raise ConfigError(f"{path}: field '{name}': expected true or false, got {raw[name]!r}")
+                kw[name] = raw[name]
+        return cls(**kw)

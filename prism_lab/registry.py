@@ -1,11 +1,19 @@
-"""A tiny named registry used for stage kinds, algorithms, advantage modes, benchmarks and presets."""
+"""A tiny named registry used for stage kinds, algorithms, advantage modes, benchmarks and presets,
+and ``import_ref`` for the lazily imported ``module:attr`` references (stage runners, backends)."""
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable, Iterator
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 T = TypeVar("T")
+
+
+def import_ref(ref: str) -> Any:
+    """Import ``package.module:attr``."""
+    module, _, attr = ref.partition(":")
+    return getattr(importlib.import_module(module), attr)
 
 
 class Registry(Generic[T]):

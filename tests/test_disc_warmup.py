@@ -10,12 +10,12 @@ import torch
 
 from prism_lab.config.align import DiscriminatorConfig, DiscWarmupConfig
 from prism_lab.data.catalog import DataCatalog, synth_catalog
-from prism_lab.data.synth import SynthConfig, generate
+from prism_lab.data.synth.generate import SynthConfig, generate
 from prism_lab.data.warmup_jsonl import read_warmup_jsonl
 from prism_lab.models import build_tiny_policy, build_tokenizer, save_policy
 from prism_lab.models.discriminator import build_discriminator, load_discriminator
 from prism_lab.prompts import format_response
-from prism_lab.stages.context import InputArtifact
+from prism_lab.harness.context import InputArtifact
 from tests.fakes import FakeCtx
 from prism_lab.trainers.disc_inputs import (
     disc_tokens,

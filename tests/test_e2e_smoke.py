@@ -7,7 +7,7 @@ import math
 
 import pytest
 
-from prism_lab.ledger import Ledger
+from prism_lab.harness.ledger import Ledger
 from tests.conftest import REPO, cli_env, run_cli
 from tests.wandb_offline import history
 

@@ -394,7 +394,7 @@ class _Ctx:
 
 
 def test_stage_runner(bench_dir, tmp_path, monkeypatch):
-    from prism_lab.stages.context import InputArtifact
+    from prism_lab.harness.context import InputArtifact
     from prism_lab.stages.eval import run
 
     _fake(monkeypatch, {"": _ok("3")})

@@ -1,5 +1,5 @@
-"""The vlmevalkit evaluation backend (prism_lab.eval.vlmeval_backend / vlmeval_model / vlmeval_datasets /
-vlmeval_judge / tv_shim) and the paper's benchmark YAMLs.
+"""The vlmevalkit evaluation backend (prism_lab.eval.vlmeval: backend / model / datasets /
+judge / tv_shim) and the paper's benchmark YAMLs.
 
 Tests that need VLMEvalKit skip unless ``vlmeval`` is importable here (the default environment does not
 install the ``vlmeval`` extra; see docs/vlmevalkit.md). They run VLMEvalKit in the backend's worker
@@ -12,14 +12,13 @@ from __future__ import annotations
 import importlib.util
 import json
 import subprocess
-import sys
 import threading
 from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
 
 import pytest
 
-from prism_lab.eval import tv_shim
+from prism_lab.eval.vlmeval import tv_shim
 
 tv_shim.install_hook()  # before anything imports transformers' Qwen3-VL (which imports torchvision)
 
@@ -29,8 +28,8 @@ from PIL import Image  # noqa: E402
 from prism_lab.errors import DataError  # noqa: E402
 from prism_lab.eval.backends import register_backend, resolve_settings  # noqa: E402
 from prism_lab.eval.benchmarks import BenchmarkSpec, all_benchmarks, load_benchmark  # noqa: E402
-from prism_lab.eval.vlmeval_datasets import OFFICIAL, check_benchmark_file, missing_file_message  # noqa: E402
-from prism_lab.eval.vlmeval_judge import JudgeConfig, OpenAIJudge, math_row_correct, rule_correct  # noqa: E402
+from prism_lab.eval.vlmeval.datasets import OFFICIAL, check_benchmark_file, missing_file_message  # noqa: E402
+from prism_lab.eval.vlmeval.judge import JudgeConfig, OpenAIJudge, math_row_correct, rule_correct  # noqa: E402
 from prism_lab.prompts import format_response  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -143,7 +142,7 @@ def test_openai_compatible_judge_on_loopback():
 
 # ============================================================================ VLMEvalKit
 def _vlm_python() -> str:
-    from prism_lab.eval.vlmeval_backend import find_vlmeval_python
+    from prism_lab.eval.vlmeval.backend import find_vlmeval_python
 
     return find_vlmeval_python()
 
@@ -153,7 +152,7 @@ def test_shim_vlmeval_and_qwen3vl_imports_keep_grads():
     """In a fresh process: shim + vlmeval, then transformers' Qwen3-VL classes import, grads still work."""
     code = (
         "import torch\n"
-        "from prism_lab.eval import tv_shim\n"
+        "from prism_lab.eval.vlmeval import tv_shim\n"
         "tv_shim.import_vlmeval()\n"
         "from transformers import Qwen3VLForConditionalGeneration, Qwen3VLProcessor\n"
         "import vlmeval.dataset, vlmeval.inference\n"
@@ -182,7 +181,7 @@ def checkpoint(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def synth_dir(tmp_path_factory) -> Path:
-    from prism_lab.data.synth import generate
+    from prism_lab.data.synth.generate import generate
 
     d = tmp_path_factory.mktemp("synth") / "data"
     generate({"n_sft_public": 0, "n_teacher": 0, "n_rl": 0, "n_warmup": 0, "n_bench": 16}, d)
@@ -190,7 +189,7 @@ def synth_dir(tmp_path_factory) -> Path:
 
 
 def _backend(**kw):
-    from prism_lab.eval.vlmeval_backend import VLMEvalKitBackend
+    from prism_lab.eval.vlmeval.backend import VLMEvalKitBackend
 
     return VLMEvalKitBackend(**kw)
 
@@ -326,7 +325,7 @@ def test_tiny_checkpoint_on_official_layout_files_offline(checkpoint, tmp_path, 
     from prism_lab.config.eval import EvalConfig
     from prism_lab.eval.run import evaluate_checkpoint
 
-    register_backend("vlmevalkit", "prism_lab.eval.vlmeval_backend:VLMEvalKitBackend", replace=True)
+    register_backend("vlmevalkit", "prism_lab.eval.vlmeval.backend:VLMEvalKitBackend", replace=True)
     lmu = tmp_path / "LMUData"
     lmu.mkdir()
     specs = _official_layout_tsvs(lmu)

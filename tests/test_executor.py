@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from prism_lab.ledger import Ledger
+from prism_lab.harness.ledger import Ledger
 from tests.conftest import REPO, cli_env, run_cli
 
 PLUGIN = {"PRISM_LAB_PLUGINS": "tests.plugins.chain"}
@@ -160,12 +160,12 @@ def test_dry_run_prints_commands_and_runs_nothing(tmp_path):
     root = tmp_path / "root"
     res = run_cli("sweep", "run", str(grid), "--root", str(root), "--dry-run", env=cli_env(**PLUGIN))
     assert res.returncode == 0
-    assert res.stdout.count("prism_lab.stages.run") == 5
+    assert res.stdout.count("prism_lab.harness.run_stage") == 5
     assert not executions(tmp_path) and not (root / "ledger.sqlite").exists()
 
 
 def test_workers_share_the_cores_instead_of_oversubscribing():
-    from prism_lab.executors.local import THREAD_ENV_VARS, stage_env, threads_per_worker
+    from prism_lab.harness.executors.local import THREAD_ENV_VARS, stage_env, threads_per_worker
 
     assert threads_per_worker(2, cpus=2) == 1
     assert threads_per_worker(1, cpus=2) == 2

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import re
-from pathlib import Path
 
 import pytest
 import yaml
 
 from prism_lab.errors import ConfigError
-from prism_lab.grid import load_grid
+from prism_lab.harness.planning import load_grid
 from tests.conftest import REPO, run_cli
 
 TOY = (REPO / "experiments" / "toy.yaml").read_text()

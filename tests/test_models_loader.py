@@ -233,10 +233,9 @@ def test_load_moe_checkpoint(tok, tmp_path):
 
 def test_tiny_vision_tower_distinguishes_images():
     """A from-scratch tiny vision tower must not encode every image alike (position table at N(0, 0.02^2))."""
-    import numpy as np
     from PIL import Image, ImageDraw
 
-    from prism_lab.models import build_processor, build_tiny_policy, build_tokenizer
+    from prism_lab.models import build_tiny_policy, build_tokenizer
 
     tok = build_tokenizer(["a red circle", "two blue squares", "0123456789"], vocab_size=300)
     model, proc = build_tiny_policy("tiny-s", tok, seed=0)

@@ -6,8 +6,7 @@ import json
 
 import yaml
 
-from prism_lab.grid import load_grid
-from prism_lab.plan import build_plan
+from prism_lab.harness.planning import build_plan, load_grid
 from tests.conftest import REPO, run_cli
 
 TOY = REPO / "experiments" / "toy.yaml"

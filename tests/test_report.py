@@ -14,8 +14,8 @@ from types import SimpleNamespace
 import pandas as pd
 import pytest
 
-from prism_lab.grid import GridSpec
-from prism_lab.ledger import Ledger
+from prism_lab.harness.grid import GridSpec
+from prism_lab.harness.ledger import Ledger
 from prism_lab.report import build_report
 from prism_lab.report.paper import PAPER_AVG_DELTAS, PAPER_COLUMNS, PAPER_TABLES, paper_value
 from prism_lab.report.stats import (
@@ -414,7 +414,7 @@ def test_extra_axis_splits_rows_and_one_seed(tmp_path):
 
 
 def test_report_imports_no_trainers_and_cli(ledger_root, tmp_path):
-    code = ("import sys; import prism_lab.report, prism_lab.report_cli; "
+    code = ("import sys; import prism_lab.report, prism_lab.cli.report; "
             "prism_lab.report.build_report(sys.argv[1], 'rep', sys.argv[2]); "
             "bad = [m for m in ('torch', 'transformers', 'prism_lab.trainers', 'prism_lab.stages') if m in sys.modules]; "
             "print(bad); sys.exit(1 if bad else 0)")
@@ -425,7 +425,7 @@ def test_report_imports_no_trainers_and_cli(ledger_root, tmp_path):
     import typer
     from typer.testing import CliRunner
 
-    from prism_lab.report_cli import report
+    from prism_lab.cli.report import report
 
     app = typer.Typer()
     app.command()(report)

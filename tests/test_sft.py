@@ -242,10 +242,10 @@ def test_time_budget_stops_cleanly(tokenizer, examples):
 # ------------------------------------------------------------------------------------------ runner
 def test_runner_end_to_end(fixture_dir, tmp_path, monkeypatch):
     monkeypatch.setenv("PRISM_LAB_WANDB", "disabled")
-    from prism_lab.ledger import Ledger
-    from prism_lab.stages.context import InputArtifact, StageContext
+    from prism_lab.harness.ledger import Ledger
+    from prism_lab.harness.context import InputArtifact, StageContext
     from prism_lab.stages.sft import run
-    from prism_lab.tracking import Tracker
+    from prism_lab.harness.tracking import Tracker
 
     root = tmp_path / "root"
     ledger = Ledger(root)
@@ -335,7 +335,7 @@ def test_tiny_vision_tower_still_tells_images_apart_after_sft(tokenizer, tmp_pat
     for every image. The tiny presets normalise white to 0, which keeps the images apart."""
     import random
 
-    from prism_lab.data.scenes import draw, random_scene
+    from prism_lab.data.synth.scenes import draw, random_scene
 
     rng = random.Random(0)
     shapes = []

@@ -1,7 +1,7 @@
 """`prism-lab tune`: Optuna ask-and-tell over harness cells, with the test-only pipeline of
 tests/plugins/tune_chain.py (a shared stage, a per-trial stage with tuned fields x, y, n, mode, an eval).
 
-Studies run in real subprocesses (`python -m prism_lab.tune_cli`), each stage in its own process."""
+Studies run in real subprocesses (`python -m prism_lab.cli tune`), each stage in its own process."""
 
 from __future__ import annotations
 
@@ -17,9 +17,9 @@ import pytest
 import yaml
 
 from prism_lab.errors import ConfigError
-from prism_lab.grid import load_grid
-from prism_lab.ledger import Ledger
-from prism_lab.plan import build_plan
+from prism_lab.harness.planning import load_grid
+from prism_lab.harness.ledger import Ledger
+from prism_lab.harness.planning import build_plan
 from tests.conftest import REPO, cli_env
 
 PLUGIN = "tests.plugins.tune_chain"
@@ -67,7 +67,7 @@ def write_space(tmp: Path, name: str = "space", **changes) -> Path:
 
 
 def tune_cmd(space: Path, root: Path, *args: str) -> list[str]:
-    return [sys.executable, "-m", "prism_lab.tune_cli", str(space), "--root", str(root), "--wandb", "disabled", *args]
+    return [sys.executable, "-m", "prism_lab.cli", "tune", str(space), "--root", str(root), "--wandb", "disabled", *args]
 
 
 def run_tune(space: Path, root: Path, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:

@@ -5,9 +5,9 @@ from __future__ import annotations
 import optuna
 import pytest
 
-from prism_lab.grid import load_grid
-from prism_lab.ledger import Ledger
-from prism_lab.plan import build_plan
+from prism_lab.harness.planning import load_grid
+from prism_lab.harness.ledger import Ledger
+from prism_lab.harness.planning import build_plan
 from tests.conftest import REPO, cli_env, run_cli
 
 pytestmark = pytest.mark.slow

@@ -20,8 +20,7 @@ import yaml
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
-from prism_lab.grid import load_grid  # noqa: E402
-from prism_lab.plan import build_plan  # noqa: E402
+from prism_lab.harness.planning import build_plan, load_grid  # noqa: E402
 
 
 def main() -> None:

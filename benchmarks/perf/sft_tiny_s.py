@@ -67,9 +67,9 @@ def main() -> None:
     from prism_lab.config.eval import EvalConfig
     from prism_lab.config.sft import SFTConfig
     from prism_lab.data.catalog import DataCatalog, synth_catalog
-    from prism_lab.data.synth import SFT_CAPTION, SynthConfig, generate, load_manifest
+    from prism_lab.data.synth.generate import SFT_CAPTION, SynthConfig, generate, load_manifest
     from prism_lab.eval.run import evaluate_checkpoint
-    from prism_lab.grid import load_grid
+    from prism_lab.harness.planning import load_grid
     from prism_lab.models import save_policy
     from prism_lab.stages.sft import build_policy, load_examples
     from prism_lab.trainers.sft import train_sft
@@ -117,7 +117,7 @@ def main() -> None:
         model.eval()
         ckpt = args.out / "ckpt"
         save_policy(model, processor, ckpt)
-        from prism_lab.eval.backends import Prompting
+        from prism_lab.prompts import Prompting
 
         Prompting(system_prompt=False, yesno_instruction=False).write(ckpt)
         res = evaluate_checkpoint(ckpt, benches, eval_cfg, bench_dir=catalog.bench_dir, cache_dir=None,

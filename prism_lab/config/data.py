@@ -32,7 +32,7 @@ class DataConfig(StrictModel):
     )
     synth: dict[str, Any] = Field(
         default_factory=dict,
-        description="Options of the synthetic generator (prism_lab.data.synth.SynthConfig).",
+        description="Options of the synthetic generator (prism_lab.data.synth.generate.SynthConfig).",
     )
     local: LocalDataFiles | None = Field(None, description="Local files, when source is `local`.")
 
@@ -42,7 +42,7 @@ class DataConfig(StrictModel):
             raise ValueError("source 'local' needs a `local:` section with the dataset paths")
         if self.source == "synth":
             try:
-                from prism_lab.data.synth import SynthConfig
+                from prism_lab.data.synth.generate import SynthConfig
             except ImportError:  # generator not installed in this build
                 return self
             SynthConfig.model_validate(self.synth)

@@ -12,7 +12,6 @@ Further backends (e.g. ``vlmevalkit``) register a ``module:Class`` reference wit
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -20,24 +19,19 @@ from pathlib import Path
 from typing import Any
 
 from prism_lab.errors import ConfigError
-from prism_lab.registry import Registry
+from prism_lab.prompts import Prompting
+from prism_lab.registry import Registry, import_ref
 
 __all__ = [
     "EVAL_BACKENDS",
-    "PROMPTING_FILE",
     "BenchmarkResult",
     "EvalBackend",
     "GenerationSettings",
-    "Prompting",
     "get_backend_class",
     "register_backend",
     "resolve_settings",
     "summarize_rows",
 ]
-
-#: Written next to a checkpoint by the training stages: how its training data was prompted.
-PROMPTING_FILE = "prism_prompting.json"
-
 
 # ----------------------------------------------------------------------------------------------- types
 @dataclass(frozen=True)
@@ -77,61 +71,6 @@ def resolve_settings(spec: Any, cfg: Any) -> GenerationSettings:
         max_new_tokens=int(max_new), do_sample=bool(do_sample), temperature=float(temperature),
         top_p=float(top_p), top_k=top_k, seed=int(cfg.seed), limit=cfg.limit,
     )
-
-
-@dataclass(frozen=True)
-class Prompting:
-    """How prompts are built for a checkpoint (the data convention it was trained with).
-
-    ``system_prompt``: prepend the paper's system prompt as a system message (default True, as the
-    paper's eval template does). ``yesno_instruction``: append "Answer Yes or No." to Yes/No questions.
-    """
-
-    system_prompt: bool = True
-    yesno_instruction: bool = True
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    def write(self, checkpoint_dir: str | Path) -> Path:
-        """Record the convention next to a checkpoint (training stages call this)."""
-        path = Path(checkpoint_dir) / PROMPTING_FILE
-        path.write_text(json.dumps(self.to_dict(), indent=1, sort_keys=True))
-        return path
-
-    @staticmethod
-    def carry_over(src_checkpoint_dir: str | Path, dst_checkpoint_dir: str | Path) -> None:
-        """Copy the convention of an input checkpoint to a checkpoint trained from it."""
-        src = Path(src_checkpoint_dir) / PROMPTING_FILE
-        if src.is_file():
-            (Path(dst_checkpoint_dir) / PROMPTING_FILE).write_text(src.read_text())
-
-    @classmethod
-    def from_checkpoint(cls, checkpoint_dir: str | Path) -> "Prompting":
-        """Read ``prism_prompting.json`` from the checkpoint directory (else its parent, the stage
-        artifact); absent file = defaults. Unknown keys are ignored; known keys must be booleans."""
-        d = Path(checkpoint_dir)
-        for cand in (d / PROMPTING_FILE, d.parent / PROMPTING_FILE):
-            if cand.is_file():
-                return cls.from_file(cand)
-        return cls()
-
-    @classmethod
-    def from_file(cls, path: str | Path) -> "Prompting":
-        path = Path(path)
-        try:
-            raw = json.loads(path.read_text(encoding="utf-8"))
-        except ValueError as e:
-            raise ConfigError(f"{path}: not valid JSON ({e})") from None
-        if not isinstance(raw, dict):
-            raise ConfigError(f"{path}: expected a JSON object like {{\"system_prompt\": true}}")
-        kw: dict[str, bool] = {}
-        for name in ("system_prompt", "yesno_instruction"):
-            if name in raw:
-                if not isinstance(raw[name], bool):
-                    raise ConfigError(f"{path}: field '{name}': expected true or false, got {raw[name]!r}")
-                kw[name] = raw[name]
-        return cls(**kw)
 
 
 def summarize_rows(rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
@@ -229,7 +168,6 @@ def get_backend_class(name: str) -> type[EvalBackend]:
     except KeyError as e:
         raise ConfigError(str(e.args[0])) from None
     if isinstance(ref, str):
-        from prism_lab.stages.registry import import_ref
 
         try:
             ref = import_ref(ref)
@@ -239,4 +177,4 @@ def get_backend_class(name: str) -> type[EvalBackend]:
 
 
 register_backend("builtin", "prism_lab.eval.builtin:BuiltinBackend")
-register_backend("vlmevalkit", "prism_lab.eval.vlmeval_backend:VLMEvalKitBackend")
+register_backend("vlmevalkit", "prism_lab.eval.vlmeval.backend:VLMEvalKitBackend")

@@ -29,7 +29,8 @@ from pathlib import Path
 from typing import Any
 
 from prism_lab.errors import ConfigError
-from prism_lab.eval.backends import BenchmarkResult, EvalBackend, GenerationSettings, Prompting
+from prism_lab.eval.backends import BenchmarkResult, EvalBackend, GenerationSettings
+from prism_lab.prompts import Prompting
 from prism_lab.prompts import SYSTEM_PROMPT, extract_answer, is_format_valid
 
 __all__ = [

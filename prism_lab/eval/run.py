@@ -27,7 +27,8 @@ from typing import Any
 
 from prism_lab.config.eval import EvalConfig
 from prism_lab.errors import DataError, PrismError
-from prism_lab.eval.backends import BenchmarkResult, Prompting, get_backend_class, resolve_settings
+from prism_lab.eval.backends import BenchmarkResult, get_backend_class, resolve_settings
+from prism_lab.prompts import Prompting
 from prism_lab.eval.benchmarks import BenchmarkSpec, load_benchmark
 from prism_lab.eval.predictions import PredictionCache, cache_key, file_sha256, write_json_atomic, write_jsonl_atomic
 
@@ -87,7 +88,7 @@ def benchmark_tsv(spec: BenchmarkSpec, bench_dir: str | Path | None) -> Path:
         if path.is_file():
             return path
     if spec.source == "vlmevalkit":
-        from prism_lab.eval.vlmeval_datasets import missing_file_message
+        from prism_lab.eval.vlmeval.datasets import missing_file_message
 
         raise DataError(missing_file_message(spec, candidates[-1]))
     raise DataError(f"benchmark {spec.name!r}: TSV file {spec.file} not found; expected it at {candidates[0]} "

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from prism_lab.errors import PrismError
-from prism_lab.ledger import Ledger
+from prism_lab.harness.ledger import Ledger
 from prism_lab.report.frame import SweepData, curves_frame, load_sweep, resolve_sweep, results_frame
 from prism_lab.report.markdown import render_report
 from prism_lab.report.paper import canonical_column

@@ -14,8 +14,8 @@ from typing import Any
 import pandas as pd
 
 from prism_lab.errors import PrismError
-from prism_lab.grid import CORE_AXES
-from prism_lab.ledger import Ledger, RunRow
+from prism_lab.harness.grid import CORE_AXES
+from prism_lab.harness.ledger import Ledger, RunRow
 
 #: Roles whose runs are evaluations, and the stage each one evaluates (a base-model eval is optional).
 EVAL_ROLES: dict[str, str] = {"eval/base": "base", "eval/sft": "sft", "eval/align": "align", "eval/rl": "rl"}

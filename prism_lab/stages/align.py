@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 from prism_lab.errors import CheckpointError, DataError
-from prism_lab.stages.context import StageContext
+from prism_lab.harness.context import StageContext
 
 MODEL_SUBDIR = "model"
 DISC_SUBDIR = "discriminator"
@@ -55,7 +55,7 @@ def run(ctx: StageContext) -> dict:
     summary = run_align(policy, processor, disc, examples, cfg, out_dir=ctx.out_dir, log=ctx.log_metrics,
                         heartbeat=ctx.heartbeat)
     save_policy(policy, processor, ctx.out_dir / MODEL_SUBDIR)
-    from prism_lab.eval.backends import Prompting
+    from prism_lab.prompts import Prompting
 
     Prompting.carry_over(policy_checkpoint_dir(ctx.input("policy").path), ctx.out_dir / MODEL_SUBDIR)
     save_discriminator(disc, processor, ctx.out_dir / DISC_SUBDIR)

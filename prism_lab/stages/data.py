@@ -8,7 +8,7 @@ from pathlib import Path
 from prism_lab.config.data import DataConfig
 from prism_lab.data.catalog import DataCatalog, synth_catalog
 from prism_lab.errors import DataError
-from prism_lab.stages.context import StageContext
+from prism_lab.harness.context import StageContext
 
 
 def _local_catalog(cfg: DataConfig) -> DataCatalog:
@@ -33,7 +33,7 @@ def _local_catalog(cfg: DataConfig) -> DataCatalog:
 def run(ctx: StageContext) -> dict:
     cfg: DataConfig = ctx.config  # type: ignore[assignment]
     if cfg.source == "synth":
-        from prism_lab.data.synth import SFT_CAPTION, SynthConfig, generate
+        from prism_lab.data.synth.generate import SFT_CAPTION, SynthConfig, generate
 
         target = ctx.out_dir / "data"
         manifest = generate(SynthConfig.model_validate(cfg.synth), target, progress=True, overwrite=True)

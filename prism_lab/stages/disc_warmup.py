@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from prism_lab.errors import CheckpointError, DataError
-from prism_lab.stages.context import StageContext
+from prism_lab.harness.context import StageContext
 
 DISC_SUBDIR = "discriminator"
 

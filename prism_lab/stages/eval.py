@@ -15,7 +15,7 @@ from pathlib import Path
 
 from prism_lab.config.eval import EvalConfig
 from prism_lab.errors import CheckpointError
-from prism_lab.stages.context import StageContext
+from prism_lab.harness.context import StageContext
 
 CACHE_SUBDIR = Path("cache") / "predictions"
 

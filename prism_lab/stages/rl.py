@@ -16,7 +16,7 @@ from prism_lab.data.catalog import DataCatalog
 from prism_lab.data.rl_parquet import read_rl_parquet
 from prism_lab.errors import DataError
 from prism_lab.models import load_policy, pick_device, save_policy
-from prism_lab.stages.context import StageContext
+from prism_lab.harness.context import StageContext
 from prism_lab.trainers.common import remove_resume_state, set_seed, setup_threads
 from prism_lab.trainers.rl import RESUME_DIR, train_rl
 
@@ -39,7 +39,7 @@ def run(ctx: StageContext) -> dict:
                       heartbeat=ctx.heartbeat)
     model.eval()
     save_policy(model, processor, ctx.out_dir / "model")
-    from prism_lab.eval.backends import Prompting
+    from prism_lab.prompts import Prompting
 
     Prompting.carry_over(ctx.input("policy").path / "model", ctx.out_dir / "model")
     remove_resume_state(ctx.out_dir / RESUME_DIR)

@@ -24,7 +24,7 @@ from prism_lab.data.catalog import DataCatalog
 from prism_lab.data.sft_json import SFTExample, read_sft_json
 from prism_lab.errors import ConfigError, DataError
 from prism_lab.prompts import SYSTEM_PROMPT
-from prism_lab.stages.context import StageContext
+from prism_lab.harness.context import StageContext
 
 log = logging.getLogger(__name__)
 
@@ -117,7 +117,7 @@ def run(ctx: StageContext) -> dict:
                        heartbeat=ctx.heartbeat)
     model_dir = save_policy(model, processor, ctx.out_dir / MODEL_SUBDIR)
     # the prompt convention the model was trained with; evaluation and later stages follow it
-    from prism_lab.eval.backends import Prompting
+    from prism_lab.prompts import Prompting
 
     has_system = any(m.get("role") == "system" for ex in examples[:50] for m in ex.messages)
     Prompting(system_prompt=has_system, yesno_instruction=False).write(model_dir)

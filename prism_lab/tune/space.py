@@ -29,9 +29,10 @@ from pydantic import BaseModel, Field, ValidationError
 
 from prism_lab.config.base import StrictModel
 from prism_lab.errors import ConfigError
-from prism_lab.grid import Grid, GridSpec, _validation_error, load_grid
-from prism_lab.pipeline import set_path
-from prism_lab.yamlio import LineMap, dotted, load_yaml, locate
+from prism_lab.harness.grid import Grid, GridSpec, validation_error
+from prism_lab.harness.planning import load_grid
+from prism_lab.harness.pipeline import set_path
+from prism_lab.harness.yamlio import LineMap, dotted, load_yaml, locate
 
 __all__ = ["ObjectiveSpec", "ParamSpec", "PruningSpec", "SearchSpace", "SearchSpaceSpec", "load_space"]
 
@@ -263,7 +264,7 @@ class SearchSpace:
         The grid keeps the base grid's file and line map, so relative paths resolve as in the base.
         Raises ConfigError when the values make a stage config invalid.
         """
-        from prism_lab.pipeline import get_pipeline
+        from prism_lab.harness.pipeline import get_pipeline
 
         raw = self.base.spec.model_dump(mode="json")
         raw["name"] = name
@@ -278,7 +279,7 @@ class SearchSpace:
         try:
             spec = GridSpec.model_validate(raw)
         except ValidationError as exc:
-            raise _validation_error(exc, self.base.lines, str(self.base.path)) from None
+            raise validation_error(exc, self.base.lines, str(self.base.path)) from None
         grid = Grid(spec=spec, path=self.base.path, lines=self.base.lines)
         get_pipeline(spec.pipeline).validate(grid)
         return grid
@@ -296,8 +297,8 @@ class SearchSpace:
 # ---------------------------------------------------------------------------------------------------
 def load_space(path: str | Path) -> SearchSpace:
     """Load and validate a search-space file (and its base grid). Raises a one-line ConfigError."""
-    from prism_lab.plan import build_plan
-    from prism_lab.stages.registry import STAGE_KINDS
+    from prism_lab.harness.planning import build_plan
+    from prism_lab.harness.stage_kinds import STAGE_KINDS
 
     path = Path(path)
     data, lines = load_yaml(path)
@@ -310,7 +311,7 @@ def load_space(path: str | Path) -> SearchSpace:
     try:
         spec = SearchSpaceSpec.model_validate(data)
     except ValidationError as exc:
-        raise _validation_error(exc, lines, fname) from None
+        raise validation_error(exc, lines, fname) from None
     if not spec.name:
         spec.name = path.stem
 

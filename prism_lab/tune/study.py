@@ -232,7 +232,7 @@ def open_study(space: SearchSpace, ref: StorageRef, study_name: str, *, storage:
 # ---------------------------------------------------------------------------------------------------
 # liveness and retries
 def _pid_alive(pid: int) -> bool:
-    from prism_lab.ledger import pid_alive
+    from prism_lab.harness.ledger import pid_alive
 
     return pid_alive(pid)
 
@@ -389,7 +389,7 @@ class Tuner:
                 params, skipped = self.space.default_params()
                 if params:
                     self.study.enqueue_trial(params, user_attrs={"prism_lab:defaults": True}, skip_if_exists=True)
-                    self.echo(f"enqueued the base grid's values (paper defaults) as trial 0"
+                    self.echo("enqueued the base grid's values (paper defaults) as trial 0"
                               + (f"; sampled instead (outside the range): {', '.join(skipped)}" if skipped else ""))
             recover_stale_trials(self.study, max_retries=self.opt.max_retries, grace_period=self.opt.grace_period,
                                  echo=self.echo)
@@ -545,9 +545,10 @@ class Tuner:
                          " (not retried)" if retry else ""))
 
     def _execute_trial(self, trial: Any, params: dict[str, Any]) -> tuple[str, Any]:
-        from prism_lab.executors.local import LocalExecutor
-        from prism_lab.ledger import Ledger
-        from prism_lab.plan import Plan, build_plan
+        from prism_lab.harness.executors.local import LocalExecutor
+        from prism_lab.harness.ledger import Ledger
+        from prism_lab.harness.plan import Plan
+        from prism_lab.harness.planning import build_plan
 
         sweep = f"{self.study_name}-trial-{trial.number}"
         try:

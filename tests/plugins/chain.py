@@ -13,10 +13,10 @@ from typing import Any
 from pydantic import Field
 
 from prism_lab.config.base import StrictModel
-from prism_lab.grid import Grid
-from prism_lab.pipeline import PIPELINES
-from prism_lab.plan import Cell, PlanBuilder
-from prism_lab.stages.registry import STAGE_KINDS, StageKind, register_stage_kind
+from prism_lab.harness.grid import Grid
+from prism_lab.harness.pipeline import PIPELINES
+from prism_lab.harness.plan import Cell, PlanBuilder
+from prism_lab.harness.stage_kinds import STAGE_KINDS, StageKind, register_stage_kind
 
 
 class StepConfig(StrictModel):

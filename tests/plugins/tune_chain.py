@@ -16,10 +16,10 @@ from pathlib import Path
 from pydantic import Field
 
 from prism_lab.config.base import StrictModel
-from prism_lab.grid import Grid
-from prism_lab.pipeline import PIPELINES
-from prism_lab.plan import Cell, PlanBuilder
-from prism_lab.stages.registry import STAGE_KINDS, StageKind, register_stage_kind
+from prism_lab.harness.grid import Grid
+from prism_lab.harness.pipeline import PIPELINES
+from prism_lab.harness.plan import Cell, PlanBuilder
+from prism_lab.harness.stage_kinds import STAGE_KINDS, StageKind, register_stage_kind
 
 
 class SharedConfig(StrictModel):
@@ -93,7 +93,7 @@ class TuneChainPipeline:
         for kind in ("tune_shared", "tune_trial", "tune_eval"):
             if kind not in grid.spec.stages:
                 raise grid.error(("stages",), f"missing stage {kind!r}")
-        from prism_lab.grid import validate_config
+        from prism_lab.harness.grid import validate_config
 
         for kind in ("tune_shared", "tune_trial", "tune_eval"):
             validate_config(grid, STAGE_KINDS.get(kind).config_model(), grid.spec.stages[kind], ("stages", kind))

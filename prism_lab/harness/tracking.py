@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from prism_lab.ledger import Ledger
+from prism_lab.harness.ledger import Ledger
 
 
 def wandb_mode() -> str:

@@ -10,10 +10,10 @@ import hashlib
 from pathlib import Path
 from typing import Any, Protocol
 
-from prism_lab.grid import CORE_AXES, Grid
-from prism_lab.plan import Cell, PlanBuilder
+from prism_lab.harness.grid import CORE_AXES, Grid, validate_config
+from prism_lab.harness.plan import Cell, PlanBuilder
 from prism_lab.registry import Registry
-from prism_lab.stages.registry import STAGE_KINDS
+from prism_lab.harness.stage_kinds import STAGE_KINDS
 
 
 class Pipeline(Protocol):
@@ -89,8 +89,6 @@ class PrismPipeline:
         for kind in spec.seed_scope:
             if kind not in STAGE_KINDS:
                 raise grid.error(("seed_scope",), f"unknown stage kind {kind!r}")
-        from prism_lab.grid import validate_config
-
         validate_config(grid, STAGE_KINDS.get("data").config_model(), spec.data, ("data",))
         for kind in used:
             if kind != "data":
@@ -143,8 +141,6 @@ class PrismPipeline:
             for i, value in enumerate(values):
                 cfg = copy.deepcopy(base)
                 set_path(cfg, rest.split("."), value)
-                from prism_lab.grid import validate_config
-
                 try:
                     validate_config(grid, model, cfg, ())
                 except Exception as exc:  # re-locate at the axis value

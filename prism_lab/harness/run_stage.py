@@ -1,4 +1,4 @@
-"""Entry point of one stage run in its own process: ``python -m prism_lab.stages.run --root R KEY``.
+"""Entry point of one stage run in its own process: ``python -m prism_lab.harness.run_stage --root R KEY``.
 
 It reads the run from the ledger, runs the stage kind's runner with a StageContext, writes run.json,
 renames the in-progress directory to the final one, and marks the run done. On error it records a
@@ -21,12 +21,12 @@ import traceback
 from pathlib import Path
 
 from prism_lab.errors import PrismError
-from prism_lab.ledger import Ledger
-from prism_lab.plugins import load_plugins
-from prism_lab.provenance import git_commit, host_info, package_versions
-from prism_lab.stages.context import InputArtifact, StageContext, artifact_dir, partial_dir
-from prism_lab.stages.registry import STAGE_KINDS
-from prism_lab.tracking import Tracker
+from prism_lab.harness.ledger import Ledger
+from prism_lab.harness.plugins import load_plugins
+from prism_lab.harness.provenance import git_commit, host_info, package_versions
+from prism_lab.harness.context import InputArtifact, StageContext, artifact_dir, partial_dir
+from prism_lab.harness.stage_kinds import STAGE_KINDS
+from prism_lab.harness.tracking import Tracker
 
 HEARTBEAT_SECONDS = 5.0
 
@@ -131,7 +131,7 @@ def execute(root: Path, key: str) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     _die_with_parent()
-    parser = argparse.ArgumentParser(prog="python -m prism_lab.stages.run", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m prism_lab.harness.run_stage", description=__doc__)
     parser.add_argument("--root", required=True, type=Path)
     parser.add_argument("key")
     args = parser.parse_args(argv)

@@ -28,9 +28,10 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from prism_lab.eval.backends import GenerationSettings, Prompting
-from prism_lab.eval.tv_shim import import_vlmeval
-from prism_lab.eval.vlmeval_judge import answer_of
+from prism_lab.eval.backends import GenerationSettings
+from prism_lab.prompts import Prompting
+from prism_lab.eval.vlmeval.tv_shim import import_vlmeval
+from prism_lab.eval.vlmeval.judge import answer_of
 from prism_lab.prompts import SYSTEM_PROMPT
 
 import_vlmeval()

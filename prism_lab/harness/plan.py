@@ -12,8 +12,8 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from prism_lab.grid import Grid
-from prism_lab.stages.registry import STAGE_KINDS
+from prism_lab.harness.grid import Grid, validate_config
+from prism_lab.harness.stage_kinds import STAGE_KINDS
 
 
 def canonical_json(obj: Any) -> str:
@@ -84,8 +84,6 @@ class PlanBuilder:
 
     def resolve_config(self, kind: str, raw: dict, where: tuple) -> dict:
         """Validate ``raw`` against the kind's config model; returns the full config with defaults."""
-        from prism_lab.grid import validate_config
-
         memo_key = (kind, canonical_json(raw))
         hit = self._validated.get(memo_key)
         if hit is None:
@@ -127,14 +125,3 @@ def expand_cells(grid: Grid) -> list[Cell]:
         axes = dict(zip(names, values))
         cells.append(Cell(id=cell_id(axes), axes=axes))
     return cells
-
-
-def build_plan(grid: Grid) -> Plan:
-    from prism_lab.pipeline import get_pipeline
-
-    pipeline = get_pipeline(grid.spec.pipeline)
-    builder = PlanBuilder(grid)
-    cells = expand_cells(grid)
-    for cell in cells:
-        pipeline.expand(grid, cell, builder)
-    return Plan(grid=grid, cells=cells, runs=builder.runs)

@@ -16,10 +16,10 @@ from pathlib import Path
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
-from prism_lab.ledger import Ledger, RunRow, pid_alive
-from prism_lab.plan import Plan
-from prism_lab.stages.context import partial_dir
-from prism_lab.stages.registry import STAGE_KINDS
+from prism_lab.harness.ledger import Ledger, RunRow, pid_alive
+from prism_lab.harness.plan import Plan
+from prism_lab.harness.context import partial_dir
+from prism_lab.harness.stage_kinds import STAGE_KINDS
 
 
 @dataclass
@@ -110,7 +110,7 @@ class LocalExecutor:
         log.flush()
         env = stage_env(os.environ, self.workers)
         proc = subprocess.Popen(
-            [sys.executable, "-m", "prism_lab.stages.run", "--root", str(self.root), key],
+            [sys.executable, "-m", "prism_lab.harness.run_stage", "--root", str(self.root), key],
             stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
         )
         log.close()

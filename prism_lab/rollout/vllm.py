@@ -21,7 +21,8 @@ from pathlib import Path
 from typing import Any
 
 from prism_lab.errors import PrismError
-from prism_lab.rollout import Prompt, Rollout, prompt_texts
+from prism_lab.rollout.inputs import prompt_texts
+from prism_lab.rollout.types import Prompt, Rollout
 
 __all__ = ["VLLMEngine"]
 
@@ -63,7 +64,7 @@ class VLLMEngine:
     def from_model(cls, model, processor, *, checkpoint_dir: str | Path | None = None, **kwargs: Any) -> VLLMEngine:
         """Engine for an in-memory ``model``: uses ``checkpoint_dir`` when given, else saves the model
         to a temporary directory (removed by :meth:`close`)."""
-        from prism_lab.rollout import eos_token_ids, vision_token_ids
+        from prism_lab.rollout.inputs import eos_token_ids, vision_token_ids
 
         tmp = None
         if checkpoint_dir is None:

@@ -7,14 +7,14 @@ For one benchmark the backend:
    variant or a ``limit``-ed subset is linked / written into a private ``LMUData`` under the work dir;
 2. builds the dataset: the official VLMEvalKit class for ``vlmeval_name`` (instantiated on the local
    name for local variants), or our ``Prism*Dataset`` classes for synthetic benchmarks
-   (``prism_lab.eval.vlmeval_datasets``);
-3. runs ``vlmeval.inference.infer_data_job`` with :class:`~prism_lab.eval.vlmeval_model.PrismVLM`
+   (``prism_lab.eval.vlmeval.datasets``);
+3. runs ``vlmeval.inference.infer_data_job`` with :class:`~prism_lab.eval.vlmeval.model.PrismVLM`
    (batched generation through ``prism_lab.rollout``, the paper's system prompt, the ``<answer>``
    content as VLMEvalKit's prediction); prediction files are TSV (``PRED_FORMAT=tsv``: xlsx cells stop at
    32767 characters);
 4. scores: ``dataset.evaluate(pred_file, model="exact_matching")`` for MCQ / Yes/No benchmarks and for
    our synthetic datasets; for MathVista / MathVision / MathVerse, whose VLMEvalKit ``evaluate`` requires
-   a GPT judge, the PRISM rule (``prism_lab.eval.vlmeval_judge``); then, when ``PRISM_JUDGE_URL`` names
+   a GPT judge, the PRISM rule (``prism_lab.eval.vlmeval.judge``); then, when ``PRISM_JUDGE_URL`` names
    an OpenAI-compatible server, rows the rule marked wrong go to that judge (the paper's fallback);
 5. returns prediction rows in the built-in backend's schema (``prediction`` = the raw response,
    ``extracted`` = the judged answer, ``correct`` = VLMEvalKit's / the rule's verdict), with
@@ -26,7 +26,7 @@ default the backend runs VLMEvalKit in a **worker subprocess** (one per backend 
 checkpoint: the model is loaded once and serves every benchmark), with the Python interpreter chosen as:
 ``$PRISM_VLMEVAL_PYTHON``; else this interpreter when it can import vlmeval; else
 ``<repo>/.venv-vlmeval/bin/python``. ``PRISM_VLMEVAL_MODE=inprocess`` (or ``in_process=True``) runs it in
-the calling process instead, through :func:`prism_lab.eval.tv_shim.import_vlmeval`, which restores the
+the calling process instead, through :func:`prism_lab.eval.vlmeval.tv_shim.import_vlmeval`, which restores the
 grad mode and the SSL context after the import. Either way the caller's ``torch.is_grad_enabled()`` is
 unchanged.
 
@@ -52,7 +52,8 @@ from pathlib import Path
 from typing import Any
 
 from prism_lab.errors import CheckpointError, ConfigError, DataError, PrismError
-from prism_lab.eval.backends import BenchmarkResult, EvalBackend, GenerationSettings, Prompting
+from prism_lab.eval.backends import BenchmarkResult, EvalBackend, GenerationSettings
+from prism_lab.prompts import Prompting
 
 __all__ = ["VLMEvalKitBackend", "find_vlmeval_python", "run_request", "worker_main"]
 
@@ -106,7 +107,7 @@ def _subset_tsv(src: Path, dst: Path, keep: set[str]) -> int:
 
 def _layout(req: Mapping[str, Any], spec: Any, work: Path) -> tuple[str, Path]:
     """(dataset name, LMUData root) for a request (see step 1 of the module doc)."""
-    from prism_lab.eval.vlmeval_datasets import check_benchmark_file
+    from prism_lab.eval.vlmeval.datasets import check_benchmark_file
 
     tsv = check_benchmark_file(spec, req["tsv"], check_md5=not req.get("indices"))
     indices = req.get("indices")
@@ -131,7 +132,7 @@ def _layout(req: Mapping[str, Any], spec: Any, work: Path) -> tuple[str, Path]:
 
 
 def _build_dataset(spec: Any, name: str, prompting: Prompting):
-    from prism_lab.eval.vlmeval_datasets import dataset_classes, official_class, register_datasets
+    from prism_lab.eval.vlmeval.datasets import dataset_classes, official_class, register_datasets
 
     if spec.source == "synth" or not spec.vlmeval_name:
         register_datasets({name: spec.kind})
@@ -141,7 +142,7 @@ def _build_dataset(spec: Any, name: str, prompting: Prompting):
         return ds, "prism"
     cls = official_class(spec.vlmeval_name)
     ds = cls(dataset=name)
-    from prism_lab.eval.vlmeval_datasets import JUDGE_CLASSES
+    from prism_lab.eval.vlmeval.datasets import JUDGE_CLASSES
 
     return ds, ("rule" if cls.__name__ in JUDGE_CLASSES else "vlmeval")
 
@@ -186,7 +187,7 @@ def _mcq_hits(dataset: Any, records: Mapping[str, dict]) -> dict[str, bool]:
     """VLMEvalKit's exact-matching MCQ verdict (``can_infer``) for classes that write no per-row file."""
     from vlmeval.dataset.utils.multiple_choice import can_infer
 
-    from prism_lab.eval.vlmeval_judge import row_options
+    from prism_lab.eval.vlmeval.judge import row_options
 
     out = {}
     for row in dataset.data.to_dict(orient="records"):
@@ -201,7 +202,7 @@ _MODEL: dict[str, Any] = {}
 
 
 def _model_for(req: Mapping[str, Any], settings: GenerationSettings, prompting: Prompting, replay):
-    from prism_lab.eval.vlmeval_model import PrismVLM
+    from prism_lab.eval.vlmeval.model import PrismVLM
 
     key = json.dumps([req["checkpoint_dir"], req.get("engine_kind", "auto"), req.get("batch_size", 16),
                       req.get("threads")])
@@ -221,7 +222,7 @@ def _model_for(req: Mapping[str, Any], settings: GenerationSettings, prompting: 
 def run_request(req: Mapping[str, Any]) -> dict[str, Any]:
     """Evaluate one benchmark through VLMEvalKit (runs in the worker, or in-process); returns
     ``{"rows", "info"}``."""
-    from prism_lab.eval.tv_shim import import_vlmeval
+    from prism_lab.eval.vlmeval.tv_shim import import_vlmeval
 
     os.environ["PRED_FORMAT"] = "tsv"
     import_vlmeval()
@@ -230,7 +231,7 @@ def run_request(req: Mapping[str, Any]) -> dict[str, Any]:
     from vlmeval.smp import get_pred_file_path
 
     from prism_lab.eval.benchmarks import BenchmarkSpec
-    from prism_lab.eval.vlmeval_judge import judge_from_env, math_row_correct
+    from prism_lab.eval.vlmeval.judge import judge_from_env, math_row_correct
     from prism_lab.prompts import is_format_valid
 
     grad = torch.is_grad_enabled()
@@ -299,10 +300,10 @@ def run_request(req: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def worker_main() -> int:
-    """``python -m prism_lab.eval.vlmeval_backend --worker``: serve JSON-line requests on stdin."""
+    """``python -m prism_lab.eval.vlmeval.backend --worker``: serve JSON-line requests on stdin."""
     proto = os.fdopen(os.dup(1), "w", encoding="utf-8", buffering=1)
     os.dup2(2, 1)  # VLMEvalKit's prints go to the log (stderr), never into the protocol stream
-    from prism_lab.eval.tv_shim import import_vlmeval
+    from prism_lab.eval.vlmeval.tv_shim import import_vlmeval
 
     try:
         import_vlmeval()
@@ -367,7 +368,7 @@ class VLMEvalKitBackend(EvalBackend):
         env.setdefault("HF_DATASETS_OFFLINE", "1")
         log = open(self._log_file, "ab")  # noqa: SIM115 - owned by the worker's lifetime
         self.log(f"vlmevalkit: starting worker {python} (log {self._log_file})")
-        self._proc = subprocess.Popen([python, "-m", "prism_lab.eval.vlmeval_backend", "--worker"],
+        self._proc = subprocess.Popen([python, "-m", "prism_lab.eval.vlmeval.backend", "--worker"],
                                       stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log, env=env,
                                       text=True, bufsize=1, cwd=str(REPO))
         log.close()
@@ -416,7 +417,7 @@ class VLMEvalKitBackend(EvalBackend):
         if not items:
             raise DataError(f"benchmark {spec.name!r}: no items to evaluate")
         tsv = Path(items[0].source) if getattr(items[0], "source", "") else spec.tsv_path()
-        from prism_lab.eval.vlmeval_datasets import check_benchmark_file
+        from prism_lab.eval.vlmeval.datasets import check_benchmark_file
 
         check_benchmark_file(spec, tsv, check_md5=False)  # the worker checks the md5 where it matters
         all_idx = self._all_indices(tsv)
@@ -493,5 +494,5 @@ class VLMEvalKitBackend(EvalBackend):
 if __name__ == "__main__":  # pragma: no cover - the worker entry point
     if sys.argv[1:] == ["--worker"]:
         sys.exit(worker_main())
-    print("usage: python -m prism_lab.eval.vlmeval_backend --worker", file=sys.stderr)
+    print("usage: python -m prism_lab.eval.vlmeval.backend --worker", file=sys.stderr)
     sys.exit(2)

@@ -142,13 +142,13 @@ def install_hook() -> None:
 def write_pth(site_dir: str | Path | None = None) -> Path:
     """Write ``prism_lab_tv_shim.pth`` into ``site_dir`` (default: this interpreter's purelib), so every
     Python process of the environment (``python -m vlmeval``, transformers' Qwen3-VL imports, pytest)
-    gets the conditional shim. ``python -m prism_lab.eval.tv_shim --install-pth`` does this."""
+    gets the conditional shim. ``python -m prism_lab.eval.vlmeval.tv_shim --install-pth`` does this."""
     import sysconfig
 
     d = Path(site_dir) if site_dir is not None else Path(sysconfig.get_paths()["purelib"])
     p = d / PTH_NAME
     p.write_text(
-        "import importlib.util as _u; _s = _u.find_spec('prism_lab') and __import__('prism_lab.eval.tv_shim', "
+        "import importlib.util as _u; _s = _u.find_spec('prism_lab') and __import__('prism_lab.eval.vlmeval.tv_shim', "
         "fromlist=['install_hook']); _s and _s.install_hook()\n",
         encoding="utf-8",
     )
@@ -189,5 +189,5 @@ if __name__ == "__main__":  # pragma: no cover - command line
         apply()
         print(shim_state())
     else:
-        print("usage: python -m prism_lab.eval.tv_shim --install-pth | --check", file=sys.stderr)
+        print("usage: python -m prism_lab.eval.vlmeval.tv_shim --install-pth | --check", file=sys.stderr)
         sys.exit(2)

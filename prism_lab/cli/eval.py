@@ -41,13 +41,13 @@ def eval_command(
     seed: Annotated[int, typer.Option(help="Sampling seed.")] = 0,
 ) -> None:
     """Evaluate one checkpoint on benchmarks; writes the same ledger record as the `eval` stage."""
-    from prism_lab.cli import resolve_root
+    from prism_lab.cli.options import resolve_root
     from prism_lab.config.eval import EvalConfig
     from prism_lab.eval.run import checkpoint_fingerprint
-    from prism_lab.ledger import Ledger
-    from prism_lab.plan import content_key
-    from prism_lab.stages.registry import STAGE_KINDS
-    from prism_lab.stages.run import execute
+    from prism_lab.harness.ledger import Ledger
+    from prism_lab.harness.plan import content_key
+    from prism_lab.harness.stage_kinds import STAGE_KINDS
+    from prism_lab.harness.run_stage import execute
 
     from prism_lab.eval.backends import EVAL_BACKENDS
 

@@ -11,8 +11,8 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from prism_lab.ledger import Ledger
-from prism_lab.tracking import Tracker
+from prism_lab.harness.ledger import Ledger
+from prism_lab.harness.tracking import Tracker
 
 
 @dataclass(frozen=True)

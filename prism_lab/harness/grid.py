@@ -14,7 +14,7 @@ from pydantic import Field, ValidationError, field_validator
 
 from prism_lab.config.base import StrictModel
 from prism_lab.errors import ConfigError
-from prism_lab.yamlio import LineMap, dotted, load_yaml, locate
+from prism_lab.harness.yamlio import LineMap, dotted, load_yaml, locate
 
 #: The axes every PRISM grid has; any other axis is a dotted config path such as `align.caption_weight`.
 CORE_AXES = ("size", "algorithm", "alignment", "seed")
@@ -87,7 +87,7 @@ def _deep_merge(base: Any, over: Any) -> Any:
     return copy.deepcopy(over)
 
 
-def _load_raw(path: Path, stack: tuple[Path, ...]) -> tuple[dict, LineMap]:
+def load_raw(path: Path, stack: tuple[Path, ...]) -> tuple[dict, LineMap]:
     data, lines = load_yaml(path)
     if not isinstance(data, dict):
         raise ConfigError(f"{path}:1: (top level): expected a mapping of grid fields, got {type(data).__name__}")
@@ -103,13 +103,13 @@ def _load_raw(path: Path, stack: tuple[Path, ...]) -> tuple[dict, LineMap]:
         raise ConfigError(f"{where}: extends: cyclic inheritance ({chain})")
     if not parent.is_file():
         raise ConfigError(f"{where}: extends: file not found: {parent}")
-    base, base_lines = _load_raw(parent, (*stack, path.resolve()))
+    base, base_lines = load_raw(parent, (*stack, path.resolve()))
     merged_lines = dict(base_lines)
     merged_lines.update(lines)
     return _deep_merge(base, data), merged_lines
 
 
-def _validation_error(exc: ValidationError, lines: LineMap, fname: str, prefix: tuple = ()) -> ConfigError:
+def validation_error(exc: ValidationError, lines: LineMap, fname: str, prefix: tuple = ()) -> ConfigError:
     errors = exc.errors()
     first = errors[0]
     loc = prefix + tuple(p for p in first["loc"] if p != "__root__")
@@ -125,31 +125,7 @@ def _validation_error(exc: ValidationError, lines: LineMap, fname: str, prefix: 
     return ConfigError(f"{locate(lines, loc, fname)}: {dotted(loc)}: {msg}{more}")
 
 
-def load_grid(path: str | Path) -> Grid:
-    """Load, inherit, validate. Pipeline-specific checks (axes, presets, stages) run here too."""
-    from prism_lab.pipeline import get_pipeline
-    from prism_lab.plugins import load_plugins
-
-    load_plugins()
-    path = Path(path)
-    raw, lines = _load_raw(path, ())
-    try:
-        spec = GridSpec.model_validate(raw)
-    except ValidationError as exc:
-        raise _validation_error(exc, lines, str(path)) from None
-    if not spec.name:
-        spec.name = path.stem
-    grid = Grid(spec=spec, path=path, lines=lines)
-    _check_axes(grid)
-    try:
-        pipeline = get_pipeline(spec.pipeline)
-    except KeyError as exc:
-        raise grid.error(("pipeline",), str(exc.args[0])) from None
-    pipeline.validate(grid)
-    return grid
-
-
-def _check_axes(grid: Grid) -> None:
+def check_axes(grid: Grid) -> None:
     if not grid.spec.axes:
         raise grid.error(("axes",), "expected at least one axis")
     for name, values in grid.spec.axes.items():
@@ -167,4 +143,4 @@ def validate_config(grid: Grid, model: type, raw: dict, path: tuple) -> Any:
     try:
         return model.model_validate(raw)
     except ValidationError as exc:
-        raise _validation_error(exc, grid.lines, str(grid.path), path) from None
+        raise validation_error(exc, grid.lines, str(grid.path), path) from None

@@ -1,7 +1,7 @@
 """Benchmarks as VLMEvalKit datasets: our synthetic TSVs, and the paper's official benchmark files.
 
 Importing this module does not import VLMEvalKit; :func:`dataset_classes` and :func:`register_datasets`
-do (through :func:`prism_lab.eval.tv_shim.import_vlmeval`).
+do (through :func:`prism_lab.eval.vlmeval.tv_shim.import_vlmeval`).
 
 Synthetic benchmarks (``source: synth``) get three dataset classes, one per kind, all reading
 ``$LMUData/<name>.tsv`` (no md5, no download):
@@ -11,7 +11,7 @@ Synthetic benchmarks (``source: synth``) get three dataset classes, one per kind
 - ``build_prompt`` gives exactly the built-in backend's user text (question, ``A. ...`` option lines and
   "Answer with the letter." for rows with options; "Answer Yes or No." for Yes/No rows), so both
   backends ask the model the same thing;
-- ``evaluate`` scores every row with the PRISM rule judge (:func:`prism_lab.eval.vlmeval_judge.rule_correct`)
+- ``evaluate`` scores every row with the PRISM rule judge (:func:`prism_lab.eval.vlmeval.judge.rule_correct`)
   and writes ``<pred>_prism_result.tsv`` (per-row ``hit``) and ``<pred>_acc.csv``; the Yes/No class
   also reports VLMEvalKit's own HallusionBench metrics (aAcc / fAcc / qAcc) when the indices follow
   HallusionBench's ``<cat>_<subcat>_<n>_<set>_<figure>_<question>`` layout, plus VLMEvalKit's own
@@ -108,7 +108,7 @@ def missing_file_message(spec: Any, path: str | Path | None = None) -> str:
     msg = (f"benchmark {spec.name!r}: TSV file {spec.file} not found; it must be at {path} "
            f"(VLMEvalKit's data root: $LMUData={os.environ.get('LMUData', '(unset)')}, default ~/LMUData). ")
     if getattr(spec, "source", None) == "synth":
-        return msg + "Generate it with the data stage (prism_lab.data.synth.generate writes bench/<name>.tsv)."
+        return msg + "Generate it with the data stage (prism_lab.data.synth.generate.generate writes bench/<name>.tsv)."
     if off is not None:
         msg += (f"Get the official VLMEvalKit file {off.name}.tsv from {off.url} on a machine with internet "
                 f"access (e.g. `wget -O {off.name}.tsv {off.url}`, or run VLMEvalKit once there) and copy it to "
@@ -160,7 +160,7 @@ def _line_options(line: Mapping[str, Any]) -> dict[str, str]:
 
 def synth_prompt_text(line: Mapping[str, Any], *, kind: str, yesno_instruction: bool = True) -> str:
     """The built-in backend's user text for one TSV row (``BenchItem.prompt`` + the Yes/No ask)."""
-    from prism_lab.data.questions import format_mcq
+    from prism_lab.data.synth.questions import format_mcq
     from prism_lab.eval.builtin import YESNO_INSTRUCTION
 
     hint = line.get("hint")
@@ -178,7 +178,7 @@ def dataset_classes() -> dict[str, type]:
     global _CLASSES
     if _CLASSES is not None:
         return _CLASSES
-    from prism_lab.eval.tv_shim import import_vlmeval
+    from prism_lab.eval.vlmeval.tv_shim import import_vlmeval
 
     import_vlmeval()
     import numpy as np
@@ -188,7 +188,7 @@ def dataset_classes() -> dict[str, type]:
     from vlmeval.dataset.image_yorn import ImageYORNDataset
     from vlmeval.smp import dump, get_intermediate_file_path, load, toliststr
 
-    from prism_lab.eval.vlmeval_judge import answer_of, rule_correct
+    from prism_lab.eval.vlmeval.judge import answer_of, rule_correct
 
     class _PrismSynthMixin:
         """Shared by the synthetic dataset classes (set ``prism_kind`` per class)."""
@@ -292,7 +292,7 @@ def dataset_classes() -> dict[str, type]:
 def official_class(vlmeval_name: str) -> type:
     """The VLMEvalKit dataset class of an official name (the first class that lists it, as
     ``build_dataset`` does). Unknown names raise DataError."""
-    from prism_lab.eval.tv_shim import import_vlmeval
+    from prism_lab.eval.vlmeval.tv_shim import import_vlmeval
 
     import_vlmeval()
     from vlmeval.dataset import DATASET_CLASSES

@@ -1,26 +1,18 @@
 """`prism-lab tune SPACE`: an Optuna study whose trials are harness cells.
 
-Registered in prism_lab/cli.py as the `tune` command; also runnable on its own:
-``python -m prism_lab.tune_cli sweeps/disc.yaml --trials 20``.
+Registered in prism_lab/cli/__init__.py as the `tune` command.
 """
 
 from __future__ import annotations
 
 import os
 import sys
-from enum import Enum
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 
-from prism_lab.errors import PrismError
-
-
-class _WandbMode(str, Enum):
-    offline = "offline"
-    online = "online"
-    disabled = "disabled"
+from prism_lab.cli.options import WandbMode
 
 
 def tune(
@@ -63,7 +55,7 @@ def tune(
         "--heartbeat-interval", min=0.1, help="Seconds between a running trial's heartbeats.")] = 30.0,
     stage_workers: Annotated[int, typer.Option(
         "--stage-workers", min=1, help="Stage runs executed in parallel inside one trial.")] = 1,
-    wandb: Annotated[_WandbMode, typer.Option("--wandb", help="W&B mode of every stage run.")] = _WandbMode.offline,
+    wandb: Annotated[WandbMode, typer.Option("--wandb", help="W&B mode of every stage run.")] = WandbMode.offline,
 ) -> None:
     """Tune a grid cell with Optuna (ask-and-tell): every trial is a one-cell sweep run through the planner, the ledger and the executor, so runs shared between trials are computed once.
 
@@ -90,17 +82,3 @@ def tune(
     if "best" in result.outputs:
         print(f"next: prism-lab sweep run {result.outputs['best']}", file=sys.stderr)
 
-
-app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
-app.command()(tune)
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Stand-alone entry point with the CLI's error convention: one line on stderr, exit code 2."""
-    from prism_lab.cli_errors import run_app
-
-    return run_app(app, argv)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -14,13 +14,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from prism_lab.registry import Registry
-
-
-def import_ref(ref: str) -> Any:
-    """Import ``package.module:attr``."""
-    module, _, attr = ref.partition(":")
-    return getattr(importlib.import_module(module), attr)
+from prism_lab.registry import Registry, import_ref
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from prism_lab.data.scenes import PALETTE, SHAPES, Scene, plural
+from prism_lab.data.synth.scenes import PALETTE, SHAPES, Scene, plural
 from prism_lab.prompts import format_response
 
 FAMILIES: tuple[str, ...] = ("count", "presence", "mcq_count", "mcq_most", "mcq_colour", "mcq_shape", "arith")

@@ -37,7 +37,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from prism_lab.data.bench_tsv import write_benchmark_tsv
 from prism_lab.data.images import encode_png, png_to_base64
-from prism_lab.data.questions import (
+from prism_lab.data.synth.questions import (
     FAMILIES,
     Item,
     make_item,
@@ -47,7 +47,7 @@ from prism_lab.data.questions import (
     teacher_response,
 )
 from prism_lab.data.rl_parquet import write_rl_parquet
-from prism_lab.data.scenes import PALETTE, SHAPES, Scene, capacity, draw, place_object, random_scene
+from prism_lab.data.synth.scenes import PALETTE, SHAPES, Scene, capacity, draw, place_object, random_scene
 from prism_lab.data.sft_json import write_sft_json
 from prism_lab.data.warmup_jsonl import write_warmup_jsonl
 from prism_lab.errors import ConfigError
@@ -559,7 +559,7 @@ def generate(
             fp.update(f"{rel}:{info['sha256']}\n".encode())
         fp.update(img_hash.hexdigest().encode())
         manifest = {
-            "generator": "prism_lab.data.synth",
+            "generator": "prism_lab.data.synth.generate",
             "generator_version": GENERATOR_VERSION,
             "config": cfg.model_dump(mode="json"),
             "files": files,
@@ -608,7 +608,7 @@ def corpus_texts(data_dir: str | Path) -> Iterator[str]:
     import pandas as pd
     import pyarrow.parquet as pq
 
-    from prism_lab.data.questions import format_mcq
+    from prism_lab.data.synth.questions import format_mcq
 
     d = Path(data_dir)
     seen_system = {SYSTEM_PROMPT}

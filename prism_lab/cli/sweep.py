@@ -1,0 +1,170 @@
+"""`prism-lab sweep plan|run|status`: expand a grid, run what is pending, show where it stands."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.table import Table
+
+from prism_lab.cli.options import Format, FormatOpt, GridArg, RootOpt, WandbMode, err, out, resolve_root
+from prism_lab.errors import PrismError
+
+sweep_app = typer.Typer(help="Plan, run and inspect grids (experiments/*.yaml).", no_args_is_help=True)
+
+
+def _load_plan(grid_path: Path):
+    from prism_lab.harness.planning import build_plan, load_grid
+
+    return build_plan(load_grid(grid_path))
+
+
+def _run_records(plan, root: Path, *, with_metrics: bool) -> list[dict]:
+    from prism_lab.harness.ledger import Ledger
+
+    ledger = Ledger.open_existing(root)
+    rows = ledger.get_runs(plan.runs) if ledger else {}
+    records = []
+    for key, run in plan.runs.items():
+        row = rows.get(key)
+        rec = {
+            "key": key, "kind": run.kind, "label": run.label, "inputs": run.inputs, "cells": run.cells,
+            "status": row.status if row else "new", "config": run.config,
+        }
+        if with_metrics:
+            rec.update({
+                "attempts": row.attempts if row else 0,
+                "artifact_path": row.artifact_path if row else None,
+                "log_path": row.log_path if row else None,
+                "error": row.error if row else None,
+                "started_at": row.started_at if row else None,
+                "finished_at": row.finished_at if row else None,
+                "metrics": ledger.last_metrics(key) if ledger and row else {},
+            })
+        records.append(rec)
+    if ledger:
+        ledger.close()
+    return records
+
+
+_STATUS_STYLE = {"done": "green", "running": "yellow", "failed": "red", "blocked": "magenta", "pending": "white",
+                 "new": "dim"}
+
+
+_HEADLINE = ("eval/avg/accuracy", "eval/avg/format_rate", "loss", "reward/mean", "acc/mean", "format/mean",
+             "warmup/heldout_acc", "d_acc", "gap/caption", "gap/cot", "format_rate")
+
+
+def _headline(metrics: dict[str, float], n: int = 4) -> list[tuple[str, float]]:
+    """The most telling metrics of a run first (accuracy, loss, reward), then the rest by name."""
+    ranked = sorted(metrics.items(), key=lambda kv: (_HEADLINE.index(kv[0]) if kv[0] in _HEADLINE else 99, kv[0]))
+    return ranked[:n]
+
+
+def _print_table(plan, records: list[dict], *, title: str, with_metrics: bool) -> None:
+    table = Table(title=title, show_lines=False)
+    table.add_column("kind")
+    table.add_column("run")
+    table.add_column("key")
+    table.add_column("cells", justify="right")
+    table.add_column("status")
+    if with_metrics:
+        table.add_column("time", justify="right")
+        table.add_column("summary")
+    for rec in records:
+        style = _STATUS_STYLE.get(rec["status"], "white")
+        row = [rec["kind"], rec["label"], rec["key"][:12], str(len(rec["cells"])), f"[{style}]{rec['status']}[/{style}]"]
+        if with_metrics:
+            dur = ""
+            if rec.get("started_at") and rec.get("finished_at"):
+                dur = f"{rec['finished_at'] - rec['started_at']:.0f}s"
+            summary = rec.get("error") or ", ".join(
+                f"{k}={v:.3g}" for k, v in _headline(rec["metrics"]) if v is not None)
+            row += [dur, summary[:80]]
+        table.add_row(*row)
+    out.print(table)
+    counts: dict[str, int] = {}
+    for rec in records:
+        counts[rec["kind"]] = counts.get(rec["kind"], 0) + 1
+    out.print(f"{len(plan.cells)} cells, {len(records)} stage runs: "
+              + ", ".join(f"{n} {k}" for k, n in counts.items()))
+
+
+@sweep_app.command("plan")
+def sweep_plan(grid: GridArg, format: FormatOpt = Format.table, root: RootOpt = None) -> None:
+    """Expand a grid into cells and deduplicated stage runs (nothing is run or written)."""
+    plan = _load_plan(grid)
+    records = _run_records(plan, resolve_root(root), with_metrics=False)
+    if format is Format.json:
+        print(json.dumps([{k: r[k] for k in ("key", "kind", "label", "inputs", "cells", "status")} for r in records],
+                         indent=2))
+        return
+    _print_table(plan, records, title=f"plan of {plan.grid.name} ({grid})", with_metrics=False)
+
+
+@sweep_app.command("run")
+def sweep_run(
+    grid: GridArg,
+    workers: Annotated[int, typer.Option("--workers", "-w", min=1, help="Stage runs to execute in parallel.")] = 1,
+    root: RootOpt = None,
+    stages: Annotated[Optional[str], typer.Option(
+        "--stages", help="Only these stage kinds (comma-separated, e.g. sft,eval); a run is included when its "
+        "upstream runs are too.")] = None,
+    retry_failed: Annotated[bool, typer.Option("--retry-failed/--no-retry-failed",
+                                               help="Run failed runs again (default) or leave them failed.")] = True,
+    wandb: Annotated[WandbMode, typer.Option("--wandb", help="W&B mode for every stage run.")] = WandbMode.offline,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the commands that would run, run nothing.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress display.")] = False,
+) -> None:
+    """Run every pending stage run of a grid in dependency order; re-running resumes where it stopped."""
+    from prism_lab.harness.executors.local import LocalExecutor, select_runs
+
+    plan = _load_plan(grid)
+    root_dir = resolve_root(root).resolve()
+    kinds = {s.strip() for s in stages.split(",")} if stages else None
+    if kinds:
+        from prism_lab.harness.stage_kinds import STAGE_KINDS
+
+        for k in kinds:
+            if k not in STAGE_KINDS:
+                raise PrismError(f"--stages: unknown stage kind {k!r}; known: {', '.join(STAGE_KINDS.names())}")
+    if dry_run:
+        for key in select_runs(plan, kinds):
+            run = plan.runs[key]
+            print(f"{sys.executable} -m prism_lab.harness.run_stage --root {root_dir} {key}   # {run.label}")
+        return
+    os.environ["PRISM_LAB_WANDB"] = wandb.value
+    t0 = time.time()
+    summary = LocalExecutor(root_dir, workers=workers, retry_failed=retry_failed, show_progress=not quiet).run(
+        plan, kinds=kinds)
+    elapsed = time.time() - t0
+    err.print(
+        f"sweep {plan.grid.name}: {len(summary.done)} run(s) finished, {len(summary.skipped)} already done, "
+        f"{len(summary.failed)} failed, {len(summary.blocked)} blocked"
+        + (f", {len(summary.restarted)} restarted after a crash" if summary.restarted else "")
+        + f" in {elapsed:.0f}s"
+    )
+    if summary.unavailable:
+        missing = sorted({plan.runs[k].kind for k in summary.unavailable})
+        err.print(f"not run: stage kind(s) {', '.join(missing)} are not available in this build "
+                  f"({len(summary.unavailable)} run(s) and their dependents wait for them)")
+    err.print(f"ledger: {root_dir / 'ledger.sqlite'}   artifacts: {root_dir / 'runs'}")
+    err.print(f"next: prism-lab sweep status {grid} --root {root_dir}   |   prism-lab report {grid} --root {root_dir}")
+    if not summary.ok:
+        raise typer.Exit(1)
+
+
+@sweep_app.command("status")
+def sweep_status(grid: GridArg, format: FormatOpt = Format.table, root: RootOpt = None) -> None:
+    """Status of every stage run of a grid, with the latest metrics of each."""
+    plan = _load_plan(grid)
+    records = _run_records(plan, resolve_root(root), with_metrics=True)
+    if format is Format.json:
+        print(json.dumps([{k: v for k, v in r.items() if k != "config"} for r in records], indent=2, default=str))
+        return
+    _print_table(plan, records, title=f"status of {plan.grid.name} ({resolve_root(root)})", with_metrics=True)

@@ -1,0 +1,47 @@
+"""Load a grid file and plan it: the two entry points every command uses.
+
+``load_grid`` parses and inherits the YAML (grid.py), validates the spec, then lets the grid's pipeline
+check what it needs (axes, presets, stage configs). ``build_plan`` expands the cells and asks the
+pipeline for each cell's chain of stage runs (plan.py). Nothing here imports torch.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import ValidationError
+
+from prism_lab.harness.grid import Grid, GridSpec, check_axes, load_raw, validation_error
+from prism_lab.harness.pipeline import get_pipeline
+from prism_lab.harness.plan import Plan, PlanBuilder, expand_cells
+from prism_lab.harness.plugins import load_plugins
+
+
+def load_grid(path: str | Path) -> Grid:
+    """Load, inherit, validate. Pipeline-specific checks (axes, presets, stages) run here too."""
+    load_plugins()
+    path = Path(path)
+    raw, lines = load_raw(path, ())
+    try:
+        spec = GridSpec.model_validate(raw)
+    except ValidationError as exc:
+        raise validation_error(exc, lines, str(path)) from None
+    if not spec.name:
+        spec.name = path.stem
+    grid = Grid(spec=spec, path=path, lines=lines)
+    check_axes(grid)
+    try:
+        pipeline = get_pipeline(spec.pipeline)
+    except KeyError as exc:
+        raise grid.error(("pipeline",), str(exc.args[0])) from None
+    pipeline.validate(grid)
+    return grid
+
+
+def build_plan(grid: Grid) -> Plan:
+    pipeline = get_pipeline(grid.spec.pipeline)
+    builder = PlanBuilder(grid)
+    cells = expand_cells(grid)
+    for cell in cells:
+        pipeline.expand(grid, cell, builder)
+    return Plan(grid=grid, cells=cells, runs=builder.runs)
