@@ -14,7 +14,8 @@ import torch
 from prism_lab.config.align import AlignConfig, DiscriminatorConfig
 from prism_lab.data.catalog import DataCatalog, synth_catalog
 from prism_lab.data.rl_parquet import read_rl_parquet
-from prism_lab.data.synth.generate import SynthConfig, generate
+from prism_lab.data.synth.config import SynthConfig
+from prism_lab.data.synth.generate import generate
 from prism_lab.errors import CheckpointError, DataError
 from prism_lab.models import build_tiny_policy, build_tokenizer, load_policy, save_policy
 from prism_lab.models.discriminator import build_discriminator, load_discriminator, save_discriminator

@@ -15,7 +15,8 @@ from prism_lab.data.bench_tsv import read_benchmark_tsv, write_benchmark_tsv
 from prism_lab.data.images import encode_png, load_image
 from prism_lab.data.rl_parquet import RL_SCHEMA, read_rl_parquet
 from prism_lab.data.sft_json import read_sft_json
-from prism_lab.data.synth.generate import SynthConfig, generate
+from prism_lab.data.synth.config import SynthConfig
+from prism_lab.data.synth.generate import generate
 from prism_lab.data.warmup_jsonl import read_warmup_jsonl
 from prism_lab.errors import DataError
 from prism_lab.prompts import FORMAT_RE

@@ -13,7 +13,8 @@ import pytest
 from prism_lab.data.images import encode_png
 from prism_lab.data.synth.questions import derive_answer, teacher_caption
 from prism_lab.data.synth.scenes import Scene, draw
-from prism_lab.data.synth.generate import SynthConfig, corpus_texts, generate, load_manifest
+from prism_lab.data.synth.config import SynthConfig
+from prism_lab.data.synth.generate import corpus_texts, generate, load_manifest
 from prism_lab.errors import ConfigError
 from prism_lab.prompts import FORMAT_RE, SPLIT_RE, SYSTEM_PROMPT, extract_answer
 

@@ -10,7 +10,8 @@ import torch
 
 from prism_lab.config.align import DiscriminatorConfig, DiscWarmupConfig
 from prism_lab.data.catalog import DataCatalog, synth_catalog
-from prism_lab.data.synth.generate import SynthConfig, generate
+from prism_lab.data.synth.config import SynthConfig
+from prism_lab.data.synth.generate import generate
 from prism_lab.data.warmup_jsonl import read_warmup_jsonl
 from prism_lab.models import build_tiny_policy, build_tokenizer, save_policy
 from prism_lab.models.discriminator import build_discriminator, load_discriminator

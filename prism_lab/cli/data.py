@@ -21,7 +21,8 @@ def synth(
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing directory.")] = False,
 ) -> None:
     """Write the SFT mixtures, the RL parquet, the warmup pairs and the held-out benchmark TSVs."""
-    from prism_lab.data.synth.generate import SynthConfig, format_validation_error, generate
+    from prism_lab.data.synth.config import SynthConfig, format_validation_error
+    from prism_lab.data.synth.generate import generate
     from prism_lab.harness.yamlio import load_yaml
 
     fields: dict = {}

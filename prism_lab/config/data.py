@@ -32,7 +32,7 @@ class DataConfig(StrictModel):
     )
     synth: dict[str, Any] = Field(
         default_factory=dict,
-        description="Options of the synthetic generator (prism_lab.data.synth.generate.SynthConfig).",
+        description="Options of the synthetic generator (prism_lab.data.synth.config.SynthConfig; the pipeline validates them at plan time).",
     )
     local: LocalDataFiles | None = Field(None, description="Local files, when source is `local`.")
 
@@ -40,10 +40,4 @@ class DataConfig(StrictModel):
     def _check_source(self) -> "DataConfig":
         if self.source == "local" and self.local is None:
             raise ValueError("source 'local' needs a `local:` section with the dataset paths")
-        if self.source == "synth":
-            try:
-                from prism_lab.data.synth.generate import SynthConfig
-            except ImportError:  # generator not installed in this build
-                return self
-            SynthConfig.model_validate(self.synth)
         return self

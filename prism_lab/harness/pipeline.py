@@ -89,7 +89,11 @@ class PrismPipeline:
         for kind in spec.seed_scope:
             if kind not in STAGE_KINDS:
                 raise grid.error(("seed_scope",), f"unknown stage kind {kind!r}")
-        validate_config(grid, STAGE_KINDS.get("data").config_model(), spec.data, ("data",))
+        data = validate_config(grid, STAGE_KINDS.get("data").config_model(), spec.data, ("data",))
+        if data.source == "synth":
+            from prism_lab.data.synth.config import SynthConfig
+
+            validate_config(grid, SynthConfig, data.synth, ("data", "synth"))
         for kind in used:
             if kind != "data":
                 validate_config(grid, STAGE_KINDS.get(kind).config_model(), spec.stages[kind], ("stages", kind))

@@ -14,9 +14,12 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from prism_lab.errors import CheckpointError, DataError
-from prism_lab.harness.context import StageContext
+
+if TYPE_CHECKING:  # the harness hands every runner its context; stages never import the harness
+    from prism_lab.harness.context import StageContext
 
 MODEL_SUBDIR = "model"
 DISC_SUBDIR = "discriminator"

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from prism_lab.config.data import DataConfig
 from prism_lab.data.catalog import DataCatalog, synth_catalog
 from prism_lab.errors import DataError
-from prism_lab.harness.context import StageContext
+
+if TYPE_CHECKING:  # the harness hands every runner its context; stages never import the harness
+    from prism_lab.harness.context import StageContext
 
 
 def _local_catalog(cfg: DataConfig) -> DataCatalog:
@@ -33,7 +36,8 @@ def _local_catalog(cfg: DataConfig) -> DataCatalog:
 def run(ctx: StageContext) -> dict:
     cfg: DataConfig = ctx.config  # type: ignore[assignment]
     if cfg.source == "synth":
-        from prism_lab.data.synth.generate import SFT_CAPTION, SynthConfig, generate
+        from prism_lab.data.synth.config import SynthConfig
+        from prism_lab.data.synth.generate import SFT_CAPTION, generate
 
         target = ctx.out_dir / "data"
         manifest = generate(SynthConfig.model_validate(cfg.synth), target, progress=True, overwrite=True)

@@ -20,10 +20,12 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from prism_lab.errors import CheckpointError, DataError
-from prism_lab.harness.context import StageContext
+
+if TYPE_CHECKING:  # the harness hands every runner its context; stages never import the harness
+    from prism_lab.harness.context import StageContext
 
 DISC_SUBDIR = "discriminator"
 

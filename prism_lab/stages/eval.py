@@ -12,10 +12,13 @@ from __future__ import annotations
 import math
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from prism_lab.config.eval import EvalConfig
 from prism_lab.errors import CheckpointError
-from prism_lab.harness.context import StageContext
+
+if TYPE_CHECKING:  # the harness hands every runner its context; stages never import the harness
+    from prism_lab.harness.context import StageContext
 
 CACHE_SUBDIR = Path("cache") / "predictions"
 

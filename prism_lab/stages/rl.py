@@ -8,6 +8,8 @@ is removed once the final policy is saved.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 
 from prism_lab.config.algorithms import resolve_algorithm
@@ -16,9 +18,11 @@ from prism_lab.data.catalog import DataCatalog
 from prism_lab.data.rl_parquet import read_rl_parquet
 from prism_lab.errors import DataError
 from prism_lab.models import load_policy, pick_device, save_policy
-from prism_lab.harness.context import StageContext
 from prism_lab.trainers.common import remove_resume_state, set_seed, setup_threads
 from prism_lab.trainers.rl import RESUME_DIR, train_rl
+
+if TYPE_CHECKING:  # the harness hands every runner its context; stages never import the harness
+    from prism_lab.harness.context import StageContext
 
 
 def run(ctx: StageContext) -> dict:

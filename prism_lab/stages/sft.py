@@ -16,6 +16,7 @@ import logging
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -24,7 +25,9 @@ from prism_lab.data.catalog import DataCatalog
 from prism_lab.data.sft_json import SFTExample, read_sft_json
 from prism_lab.errors import ConfigError, DataError
 from prism_lab.prompts import SYSTEM_PROMPT
-from prism_lab.harness.context import StageContext
+
+if TYPE_CHECKING:  # the harness hands every runner its context; stages never import the harness
+    from prism_lab.harness.context import StageContext
 
 log = logging.getLogger(__name__)
 
@@ -83,7 +86,12 @@ def load_examples(catalog: DataCatalog, datasets: list[str]) -> list[SFTExample]
 
 def build_policy(cfg: SFTConfig, catalog: DataCatalog):
     """(model, processor, info): a fresh tiny policy with a locally trained tokenizer, or a checkpoint."""
-    from prism_lab.models import build_tiny_policy, build_tokenizer, load_policy, resolve_model_ref
+    from prism_lab.models import (
+        build_tiny_policy,
+        build_tokenizer,
+        load_policy,
+        resolve_model_ref,
+    )
 
     if not cfg.model:
         raise ConfigError("sft.model is empty: set a preset name (e.g. tiny-s), a checkpoint directory or a hub id")

@@ -10,8 +10,11 @@ from __future__ import annotations
 import random
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from PIL import Image, ImageDraw
+if TYPE_CHECKING:
+    from PIL import Image
+
 
 #: Every colour the generator can draw, name -> RGB. Order matters: captions list colours in this order.
 PALETTE: dict[str, tuple[int, int, int]] = {
@@ -152,6 +155,8 @@ def capacity(size: int, max_obj: int, gap: int = 2) -> int:
 
 def draw(scene: Scene) -> Image.Image:
     """Render a scene as an RGB image (white background, filled shapes, no anti-aliasing)."""
+    from PIL import Image, ImageDraw  # here, not at import: planning validates synth options without PIL
+
     img = Image.new("RGB", (scene.size, scene.size), (255, 255, 255))
     d = ImageDraw.Draw(img)
     for o in scene.objects:
