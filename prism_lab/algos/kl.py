@@ -35,24 +35,31 @@ def _check(logp: Tensor, ref_logp: Tensor) -> None:
         raise ValueError(f"logp shape {tuple(logp.shape)} != ref_logp shape {tuple(ref_logp.shape)}")
 
 
+@KL_ESTIMATORS.register("k1")
+@KL_ESTIMATORS.register("kl")
 def kl_k1(logp: Tensor, ref_logp: Tensor) -> Tensor:
     """k1: ``logp - ref_logp`` (unbiased, high variance, can be negative)."""
     _check(logp, ref_logp)
     return logp - ref_logp
 
 
+@KL_ESTIMATORS.register("abs")
 def kl_abs(logp: Tensor, ref_logp: Tensor) -> Tensor:
     """``|logp - ref_logp|``."""
     _check(logp, ref_logp)
     return (logp - ref_logp).abs()
 
 
+@KL_ESTIMATORS.register("k2")
+@KL_ESTIMATORS.register("mse")
 def kl_k2(logp: Tensor, ref_logp: Tensor) -> Tensor:
     """k2: ``0.5 * (logp - ref_logp)**2``; its gradient w.r.t. logp is ``logp - ref_logp``."""
     _check(logp, ref_logp)
     return 0.5 * (logp - ref_logp).square()
 
 
+@KL_ESTIMATORS.register("k3")
+@KL_ESTIMATORS.register("low_var_kl")
 def kl_k3(logp: Tensor, ref_logp: Tensor) -> Tensor:
     """k3 (low-variance KL): ``u = clamp(ref - logp, -20, 20)``; ``clamp(exp(u) - u - 1, -10, 10)``."""
     _check(logp, ref_logp)
@@ -60,22 +67,13 @@ def kl_k3(logp: Tensor, ref_logp: Tensor) -> Tensor:
     return torch.clamp(torch.exp(u) - u - 1.0, min=-10.0, max=10.0)
 
 
+@KL_ESTIMATORS.register("k3+")
+@KL_ESTIMATORS.register("low_var_kl+")
 def kl_k3_plus(logp: Tensor, ref_logp: Tensor) -> Tensor:
     """Straight-through k3: value of :func:`kl_k3`, gradient of :func:`kl_k2`: ``k2 - sg[k2] + sg[k3]``."""
     k2 = kl_k2(logp, ref_logp)
     k3 = kl_k3(logp, ref_logp)
     return k2 - k2.detach() + k3.detach()
-
-
-for _names, _fn in (
-    (("k1", "kl"), kl_k1),
-    (("abs",), kl_abs),
-    (("k2", "mse"), kl_k2),
-    (("k3", "low_var_kl"), kl_k3),
-    (("k3+", "low_var_kl+"), kl_k3_plus),
-):
-    for _n in _names:
-        KL_ESTIMATORS.add(_n, _fn)
 
 
 def kl_penalty(logp: Tensor, ref_logp: Tensor, kind: str = "low_var_kl") -> Tensor:

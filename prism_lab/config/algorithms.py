@@ -20,6 +20,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from prism_lab.config.base import registered_name
 from prism_lab.errors import ConfigError
 from prism_lab.registry import Registry
 
@@ -36,10 +37,11 @@ __all__ = [
     "resolve_algorithm",
 ]
 
-AdvEstimatorName = Literal["grpo", "dr_grpo"]
-PolicyLossName = Literal["vanilla", "gspo", "gspo_token"]
-AggModeName = Literal["token-mean", "seq-mean-token-sum", "seq-mean-token-mean", "seq-mean-token-sum-norm"]
-KLTypeName = Literal["k1", "kl", "abs", "k2", "mse", "k3", "low_var_kl", "k3+", "low_var_kl+"]
+# Each name type accepts what its registry in prism_lab/algos registers (read from the source, no torch).
+AdvEstimatorName = registered_name("prism_lab.algos.advantages", "ADV_ESTIMATORS", "advantage estimator")
+PolicyLossName = registered_name("prism_lab.algos.policy_loss", "POLICY_LOSSES", "policy loss")
+AggModeName = registered_name("prism_lab.algos.aggregation", "AGGREGATIONS", "loss aggregation")
+KLTypeName = registered_name("prism_lab.algos.kl", "KL_ESTIMATORS", "KL estimator")
 
 
 class OverlongBufferConfig(BaseModel):

@@ -10,7 +10,12 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-__all__ = ["AlignConfig", "DiscWarmupConfig", "DiscriminatorConfig"]
+from prism_lab.config.algorithms import AggModeName
+from prism_lab.config.base import registered_name
+
+__all__ = ["AdvantageModeName", "AlignConfig", "DiscWarmupConfig", "DiscriminatorConfig"]
+
+AdvantageModeName = registered_name("prism_lab.algos.multi_reward", "ADVANTAGE_MODES", "advantage mode")
 
 
 class _Strict(BaseModel):
@@ -133,13 +138,15 @@ class AlignConfig(_Strict):
     clip_ratio_low: float = Field(0.2, ge=0, description="PPO clip epsilon below 1.")
     clip_ratio_high: float = Field(0.2, ge=0, description="PPO clip epsilon above 1.")
     dual_clip: float = Field(3.0, gt=1, description="Dual-clip constant c for negative advantages.")
-    loss_agg_mode: Literal["token-mean", "seq-mean-token-sum", "seq-mean-token-mean"] = Field(
-        "token-mean", description="Actor loss aggregation."
+    loss_agg_mode: AggModeName = Field(
+        "token-mean", description="Actor loss aggregation (prism_lab.algos.aggregation.AGGREGATIONS)."
     )
     ppo_epochs: int = Field(1, ge=1, description="PPO epochs per batch (mini-batch = whole batch).")
     critic_epochs: int = Field(1, ge=1, description="Discriminator epochs per batch (one mini-batch = all rollouts).")
-    advantage_mode: Literal["align", "acc_gating", "gated_align", "rlvr", "rlvr_v2", "sign_align"] = Field(
-        "align", description="grpo_multi_reward mode; the paper's script uses 'align' (M1)."
+    advantage_mode: AdvantageModeName = Field(
+        "align",
+        description="grpo_multi_reward mode (prism_lab.algos.multi_reward.ADVANTAGE_MODES); the paper's "
+        "script uses 'align' (M1).",
     )
     caption_weight: float = Field(0.5, description="Weight of the normalised caption channel (README's alpha).")
     cot_weight: float = Field(0.5, description="Weight of the normalised cot channel.")
@@ -173,7 +180,6 @@ class AlignConfig(_Strict):
             "positions for all tokens, image tokens included); 'mrope' = proper Qwen3-VL M-RoPE ids."
         ),
     )
-    eval_every: int = Field(8, ge=0, description="Validate every this many steps (test_freq); 0 = never.")
     save_every: int = Field(500, ge=0, description="Checkpoint every this many steps; 0 = only at the end.")
     seed: int = Field(0, description="Rollout sampling and data-order seed.")
 

@@ -1,11 +1,43 @@
-"""Shared base for every typed config: unknown fields are errors, every field is documented."""
+"""Shared base for every typed config: unknown fields are errors, every field is documented; and
+``registered_name``, the type of a field whose value must be a name in one of the code's registries."""
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict
+from dataclasses import dataclass
+from typing import Annotated, Any
+
+from pydantic import AfterValidator, BaseModel, ConfigDict
+
+from prism_lab.registry import known_names
 
 
 class StrictModel(BaseModel):
     """A pydantic model that forbids unknown fields and validates assignments."""
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+@dataclass(frozen=True)
+class RegistryRef:
+    """A registry named by module and attribute, so a config can check names without importing it."""
+
+    module: str
+    registry: str
+    what: str
+    registrars: tuple[str, ...] = ()
+
+    def names(self) -> list[str]:
+        return known_names(self.module, self.registry, self.registrars)
+
+    def __call__(self, value: str) -> str:
+        names = self.names()
+        if value not in names:
+            raise ValueError(f"unknown {self.what} {value!r}; known: {', '.join(names)}")
+        return value
+
+
+def registered_name(module: str, registry: str, what: str, registrars: tuple[str, ...] = ()) -> Any:
+    """A ``str`` field type accepting exactly the names registered in ``module.registry`` (read from the
+    module's source: see :func:`prism_lab.registry.declared_names`); a new registered function is valid
+    in every config at once."""
+    return Annotated[str, AfterValidator(RegistryRef(module, registry, what, registrars))]

@@ -2,19 +2,21 @@
 
 from __future__ import annotations
 
-from typing import Literal
-
 from pydantic import Field
 
-from prism_lab.config.base import StrictModel
+from prism_lab.config.base import StrictModel, registered_name
+
+EvalBackendName = registered_name("prism_lab.eval.backends", "EVAL_BACKENDS", "eval backend", ("register_backend",))
 
 
 class EvalConfig(StrictModel):
     """Generation and scoring settings; predictions are cached per (checkpoint, benchmark, settings)."""
 
     benchmarks: list[str] = Field(default_factory=list, description="Benchmark names (benchmarks/*.yaml).")
-    backend: Literal["builtin", "vlmevalkit"] = Field(
-        "builtin", description="`builtin` scorer or VLMEvalKit's own inference and evaluate."
+    backend: EvalBackendName = Field(
+        "builtin",
+        description="`builtin` scorer or VLMEvalKit's own inference and evaluate "
+        "(prism_lab.eval.backends.EVAL_BACKENDS).",
     )
     batch_size: int = Field(16, ge=1, description="Generation batch size.")
     temperature: float | None = Field(
