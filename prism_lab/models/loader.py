@@ -14,6 +14,7 @@ from transformers import GenerationConfig, Qwen3VLConfig, Qwen3VLForConditionalG
 
 from prism_lab.errors import CheckpointError, ConfigError
 from prism_lab.models.attention import choose_attn_implementation, pick_dtype
+from prism_lab.models.portable import make_portable
 from prism_lab.models.presets import PRESETS, ModelPreset, resolve_model_ref
 from prism_lab.models.processor import TinyQwen3VLProcessor, build_processor, load_processor
 from prism_lab.models.tokenizer import special_token_ids
@@ -131,11 +132,13 @@ def _scale_vision_position_init(model, std: float = 0.02) -> None:
 
 def save_policy(model, processor, out_dir: str | Path) -> Path:
     """Write an HF checkpoint directory: model.safetensors, config.json, generation_config.json,
-    processor_config.json, tokenizer files and chat_template.jinja."""
+    processor_config.json, tokenizer files, chat_template.jinja and video_preprocessor_config.json,
+    portable: plain ``AutoProcessor`` / ``AutoModelForImageTextToText`` load it (models/portable.py)."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(str(out))
     processor.save_pretrained(str(out))
+    make_portable(out, processor.tokenizer, model.config)
     return out
 
 

@@ -5,8 +5,10 @@ attribute is checked against a dummy class). ``TinyQwen3VLProcessor`` drops that
 ``ProcessorMixin`` reads the sub-processor list from the ``__init__`` signature. Images go through
 the pure-PIL ``Qwen2VLImageProcessorPil``.
 
-Saved processors record ``processor_class: TinyQwen3VLProcessor``; importing this module registers
-the class with ``AutoProcessor`` so ``AutoProcessor.from_pretrained(dir)`` returns it.
+Checkpoints saved by ``save_policy`` name a public processor class instead (``models/portable.py``),
+so plain transformers loads them; ``load_processor`` rebuilds this class from their files. Older
+checkpoints record ``processor_class: TinyQwen3VLProcessor``; importing this module registers the
+class with ``AutoProcessor`` so ``AutoProcessor.from_pretrained(dir)`` returns it.
 ``load_processor(dir)`` also handles real Qwen3-VL checkpoints (which name ``Qwen3VLProcessor`` and
 ship a video processor config) by falling back to this subclass with the checkpoint's tokenizer,
 image processor and chat template.
@@ -25,6 +27,7 @@ from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLIm
 from transformers.models.qwen3_vl.processing_qwen3_vl import Qwen3VLProcessor
 
 from prism_lab.errors import CheckpointError
+from prism_lab.models.portable import PORTABLE_PROCESSOR_CLASS
 
 log = logging.getLogger(__name__)
 
@@ -151,9 +154,11 @@ def load_processor(path: str | Path, *, local_files_only: bool = True):
     if not d.is_dir():
         raise CheckpointError(f"processor directory {d} does not exist")
     pc = _read_json(d / "processor_config.json")
-    if pc.get("processor_class") == TinyQwen3VLProcessor.__name__:
+    name = pc.get("processor_class")
+    if name == TinyQwen3VLProcessor.__name__:
         return TinyQwen3VLProcessor.from_pretrained(str(d), local_files_only=local_files_only)
-    if importlib.util.find_spec("torchvision") is not None:
+    # A portable prism-lab checkpoint (models/portable.py) is rebuilt below as TinyQwen3VLProcessor.
+    if name != PORTABLE_PROCESSOR_CLASS and importlib.util.find_spec("torchvision") is not None:
         # With torchvision the checkpoint's own processor class can be built; use it when it works.
         try:
             proc = AutoProcessor.from_pretrained(str(d), local_files_only=local_files_only)

@@ -90,13 +90,9 @@ def eos_token_ids(model, processor) -> list[int]:
 
 def vision_token_ids(model) -> list[int]:
     """Ids of the vision placeholder tokens from the model config (suppressed during rollouts)."""
-    cfg = getattr(model, "config", None)
-    ids = []
-    for name in ("image_token_id", "video_token_id", "vision_start_token_id", "vision_end_token_id"):
-        v = getattr(cfg, name, None) if cfg is not None else None
-        if isinstance(v, int) and v >= 0:
-            ids.append(v)
-    return sorted(set(ids))
+    from prism_lab.models.portable import vision_token_ids as from_config
+
+    return from_config(getattr(model, "config", None))
 
 
 def pad_token_id(model, processor) -> int:
