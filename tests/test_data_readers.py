@@ -280,7 +280,7 @@ def test_bench_malformed(tmp_path, png):
     p = _tsv(tmp_path, [good, good])
     _raises(lambda: read_benchmark_tsv(p), "row 1", "'index'", "unique")
     p = _tsv(tmp_path, [{**good, "image": ""}])
-    _raises(lambda: read_benchmark_tsv(p), "row 0", "'image'")
+    _raises(lambda: read_benchmark_tsv(p), str(p), "'image'", "no row has an image", "keep_noimg")
     p = _tsv(tmp_path, [good, {**good, "index": 1, "image": "99"}])
     _raises(lambda: read_benchmark_tsv(p), "row 1", "'image'", "'99'")
     p = _tsv(tmp_path, [good], cols=["index", "image", "question", "A", "B"])

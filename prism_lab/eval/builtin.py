@@ -2,7 +2,10 @@
 
 Prompts follow the paper's eval (prism_spec.md section 8): the section-2 system prompt as a system
 message (unless the checkpoint's ``prism_prompting.json`` says its data had none), then one user turn
-with the image followed by the question. MCQ rows show their options as ``A. ...`` lines plus
+with the image followed by the question. Rows with several images show them all, in order, before
+the text; when the text names them with ``<image k>`` tags (MMMU's layout) each tag is replaced by
+image k in place, as VLMEvalKit's ``split_MMMU`` does (vlmeval/dataset/image_base.py). Text-only rows
+(kept by a benchmark's ``keep_noimg``) have no image. MCQ rows show their options as ``A. ...`` lines plus
 "Answer with the letter." (the same text the synthetic training prompts use); Yes/No questions ask
 for Yes or No.
 
@@ -56,17 +59,43 @@ def prompt_text(spec: Any, item: Any, prompting: Prompting) -> str:
     return text
 
 
+_IMAGE_TAG = re.compile(r"<image (\d+)>")
+
+
+def user_content(text: str, n_images: int) -> tuple[list[dict[str, Any]], list[int]]:
+    """Chat content items for a text with ``n_images`` images, and which image (0-based) each image item shows.
+
+    Without ``<image k>`` tags: every image, in order, then the text. With tags: the text split at the tags,
+    tag k replaced by image k (an image named twice is shown twice; one never named is not shown).
+    """
+    tags = list(_IMAGE_TAG.finditer(text)) if n_images else []
+    if not tags or any(not 1 <= int(m.group(1)) <= n_images for m in tags):
+        return [*({"type": "image"} for _ in range(n_images)), {"type": "text", "text": text}], list(range(n_images))
+    content: list[dict[str, Any]] = []
+    order: list[int] = []
+    pos = 0
+    for m in tags:
+        if text[pos:m.start()]:
+            content.append({"type": "text", "text": text[pos:m.start()]})
+        content.append({"type": "image"})
+        order.append(int(m.group(1)) - 1)
+        pos = m.end()
+    if text[pos:]:
+        content.append({"type": "text", "text": text[pos:]})
+    return content, order
+
+
 def build_prompt(spec: Any, item: Any, prompting: Prompting):
-    """A rollout ``Prompt`` for one benchmark item (image first, then the text, as in training)."""
+    """A rollout ``Prompt`` for one benchmark item (images first, then the text, as in training)."""
     from prism_lab.rollout import Prompt
 
     messages: list[dict[str, Any]] = []
     if prompting.system_prompt:
         messages.append({"role": "system", "content": SYSTEM_PROMPT})
-    messages.append(
-        {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": prompt_text(spec, item, prompting)}]}
-    )
-    return Prompt(messages=messages, images=[item.image])
+    images = item.images
+    content, order = user_content(prompt_text(spec, item, prompting), len(images))
+    messages.append({"role": "user", "content": content})
+    return Prompt(messages=messages, images=[images[k] for k in order])
 
 
 # ----------------------------------------------------------------------------------------------- scoring
