@@ -28,10 +28,12 @@ def tiny_ckpt_and_bench(tmp_path_factory):
 def test_eval_command_records_an_eval_run_and_reuses_it(tiny_ckpt_and_bench):
     d = tiny_ckpt_and_bench
     args = ["eval", str(d / "ckpt"), "-b", "synth-reasoning", "-b", "synth-hallusion", "--bench-dir",
-            str(d / "data" / "bench"), "--root", str(d / "root"), "--limit", "4", "--max-new-tokens", "16"]
+            str(d / "data" / "bench"), "--root", str(d / "root"), "--limit", "4", "--max-new-tokens", "16",
+            "--format", "json"]
     first = run_cli(*args)
     assert first.returncode == 0, first.stderr
-    out = json.loads(first.stdout[first.stdout.index("{"):])
+    out = json.loads(first.stdout)  # exactly one JSON document; the run's log lines went to stderr
+    assert "started" in first.stderr
     led = Ledger(d / "root")
     row = led.get_run(out["run_key"])
     assert row.kind == "eval" and row.status == "done"
@@ -45,8 +47,11 @@ def test_eval_command_records_an_eval_run_and_reuses_it(tiny_ckpt_and_bench):
     led.close()
     second = run_cli(*args)
     assert second.returncode == 0
-    assert json.loads(second.stdout[second.stdout.index("{"):])["run_key"] == out["run_key"]
-    assert "started" not in second.stdout  # nothing re-run
+    assert json.loads(second.stdout)["run_key"] == out["run_key"]
+    assert "started" not in second.stderr  # nothing re-run
+    table = run_cli(*args[:-2])
+    assert table.returncode == 0 and f"eval run {out['run_key'][:12]}" in table.stdout
+    assert "eval/synth-reasoning/accuracy" in table.stdout
 
 
 def test_eval_command_errors_are_one_line(tiny_ckpt_and_bench, tmp_path):

@@ -15,6 +15,7 @@ from typing import Annotated, Optional
 
 import typer
 
+from prism_lab.cli.options import Format, FormatOpt
 from prism_lab.errors import CheckpointError, PrismError
 
 
@@ -39,9 +40,13 @@ def eval_command(
     max_new_tokens: Annotated[Optional[int], typer.Option(help="Override the benchmarks' max_new_tokens.")] = None,
     limit: Annotated[Optional[int], typer.Option(help="Only the first N items of each benchmark.")] = None,
     seed: Annotated[int, typer.Option(help="Sampling seed.")] = 0,
+    format: FormatOpt = Format.table,
 ) -> None:
-    """Evaluate one checkpoint on benchmarks; writes the same ledger record as the `eval` stage."""
-    from prism_lab.cli.options import resolve_root
+    """Evaluate one checkpoint on benchmarks; writes the same ledger record as the `eval` stage.
+
+    Progress and logs go to stderr; stdout carries the result only (`--format json`: one JSON document).
+    `kind: lmeval` benchmarks run through lm-eval whatever `--backend` says."""
+    from prism_lab.cli.options import resolve_root, stdout_to_stderr
     from prism_lab.config.eval import EvalConfig
     from prism_lab.eval.run import checkpoint_fingerprint
     from prism_lab.harness.ledger import Ledger
@@ -51,7 +56,7 @@ def eval_command(
 
     from prism_lab.eval.backends import EVAL_BACKENDS
 
-    if backend not in EVAL_BACKENDS:
+    if backend not in EVAL_BACKENDS or backend == "lmeval":
         raise PrismError(f"--backend: unknown evaluation backend {backend!r}; known: {', '.join(EVAL_BACKENDS.names())}")
     checkpoint = checkpoint.resolve()
     if not checkpoint.exists():
@@ -83,9 +88,15 @@ def eval_command(
     if row.status != "done":
         if not ledger.claim(key, owner_pid=os.getpid(), allowed=("pending", "failed", "blocked")):
             raise PrismError(f"evaluation {key[:12]} is already running in another process")
-        if execute(ledger.root, key) != 0:
+        with stdout_to_stderr():
+            rc = execute(ledger.root, key)
+        if rc != 0:
             raise PrismError(f"evaluation failed: {ledger.get_run(key).error}")
         row = ledger.get_run(key)
-    metrics = ledger.last_metrics(key)
-    typer.echo(json.dumps({"run_key": key, "artifact": row.artifact_path,
-                           "metrics": dict(sorted(metrics.items()))}, indent=2))
+    metrics = dict(sorted(ledger.last_metrics(key).items()))
+    if format == Format.json:
+        typer.echo(json.dumps({"run_key": key, "artifact": row.artifact_path, "metrics": metrics}, indent=2))
+        return
+    typer.echo(f"eval run {key[:12]} -> {row.artifact_path}")
+    for name, value in metrics.items():
+        typer.echo(f"  {name:<48} {value:.4f}" if value is not None else f"  {name:<48} -")

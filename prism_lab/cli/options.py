@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
+from collections.abc import Iterator
 from enum import Enum
 from pathlib import Path
 from typing import Annotated, Optional
@@ -32,6 +34,27 @@ RootOpt = Annotated[
 ]
 FormatOpt = Annotated[Format, typer.Option("--format", help="`table` for people, `json` (one document on stdout) for tools.")]
 GridArg = Annotated[Path, typer.Argument(help="Grid file, e.g. experiments/toy.yaml.")]
+
+
+@contextlib.contextmanager
+def stdout_to_stderr() -> Iterator[None]:
+    """Send everything written to stdout meanwhile (prints, logging, child processes) to stderr, so a
+    command's stdout carries only its result (``--format json``: exactly one JSON document)."""
+    try:
+        fd = sys.stdout.fileno()
+    except (AttributeError, OSError, ValueError):  # an in-memory stdout (test runners): Python-level only
+        with contextlib.redirect_stdout(sys.stderr):
+            yield
+        return
+    sys.stdout.flush()
+    saved = os.dup(fd)
+    os.dup2(sys.stderr.fileno(), fd)
+    try:
+        yield
+    finally:
+        sys.stdout.flush()
+        os.dup2(saved, fd)
+        os.close(saved)
 
 
 def resolve_root(root: Path | None) -> Path:
