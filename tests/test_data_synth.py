@@ -73,8 +73,34 @@ def test_manifest_and_layout(data_dir):
     assert m["files"]["bench/synth-perception.tsv"]["rows"] == 24
     assert m["files"]["bench/synth-hallusion.tsv"]["rows"] == 24
     assert m["files"]["sft_caption.json"]["rows"] == 12
-    assert m["images"]["count"] == 120 + 30 + 12 + 20
+    assert m["files"]["sft_heldout.json"]["rows"] == 32  # the drift measurements' held-out teacher rows
+    assert m["files"]["bench/synth-text.jsonl"]["rows"] == 100  # the lm-eval text-retention task
+    assert m["images"]["count"] == 120 + 30 + 12 + 20 + 32
     assert not [p for p in data_dir.parent.iterdir() if p.name.startswith(".")]  # no temp dirs left
+
+
+def test_heldout_rows_are_unseen_teacher_rows(data_dir):
+    import json as _json
+
+    def items(name):
+        return {(_json.dumps(r["meta"]["scene"]), r["messages"][-2]["content"])
+                for r in _json.loads((data_dir / name).read_text())}
+
+    held = _json.loads((data_dir / "sft_heldout.json").read_text())
+    assert all(r["messages"][-1]["role"] == "assistant" and "<caption>" in r["messages"][-1]["content"] for r in held)
+    assert not items("sft_heldout.json") & (items("sft_teacher.json") | items("sft_public.json"))
+
+
+def test_text_task_lines(data_dir):
+    import json as _json
+
+    lines = [_json.loads(x) for x in (data_dir / "bench" / "synth-text.jsonl").read_text().splitlines()]
+    assert {x["family"] for x in lines} == {"count_words", "arithmetic"}
+    for x in lines:
+        assert len(set(x["choices"])) == 4 and x["choices"][x["label"]] == x["answer"]
+        if x["family"] == "arithmetic":
+            a, op, b = x["question"].removeprefix("What is ").rstrip("?").split()
+            assert int(x["answer"]) == {"plus": int(a) + int(b), "minus": int(a) - int(b), "times": int(a) * int(b)}[op]
 
 
 # ------------------------------------------------------------------------------------- options

@@ -380,7 +380,10 @@ def test_backend_registry():
 # --------------------------------------------------------------------------------------------- stage
 class _Ctx:
     def __init__(self, root: Path, inputs: dict, config: EvalConfig) -> None:
+        from prism_lab.harness.ledger import Ledger
+
         self.root, self.inputs, self.config = root, inputs, config
+        self.key, self.ledger = "evalkey" * 8, Ledger(root)
         self.out_dir = root / "runs" / "eval" / ".partial"
         self.out_dir.mkdir(parents=True)
         self.log = logging.getLogger("test.eval")
@@ -417,3 +420,5 @@ def test_stage_runner(bench_dir, tmp_path, monkeypatch):
     assert res["checkpoint_key"] == "sftkey123"
     assert (ctx.out_dir / "predictions" / "t-open.jsonl").is_file()
     assert len(list((tmp_path / "cache" / "predictions").glob("*.jsonl"))) == 1
+    scores = ctx.ledger.item_scores([ctx.key])[ctx.key]["t-open"]  # per-item scores for the item bootstrap
+    assert sorted(scores.values()) == [0.0, 1.0] and len(scores) == 2

@@ -18,6 +18,9 @@ class LocalDataFiles(StrictModel):
     )
     rl: str | None = Field(None, description="RL parquet (verl schema + teacher_caption/teacher_cot).")
     warmup: str | None = Field(None, description="Discriminator warmup pairs, JSONL (§5.1).")
+    heldout: str | None = Field(
+        None, description="Held-out teacher rows (ShareGPT JSON, never trained on) for the eval stage's drift "
+        "measurements; none = no drift numbers.")
     bench_dir: str | None = Field(
         None, description="Directory of VLMEvalKit-format benchmark TSVs (defaults to $LMUData)."
     )

@@ -22,6 +22,7 @@ class DataCatalog:
     sft_public: list[str] = field(default_factory=list)  # ShareGPT multimodal JSON files (public mixture)
     sft_teacher: list[str] = field(default_factory=list)  # ShareGPT multimodal JSON files (teacher demos)
     sft_caption: list[str] = field(default_factory=list)  # ShareGPT multimodal JSON files (image -> caption)
+    sft_heldout: list[str] = field(default_factory=list)  # held-out teacher rows (drift measurements only)
     rl: str | None = None  # RL parquet (verl schema + teacher fields)
     warmup: str | None = None  # discriminator warmup pairs (JSONL)
     bench_dir: str | None = None  # directory of benchmark TSVs
@@ -69,18 +70,20 @@ class DataCatalog:
         cat.sft_public = [absolute(p) for p in cat.sft_public]
         cat.sft_teacher = [absolute(p) for p in cat.sft_teacher]
         cat.sft_caption = [absolute(p) for p in cat.sft_caption]
+        cat.sft_heldout = [absolute(p) for p in cat.sft_heldout]
         cat.rl, cat.warmup = absolute(cat.rl), absolute(cat.warmup)
         cat.bench_dir, cat.image_root = absolute(cat.bench_dir), absolute(cat.image_root)
         return cat
 
 
-def synth_catalog(subdir: str = "data", *, caption: bool = False) -> DataCatalog:
+def synth_catalog(subdir: str = "data", *, caption: bool = False, heldout: bool = False) -> DataCatalog:
     """Catalog of a synth.generate output at ``<artifact>/<subdir>`` (paths relative to the artifact,
     so the catalog stays valid when the in-progress directory is renamed). ``caption``: the output
-    has an sft_caption.json (``n_caption > 0``)."""
+    has an sft_caption.json (``n_caption > 0``); ``heldout``: an sft_heldout.json (``n_heldout > 0``)."""
     d = subdir
     return DataCatalog(
         sft_public=[f"{d}/sft_public.json"], sft_teacher=[f"{d}/sft_teacher.json"],
-        sft_caption=[f"{d}/sft_caption.json"] if caption else [], rl=f"{d}/rl_train.parquet",
+        sft_caption=[f"{d}/sft_caption.json"] if caption else [],
+        sft_heldout=[f"{d}/sft_heldout.json"] if heldout else [], rl=f"{d}/rl_train.parquet",
         warmup=f"{d}/warmup_pairs.jsonl", bench_dir=f"{d}/bench", image_root=d, source="synth",
     )

@@ -74,13 +74,16 @@ def resolve_settings(spec: Any, cfg: Any) -> GenerationSettings:
 
 
 def summarize_rows(rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
-    """Benchmark metrics from scored rows: accuracy and format_rate are fractions in [0, 1]."""
+    """Benchmark metrics from scored rows: accuracy and format_rate are fractions in [0, 1] (format_rate NaN
+    when no row is format-judged)."""
     n = len(rows)
     if n == 0:
         return {"n": 0, "accuracy": math.nan, "format_rate": math.nan, "mean_response_tokens": math.nan,
                 "truncated_rate": math.nan, "by_category": {}}
-    acc = sum(bool(r.get("correct")) for r in rows) / n
-    fmt = sum(bool(r.get("format_valid")) for r in rows) / n
+    # a row's score: its graded ``score`` when the backend gives one (lm-eval metrics), else correct = 1/0
+    acc = sum(float(r["score"]) if r.get("score") is not None else bool(r.get("correct")) for r in rows) / n
+    judged = [r["format_valid"] for r in rows if r.get("format_valid") is not None]  # lm-eval rows have none
+    fmt = sum(bool(v) for v in judged) / len(judged) if judged else math.nan
     lens = [int(r["n_tokens"]) for r in rows if r.get("n_tokens") is not None]
     trunc = sum(r.get("finish_reason") == "length" for r in rows) / n
     cats: dict[str, list[bool]] = {}
@@ -178,3 +181,4 @@ def get_backend_class(name: str) -> type[EvalBackend]:
 
 register_backend("builtin", "prism_lab.eval.builtin:BuiltinBackend")
 register_backend("vlmevalkit", "prism_lab.eval.vlmeval.backend:VLMEvalKitBackend")
+register_backend("lmeval", "prism_lab.eval.lmeval:LmEvalBackend")  # `kind: lmeval` benchmarks only

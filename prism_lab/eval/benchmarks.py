@@ -3,6 +3,11 @@
 A spec names the TSV (VLMEvalKit layout, see ``prism_lab.data.bench_tsv``), how it is judged (``kind``)
 and the generation settings. Defaults follow the paper's evaluation (prism_spec.md section 8:
 temperature 1.0, top_p 0.7, top_k -1, sampled); the synthetic benchmarks override them to greedy.
+
+``kind: lmeval`` benchmarks are text-only capability-retention tasks run by lm-eval
+(``prism_lab.eval.lmeval``): ``lmeval_task`` names an lm-eval task or a task YAML under
+``benchmarks/lmeval/`` and ``file`` (optional) the generated data file it reads. They form the report's
+"text retention" group; every other benchmark is in the "vision" group (the paper's Avg).
 """
 
 from __future__ import annotations
@@ -12,12 +17,16 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
 
 from prism_lab.errors import ConfigError
 
 #: ``<repo>/benchmarks`` (this file is ``<repo>/prism_lab/eval/benchmarks.py``).
 DEFAULT_BENCHMARK_DIR = Path(__file__).resolve().parents[2] / "benchmarks"
+
+#: Report groups: the paper's vision benchmarks, and text-only retention (lm-eval) tasks.
+VISION_GROUP = "vision"
+RETENTION_GROUP = "text retention"
 
 
 class BenchmarkSpec(BaseModel):
@@ -26,15 +35,17 @@ class BenchmarkSpec(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
     name: str = Field(..., min_length=1, description="Registry name (what grids list under `benchmarks:`).")
-    kind: Literal["mcq", "yesno", "open"] = Field(
+    kind: Literal["mcq", "yesno", "open", "lmeval"] = Field(
         ...,
         description="Judging: `mcq` = option letter; `yesno` = Yes/No rule; `open` = rule judge on the answer "
-        "string (rows that carry options are judged by letter).",
+        "string (rows that carry options are judged by letter); `lmeval` = an lm-eval task and its metric.",
     )
-    file: str = Field(..., min_length=1, description="TSV file name (VLMEvalKit layout).")
-    source: Literal["synth", "vlmevalkit"] = Field(
-        ..., description="`synth`: <data_dir>/bench/<file> from the generator; `vlmevalkit`: $LMUData/<file>."
-    )
+    file: str | None = Field(
+        None, min_length=1, description="TSV file name (VLMEvalKit layout); for `lmeval`, the task's data file "
+        "(JSONL) if it reads a generated one.")
+    source: Literal["synth", "vlmevalkit", "hf"] = Field(
+        ..., description="`synth`: <data_dir>/bench/<file> from the generator; `vlmevalkit`: $LMUData/<file>; "
+        "`hf`: an lm-eval task's own dataset, from the Hugging Face cache (offline).")
     vlmeval_name: str | None = Field(
         None, description="VLMEvalKit dataset name (for the vlmevalkit backend / official TSVs)."
     )
@@ -47,12 +58,38 @@ class BenchmarkSpec(BaseModel):
     )
     do_sample: bool = Field(True, description="Sample (True, paper) or greedy decode (False).")
     paper_column: str | None = Field(None, description="The paper table column this benchmark stands in for.")
+    keep_noimg: bool = Field(
+        False, description="Keep rows without an image as text-only items (default: drop them, as VLMEvalKit's "
+        "image benchmarks do).")
+    lmeval_task: str | None = Field(
+        None, description="`lmeval`: an lm-eval task name (`arc_easy`) or a task YAML path relative to this file.")
+    lmeval_metric: str | None = Field(
+        None, description="`lmeval`: the metric[,filter] reported as accuracy (default: the task's first).")
+    num_fewshot: int | None = Field(None, ge=0, description="`lmeval`: few-shot examples (default: the task's).")
+    chat_template: bool = Field(False, description="`lmeval`: wrap prompts in the checkpoint's chat template.")
+
+    _dir: Path | None = PrivateAttr(default=None)
 
     @model_validator(mode="after")
     def _check(self) -> "BenchmarkSpec":
-        if not self.file.endswith(".tsv"):
+        if self.kind == "lmeval":
+            if not self.lmeval_task:
+                raise ValueError("a `kind: lmeval` benchmark needs `lmeval_task`")
+            if self.file is not None and not self.file.endswith((".jsonl", ".json")):
+                raise ValueError(f"file must be a .jsonl or .json data file name, got {self.file!r}")
+        elif self.file is None or not self.file.endswith(".tsv"):
             raise ValueError(f"file must be a .tsv file name, got {self.file!r}")
         return self
+
+    @property
+    def group(self) -> str:
+        """The report group: ``text retention`` for lm-eval tasks, ``vision`` otherwise."""
+        return RETENTION_GROUP if self.kind == "lmeval" else VISION_GROUP
+
+    @property
+    def spec_dir(self) -> Path:
+        """The directory of the YAML this spec was read from (relative task YAMLs resolve against it)."""
+        return self._dir or DEFAULT_BENCHMARK_DIR
 
     def tsv_path(self, data_dir: str | Path | None = None, lmu_root: str | Path | None = None) -> Path:
         """Where the TSV lives: ``<data_dir>/bench/<file>`` for synth, ``<lmu_root or $LMUData>/<file>`` else."""
@@ -95,9 +132,11 @@ def load_spec_file(path: str | Path) -> BenchmarkSpec:
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping of benchmark fields, got {type(data).__name__}")
     try:
-        return BenchmarkSpec.model_validate(data)
+        spec = BenchmarkSpec.model_validate(data)
     except ValidationError as e:
         raise ConfigError(_format_error(path, e)) from None
+    spec._dir = path.resolve().parent
+    return spec
 
 
 def _dirs(search_dirs: Iterable[str | Path] | None) -> list[Path]:

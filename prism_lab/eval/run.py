@@ -8,9 +8,11 @@ settings and cache keys; the returned dict has the same content, with flat ledge
 ``"metrics"``::
 
     eval/<bench>/accuracy, eval/<bench>/format_rate, eval/<bench>/n, eval/<bench>/mean_response_tokens,
-    eval/avg/accuracy, eval/avg/format_rate
+    eval/avg/accuracy, eval/avg/format_rate              (the vision benchmarks: the paper's Avg)
+    eval/avg_retention/accuracy                          (the text-retention lm-eval tasks, if any)
 
-Accuracy and format rate are fractions in [0, 1].
+Accuracy and format rate are fractions in [0, 1]; a metric a benchmark does not have (format rate of an
+lm-eval task) is not logged.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from prism_lab.config.eval import EvalConfig
 from prism_lab.errors import DataError, PrismError
 from prism_lab.eval.backends import BenchmarkResult, get_backend_class, resolve_settings
 from prism_lab.prompts import Prompting
-from prism_lab.eval.benchmarks import BenchmarkSpec, load_benchmark
+from prism_lab.eval.benchmarks import RETENTION_GROUP, BenchmarkSpec, load_benchmark
 from prism_lab.eval.predictions import PredictionCache, cache_key, file_sha256, write_json_atomic, write_jsonl_atomic
 
 __all__ = ["RESULTS_FILE", "PREDICTIONS_DIR", "benchmark_tsv", "checkpoint_fingerprint", "evaluate_checkpoint", "main"]
@@ -107,6 +109,28 @@ def _finite(x: Any) -> Any:
     return None if isinstance(x, float) and not math.isfinite(x) else x
 
 
+def _backend_name(spec: BenchmarkSpec, cfg: EvalConfig) -> str:
+    """lm-eval tasks always go to the lm-eval wing; everything else to the configured backend."""
+    return "lmeval" if spec.kind == "lmeval" else cfg.backend
+
+
+def _source(spec: BenchmarkSpec, bench_dir: str | Path | None) -> tuple[Path | None, str]:
+    """(the benchmark's data file or None, its content fingerprint for the cache key)."""
+    if spec.kind != "lmeval":
+        path = benchmark_tsv(spec, bench_dir)
+        return path, file_sha256(path)
+    from prism_lab.eval.lmeval import task_fingerprint
+
+    path = Path(bench_dir) / spec.file if spec.file and bench_dir is not None else None
+    return path, task_fingerprint(spec, path)
+
+
+def item_scores(rows: Sequence[dict[str, Any]]) -> dict[str, float]:
+    """item index -> score of scored prediction rows (``score`` when a backend gives one, else correct 0/1)."""
+    return {str(r.get("index")): float(r["score"] if r.get("score") is not None else bool(r.get("correct")))
+            for r in rows}
+
+
 def evaluate_checkpoint(
     checkpoint_dir: str | Path,
     benchmarks: Sequence[str | BenchmarkSpec] | None,
@@ -128,7 +152,9 @@ def evaluate_checkpoint(
     ``checkpoint_key``: the checkpoint's content key (the producing run's key; None = fingerprint the
     directory). ``out_dir``: where predictions/ and results.json go (None = write nothing).
     ``prompting``: override the checkpoint's ``prism_prompting.json``.
-    Returns the results dict (see the module doc); ``results["metrics"]`` are the ledger metrics.
+    Returns the results dict (see the module doc); ``results["metrics"]`` are the ledger metrics and
+    ``results["items"]`` the per-item scores (benchmark -> index -> score) for the paired item bootstrap.
+    An lm-eval task whose data is not available offline is skipped (``results["skipped"]``), not failed.
     """
     cfg = _as_config(cfg)
     names = list(cfg.benchmarks if benchmarks is None else benchmarks)
@@ -139,70 +165,65 @@ def evaluate_checkpoint(
     if dup:
         raise PrismError(f"eval: benchmark(s) listed twice: {', '.join(dup)}")
     # Fail on a missing TSV before any model is loaded.
-    paths = {s.name: benchmark_tsv(s, bench_dir) for s in specs}
+    sources = {s.name: _source(s, bench_dir) for s in specs}
     ckpt_key = checkpoint_key or checkpoint_fingerprint(checkpoint_dir)
     prompting = prompting or Prompting.from_checkpoint(checkpoint_dir)
-    backend = get_backend_class(cfg.backend)(
-        batch_size=cfg.batch_size, prompting=prompting, threads=cfg.threads, log=log, progress=progress
-    )
+    backends: dict[str, Any] = {}
+
+    def backend_for(name: str):
+        if name not in backends:
+            extra = {"bench_dir": bench_dir} if name == "lmeval" else {}
+            backends[name] = get_backend_class(name)(batch_size=cfg.batch_size, prompting=prompting,
+                                                     threads=cfg.threads, log=log, progress=progress, **extra)
+        return backends[name]
+
     cache = PredictionCache(cache_dir) if cache_dir is not None else None
     out = Path(out_dir) if out_dir is not None else None
-
-    from prism_lab.data.bench_tsv import read_benchmark_tsv
-
     per_bench: dict[str, Any] = {}
+    skipped: dict[str, str] = {}
+    items_out: dict[str, dict[str, float]] = {}
     metrics: dict[str, float] = {}
     t_all = time.perf_counter()
     try:
         for spec in specs:
-            path = paths[spec.name]
-            sha = file_sha256(path)
-            items = read_benchmark_tsv(path)
-            if cfg.limit is not None:
-                items = items[: cfg.limit]
-            settings = resolve_settings(spec, cfg)
-            key = cache_key(checkpoint_key=ckpt_key, benchmark=spec.name, file_sha256=sha,
-                            settings=settings.to_dict(), backend=cfg.backend, prompting=prompting.to_dict())
-            result: BenchmarkResult | None = None
-            cached_rows = cache.get(key) if cache is not None else None
-            if cached_rows is not None:
-                try:
-                    rows = backend.rescore(spec, items, cached_rows)
-                    result = BenchmarkResult(spec.name, rows, settings, cfg.backend, cached=True)
-                    _emit(log, f"eval {spec.name}: {len(rows)} predictions from the cache ({key[:12]})")
-                except (KeyError, ValueError) as e:
-                    _emit(log, f"eval {spec.name}: cache entry {key[:12]} does not fit the benchmark ({e}); "
-                               "regenerating")
-            if result is None:
-                _emit(log, f"eval {spec.name}: generating {len(items)} items ({settings.to_dict()})")
-                result = backend.evaluate(checkpoint_dir, spec, items, settings)
-                if cache is not None:
-                    cache.put(key, result.rows, meta={
-                        "checkpoint_key": ckpt_key, "benchmark": spec.name, "file": str(path), "file_sha256": sha,
-                        "settings": settings.to_dict(), "prompting": prompting.to_dict(), "backend": cfg.backend,
-                        "n": len(result.rows), "created_at": time.time(),
-                    })
+            path, sha = sources[spec.name]
+            try:
+                result, key, n_noimg = _run_one(spec, cfg, path, sha, ckpt_key, checkpoint_dir, prompting,
+                                                backend_for(_backend_name(spec, cfg)), cache, log)
+            except _Skip as e:
+                skipped[spec.name] = str(e)
+                _emit(log, f"eval {spec.name}: skipped ({e})")
+                continue
             m = result.metrics
             if out is not None:
                 write_jsonl_atomic(out / PREDICTIONS_DIR / f"{spec.name}.jsonl", result.rows)
             per_bench[spec.name] = {
                 **{k: _finite(v) for k, v in m.items()},
-                "kind": spec.kind, "file": str(path), "file_sha256": sha, "settings": settings.to_dict(),
-                "cache_key": key, "cache_hit": result.cached, **({"info": result.info} if result.info else {}),
+                "kind": spec.kind, "group": spec.group, "file": str(path) if path else None, "file_sha256": sha,
+                "settings": result.settings.to_dict(), "cache_key": key, "cache_hit": result.cached,
+                "skipped_noimg": n_noimg, **({"info": result.info} if result.info else {}),
             }
-            metrics[f"eval/{spec.name}/accuracy"] = m["accuracy"]
-            metrics[f"eval/{spec.name}/format_rate"] = m["format_rate"]
+            items_out[spec.name] = item_scores(result.rows)
+            for name in ("accuracy", "format_rate", "mean_response_tokens"):
+                if m[name] is not None and math.isfinite(m[name]):
+                    metrics[f"eval/{spec.name}/{name}"] = m[name]
             metrics[f"eval/{spec.name}/n"] = float(m["n"])
-            metrics[f"eval/{spec.name}/mean_response_tokens"] = m["mean_response_tokens"]
-            _emit(log, f"eval {spec.name}: accuracy {m['accuracy']:.4f}, format rate {m['format_rate']:.4f}, "
-                       f"n {m['n']}")
+            fmt = "n/a" if m["format_rate"] is None or math.isnan(m["format_rate"]) else f"{m['format_rate']:.4f}"
+            _emit(log, f"eval {spec.name}: accuracy {m['accuracy']:.4f}, format rate {fmt}, n {m['n']}")
     finally:
-        backend.close()
+        for b in backends.values():
+            b.close()
 
-    accs = [b["accuracy"] for b in per_bench.values() if b["accuracy"] is not None]
-    fmts = [b["format_rate"] for b in per_bench.values() if b["format_rate"] is not None]
-    metrics["eval/avg/accuracy"] = sum(accs) / len(accs) if accs else math.nan
-    metrics["eval/avg/format_rate"] = sum(fmts) / len(fmts) if fmts else math.nan
+    groups = {s.name: s.group for s in specs}
+    vision = [b for name, b in per_bench.items() if groups[name] != RETENTION_GROUP]
+    retention = [b for name, b in per_bench.items() if groups[name] == RETENTION_GROUP]
+    for prefix, members in (("avg", vision), ("avg_retention", retention)):
+        accs = [b["accuracy"] for b in members if b["accuracy"] is not None]
+        fmts = [b["format_rate"] for b in members if b["format_rate"] is not None]
+        if accs:
+            metrics[f"eval/{prefix}/accuracy"] = sum(accs) / len(accs)
+        if fmts:
+            metrics[f"eval/{prefix}/format_rate"] = sum(fmts) / len(fmts)
     results = {
         "checkpoint_key": ckpt_key,
         "checkpoint_dir": str(checkpoint_dir),
@@ -210,13 +231,66 @@ def evaluate_checkpoint(
         "prompting": prompting.to_dict(),
         "config": cfg.model_dump(),
         "benchmarks": per_bench,
-        "avg": {"accuracy": _finite(metrics["eval/avg/accuracy"]), "format_rate": _finite(metrics["eval/avg/format_rate"])},
+        "skipped": skipped,
+        "avg": {"accuracy": _finite(metrics.get("eval/avg/accuracy", math.nan)),
+                "format_rate": _finite(metrics.get("eval/avg/format_rate", math.nan))},
         "metrics": metrics,
+        "items": items_out,
         "seconds": round(time.perf_counter() - t_all, 3),
     }
     if out is not None:
-        write_json_atomic(out / RESULTS_FILE, {**results, "metrics": {k: _finite(v) for k, v in metrics.items()}})
+        write_json_atomic(out / RESULTS_FILE, {k: v for k, v in results.items() if k != "items"})
     return results
+
+
+class _Skip(Exception):
+    """A benchmark that cannot run here (an lm-eval task without its data offline)."""
+
+
+def _run_one(spec: BenchmarkSpec, cfg: EvalConfig, path: Path | None, sha: str, ckpt_key: str,
+             checkpoint_dir: str | Path, prompting: Prompting, backend: Any, cache: PredictionCache | None,
+             log: Log) -> tuple[BenchmarkResult, str, int]:
+    """(result, cache key, rows dropped for having no image) of one benchmark: from the cache or generated."""
+    from prism_lab.data.bench_tsv import read_benchmark_tsv
+
+    noimg: list[Any] = []
+    items: list[Any] = []
+    if spec.kind != "lmeval":
+        assert path is not None
+        items = read_benchmark_tsv(path, keep_noimg=spec.keep_noimg, skipped=noimg)
+        if noimg:
+            _emit(log, f"eval {spec.name}: {len(noimg)} rows without an image dropped (as VLMEvalKit does; "
+                       f"set keep_noimg: true in the benchmark YAML to keep them)")
+        if cfg.limit is not None:
+            items = items[: cfg.limit]
+    settings = resolve_settings(spec, cfg)
+    key = cache_key(checkpoint_key=ckpt_key, benchmark=spec.name, file_sha256=sha, settings=settings.to_dict(),
+                    backend=backend.name, prompting=prompting.to_dict())
+    cached_rows = cache.get(key) if cache is not None else None
+    if cached_rows is not None:
+        try:
+            rows = backend.rescore(spec, items, cached_rows)
+            _emit(log, f"eval {spec.name}: {len(rows)} predictions from the cache ({key[:12]})")
+            return BenchmarkResult(spec.name, rows, settings, backend.name, cached=True), key, len(noimg)
+        except (KeyError, ValueError) as e:
+            _emit(log, f"eval {spec.name}: cache entry {key[:12]} does not fit the benchmark ({e}); regenerating")
+    _emit(log, f"eval {spec.name}: generating {len(items) or 'lm-eval'} items ({settings.to_dict()})")
+    if spec.kind == "lmeval":
+        from prism_lab.eval.lmeval import TaskUnavailable
+
+        try:
+            result = backend.evaluate(checkpoint_dir, spec, items, settings)
+        except TaskUnavailable as e:
+            raise _Skip(str(e)) from None
+    else:
+        result = backend.evaluate(checkpoint_dir, spec, items, settings)
+    if cache is not None:
+        cache.put(key, result.rows, meta={
+            "checkpoint_key": ckpt_key, "benchmark": spec.name, "file": str(path) if path else None,
+            "file_sha256": sha, "settings": settings.to_dict(), "prompting": prompting.to_dict(),
+            "backend": backend.name, "n": len(result.rows), "created_at": time.time(),
+        })
+    return result, key, len(noimg)
 
 
 # ----------------------------------------------------------------------------------------------- CLI

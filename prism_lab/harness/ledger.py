@@ -39,6 +39,9 @@ CREATE INDEX IF NOT EXISTS runs_status ON runs(status);
 CREATE TABLE IF NOT EXISTS metrics (
     run_key TEXT NOT NULL, step INTEGER NOT NULL, name TEXT NOT NULL, value REAL, ts REAL NOT NULL);
 CREATE INDEX IF NOT EXISTS metrics_run ON metrics(run_key, name, step);
+CREATE TABLE IF NOT EXISTS item_scores (
+    run_key TEXT NOT NULL, benchmark TEXT NOT NULL, item TEXT NOT NULL, score REAL NOT NULL,
+    PRIMARY KEY (run_key, benchmark, item));
 CREATE TABLE IF NOT EXISTS events (
     id INTEGER PRIMARY KEY AUTOINCREMENT, ts REAL NOT NULL, run_key TEXT, sweep TEXT,
     kind TEXT NOT NULL, message TEXT NOT NULL);
@@ -251,6 +254,22 @@ class Ledger:
             "SELECT name, value FROM metrics WHERE rowid IN "
             "(SELECT MAX(rowid) FROM metrics WHERE run_key=? GROUP BY name)", (key,))
         return {r["name"]: r["value"] for r in rows}
+
+    def log_item_scores(self, key: str, benchmark: str, scores: dict[str, float]) -> None:
+        """Per-item scores of one benchmark of an eval run (replacing earlier ones: a retried run rewrites
+        them); the report's paired item bootstrap reads them."""
+        with self.tx() as c:
+            c.execute("DELETE FROM item_scores WHERE run_key=? AND benchmark=?", (key, benchmark))
+            c.executemany("INSERT INTO item_scores(run_key, benchmark, item, score) VALUES (?,?,?,?)",
+                          [(key, benchmark, str(i), float(v)) for i, v in scores.items()])
+
+    def item_scores(self, keys: Iterable[str]) -> dict[str, dict[str, dict[str, float]]]:
+        """run key -> benchmark -> item -> score, for the runs that have item scores."""
+        out: dict[str, dict[str, dict[str, float]]] = {}
+        for key in set(keys):
+            for r in self.conn.execute("SELECT benchmark, item, score FROM item_scores WHERE run_key=?", (key,)):
+                out.setdefault(key, {}).setdefault(r["benchmark"], {})[r["item"]] = r["score"]
+        return out
 
     def event(self, kind: str, message: str, *, run_key: str | None = None, sweep: str | None = None) -> None:
         with self.tx() as c:

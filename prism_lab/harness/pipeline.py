@@ -201,7 +201,7 @@ class PrismPipeline:
         fp = ""
         if data_cfg.get("source") == "local":
             local = data_cfg.get("local") or {}
-            files = [*local.get("sft", []), *[local[k] for k in ("rl", "warmup") if local.get(k)]]
+            files = [*local.get("sft", []), *[local[k] for k in ("rl", "warmup", "heldout") if local.get(k)]]
             fp = fingerprint_local_files(files, grid.path.parent)
         data = builder.add("data", data_cfg, {}, label="data", cell=cell, role="data", fingerprint=fp,
                            where=("data",))

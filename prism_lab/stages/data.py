@@ -28,7 +28,9 @@ def _local_catalog(cfg: DataConfig) -> DataCatalog:
 
     sft = [must_exist(p, "sft") for p in local.sft]
     bench = local.bench_dir or os.environ.get("LMUData")
-    return DataCatalog(sft_public=[p for p in sft if p], sft_teacher=[], rl=must_exist(local.rl, "rl"),
+    heldout = must_exist(local.heldout, "heldout")
+    return DataCatalog(sft_public=[p for p in sft if p], sft_teacher=[], sft_heldout=[heldout] if heldout else [],
+                       rl=must_exist(local.rl, "rl"),
                        warmup=must_exist(local.warmup, "warmup"), bench_dir=bench,
                        image_root=must_exist(local.image_root, "image_root"), source="local")
 
@@ -37,11 +39,12 @@ def run(ctx: StageContext) -> dict:
     cfg: DataConfig = ctx.config  # type: ignore[assignment]
     if cfg.source == "synth":
         from prism_lab.data.synth.config import SynthConfig
-        from prism_lab.data.synth.generate import SFT_CAPTION, generate
+        from prism_lab.data.synth.generate import SFT_CAPTION, SFT_HELDOUT, generate
 
         target = ctx.out_dir / "data"
         manifest = generate(SynthConfig.model_validate(cfg.synth), target, progress=True, overwrite=True)
-        catalog = synth_catalog("data", caption=SFT_CAPTION in manifest["files"])
+        catalog = synth_catalog("data", caption=SFT_CAPTION in manifest["files"],
+                                heldout=SFT_HELDOUT in manifest["files"])
         summary = {"source": "synth", "files": sorted(manifest.get("files", {}))}
     else:
         catalog = _local_catalog(cfg)

@@ -3,8 +3,9 @@
 Inputs: ``checkpoint`` (an artifact whose HF checkpoint is ``<path>/model``) and ``data`` (a data run;
 its catalog's ``bench_dir`` holds the benchmark TSVs). Writes ``predictions/<benchmark>.jsonl`` and
 ``results.json`` into the run directory, logs ``eval/<bench>/{accuracy,format_rate,n,...}`` and
-``eval/avg/accuracy`` at step 0, and returns the same metrics as the run's summary. Predictions are
-cached under ``<root>/cache/predictions`` (see ``prism_lab.eval.predictions``).
+``eval/avg/accuracy`` at step 0, and returns the same metrics as the run's summary; every item's score
+goes to the ledger's ``item_scores`` (the report's paired item bootstrap). Predictions are cached under
+``<root>/cache/predictions`` (see ``prism_lab.eval.predictions``).
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ def _default_benchmarks(bench_dir: str | None) -> list[str]:
 
     if not bench_dir:
         return []
-    return [name for name, spec in all_benchmarks().items() if (Path(bench_dir) / spec.file).is_file()]
+    return [name for name, spec in all_benchmarks().items() if spec.file and (Path(bench_dir) / spec.file).is_file()]
 
 
 def run(ctx: StageContext) -> dict:
@@ -64,4 +65,6 @@ def run(ctx: StageContext) -> dict:
     )
     metrics = {k: v for k, v in results["metrics"].items() if isinstance(v, (int, float)) and math.isfinite(v)}
     ctx.log_metrics(0, metrics)
+    for bench, scores in results["items"].items():
+        ctx.ledger.log_item_scores(ctx.key, bench, scores)
     return metrics

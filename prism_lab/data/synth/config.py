@@ -29,6 +29,10 @@ class SynthConfig(BaseModel):
     )
     n_rl: int = Field(500, ge=0, description="Rows of the RL parquet (rl_train.parquet).")
     n_warmup: int = Field(300, ge=0, description="Lines of discriminator warmup pairs (2 comparisons each).")
+    n_heldout: int = Field(
+        32, ge=0, description="Held-out teacher rows (sft_heldout.json) for the drift measurements; never trained on.")
+    n_text: int = Field(
+        100, ge=0, description="Text-only questions of the lm-eval retention task (bench/synth-text.jsonl; 0 = none).")
     n_bench: int = Field(
         200, ge=0, description="Rows per benchmark TSV (synth-hallusion rounds up to a multiple of 4: 2 figures x 2 questions per set)."
     )

@@ -36,6 +36,7 @@ from typing import Any
 
 from prism_lab.data.bench_tsv import write_benchmark_tsv
 from prism_lab.data.images import encode_png, png_to_base64
+from prism_lab.data.synth.text_task import TEXT_TASK_FILE, write_text_task
 from prism_lab.data.synth.questions import (
     Item,
     make_item,
@@ -52,12 +53,13 @@ from prism_lab.data.synth.config import SynthConfig
 from prism_lab.errors import ConfigError
 from prism_lab.prompts import SYSTEM_PROMPT
 
-GENERATOR_VERSION = "2"
+GENERATOR_VERSION = "3"
 
 #: File names inside a generated data directory.
 SFT_PUBLIC = "sft_public.json"
 SFT_TEACHER = "sft_teacher.json"
 SFT_CAPTION = "sft_caption.json"
+SFT_HELDOUT = "sft_heldout.json"  # held-out teacher rows: drift measurements only, never trained on
 RL_TRAIN = "rl_train.parquet"
 WARMUP = "warmup_pairs.jsonl"
 MANIFEST = "manifest.json"
@@ -206,14 +208,21 @@ def _write_public(cfg, tmp, seen, prog) -> tuple[int, Counter]:
     return write_sft_json(tmp / SFT_PUBLIC, rows), fam
 
 
-def _write_teacher(cfg, tmp, seen, prog) -> tuple[int, Counter]:
+def _write_teacher(cfg, tmp, seen, prog, *, split: str = "teacher", n: int | None = None,
+                   fname: str = SFT_TEACHER) -> tuple[int, Counter]:
     rows, fam = [], Counter()
-    for item_id, scene, item, diff, _png, _rng in _train_split(cfg, "teacher", cfg.n_teacher, cfg.teacher_hard_share, seen, tmp, prog):
+    n = cfg.n_teacher if n is None else n
+    for item_id, scene, item, diff, _png, _rng in _train_split(cfg, split, n, cfg.teacher_hard_share, seen, tmp, prog):
         text = teacher_response(item, scene, cfg.colours, cfg.shapes)
         rows.append({"messages": _messages(cfg, _user_text(item), text),
                      "images": [f"images/{item_id}.png"], "meta": _meta(item_id, item, scene, diff)})
         fam[item.family] += 1
-    return write_sft_json(tmp / SFT_TEACHER, rows), fam
+    return write_sft_json(tmp / fname, rows), fam
+
+
+def _write_heldout(cfg, tmp, seen, prog) -> tuple[int, Counter]:
+    """Teacher rows of items no training file has (``seen``): the drift measurements' held-out set."""
+    return _write_teacher(cfg, tmp, seen, prog, split="heldout", n=cfg.n_heldout, fname=SFT_HELDOUT)
 
 
 #: User prompts of the caption split (cycled by row, so every phrasing is seen).
@@ -403,9 +412,14 @@ def generate(
         writers = [(SFT_PUBLIC, _write_public), (SFT_TEACHER, _write_teacher)]
         if cfg.n_caption:
             writers.append((SFT_CAPTION, _write_caption))
+        if cfg.n_heldout:
+            writers.append((SFT_HELDOUT, _write_heldout))
         for fname, fn in (*writers, (RL_TRAIN, _write_rl), (WARMUP, _write_warmup)):
             rows[fname], fam = fn(cfg, tmp, seen, prog)
             families[fname] = dict(sorted(fam.items()))
+        if cfg.n_text:
+            rel = f"{BENCH_DIR}/{TEXT_TASK_FILE}"
+            rows[rel] = write_text_task(tmp / rel, cfg.seed, cfg.n_text, cfg.colours, cfg.shapes)
         bench_rows = {
             "synth-perception": _bench_rows(cfg, "synth-perception", _PERCEPTION, seen, prog),
             "synth-reasoning": _bench_rows(cfg, "synth-reasoning", _REASONING, seen, prog),
