@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from prism_lab.config.eval import EvalConfig
-from prism_lab.errors import DataError, PrismError
+from prism_lab.errors import ConfigError, DataError, PrismError
 from prism_lab.eval.backends import BenchmarkResult, get_backend_class, resolve_settings
 from prism_lab.prompts import Prompting
 from prism_lab.eval.benchmarks import RETENTION_GROUP, BenchmarkSpec, load_benchmark
@@ -164,6 +164,9 @@ def evaluate_checkpoint(
     dup = sorted({s.name for s in specs if sum(t.name == s.name for t in specs) > 1})
     if dup:
         raise PrismError(f"eval: benchmark(s) listed twice: {', '.join(dup)}")
+    if cfg.backend == "lmeval" and any(s.kind != "lmeval" for s in specs):
+        raise ConfigError("eval.backend: `lmeval` runs only `kind: lmeval` benchmarks (they go to lm-eval with any "
+                          "backend); use `builtin` or `vlmevalkit` for TSV benchmarks")
     # Fail on a missing TSV before any model is loaded.
     sources = {s.name: _source(s, bench_dir) for s in specs}
     ckpt_key = checkpoint_key or checkpoint_fingerprint(checkpoint_dir)
