@@ -13,6 +13,8 @@ import pytest
 
 from prism_lab import rewards as R
 from prism_lab.prompts import format_response
+from prism_lab.rewards import answer_judge
+from prism_lab.rewards import math_verify_fallback as mv_fallback
 
 
 def resp(answer: str) -> str:
@@ -390,7 +392,7 @@ def test_exceptions_count_as_zero(monkeypatch):
     def boom(_s):
         raise RuntimeError("boom")
 
-    monkeypatch.setattr(R, "split_multi", boom)
+    monkeypatch.setattr(answer_judge, "split_multi", boom)
     assert R.judge("42", "42") is False
     assert R.compute_score(resp("42"), "42") == R.RewardResult(pytest.approx(0.2), 0.0, 1.0)
 
@@ -399,13 +401,13 @@ def test_math_verify_errors_count_as_zero(monkeypatch):
     def bad_parse(*_a, **_k):
         raise RuntimeError("parser crashed")
 
-    monkeypatch.setattr(R, "_import_math_verify", lambda: (bad_parse, lambda *a, **k: True))
+    monkeypatch.setattr(mv_fallback, "_import_math_verify", lambda: (bad_parse, lambda *a, **k: True))
     assert R.math_verify_equal("x+1", "1+x") is False
 
 
 def test_math_verify_budget_exhausted_counts_as_zero(monkeypatch):
     assert R.math_verify_equal("x+1", "1+x") is True
-    monkeypatch.setattr(R, "MV_TOTAL_BUDGET_S", -1.0)
+    monkeypatch.setattr(mv_fallback, "MV_TOTAL_BUDGET_S", -1.0)
     assert R.math_verify_equal("x+1", "1+x") is False
 
 
@@ -425,8 +427,8 @@ def test_math_verify_off_main_thread_times_out(monkeypatch):
         time.sleep(5)
         return True
 
-    monkeypatch.setattr(R, "_mv_compare", slow)
-    monkeypatch.setattr(R, "MV_TOTAL_BUDGET_S", 0.1)
+    monkeypatch.setattr(mv_fallback, "_mv_compare", slow)
+    monkeypatch.setattr(mv_fallback, "MV_TOTAL_BUDGET_S", 0.1)
     out: list[bool] = []
     t0 = time.monotonic()
     worker = threading.Thread(target=lambda: out.append(R.math_verify_equal("x+1", "1+x")))
