@@ -293,7 +293,7 @@ def test_bad_search_space_cli_exit_code_2_one_line(tmp_path):
 
 
 def test_sqlite_storage_refuses_parallel_workers(tmp_path):
-    from prism_lab.tune.study import resolve_storage
+    from prism_lab.tune.storage import resolve_storage
 
     with pytest.raises(ConfigError, match="database is locked"):
         resolve_storage(f"sqlite:///{tmp_path}/s.db", root=tmp_path, study="s", workers=2)

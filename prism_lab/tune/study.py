@@ -25,307 +25,36 @@ Robustness:
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
-import math
 import os
 import socket
 import sys
 import threading
 import time
-import warnings
 from collections.abc import Callable
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
-from prism_lab.errors import ConfigError, PrismError
-from prism_lab.tune.space import ObjectiveSpec, ReportSpec, SearchSpace
-
-WORKER_ATTR = "prism_lab:worker"  # {"host", "pid", "thread"}
-HEARTBEAT_ATTR = "prism_lab:heartbeat"  # unix time, refreshed while the trial runs
-SWEEP_ATTR = "prism_lab:sweep"
-RUNS_ATTR = "prism_lab:runs"  # role -> run key
-ERROR_ATTR = "prism_lab:error"
-SPACE_ATTR = "prism_lab:space"  # study user attr: fingerprint and file of the search space
+from prism_lab.tune.optuna_study import make_sampler, open_study
+from prism_lab.tune.recovery import (
+    ERROR_ATTR,
+    HEARTBEAT_ATTR,
+    WORKER_ATTR,
+    enqueue_retry,
+    fail_trial,
+    recover_stale_trials,
+)
+from prism_lab.tune.space import SearchSpace
+from prism_lab.tune.storage import StorageRef, StudyLock, resolve_storage
+from prism_lab.tune.trial_cell import (
+    StudyAborted,
+    TrialFailed,
+    TrialInvalid,
+    execute_trial,
+)
 
 FINISHED_OK = ("COMPLETE", "PRUNED")
-
-
-class StudyAborted(PrismError):
-    """The study cannot go on (repeated failures, a stage kind missing from this build)."""
-
-
-class TrialFailed(Exception):
-    """A trial's stage run failed, or its objective metric is missing."""
-
-
-class TrialInvalid(Exception):
-    """The sampled parameters make a stage config invalid (e.g. top_k > num_experts)."""
-
-
-# ---------------------------------------------------------------------------------------------------
-# storage
-@dataclass(frozen=True)
-class StorageRef:
-    """Where a study lives: ``sqlite`` (one file, one worker), ``journal`` (file, many workers) or
-    ``rdb`` (PostgreSQL/MySQL URL, many workers on many hosts)."""
-
-    kind: str
-    url: str  # sqlite:///..., postgresql://..., or the journal file path
-    path: Path | None = None  # local file, for sqlite and journal
-
-    @property
-    def dashboard(self) -> str:
-        return f"optuna-dashboard {self.url if self.kind != 'journal' else self.path}"
-
-    @property
-    def parallel_ok(self) -> bool:
-        return self.kind != "sqlite"
-
-
-def resolve_storage(storage: str | None, *, root: Path, study: str, workers: int) -> StorageRef:
-    """Parse ``--storage`` or choose the default under ``<root>/tune/<study>/``.
-
-    Forms: ``sqlite:///path.db`` or ``path.db|.sqlite|.sqlite3``; ``journal:path`` or ``path.journal|.log``;
-    any other ``scheme://`` URL is an Optuna RDB URL. Default: the study's existing storage file if there
-    is one, else SQLite for one worker and a journal file for several.
-    """
-    if storage is None:
-        base = root / "tune" / study
-        db, journal = base / "study.db", base / "study.journal"
-        if db.exists() and journal.exists():
-            raise ConfigError(f"--storage: both {db} and {journal} exist; name the one to use")
-        if db.exists():
-            ref = StorageRef("sqlite", f"sqlite:///{db}", db)
-        elif journal.exists() or workers > 1:
-            ref = StorageRef("journal", str(journal), journal)
-        else:
-            ref = StorageRef("sqlite", f"sqlite:///{db}", db)
-    elif storage.startswith("journal:"):
-        p = Path(storage[len("journal:"):].removeprefix("//")).expanduser()
-        ref = StorageRef("journal", str(p), p)
-    elif storage.startswith("sqlite:///"):
-        p = Path(storage[len("sqlite:///"):]).expanduser()
-        ref = StorageRef("sqlite", f"sqlite:///{p}", p)
-    elif "://" in storage:
-        ref = StorageRef("rdb", storage)
-    elif storage.endswith((".journal", ".log")):
-        p = Path(storage).expanduser()
-        ref = StorageRef("journal", str(p), p)
-    elif storage.endswith((".db", ".sqlite", ".sqlite3")):
-        p = Path(storage).expanduser()
-        ref = StorageRef("sqlite", f"sqlite:///{p}", p)
-    else:
-        raise ConfigError(f"--storage: cannot tell the kind of {storage!r}; use sqlite:///study.db (one worker), "
-                          "journal:study.journal (parallel workers on one file system) or an RDB URL "
-                          "such as postgresql://user@host/db")
-    if workers > 1 and not ref.parallel_ok:
-        raise ConfigError(
-            f"--workers {workers}: the study's storage {ref.url} is SQLite, which fails with 'database is "
-            "locked' under concurrent writers; use --storage journal:<file> (or an RDB URL), or --workers 1"
-        )
-    return ref
-
-
-def open_storage(ref: StorageRef) -> Any:
-    import optuna
-
-    if ref.path is not None:
-        ref.path.parent.mkdir(parents=True, exist_ok=True)
-    if ref.kind == "journal":
-        from optuna.storages.journal import JournalFileBackend, JournalFileOpenLock
-
-        return optuna.storages.JournalStorage(
-            JournalFileBackend(str(ref.path), lock_obj=JournalFileOpenLock(str(ref.path))))
-    engine_kwargs = {"connect_args": {"timeout": 60}} if ref.kind == "sqlite" else {"pool_pre_ping": True}
-    return optuna.storages.RDBStorage(ref.url, engine_kwargs=engine_kwargs)
-
-
-class StudyLock:
-    """Serialises 'decide whether to start a trial + ask + suggest' among threads and (for local file
-    storages) processes. Remote RDB storages get the thread lock only: concurrent processes on
-    different hosts may then overshoot ``--trials`` by at most one trial each."""
-
-    def __init__(self, ref: StorageRef) -> None:
-        self._thread_lock = threading.Lock()
-        self._path = None if ref.path is None else ref.path.with_name(ref.path.name + ".tune-lock")
-
-    @contextmanager
-    def hold(self) -> Iterator[None]:
-        with self._thread_lock:
-            if self._path is None:
-                yield
-                return
-            self._path.parent.mkdir(parents=True, exist_ok=True)
-            with open(self._path, "a") as fh:
-                fcntl.flock(fh, fcntl.LOCK_EX)
-                try:
-                    yield
-                finally:
-                    fcntl.flock(fh, fcntl.LOCK_UN)
-
-
-# ---------------------------------------------------------------------------------------------------
-# samplers, pruners, study
-def make_sampler(space: SearchSpace, seed: int | None) -> Any:
-    import optuna
-
-    kind = space.spec.sampler
-    if kind == "auto":
-        kind = "nsga2" if space.multi_objective else "tpe"
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # experimental-argument warnings
-        if kind == "random":
-            return optuna.samplers.RandomSampler(seed=seed)
-        if kind == "nsga2":
-            return optuna.samplers.NSGAIISampler(seed=seed)
-        return optuna.samplers.TPESampler(seed=seed, constant_liar=True)
-
-
-def make_pruner(space: SearchSpace) -> Any:
-    import optuna
-
-    p = space.spec.pruning
-    if p is None or p.pruner == "none" or not p.report:
-        return optuna.pruners.NopPruner()
-    if p.pruner == "percentile":
-        return optuna.pruners.PercentilePruner(p.percentile, n_startup_trials=p.n_startup_trials)
-    return optuna.pruners.MedianPruner(n_startup_trials=p.n_startup_trials)
-
-
-def open_study(space: SearchSpace, ref: StorageRef, study_name: str, *, storage: Any = None) -> Any:
-    """Create or load (load_if_exists) the study; refuse a study whose search space has changed."""
-    import optuna
-
-    storage = storage if storage is not None else open_storage(ref)
-    try:
-        study = optuna.create_study(storage=storage, study_name=study_name, directions=space.directions,
-                                    sampler=make_sampler(space, space.spec.seed), pruner=make_pruner(space),
-                                    load_if_exists=True)
-    except ValueError as exc:
-        raise ConfigError(f"study {study_name!r} in {ref.url}: {exc}; use another --study name") from None
-    existing = [d.name.lower() for d in study.directions]
-    if existing != space.directions:
-        raise ConfigError(f"study {study_name!r} in {ref.url} optimises {existing}, but {space.path} asks for "
-                          f"{space.directions}; use another --study name")
-    info = study.user_attrs.get(SPACE_ATTR)
-    fp = space.fingerprint()
-    if info is None:
-        study.set_user_attr(SPACE_ATTR, {"fingerprint": fp, "file": str(space.path), "base": str(space.base.path),
-                                         "cell": space.cell})
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            try:
-                study.set_metric_names([o.metric for o in space.objectives])
-            except Exception:  # noqa: BLE001 - only cosmetics for optuna-dashboard
-                pass
-    elif info.get("fingerprint") != fp:
-        raise ConfigError(
-            f"{space.path}: the parameters, objectives or cell differ from those study {study_name!r} was started "
-            f"with (from {info.get('file')}); a study's search space cannot change: use another --study name"
-        )
-    return study
-
-
-# ---------------------------------------------------------------------------------------------------
-# liveness and retries
-def _pid_alive(pid: int) -> bool:
-    from prism_lab.harness.ledger import pid_alive
-
-    return pid_alive(pid)
-
-
-def stale_reason(trial: Any, *, host: str, grace_period: float, now: float | None = None) -> str | None:
-    """Why a RUNNING trial's worker is gone, or None if it may still be alive."""
-    now = time.time() if now is None else now
-    worker = trial.user_attrs.get(WORKER_ATTR)
-    beat = trial.user_attrs.get(HEARTBEAT_ATTR)
-    if worker is None:
-        started = trial.datetime_start.timestamp() if trial.datetime_start else now
-        return None if now - started < grace_period else f"no worker recorded for {grace_period:.0f}s"
-    if worker.get("host") == host:
-        if worker.get("pid") == os.getpid():
-            return None  # our own threads are alive while we are
-        return None if _pid_alive(int(worker.get("pid", 0))) else f"worker pid {worker.get('pid')} on {host} is dead"
-    last = float(beat) if beat is not None else 0.0
-    if now - last > grace_period:
-        return f"no heartbeat from {worker.get('host')} (pid {worker.get('pid')}) for {now - last:.0f}s"
-    return None
-
-
-def enqueue_retry(study: Any, trial: Any, *, max_retries: int) -> int | None:
-    """Enqueue a WAITING copy of a failed trial (same parameters). None when retries are used up."""
-    import optuna
-
-    history = list(trial.system_attrs.get("retry_history", [])) + [trial.number]
-    if len(history) > max_retries:
-        return None
-    system_attrs = {"failed_trial": trial.system_attrs.get("failed_trial", trial.number), "retry_history": history}
-    user_attrs = {k: v for k, v in trial.user_attrs.items()
-                  if k not in (WORKER_ATTR, HEARTBEAT_ATTR, SWEEP_ATTR, RUNS_ATTR, ERROR_ATTR)}
-    study.add_trial(optuna.trial.create_trial(state=optuna.trial.TrialState.WAITING, params=trial.params,
-                                              distributions=trial.distributions, user_attrs=user_attrs,
-                                              system_attrs=system_attrs))
-    return len(history)
-
-
-def fail_trial(study: Any, trial_id: int, reason: str) -> bool:
-    """Mark a RUNNING trial FAIL with ``reason``. False when another worker finished it first."""
-    import optuna
-
-    storage = study._storage
-    try:
-        storage.set_trial_user_attr(trial_id, ERROR_ATTR, reason[:2000])
-        return bool(storage.set_trial_state_values(trial_id, state=optuna.trial.TrialState.FAIL))
-    except optuna.exceptions.UpdateFinishedTrialError:
-        return False
-
-
-def recover_stale_trials(study: Any, *, max_retries: int, grace_period: float,
-                         echo: Callable[[str], None] = lambda s: None) -> list[int]:
-    """FAIL every RUNNING trial whose worker is gone and enqueue its retry. Returns their numbers."""
-    import optuna
-
-    host = socket.gethostname()
-    out = []
-    for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
-        reason = stale_reason(t, host=host, grace_period=grace_period)
-        if reason is None:
-            continue
-        if not fail_trial(study, t._trial_id, f"killed: {reason}"):
-            continue
-        t = study._storage.get_trial(t._trial_id)
-        attempt = enqueue_retry(study, t, max_retries=max_retries)
-        echo(f"trial {t.number}: its worker died ({reason}); marked FAIL, "
-             + (f"retry {attempt}/{max_retries} enqueued" if attempt else "no retries left"))
-        out.append(t.number)
-    return out
-
-
-# ---------------------------------------------------------------------------------------------------
-# reading metrics
-def reduce_metric(values: list[float], how: str) -> float:
-    if how == "last":
-        return values[-1]
-    if how == "max":
-        return max(values)
-    if how == "min":
-        return min(values)
-    return sum(values) / len(values)
-
-
-def read_metric(ledger: Any, key: str, label: str, spec: ObjectiveSpec | ReportSpec) -> float:
-    series = [(step, value) for step, name, value in ledger.metrics(key) if name == spec.metric and value is not None]
-    values = [v for _, v in series if math.isfinite(v)]
-    if not values:
-        logged = sorted({name for _, name, _ in ledger.metrics(key)})
-        if series:
-            raise TrialFailed(f"metric {spec.metric!r} of {label} ({key[:12]}) is not finite: {series[-1][1]}")
-        raise TrialFailed(f"run {label} ({key[:12]}, role {spec.role}) logged no metric {spec.metric!r}; "
-                          f"it logged: {', '.join(logged) or 'nothing'}")
-    return reduce_metric(values, spec.reduce)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -545,64 +274,8 @@ class Tuner:
                          " (not retried)" if retry else ""))
 
     def _execute_trial(self, trial: Any, params: dict[str, Any]) -> tuple[str, Any]:
-        from prism_lab.harness.executors.local import LocalExecutor
-        from prism_lab.harness.ledger import Ledger
-        from prism_lab.harness.plan import Plan
-        from prism_lab.harness.planning import build_plan
-
-        sweep = f"{self.study_name}-trial-{trial.number}"
-        try:
-            grid = self.space.trial_grid(params, sweep)
-            plan = build_plan(grid)
-        except ConfigError as exc:
-            raise TrialInvalid(str(exc).split(": ", 2)[-1]) from None
-        cell = plan.cells[0]
-        trial.set_user_attr(SWEEP_ATTR, sweep)
-        trial.set_user_attr(RUNS_ATTR, dict(cell.runs))
-        ledger = Ledger(self.root)
-        try:
-            ledger.record_plan(plan)
-            executor = LocalExecutor(self.root, workers=self.opt.stage_workers, show_progress=False)
-
-            def execute(roles: list[str]) -> None:
-                needed: set[str] = set()
-                stack = [cell.runs[r] for r in roles]
-                while stack:
-                    key = stack.pop()
-                    if key not in needed:
-                        needed.add(key)
-                        stack.extend(plan.runs[key].inputs.values())
-                sub = Plan(grid=plan.grid, cells=plan.cells, runs={k: r for k, r in plan.runs.items() if k in needed})
-                summary = executor.run(sub)
-                if summary.unavailable:
-                    kinds = sorted({plan.runs[k].kind for k in summary.unavailable})
-                    raise StudyAborted(f"stage kind(s) {', '.join(kinds)} are not available in this build; "
-                                       "a trial cannot run them")
-                if not summary.ok:
-                    bad = (summary.failed or summary.blocked)[0]
-                    row = ledger.get_run(bad)
-                    detail = (row.error if row else None) or "failed"
-                    raise TrialFailed(f"{plan.runs[bad].label} ({bad[:12]}): {detail}"
-                                      + (f"; log: {row.log_path}" if row and row.log_path else ""))
-
-            for step, rep in enumerate(self.space.reports):
-                execute([rep.role])
-                key = cell.runs[rep.role]
-                value = read_metric(ledger, key, plan.runs[key].label, rep)
-                if (rep.direction or self.space.spec.objective.direction) != self.space.spec.objective.direction:
-                    value = -value
-                trial.report(value, step)
-                if trial.should_prune():
-                    return "pruned", step
-            execute([o.role for o in self.space.objectives])
-            values = []
-            for obj in self.space.objectives:
-                key = cell.runs[obj.role]
-                values.append(read_metric(ledger, key, plan.runs[key].label, obj))
-            return "complete", values
-        finally:
-            ledger.close()
-
+        return execute_trial(trial, params, space=self.space, root=self.root,
+                             sweep=f"{self.study_name}-trial-{trial.number}", stage_workers=self.opt.stage_workers)
 
 def _fmt(v: Any) -> str:
     return f"{v:.4g}" if isinstance(v, float) else str(v)
