@@ -12,6 +12,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import subprocess
+import sys
 import threading
 from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
@@ -138,6 +139,19 @@ def test_openai_compatible_judge_on_loopback():
         assert dead.correct("q", "a", "a") is None and dead.failures == 1
     finally:
         server.shutdown()
+
+
+def test_worker_entry_point_answers_and_the_backend_finds_the_checkout():
+    """The worker module starts as the backend starts it and answers one JSON line on its protocol stream;
+    the backend's checkout root (PYTHONPATH and cwd of the worker) is the repository."""
+    from prism_lab.eval.vlmeval.backend import REPO as BACKEND_REPO
+
+    assert BACKEND_REPO == REPO and (BACKEND_REPO / "pyproject.toml").is_file()
+    res = subprocess.run([sys.executable, "-m", "prism_lab.eval.vlmeval.worker", "--worker"], input='{"op": "exit"}\n',
+                         capture_output=True, text=True, cwd=REPO, timeout=120, check=False)
+    reply = json.loads(res.stdout.splitlines()[0])
+    assert reply["ready"] is HAS_VLMEVAL
+    assert res.returncode == (0 if HAS_VLMEVAL else 1)
 
 
 # ============================================================================ VLMEvalKit

@@ -33,7 +33,9 @@ unchanged.
 Work files go to ``$PRISM_VLMEVAL_WORK_DIR`` (kept) or a temporary directory (removed by :meth:`close`).
 
 The worker protocol is JSON lines: requests on the worker's stdin, replies on a private copy of its
-stdout (the worker sends its own stdout, i.e. VLMEvalKit's prints, to its log file).
+stdout (the worker sends its own stdout, i.e. VLMEvalKit's prints, to its log file). Steps 1-5 run in
+:mod:`prism_lab.eval.vlmeval.worker` (with :mod:`~prism_lab.eval.vlmeval.layout` for step 1 and
+:mod:`~prism_lab.eval.vlmeval.verdicts` for step 4); this module is the caller's side.
 """
 
 from __future__ import annotations
@@ -45,20 +47,17 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import time
-import traceback
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from prism_lab.errors import CheckpointError, ConfigError, DataError, PrismError
 from prism_lab.eval.backends import BenchmarkResult, EvalBackend, GenerationSettings
-from prism_lab.prompts import Prompting
+from prism_lab.eval.vlmeval.worker import MODEL_CACHE, run_request
 
-__all__ = ["VLMEvalKitBackend", "find_vlmeval_python", "run_request", "worker_main"]
+__all__ = ["VLMEvalKitBackend", "find_vlmeval_python"]
 
-REPO = Path(__file__).resolve().parents[2]
-MODEL_NAME = "PrismVLM"
+REPO = Path(__file__).resolve().parents[3]  # the checkout (prism_lab/eval/vlmeval/backend.py)
 _ERRORS = {"DataError": DataError, "ConfigError": ConfigError, "CheckpointError": CheckpointError}
 
 
@@ -88,247 +87,8 @@ def find_vlmeval_python() -> str:
     )
 
 
-# ----------------------------------------------------------------------------------------------- worker side
-def _subset_tsv(src: Path, dst: Path, keep: set[str]) -> int:
-    """Copy the rows of ``src`` whose index is in ``keep`` to ``dst``; short image references (the index
-    of another row) are resolved first, so kept rows never point at dropped ones."""
-    import csv
-
-    import pandas as pd
-
-    df = pd.read_csv(src, sep="\t", dtype=str, keep_default_na=False, quoting=csv.QUOTE_MINIMAL)
-    if "image" in df.columns:
-        by_idx = dict(zip(df["index"].astype(str), df["image"]))
-        df["image"] = [by_idx.get(v, v) if 0 < len(v) <= 64 else v for v in df["image"]]
-    sub = df[df["index"].astype(str).isin(keep)]
-    sub.to_csv(dst, sep="\t", index=False, lineterminator="\n")
-    return len(sub)
 
 
-def _layout(req: Mapping[str, Any], spec: Any, work: Path) -> tuple[str, Path]:
-    """(dataset name, LMUData root) for a request (see step 1 of the module doc)."""
-    from prism_lab.eval.vlmeval.datasets import check_benchmark_file
-
-    tsv = check_benchmark_file(spec, req["tsv"], check_md5=not req.get("indices"))
-    indices = req.get("indices")
-    official = spec.source == "vlmevalkit" and spec.vlmeval_name and tsv.stem == spec.vlmeval_name
-    if official and not indices:
-        return tsv.stem, tsv.parent
-    root = work / "LMUData"
-    root.mkdir(parents=True, exist_ok=True)
-    if spec.source == "synth":
-        name = spec.name
-    else:
-        name = tsv.stem if not official else f"{tsv.stem}_prismsub"
-    dst = root / f"{name}.tsv"
-    if indices:
-        _subset_tsv(tsv, dst, {str(i) for i in indices})
-    else:
-        try:
-            dst.symlink_to(tsv.resolve())
-        except OSError:
-            shutil.copyfile(tsv, dst)
-    return name, root
-
-
-def _build_dataset(spec: Any, name: str, prompting: Prompting):
-    from prism_lab.eval.vlmeval.datasets import dataset_classes, official_class, register_datasets
-
-    if spec.source == "synth" or not spec.vlmeval_name:
-        register_datasets({name: spec.kind})
-        cls = dataset_classes()[spec.kind]
-        ds = cls(dataset=name)
-        ds.yesno_instruction = prompting.yesno_instruction
-        return ds, "prism"
-    cls = official_class(spec.vlmeval_name)
-    ds = cls(dataset=name)
-    from prism_lab.eval.vlmeval.datasets import JUDGE_CLASSES
-
-    return ds, ("rule" if cls.__name__ in JUDGE_CLASSES else "vlmeval")
-
-
-def _table(obj: Any) -> Any:
-    """VLMEvalKit's metrics (DataFrame / dict) as JSON-able records."""
-    import pandas as pd
-
-    if isinstance(obj, pd.DataFrame):
-        return json.loads(obj.to_json(orient="records"))
-    if isinstance(obj, dict):
-        return json.loads(json.dumps(obj, default=str))
-    return None if obj is None else str(obj)
-
-
-def _hits_from_files(work: Path, pred_file: Path) -> dict[str, bool]:
-    """Per-row verdicts from VLMEvalKit's intermediate files (``hit`` or ``score`` by ``index``)."""
-    from vlmeval.smp import load
-
-    stem = pred_file.stem
-    best: dict[str, bool] = {}
-    for p in sorted(work.iterdir()):
-        if not p.name.startswith(stem + "_") or p.suffix not in (".tsv", ".xlsx", ".csv", ".pkl", ".json"):
-            continue
-        try:
-            data = load(str(p))
-        except Exception:  # noqa: BLE001
-            continue
-        if not hasattr(data, "columns") or "index" not in data.columns:
-            continue
-        col = "hit" if "hit" in data.columns else ("score" if "score" in data.columns else None)
-        if col is None:
-            continue
-        best = {str(i): bool(int(float(v))) if not isinstance(v, bool) else v
-                for i, v in zip(data["index"], data[col])}
-        if col == "hit":
-            break
-    return best
-
-
-def _mcq_hits(dataset: Any, records: Mapping[str, dict]) -> dict[str, bool]:
-    """VLMEvalKit's exact-matching MCQ verdict (``can_infer``) for classes that write no per-row file."""
-    from vlmeval.dataset.utils.multiple_choice import can_infer
-
-    from prism_lab.eval.vlmeval.judge import row_options
-
-    out = {}
-    for row in dataset.data.to_dict(orient="records"):
-        i = str(row["index"])
-        opts = row_options(row)
-        got = can_infer(records[i]["answer"], opts) if opts else None
-        out[i] = bool(got) and str(got) == str(row.get("answer")).strip()
-    return out
-
-
-_MODEL: dict[str, Any] = {}
-
-
-def _model_for(req: Mapping[str, Any], settings: GenerationSettings, prompting: Prompting, replay):
-    from prism_lab.eval.vlmeval.model import PrismVLM
-
-    key = json.dumps([req["checkpoint_dir"], req.get("engine_kind", "auto"), req.get("batch_size", 16),
-                      req.get("threads")])
-    model = _MODEL.get(key)
-    if model is None:
-        for old in _MODEL.values():
-            old.close()
-        _MODEL.clear()
-        model = PrismVLM(req["checkpoint_dir"], settings=settings, prompting=prompting,
-                         batch_size=int(req.get("batch_size", 16)), engine_kind=req.get("engine_kind", "auto"),
-                         threads=req.get("threads"))
-        _MODEL[key] = model
-    model.configure(settings=settings, prompting=prompting, replay=replay)
-    return model
-
-
-def run_request(req: Mapping[str, Any]) -> dict[str, Any]:
-    """Evaluate one benchmark through VLMEvalKit (runs in the worker, or in-process); returns
-    ``{"rows", "info"}``."""
-    from prism_lab.eval.vlmeval.tv_shim import import_vlmeval
-
-    os.environ["PRED_FORMAT"] = "tsv"
-    import_vlmeval()
-    import torch
-    from vlmeval.inference import infer_data_job
-    from vlmeval.smp import get_pred_file_path
-
-    from prism_lab.eval.benchmarks import BenchmarkSpec
-    from prism_lab.eval.vlmeval.judge import judge_from_env, math_row_correct
-    from prism_lab.prompts import is_format_valid
-
-    grad = torch.is_grad_enabled()
-    t0 = time.perf_counter()
-    spec = BenchmarkSpec.model_validate(req["spec"])
-    settings = GenerationSettings(**req["settings"])
-    prompting = Prompting(**req.get("prompting", {}))
-    work = Path(req["work_dir"])
-    work.mkdir(parents=True, exist_ok=True)
-    name, root = _layout(req, spec, work)
-    old_root = os.environ.get("LMUData")
-    os.environ["LMUData"] = str(root)
-    try:
-        dataset, scoring = _build_dataset(spec, name, prompting)
-        replay = req.get("replay")
-        model = _model_for(req, settings, prompting, replay)
-        records = model.prefetch(dataset)
-        infer_data_job(model, work_dir=str(work), model_name=MODEL_NAME, dataset=dataset)
-        pred_file = Path(get_pred_file_path(str(work), MODEL_NAME, dataset.dataset_name))
-        metrics = None
-        data_rows = dataset.data.to_dict(orient="records")
-        if scoring == "rule":
-            hits = {str(r["index"]): math_row_correct(records[str(r["index"])]["answer"], r) for r in data_rows}
-        else:
-            metrics = dataset.evaluate(str(pred_file), model="exact_matching", nproc=1)
-            hits = _hits_from_files(work, pred_file)
-            if not hits or any(str(r["index"]) not in hits for r in data_rows):
-                hits = _mcq_hits(dataset, records)
-        judge = judge_from_env(req.get("judge_env"))
-        flips = 0
-        rows = []
-        for r in data_rows:
-            i = str(r["index"])
-            rec = records[i]
-            correct = bool(hits.get(i, False))
-            judged_by = "vlmeval" if scoring == "vlmeval" else "rule"
-            if not correct and judge is not None:
-                verdict = judge.correct(str(r.get("question", "")), str(r.get("answer", "")), rec["raw"])
-                if verdict:
-                    correct, judged_by, flips = True, "llm", flips + 1
-            cat = r.get("category")
-            rows.append({
-                "index": r["index"] if not hasattr(r["index"], "item") else r["index"].item(),
-                "question": str(r.get("question", "")), "prompt": rec.get("prompt"), "answer": str(r.get("answer", "")),
-                "prediction": rec["raw"], "extracted": rec["answer"], "has_answer_tag": rec["has_answer_tag"],
-                "correct": correct, "format_valid": bool(is_format_valid(rec["raw"])),
-                "n_tokens": rec["n_tokens"], "finish_reason": rec["finish_reason"],
-                "category": None if cat is None or (isinstance(cat, float) and cat != cat) else str(cat),
-                "judged_by": judged_by,
-            })
-        info = {
-            "vlmeval_dataset": dataset.dataset_name, "vlmeval_class": type(dataset).__name__, "scoring": scoring,
-            "vlmeval_metrics": _table(metrics), "prediction_file": str(pred_file), "work_dir": str(work),
-            "generate_seconds": round(model.generate_seconds, 3), "seconds": round(time.perf_counter() - t0, 3),
-            "judge": None if judge is None else {**judge.config.to_dict(), "calls": judge.calls,
-                                                  "failures": judge.failures, "flips": flips},
-        }
-        model.generate_seconds = 0.0
-        return {"rows": rows, "info": info}
-    finally:
-        torch.set_grad_enabled(grad)
-        if old_root is None:
-            os.environ.pop("LMUData", None)
-        else:
-            os.environ["LMUData"] = old_root
-
-
-def worker_main() -> int:
-    """``python -m prism_lab.eval.vlmeval.backend --worker``: serve JSON-line requests on stdin."""
-    proto = os.fdopen(os.dup(1), "w", encoding="utf-8", buffering=1)
-    os.dup2(2, 1)  # VLMEvalKit's prints go to the log (stderr), never into the protocol stream
-    from prism_lab.eval.vlmeval.tv_shim import import_vlmeval
-
-    try:
-        import_vlmeval()
-        proto.write(json.dumps({"ready": True}) + "\n")
-    except Exception as e:  # noqa: BLE001
-        proto.write(json.dumps({"ready": False, "type": type(e).__name__, "message": str(e)}) + "\n")
-        return 1
-    for line in sys.stdin:
-        if not line.strip():
-            continue
-        req = json.loads(line)
-        if req.get("op") == "exit":
-            break
-        try:
-            reply = {"ok": True, **run_request(req)}
-        except Exception as e:  # noqa: BLE001 - reported to the parent, which re-raises
-            traceback.print_exc(file=sys.stderr)
-            reply = {"ok": False, "type": type(e).__name__, "message": str(e)}
-        proto.write(json.dumps(reply, default=str) + "\n")
-    for m in _MODEL.values():
-        m.close()
-    return 0
-
-
-# ----------------------------------------------------------------------------------------------- backend
 class VLMEvalKitBackend(EvalBackend):
     """Evaluation through VLMEvalKit (see the module doc). Registered as ``vlmevalkit``."""
 
@@ -368,7 +128,7 @@ class VLMEvalKitBackend(EvalBackend):
         env.setdefault("HF_DATASETS_OFFLINE", "1")
         log = open(self._log_file, "ab")  # noqa: SIM115 - owned by the worker's lifetime
         self.log(f"vlmevalkit: starting worker {python} (log {self._log_file})")
-        self._proc = subprocess.Popen([python, "-m", "prism_lab.eval.vlmeval.backend", "--worker"],
+        self._proc = subprocess.Popen([python, "-m", "prism_lab.eval.vlmeval.worker", "--worker"],
                                       stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log, env=env,
                                       text=True, bufsize=1, cwd=str(REPO))
         log.close()
@@ -483,16 +243,9 @@ class VLMEvalKitBackend(EvalBackend):
             if proc.stdout is not None:
                 proc.stdout.close()
         if self.in_process:
-            for m in _MODEL.values():
+            for m in MODEL_CACHE.values():
                 m.close()
-            _MODEL.clear()
+            MODEL_CACHE.clear()
         if self._work_root is not None and not self._keep:
             shutil.rmtree(self._work_root, ignore_errors=True)
             self._work_root = None
-
-
-if __name__ == "__main__":  # pragma: no cover - the worker entry point
-    if sys.argv[1:] == ["--worker"]:
-        sys.exit(worker_main())
-    print("usage: python -m prism_lab.eval.vlmeval.backend --worker", file=sys.stderr)
-    sys.exit(2)
