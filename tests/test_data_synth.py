@@ -11,10 +11,12 @@ import pyarrow.parquet as pq
 import pytest
 
 from prism_lab.data.images import encode_png
-from prism_lab.data.synth.questions import derive_answer, teacher_caption
-from prism_lab.data.synth.scenes import Scene, draw
 from prism_lab.data.synth.config import SynthConfig
-from prism_lab.data.synth.generate import corpus_texts, generate, load_manifest
+from prism_lab.data.synth.describe import teacher_caption
+from prism_lab.data.synth.files import corpus_texts, load_manifest
+from prism_lab.data.synth.generate import generate
+from prism_lab.data.synth.questions import derive_answer
+from prism_lab.data.synth.scenes import Scene, draw
 from prism_lab.errors import ConfigError
 from prism_lab.prompts import FORMAT_RE, SPLIT_RE, SYSTEM_PROMPT, extract_answer
 

@@ -13,7 +13,8 @@ from tests.conftest import run_cli
 @pytest.fixture(scope="module")
 def tiny_ckpt_and_bench(tmp_path_factory):
     from prism_lab.data.synth.config import SynthConfig
-    from prism_lab.data.synth.generate import corpus_texts, generate
+    from prism_lab.data.synth.files import corpus_texts
+    from prism_lab.data.synth.generate import generate
     from prism_lab.models import build_tiny_policy, build_tokenizer, save_policy
 
     d = tmp_path_factory.mktemp("evalcli")

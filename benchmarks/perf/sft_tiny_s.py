@@ -68,7 +68,8 @@ def main() -> None:
     from prism_lab.config.sft import SFTConfig
     from prism_lab.data.catalog import DataCatalog, synth_catalog
     from prism_lab.data.synth.config import SynthConfig
-    from prism_lab.data.synth.generate import SFT_CAPTION, generate, load_manifest
+    from prism_lab.data.synth.files import SFT_CAPTION, load_manifest
+    from prism_lab.data.synth.generate import generate
     from prism_lab.eval.run import evaluate_checkpoint
     from prism_lab.harness.planning import load_grid
     from prism_lab.models import save_policy

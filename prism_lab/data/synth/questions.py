@@ -1,4 +1,4 @@
-"""Question families over a scene, and the two response styles (teacher = dense, public = terse/noisy).
+"""Question families over a scene (the response styles are in ``responses``, scene descriptions in ``describe``).
 
 Families (each generated item records its family and a sub-form):
 
@@ -22,13 +22,18 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from prism_lab.data.synth.scenes import PALETTE, SHAPES, Scene, plural
-from prism_lab.prompts import format_response
+from prism_lab.data.synth.describe import (
+    Desc,
+    article,
+    derive_count_line,
+    desc_singular,
+    desc_text,
+)
+from prism_lab.data.synth.scenes import PALETTE, SHAPES, Scene
 
 FAMILIES: tuple[str, ...] = ("count", "presence", "mcq_count", "mcq_most", "mcq_colour", "mcq_shape", "arith")
 LETTERS = "ABCD"
 
-Desc = tuple[str | None, str | None]  # (colour, shape); None = any
 
 
 @dataclass
@@ -64,61 +69,6 @@ def format_mcq(stem: str, options: dict[str, str]) -> str:
         return stem
     lines = [stem] + [f"{k}. {v}" for k, v in options.items()]
     return "\n".join(lines) + "\nAnswer with the letter."
-
-
-# ---------------------------------------------------------------------------------------------- text
-def desc_text(d: Desc) -> str:
-    """(red, circle) -> 'red circles'; (red, None) -> 'red shapes'; (None, None) -> 'shapes'."""
-    colour, shape = d
-    noun = plural(shape) if shape else "shapes"
-    return f"{colour} {noun}" if colour else noun
-
-
-def _article(word: str) -> str:
-    return "an" if word[0] in "aeiou" else "a"
-
-
-def desc_singular(d: Desc) -> str:
-    colour, shape = d
-    noun = shape or "shape"
-    phrase = f"{colour} {noun}" if colour else noun
-    return f"{_article(phrase)} {phrase}"
-
-
-def derive_count_line(scene: Scene, d: Desc, colours: Sequence[str], shapes: Sequence[str]) -> tuple[str, int]:
-    """A one-line count derivation ('red shapes = 1 + 2 = 3') and the count."""
-    colour, shape = d
-    if colour and shape:
-        parts = [scene.count(colour, shape)]
-    elif colour:
-        parts = [scene.count(colour, s) for s in shapes]
-    elif shape:
-        parts = [scene.count(c, shape) for c in colours]
-    else:
-        parts = [scene.count(c, None) for c in colours]
-    parts = [p for p in parts if p] or [0]
-    total = sum(parts)
-    if len(parts) == 1:
-        return f"{desc_text(d)} = {total}", total
-    return f"{desc_text(d)} = {' + '.join(map(str, parts))} = {total}", total
-
-
-def teacher_caption_lines(scene: Scene, colours: Sequence[str], shapes: Sequence[str]) -> list[str]:
-    """Dense caption: every object, grouped by colour then shape, with counts."""
-    lines = []
-    for c in colours:
-        parts = []
-        for s in shapes:
-            n = scene.count(c, s)
-            if n:
-                parts.append(f"{n} {plural(s) if n > 1 else s}")
-        if parts:
-            lines.append(f"- {c}: {', '.join(parts)}")
-    return lines or ["- no shapes"]
-
-
-def teacher_caption(scene: Scene, colours: Sequence[str], shapes: Sequence[str]) -> str:
-    return "\n".join(teacher_caption_lines(scene, colours, shapes))
 
 
 # ------------------------------------------------------------------------------------------ families
@@ -245,7 +195,7 @@ def _make_mcq_shape(rng, scene, colours, shapes, hard) -> Item | None:
     if len(options) < 2:
         return None
     return Item("mcq_shape", "shape", f"What shape is the {c} one?", options, letter, "letter",
-                f"the {c} one is {_article(shape)} {shape}, so {letter}", {"colour": c, "shape": shape})
+                f"the {c} one is {article(shape)} {shape}, so {letter}", {"colour": c, "shape": shape})
 
 
 _EASY_ARITH = ("add_k", "add_k", "sum")
@@ -337,104 +287,3 @@ def derive_answer(item_meta: dict[str, Any], family: str, scene: Scene) -> str:
     if family == "mcq_shape":
         return next(o.shape for o in scene.objects if o.colour == item_meta["colour"])
     raise KeyError(family)
-
-
-# ------------------------------------------------------------------------------------------ responses
-def teacher_segments(item: Item, scene: Scene, colours: Sequence[str], shapes: Sequence[str]) -> tuple[str, str]:
-    """(caption block with tags, cot = think block + answer block) of the teacher response."""
-    full = format_response(teacher_caption(scene, colours, shapes), item.teacher_think, item.answer)
-    return split_response(full)
-
-
-def teacher_response(item: Item, scene: Scene, colours: Sequence[str], shapes: Sequence[str]) -> str:
-    return format_response(teacher_caption(scene, colours, shapes), item.teacher_think, item.answer)
-
-
-def split_response(text: str) -> tuple[str, str]:
-    from prism_lab.prompts import SPLIT_RE
-
-    m = SPLIT_RE.match(text)
-    if m is None:  # pragma: no cover - callers pass format-valid text
-        raise ValueError("response does not follow the caption/think/answer format")
-    return m.group(1), m.group(2)
-
-
-def wrong_answer(rng: random.Random, item: Item) -> str:
-    """A plausible wrong answer of the right type."""
-    if item.answer_type == "yesno":
-        return "No" if item.answer == "Yes" else "Yes"
-    if item.answer_type == "letter":
-        return rng.choice([k for k in item.options if k != item.answer])
-    n = int(item.answer)
-    cands = [n + d for d in (-2, -1, 1, 2) if n + d >= 0]
-    return str(rng.choice(cands))
-
-
-@dataclass
-class PublicResponse:
-    text: str
-    answer: str
-    wrong_answer: bool
-    wrong_caption: bool
-    format_error: bool
-
-
-def _public_caption(rng: random.Random, scene: Scene, colours, shapes, wrong: bool) -> str:
-    groups = scene.groups(colours, shapes)
-    total = len(scene.objects)
-    style = rng.choice(("total", "colours", "partial", "vague")) if not wrong else rng.choice(("total", "partial"))
-    if style == "total" or not groups:
-        n = total + (rng.choice((-1, 1)) if wrong and total > 1 else (1 if wrong else 0))
-        return f"- {n} shapes"
-    if style == "colours":
-        present = [c for c in colours if scene.count(c, None)]
-        return f"- {', '.join(present)} shapes"
-    if style == "partial":
-        c, s, n = rng.choice(groups)
-        if wrong:
-            n = n + 1 if n == 1 or rng.random() < 0.5 else n - 1
-        return f"- {n} {c} {plural(s) if n != 1 else s}"
-    return "- shapes on white"
-
-
-def _public_think(item: Item, answer: str, wrong: bool) -> str:
-    fam = item.family
-    if fam in ("count",):
-        return f"I see {answer}."
-    if fam == "mcq_count":
-        return f"I see {item.options[answer]}."
-    if fam == "presence":
-        return f"I think {answer.lower()}."
-    if fam.startswith("mcq_"):
-        return f"It is {item.options[answer]}."
-    if not wrong:
-        return item.teacher_think.splitlines()[-1]
-    return f"so {answer}"
-
-
-def public_response(
-    rng: random.Random,
-    item: Item,
-    scene: Scene,
-    colours: Sequence[str],
-    shapes: Sequence[str],
-    *,
-    wrong_answer_share: float,
-    wrong_caption_share: float,
-    format_error_share: float,
-) -> PublicResponse:
-    """Lower-fidelity response: terse or partial caption, terse reasoning, sometimes a wrong answer."""
-    wrong = rng.random() < wrong_answer_share
-    wrong_cap = rng.random() < wrong_caption_share
-    bad_format = rng.random() < format_error_share
-    answer = wrong_answer(rng, item) if wrong else item.answer
-    caption = _public_caption(rng, scene, colours, shapes, wrong_cap)
-    think = _public_think(item, answer, wrong)
-    if bad_format:
-        if rng.random() < 0.5:
-            text = f"<think>\n{think}\n</think>\n<answer>\n{answer}\n</answer>"
-        else:
-            text = answer
-    else:
-        text = format_response(caption, think, answer)
-    return PublicResponse(text, answer, wrong, wrong_cap, bad_format)
