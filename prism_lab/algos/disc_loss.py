@@ -140,6 +140,47 @@ class DiscLossOutput:
         return out
 
 
+def _prepared_scores(
+    raw: tuple[Tensor, Tensor, Tensor, Tensor],
+    valid_mask: Tensor,
+    *,
+    score_clip: float | None,
+    length_correction: LengthCorrection | None,
+) -> tuple[list[Tensor], Tensor, int]:
+    """Steps 1-3 of :func:`mm_gad_discriminator_loss`: the (s_cap, s_cot, t_cap, t_cot) scores flattened,
+    non-finite values replaced by 0, optionally length-corrected, then clipped; with the boolean valid
+    mask and the number of non-finite scores replaced."""
+    scores = [x.reshape(-1) for x in raw]
+    B = scores[0].shape[0]
+    for name, x in zip(("s_cot", "t_cap", "t_cot"), scores[1:]):
+        if x.shape[0] != B:
+            raise ValueError(f"{name} has {x.shape[0]} scores, s_cap has {B}")
+    v = valid_mask.reshape(-1).to(device=scores[0].device, dtype=torch.bool)
+    if v.shape[0] != B:
+        raise ValueError(f"valid_mask has {v.shape[0]} entries, scores have {B}")
+
+    n_nonfinite = 0
+    cleaned = []
+    for x in scores:
+        x, n_bad = replace_nonfinite(x)
+        n_nonfinite += n_bad
+        cleaned.append(x)
+    sc, so, tc, to = cleaned
+
+    if length_correction is not None:
+        lc = length_correction
+
+        def corr(x: Tensor, beta: float, length: Tensor) -> Tensor:
+            return x - beta * torch.log1p(length.reshape(-1).to(x.dtype).to(x.device))
+
+        sc = corr(sc, lc.beta_caption, lc.student_caption_len)
+        so = corr(so, lc.beta_cot, lc.student_cot_len)
+        tc = corr(tc, lc.beta_caption, lc.teacher_caption_len)
+        to = corr(to, lc.beta_cot, lc.teacher_cot_len)
+
+    return [clip_scores(x, score_clip) for x in (sc, so, tc, to)], v, n_nonfinite
+
+
 def mm_gad_discriminator_loss(
     s_cap: Tensor,
     s_cot: Tensor,
@@ -168,35 +209,10 @@ def mm_gad_discriminator_loss(
 
     The dynamic-batch scaling ``loss · (b / mini_batch_size)`` is the trainer's job, not done here.
     """
-    scores = [x.reshape(-1) for x in (s_cap, s_cot, t_cap, t_cot)]
-    B = scores[0].shape[0]
-    for name, x in zip(("s_cot", "t_cap", "t_cot"), scores[1:]):
-        if x.shape[0] != B:
-            raise ValueError(f"{name} has {x.shape[0]} scores, s_cap has {B}")
-    v = valid_mask.reshape(-1).to(device=scores[0].device, dtype=torch.bool)
-    if v.shape[0] != B:
-        raise ValueError(f"valid_mask has {v.shape[0]} entries, scores have {B}")
-
-    n_nonfinite = 0
-    cleaned = []
-    for x in scores:
-        x, n_bad = replace_nonfinite(x)
-        n_nonfinite += n_bad
-        cleaned.append(x)
-    sc, so, tc, to = cleaned
-
-    if length_correction is not None:
-        lc = length_correction
-
-        def corr(x: Tensor, beta: float, length: Tensor) -> Tensor:
-            return x - beta * torch.log1p(length.reshape(-1).to(x.dtype).to(x.device))
-
-        sc = corr(sc, lc.beta_caption, lc.student_caption_len)
-        so = corr(so, lc.beta_cot, lc.student_cot_len)
-        tc = corr(tc, lc.beta_caption, lc.teacher_caption_len)
-        to = corr(to, lc.beta_cot, lc.teacher_cot_len)
-
-    sc, so, tc, to = (clip_scores(x, score_clip) for x in (sc, so, tc, to))
+    (sc, so, tc, to), v, n_nonfinite = _prepared_scores(
+        (s_cap, s_cot, t_cap, t_cot), valid_mask, score_clip=score_clip, length_correction=length_correction
+    )
+    B = sc.shape[0]
 
     cap_loss, cap_acc = bradley_terry_loss(tc, sc, v)
     cot_loss, cot_acc = bradley_terry_loss(to, so, v)

@@ -131,6 +131,44 @@ def item_scores(rows: Sequence[dict[str, Any]]) -> dict[str, float]:
             for r in rows}
 
 
+def _benchmark_specs(names: Sequence[str | BenchmarkSpec], cfg: EvalConfig,
+                     search_dirs: Sequence[str | Path] | None) -> list[BenchmarkSpec]:
+    """The specs of ``names`` (names are looked up); a benchmark listed twice, or a TSV benchmark with the
+    ``lmeval`` backend, is an error."""
+    specs = [b if isinstance(b, BenchmarkSpec) else load_benchmark(b, search_dirs) for b in names]
+    dup = sorted({s.name for s in specs if sum(t.name == s.name for t in specs) > 1})
+    if dup:
+        raise PrismError(f"eval: benchmark(s) listed twice: {', '.join(dup)}")
+    if cfg.backend == "lmeval" and any(s.kind != "lmeval" for s in specs):
+        raise ConfigError("eval.backend: `lmeval` runs only `kind: lmeval` benchmarks (they go to lm-eval with any "
+                          "backend); use `builtin` or `vlmevalkit` for TSV benchmarks")
+    return specs
+
+
+def _ledger_metrics(name: str, m: dict[str, Any]) -> dict[str, float]:
+    """One benchmark's metrics as the ledger records them (``eval/<name>/...``; non-finite values left out)."""
+    out = {f"eval/{name}/{k}": m[k] for k in ("accuracy", "format_rate", "mean_response_tokens")
+           if m[k] is not None and math.isfinite(m[k])}
+    out[f"eval/{name}/n"] = float(m["n"])
+    return out
+
+
+def _averages(specs: Sequence[BenchmarkSpec], per_bench: dict[str, Any]) -> dict[str, float]:
+    """``eval/avg/*`` over the vision benchmarks and ``eval/avg_retention/*`` over the text-retention group."""
+    groups = {s.name: s.group for s in specs}
+    vision = [b for name, b in per_bench.items() if groups[name] != RETENTION_GROUP]
+    retention = [b for name, b in per_bench.items() if groups[name] == RETENTION_GROUP]
+    metrics: dict[str, float] = {}
+    for prefix, members in (("avg", vision), ("avg_retention", retention)):
+        accs = [b["accuracy"] for b in members if b["accuracy"] is not None]
+        fmts = [b["format_rate"] for b in members if b["format_rate"] is not None]
+        if accs:
+            metrics[f"eval/{prefix}/accuracy"] = sum(accs) / len(accs)
+        if fmts:
+            metrics[f"eval/{prefix}/format_rate"] = sum(fmts) / len(fmts)
+    return metrics
+
+
 def evaluate_checkpoint(
     checkpoint_dir: str | Path,
     benchmarks: Sequence[str | BenchmarkSpec] | None,
@@ -160,13 +198,7 @@ def evaluate_checkpoint(
     names = list(cfg.benchmarks if benchmarks is None else benchmarks)
     if not names:
         raise PrismError("eval: no benchmarks to evaluate (set eval.benchmarks)")
-    specs = [b if isinstance(b, BenchmarkSpec) else load_benchmark(b, benchmark_search_dirs) for b in names]
-    dup = sorted({s.name for s in specs if sum(t.name == s.name for t in specs) > 1})
-    if dup:
-        raise PrismError(f"eval: benchmark(s) listed twice: {', '.join(dup)}")
-    if cfg.backend == "lmeval" and any(s.kind != "lmeval" for s in specs):
-        raise ConfigError("eval.backend: `lmeval` runs only `kind: lmeval` benchmarks (they go to lm-eval with any "
-                          "backend); use `builtin` or `vlmevalkit` for TSV benchmarks")
+    specs = _benchmark_specs(names, cfg, benchmark_search_dirs)
     # Fail on a missing TSV before any model is loaded.
     sources = {s.name: _source(s, bench_dir) for s in specs}
     ckpt_key = checkpoint_key or checkpoint_fingerprint(checkpoint_dir)
@@ -207,26 +239,14 @@ def evaluate_checkpoint(
                 "skipped_noimg": n_noimg, **({"info": result.info} if result.info else {}),
             }
             items_out[spec.name] = item_scores(result.rows)
-            for name in ("accuracy", "format_rate", "mean_response_tokens"):
-                if m[name] is not None and math.isfinite(m[name]):
-                    metrics[f"eval/{spec.name}/{name}"] = m[name]
-            metrics[f"eval/{spec.name}/n"] = float(m["n"])
+            metrics.update(_ledger_metrics(spec.name, m))
             fmt = "n/a" if m["format_rate"] is None or math.isnan(m["format_rate"]) else f"{m['format_rate']:.4f}"
             _emit(log, f"eval {spec.name}: accuracy {m['accuracy']:.4f}, format rate {fmt}, n {m['n']}")
     finally:
         for b in backends.values():
             b.close()
 
-    groups = {s.name: s.group for s in specs}
-    vision = [b for name, b in per_bench.items() if groups[name] != RETENTION_GROUP]
-    retention = [b for name, b in per_bench.items() if groups[name] == RETENTION_GROUP]
-    for prefix, members in (("avg", vision), ("avg_retention", retention)):
-        accs = [b["accuracy"] for b in members if b["accuracy"] is not None]
-        fmts = [b["format_rate"] for b in members if b["format_rate"] is not None]
-        if accs:
-            metrics[f"eval/{prefix}/accuracy"] = sum(accs) / len(accs)
-        if fmts:
-            metrics[f"eval/{prefix}/format_rate"] = sum(fmts) / len(fmts)
+    metrics.update(_averages(specs, per_bench))
     results = {
         "checkpoint_key": ckpt_key,
         "checkpoint_dir": str(checkpoint_dir),

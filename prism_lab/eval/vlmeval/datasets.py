@@ -142,7 +142,7 @@ def check_benchmark_file(spec: Any, path: str | Path | None = None, *, check_md5
 _CLASSES: dict[str, type] | None = None
 
 
-def _is_na(v: Any) -> bool:
+def is_na(v: Any) -> bool:
     import pandas as pd
 
     try:
@@ -151,11 +151,11 @@ def _is_na(v: Any) -> bool:
         return False
 
 
-def _line_options(line: Mapping[str, Any]) -> dict[str, str]:
+def line_options(line: Mapping[str, Any]) -> dict[str, str]:
     import string
 
     return {c: str(line[c]) for c in string.ascii_uppercase
-            if c in line and not _is_na(line[c]) and str(line[c]).strip()}
+            if c in line and not is_na(line[c]) and str(line[c]).strip()}
 
 
 def synth_prompt_text(line: Mapping[str, Any], *, kind: str, yesno_instruction: bool = True) -> str:
@@ -165,8 +165,8 @@ def synth_prompt_text(line: Mapping[str, Any], *, kind: str, yesno_instruction: 
 
     hint = line.get("hint")
     question = str(line["question"])
-    q = f"Hint: {hint}\n{question}" if (hint is not None and not _is_na(hint) and str(hint)) else question
-    options = _line_options(line)
+    q = f"Hint: {hint}\n{question}" if (hint is not None and not is_na(hint) and str(hint)) else question
+    options = line_options(line)
     text = format_mcq(q, options)
     if kind == "yesno" and not options and yesno_instruction:
         text = f"{text.rstrip()}\n{YESNO_INSTRUCTION}"
@@ -174,116 +174,16 @@ def synth_prompt_text(line: Mapping[str, Any], *, kind: str, yesno_instruction: 
 
 
 def dataset_classes() -> dict[str, type]:
-    """``{"mcq": PrismMCQDataset, "yesno": PrismYesNoDataset, "open": PrismOpenDataset}`` (imports vlmeval)."""
+    """``{"mcq": PrismMCQDataset, "yesno": PrismYesNoDataset, "open": PrismOpenDataset}`` (imports vlmeval;
+    the classes are in :mod:`prism_lab.eval.vlmeval.synth_datasets`)."""
     global _CLASSES
     if _CLASSES is not None:
         return _CLASSES
-    from prism_lab.eval.vlmeval.tv_shim import import_vlmeval
-
-    import_vlmeval()
-    import numpy as np
-    import pandas as pd
-    from vlmeval.dataset.image_base import ImageBaseDataset
-    from vlmeval.dataset.image_mcq import ImageMCQDataset
-    from vlmeval.dataset.image_yorn import ImageYORNDataset
-    from vlmeval.smp import dump, get_intermediate_file_path, load, toliststr
-
-    from prism_lab.eval.vlmeval.judge import answer_of, rule_correct
-
-    class _PrismSynthMixin:
-        """Shared by the synthetic dataset classes (set ``prism_kind`` per class)."""
-
-        prism_kind = "open"
-        DATASET_URL: dict = {}
-        DATASET_MD5: dict = {}
-        #: Append "Answer Yes or No." to Yes/No questions (the checkpoint's Prompting decides).
-        yesno_instruction = True
-        #: Names registered with :func:`register_datasets` (for ``build_dataset``).
-        REGISTERED: list[str] = []
-
-        @classmethod
-        def supported_datasets(cls):
-            return list(cls.REGISTERED)
-
-        def build_prompt(self, line):
-            if isinstance(line, int):
-                line = self.data.iloc[line]
-            tgt = toliststr(line["image_path"]) if self.meta_only else self.dump_image(line)
-            tgt = tgt if isinstance(tgt, list) else [tgt]
-            msgs = [dict(type="image", value=p) for p in tgt]
-            msgs.append(dict(type="text", value=synth_prompt_text(
-                line, kind=self.prism_kind, yesno_instruction=self.yesno_instruction)))
-            return msgs
-
-        def _score_frame(self, eval_file):
-            data = load(eval_file)
-            meta = {str(i): r for i, r in zip(self.data["index"], self.data.to_dict(orient="records"))}
-            hits = []
-            for idx, pred in zip(data["index"], data["prediction"]):
-                row = meta.get(str(idx))
-                if row is None:
-                    raise KeyError(f"{eval_file}: index {idx!r} is not in dataset {self.dataset_name}")
-                answer, _ = answer_of("" if _is_na(pred) else str(pred))
-                hits.append(int(rule_correct(answer, str(row["answer"]), kind=self.prism_kind,
-                                             options=_line_options(row))))
-            data["hit"] = hits
-            return data
-
-        def evaluate(self, eval_file, **judge_kwargs):
-            data = self._score_frame(eval_file)
-            dump(data, get_intermediate_file_path(eval_file, "_prism_result"))
-            res: dict[str, list] = {"split": ["Overall"], "Overall": [float(np.mean(data["hit"]) * 100)]}
-            for col in ("category", "l2-category"):
-                if col in data:
-                    for c in sorted({str(x) for x in data[col] if not _is_na(x)}):
-                        sub = data[data[col].astype(str) == c]
-                        res.setdefault(c, [float(np.mean(sub["hit"]) * 100)])
-            acc = pd.DataFrame({k: v for k, v in res.items()})
-            dump(acc, get_intermediate_file_path(eval_file, "_acc", "csv"))
-            return acc
-
-    class PrismMCQDataset(_PrismSynthMixin, ImageMCQDataset):
-        """Synthetic multiple choice (options in columns A-D, answer = letter), PRISM rule scoring."""
-
-        TYPE = "MCQ"
-        prism_kind = "mcq"
-        REGISTERED: list[str] = []
-
-    class PrismOpenDataset(_PrismSynthMixin, ImageBaseDataset):
-        """Synthetic open answers (rows with options are judged by letter), PRISM rule scoring."""
-
-        TYPE = "VQA"
-        prism_kind = "open"
-        REGISTERED: list[str] = []
-
-    class PrismYesNoDataset(_PrismSynthMixin, ImageYORNDataset):
-        """Synthetic Yes/No (HallusionBench index layout), PRISM rule scoring + VLMEvalKit's Hallusion metrics."""
-
-        TYPE = "Y/N"
-        prism_kind = "yesno"
-        REGISTERED: list[str] = []
-
-        def evaluate(self, eval_file, **judge_kwargs):
-            from vlmeval.dataset.utils.yorn import Hallusion_rating, YOrN_Extraction
-
-            data = self._score_frame(eval_file)
-            dump(data, get_intermediate_file_path(eval_file, "_prism_result"))
-            # VLMEvalKit's own Yes/No extraction on the same (answer-tag) predictions, for comparison.
-            data["extracted"] = [YOrN_Extraction(answer_of("" if _is_na(p) else str(p))[0]) for p in data["prediction"]]
-            data["vlmeval_score"] = [int(a == e) for a, e in zip(data["answer"].astype(str), data["extracted"])]
-            data["score"] = data["hit"].astype(bool)
-            storage = get_intermediate_file_path(eval_file, "_auxmatch")
-            dump(data, storage)
-            idx = [str(x).split("_") for x in data["index"]]
-            out: dict[str, list] = {"split": ["Overall"], "Overall": [float(np.mean(data["hit"]) * 100)],
-                                    "vlmeval_yorn": [float(np.mean(data["vlmeval_score"]) * 100)]}
-            if all(len(p) >= 6 for p in idx) and "l2-category" in data:
-                h = Hallusion_rating(storage)
-                row = h[h["split"] == "Overall"].iloc[0]
-                out.update(aAcc=[float(row["aAcc"])], fAcc=[float(row["fAcc"])], qAcc=[float(row["qAcc"])])
-            acc = pd.DataFrame(out)
-            dump(acc, get_intermediate_file_path(eval_file, "_acc", "csv"))
-            return acc
+    from prism_lab.eval.vlmeval.synth_datasets import (
+        PrismMCQDataset,
+        PrismOpenDataset,
+        PrismYesNoDataset,
+    )
 
     _CLASSES = {"mcq": PrismMCQDataset, "yesno": PrismYesNoDataset, "open": PrismOpenDataset}
     return _CLASSES
