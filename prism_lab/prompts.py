@@ -1,4 +1,4 @@
-"""The PRISM response format and system prompt (prism_spec.md section 2), shared by every stage."""
+"""The PRISM response format and system prompt (docs/prism_method.md §2), shared by every stage."""
 
 from __future__ import annotations
 

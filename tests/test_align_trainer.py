@@ -1,4 +1,4 @@
-"""Stage 2 (PRISM alignment, prism_spec.md §6): end to end for both variants, learning signals with
+"""Stage 2 (PRISM alignment, docs/prism_method.md §6): end to end for both variants, learning signals with
 format-valid rollouts, resuming, and bad inputs (missing teacher fields, foreign tokenizer, NaN scores)."""
 
 from __future__ import annotations

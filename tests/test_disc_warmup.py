@@ -1,4 +1,4 @@
-"""Discriminator warmup (prism_spec.md §5): scored-sequence builders, the stage end to end, learning on a
+"""Discriminator warmup (docs/prism_method.md §5): scored-sequence builders, the stage end to end, learning on a
 separable toy set, the ablation kinds, and resuming."""
 
 from __future__ import annotations

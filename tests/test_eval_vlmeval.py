@@ -40,7 +40,7 @@ needs_vlmeval = pytest.mark.skipif(
     reason="VLMEvalKit (the 'vlmeval' extra) is not installed in this environment; see docs/vlmevalkit.md",
 )
 
-PAPER = {  # name -> (kind, paper column, max_new_tokens) from prism_spec.md section 8
+PAPER = {  # name -> (kind, paper column, max_new_tokens) from docs/prism_method.md §8
     "MathVista_MINI": ("open", "MathVista", 16384),
     "MathVision_MINI": ("open", "MathVision", 24576),
     "MathVerse_MINI": ("open", "MathVerse", 16384),

@@ -1,4 +1,4 @@
-"""Tests for the RLVR rule reward (prism_spec.md section 7.1): format gate + answer judge cascade."""
+"""Tests for the RLVR rule reward (docs/prism_method.md §7.1): format gate + answer judge cascade."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""Caption/cot split of a response without re-decoding every prefix (prism_spec.md §6.2b-c, §6.3, §10.7).
+"""Caption/cot split of a response without re-decoding every prefix (docs/prism_method.md §6.2b-c, §6.3, §10.7;
+every § here is a section of that page).
 
 The original finds the boundary ``b`` as the smallest ``k`` such that ``decode(tokens[:k])`` contains the
 caption group (``<caption>...</caption>``, tags included), decoding up to L prefixes per sample. Here the

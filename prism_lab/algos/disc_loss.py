@@ -1,4 +1,4 @@
-"""Discriminator losses (prism_spec.md §4.2, §5.3, §6.4, §6.8). Pure torch functions, no models or I/O.
+"""Discriminator losses (docs/prism_method.md §4.2, §5.3, §6.4, §6.8; every § here is a section of that page). Pure torch functions, no models or I/O.
 
 Conventions: every score tensor is 1-D ``[B]`` (one scalar per sequence, the head output at the last
 valid token); ``valid_mask`` is ``[B]`` bool/0-1 (format-valid student samples).

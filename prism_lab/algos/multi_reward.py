@@ -1,4 +1,4 @@
-"""Stage-2 advantages from discriminator scores: ``grpo_multi_reward`` and its six modes (prism_spec.md §6.5),
+"""Stage-2 advantages from discriminator scores: ``grpo_multi_reward`` and its six modes (docs/prism_method.md §6.5; every § here is a section of that page),
 plus the whole-response GAD reward (§6.8). Pure torch functions over flat ``[B]`` tensors.
 
 Shared pieces (every mode):

@@ -19,7 +19,7 @@ detached metrics, each a mean over the valid tokens of this call:
 
 Note: when ``logp == old_logp`` (first mini-batch of a rollout, or fully on-policy training) every
 ratio is exactly 1, no clip is active and the gradient is the plain policy gradient
-``-A * grad(logp)`` under the chosen aggregation (anchors A.3).
+``-A * grad(logp)`` under the chosen aggregation (docs/rl_objectives.md §4).
 
 Pure torch; no I/O.
 """

@@ -2,11 +2,11 @@
 
 An algorithm is a named bundle of settings consumed by the RL trainer: advantage estimator, policy
 loss, clip ranges, aggregation, KL, entropy, DAPO shaping/filtering and optimiser settings. The
-presets reproduce prism_spec.md section 7.2 (the PRISM RLVR scripts); every number is documented
+presets reproduce the PRISM RLVR scripts (docs/prism_method.md §7.2); every number is documented
 where it comes from. ``resolve_algorithm(name, overrides)`` applies grid overrides on top of a preset.
 
-Important (anchors A.3): all PPO-style clips are no-ops when training is fully on-policy (one PPO
-epoch and the whole rollout batch as a single mini-batch: ratio == 1 for every token). The PRISM
+Important (docs/rl_objectives.md §4): all PPO-style clips are no-ops when training is fully on-policy
+(one PPO epoch and the whole rollout batch as a single mini-batch: ratio == 1 for every token). The PRISM
 RLVR scripts use train batch 32 prompts = mini-batch 32 prompts, i.e. ``mini_batches_per_rollout=1``
 for GRPO, DAPO and GSPO alike, so in the paper's setting the clip ranges never bite and GSPO
 differs from GRPO only by its aggregation. The GSPO paper itself uses 4 mini-batches per rollout;
@@ -177,7 +177,7 @@ class AlgorithmConfig(BaseModel):
 
     @property
     def is_on_policy(self) -> bool:
-        """True when ratio == 1 throughout the update, so every clip is a no-op (anchors A.3)."""
+        """True when ratio == 1 throughout the update, so every clip is a no-op (docs/rl_objectives.md §4)."""
         return self.ppo_epochs == 1 and self.mini_batches_per_rollout == 1
 
     def num_warmup_steps(self, total_steps: int) -> int:
@@ -207,7 +207,7 @@ _COMMON = "KL off, lr 1e-6, grad clip 1.0, ppo_epochs 1, entropy 0, one mini-bat
 
 _preset(
     "grpo",
-    "PRISM RLVR GRPO script (prism_spec 7.2; verl main_ppo defaults): vanilla PPO-clip 0.2/0.2, dual clip "
+    "PRISM RLVR GRPO script (docs/prism_method.md §7.2; verl main_ppo defaults): vanilla PPO-clip 0.2/0.2, dual clip "
     f"c 3.0, token-mean, GRPO advantage (unbiased std, eps 1e-6), wd 0.01, no warmup; {_COMMON}.",
     adv_estimator="grpo",
     norm_adv_by_std=True,
@@ -224,7 +224,7 @@ _preset(
 )
 _preset(
     "dapo",
-    "PRISM RLVR DAPO script (prism_spec 7.2; verl-recipe dapo): clip-higher 0.2/0.28, dual clip c 10.0, "
+    "PRISM RLVR DAPO script (docs/prism_method.md §7.2; verl-recipe dapo): clip-higher 0.2/0.28, dual clip c 10.0, "
     "token-mean, overlong buffer 4096 tokens (of max response 8192) with factor 1.0, dynamic sampling on "
     "acc with max 10 generation batches of 96 prompts (3x the train batch), wd 0.1, 10 warmup steps; "
     f"{_COMMON}. For toy response lengths set overlong_buffer.len_ratio=0.5.",
@@ -256,7 +256,7 @@ _GSPO_FIELDS: dict[str, Any] = dict(
 )
 _preset(
     "gspo",
-    "PRISM RLVR GSPO script (prism_spec 7.2; verl policy_loss.loss_mode=gspo): sequence ratio built "
+    "PRISM RLVR GSPO script (docs/prism_method.md §7.2; verl policy_loss.loss_mode=gspo): sequence ratio built "
     "GSPO-token style, clip 3e-4/4e-4, no dual clip, seq-mean-token-mean, overlong off, wd 0.1, warmup 5% "
     f"of steps; {_COMMON}: in this on-policy setting the clip never bites (see gspo_paper).",
     policy_loss="gspo",
@@ -273,8 +273,8 @@ _preset(
 )
 _preset(
     "gspo_paper",
-    "'gspo' with 4 mini-batches per rollout batch, as in the GSPO paper and verl's GSPO example (anchors "
-    "A.3), so the sequence-level clip is active from the second mini-batch on. Not a PRISM script setting.",
+    "'gspo' with 4 mini-batches per rollout batch, as in the GSPO paper and verl's GSPO example (docs/rl_objectives.md "
+    "§4), so the sequence-level clip is active from the second mini-batch on. Not a PRISM script setting.",
     policy_loss="gspo",
     mini_batches_per_rollout=4,
     **_GSPO_FIELDS,

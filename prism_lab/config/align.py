@@ -1,7 +1,8 @@
 """Configs of the MoE discriminator, its offline warmup and the stage-2 PRISM alignment.
 
-Defaults are the paper's (prism_spec.md §4, §5.3, §6.4-§6.7). Where the spec's §10 flags a discrepancy
-the choice is an explicit field, and its description says which value reproduces the original.
+Defaults are the paper's (docs/prism_method.md §4, §5.3, §6.4-§6.7; every § below is a section of that
+page). Where its §10 lists a disagreement between the authors' README and scripts, the choice is an
+explicit field, and its description says which value reproduces the original.
 """
 
 from __future__ import annotations
@@ -100,7 +101,7 @@ class DiscWarmupConfig(_Strict):
     terminator_convention: Literal["original", "uniform"] = Field(
         "uniform",
         description="Token each scored segment ends on (§10.3); must match align.terminator_convention. "
-        "'uniform' (default, the spec's recommendation) ends every segment with one fixed terminator; "
+        "'uniform' (default, the recommendation of §10.3) ends every segment with one fixed terminator; "
         "'original' reproduces the paper's mismatch (warmup scores full chat turns).",
     )
     critic_positions: Literal["mrope", "text_1d"] = Field(

@@ -10,14 +10,14 @@ from prism_lab.config.base import StrictModel
 
 
 class LocalDataFiles(StrictModel):
-    """Paths to datasets on local disk, in the PRISM release schemas (prism_spec.md §5.1, §6.1)."""
+    """Paths to datasets on local disk, in the PRISM release schemas (docs/prism_method.md §5.1, §6.1)."""
 
     sft: list[str] = Field(
         default_factory=list,
         description="ShareGPT-style multimodal SFT JSON files (public mixture + teacher demos), mixed.",
     )
     rl: str | None = Field(None, description="RL parquet (verl schema + teacher_caption/teacher_cot).")
-    warmup: str | None = Field(None, description="Discriminator warmup pairs, JSONL (§5.1).")
+    warmup: str | None = Field(None, description="Discriminator warmup pairs, JSONL (docs/prism_method.md §5.1).")
     heldout: str | None = Field(
         None, description="Held-out teacher rows (ShareGPT JSON, never trained on) for the eval stage's drift "
         "measurements; none = no drift numbers.")

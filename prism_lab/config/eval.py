@@ -1,4 +1,4 @@
-"""The evaluation stage: one run per checkpoint, all of the grid's benchmarks (prism_spec.md §8)."""
+"""The evaluation stage: one run per checkpoint, all of the grid's benchmarks (docs/prism_method.md §8)."""
 
 from __future__ import annotations
 

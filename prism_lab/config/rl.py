@@ -1,4 +1,4 @@
-"""Stage 3, RLVR. Shared settings from prism_spec.md §7.2; per-algorithm settings are presets."""
+"""Stage 3, RLVR. Shared settings from docs/prism_method.md §7.2; per-algorithm settings are presets."""
 
 from __future__ import annotations
 

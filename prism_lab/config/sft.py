@@ -1,4 +1,4 @@
-"""Stage 1, SFT. Defaults follow the paper's LLaMA-Factory run (prism_spec.md §3)."""
+"""Stage 1, SFT. Defaults follow the paper's LLaMA-Factory run (docs/prism_method.md §3)."""
 
 from __future__ import annotations
 

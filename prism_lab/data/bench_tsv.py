@@ -1,4 +1,5 @@
-"""Benchmarks in VLMEvalKit's TSV layout (VLMEvalKit vlmeval/dataset/image_base.py, ImageBaseDataset).
+"""Benchmarks in VLMEvalKit's TSV layout (VLMEvalKit vlmeval/dataset/image_base.py,
+ImageBaseDataset; docs/vlmevalkit.md, "The benchmark TSV layout").
 
 Columns: ``index`` (unique), ``image`` (base64 PNG/JPEG; a value of <= 64 chars is the index of another
 row whose image is reused; a Python list literal of base64 strings is a multi-image row, as in

@@ -1,4 +1,4 @@
-"""RL parquet: the verl RLHF schema plus PRISM's teacher fields (prism_spec.md section 6.1).
+"""RL parquet: the verl RLHF schema plus PRISM's teacher fields (docs/prism_method.md §6.1).
 
 Columns: ``data_source`` (str), ``prompt`` (list of {role, content}; ``<image>`` placeholders in the
 user text), ``images`` (list of the HF ``datasets.Image`` struct {bytes, path}), ``reward_model``

@@ -1,9 +1,9 @@
-"""Discriminator warmup pairs: JSON lines (prism_spec.md section 5.1).
+"""Discriminator warmup pairs: JSON lines (docs/prism_method.md §5.1).
 
 Each line: ``{"prompt" (or "question"): str, "image": str (optional path; relative paths are joined
 with ``image_root``, else the file's directory), "teacher_caption", "student_caption", "teacher_cot",
 "student_cot": str}``. A line with caption/cot fields must have all four non-empty, otherwise it is
-skipped and counted (the spec's behaviour). The legacy form ``teacher_response``/``student_response``
+skipped and counted (as the upstream warm-up script does). The legacy form ``teacher_response``/``student_response``
 gives one whole-response comparison. Each valid caption/cot line expands into two comparison samples,
 ``kind="caption"`` and ``kind="cot"``. Anything else malformed (bad JSON, wrong types, missing prompt,
 missing image file) is a DataError naming the file and line.

@@ -1,7 +1,7 @@
 """Benchmark registry: one YAML file per benchmark under the repository's ``benchmarks/`` directory.
 
 A spec names the TSV (VLMEvalKit layout, see ``prism_lab.data.bench_tsv``), how it is judged (``kind``)
-and the generation settings. Defaults follow the paper's evaluation (prism_spec.md section 8:
+and the generation settings. Defaults follow the paper's evaluation (docs/prism_method.md §8:
 temperature 1.0, top_p 0.7, top_k -1, sampled); the synthetic benchmarks override them to greedy.
 
 ``kind: lmeval`` benchmarks are text-only capability-retention tasks run by lm-eval

@@ -1,6 +1,6 @@
 """The built-in evaluation backend: generate with the rollout engine, score with the rule judge.
 
-Prompts follow the paper's eval (prism_spec.md section 8): the section-2 system prompt as a system
+Prompts follow the paper's eval (docs/prism_method.md §8): the §2 system prompt as a system
 message (unless the checkpoint's ``prism_prompting.json`` says its data had none), then one user turn
 with the image followed by the question. Rows with several images show them all, in order, before
 the text; when the text names them with ``<image k>`` tags (MMMU's layout) each tag is replaced by
@@ -11,10 +11,10 @@ for Yes or No.
 
 Scoring of one response:
 
-- ``format_valid``: the section-2 regex (``prompts.is_format_valid``);
+- ``format_valid``: the §2 regex (``prompts.is_format_valid``);
 - the judged answer is the content of the first ``<answer>`` block, or the whole response when there
   is none (the paper's eval pattern: "take the <answer> content if present");
-- ``correct``: the section-7.1 rule judge (``rewards.judge``) against the ground truth. Rows with
+- ``correct``: the §7.1 rule judge (``rewards.judge``) against the ground truth. Rows with
   options accept the option letter in any form the judge reads ("B", "(B)", "answer is B", ...) and,
   when no letter can be read, the text of the right option (and of no other option). Yes/No rows also
   accept an answer that contains exactly one of the words yes / no.

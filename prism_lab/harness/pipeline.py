@@ -64,7 +64,7 @@ ALIGNMENT_VALUES = ("none", "prism", "gad")
 
 
 class PrismPipeline:
-    """SFT -> [PRISM alignment] -> RLVR -> eval, as in the paper (prism_spec.md §1)."""
+    """SFT -> [PRISM alignment] -> RLVR -> eval, as in the paper (docs/prism_method.md §1)."""
 
     name = "prism"
     always = ("data", "sft", "rl", "eval")

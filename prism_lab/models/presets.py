@@ -124,7 +124,7 @@ _add(
         vision_hidden_size=64, vision_depth=2, vision_num_heads=2, vision_intermediate_size=128,
         vision_out_hidden_size=128, deepstack_visual_indexes=(0,), vision_num_position_embeddings=576,
         image_mean=TINY_IMAGE_MEAN,
-        description="~0.87M params (cpu_facts h128 L2 v64x2); the default CPU policy for experiments",
+        description="~0.87M params (h128 L2 v64x2; docs/cpu_notes.md §4); the default CPU policy for experiments",
     )
 )
 _add(

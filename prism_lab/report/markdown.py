@@ -198,7 +198,7 @@ def render_report(
     paper_sizes = [s for s in rows if paper_size(s) is not None]
     if matched and paper_sizes:
         lines += ["## Paper side by side", "",
-                  "The paper's numbers (Qwen3-VL, prism_spec.md §9) next to ours for the benchmarks that stand in "
+                  "The paper's numbers (Qwen3-VL, from the PRISM project page; docs/prism_method.md §9) next to ours for the benchmarks that stand in "
                   "for a paper column. Different models and data: compare shapes, not values.", ""]
         for size in paper_sizes:
             headers, body = paper_table(rows[size], matched, size)

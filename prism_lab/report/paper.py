@@ -1,4 +1,5 @@
-"""The PRISM paper's result tables (prism_spec.md section 9) as data: accuracy in %, exactly as printed.
+"""The PRISM paper's result tables as data: accuracy in %, exactly as printed on the project page
+(XIAO4579/PRISM, branch gh-pages at 36a64c1, index.html; docs/prism_method.md §9).
 
 Rows are keyed by the labels the report uses ("Instruct" = the base model, "+SFT", "SFT+GRPO", ...,
 "PRISM", "PRISM+GRPO", ...). ``Avg`` is the paper's printed average over its seven benchmarks.
@@ -70,7 +71,7 @@ def _ablation(values: tuple[float, ...], avg: float) -> dict[str, float]:
     return {**dict(zip(PAPER_COLUMNS, values, strict=True)), "Avg": avg}
 
 
-#: Ablation on Qwen3-VL-4B with GRPO (prism_spec.md section 9). Rows that the paper states equal another
+#: Ablation on Qwen3-VL-4B with GRPO (docs/prism_method.md §9). Rows that the paper states equal another
 #: row ("PRISM full" = PRISM+GRPO, "w/o Alignment" = SFT+GRPO, "SFT-1.37M" = full) reuse that row.
 PAPER_ABLATION_4B_GRPO: dict[str, dict[str, float]] = {
     "PRISM (full)": PAPER_TABLES["4b"]["PRISM+GRPO"],

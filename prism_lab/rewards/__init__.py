@@ -1,6 +1,6 @@
 """The RLVR rule reward: a format gate plus a rule-based answer judge, as in the scorer of the PRISM
 authors' repository (XIAO4579/PRISM at 6079044, ``mm_gad_no_llm.compute_score``); the rules are
-summarised in docs/prism_method.md, "Rule reward".
+summarised in docs/prism_method.md §7.1.
 
 ``compute_score(response, ground_truth)`` returns ``RewardResult(score, acc, format)``:
 

@@ -63,7 +63,7 @@ def single_judge(pred: str, gt: str) -> bool:
 
 
 def judge(pred: str, gt: str) -> bool:
-    """True when the predicted answer matches the ground truth under the section-7.1 cascade.
+    """True when the predicted answer matches the ground truth under the cascade of docs/prism_method.md §7.1.
 
     Both sides go through :func:`split_multi`; when either has more than one value the counts must
     match and every pair must pass :func:`single_judge` (math_verify is skipped for multi-valued

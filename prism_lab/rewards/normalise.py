@@ -1,5 +1,5 @@
 """Normalisation of one answer string and the split of a multi-valued answer into its values
-(the PRISM rule reward's normalisation steps; see docs/prism_method.md, "Rule reward")."""
+(the PRISM rule reward's normalisation steps; see docs/prism_method.md §7.1)."""
 
 from __future__ import annotations
 
@@ -43,7 +43,7 @@ def _unwrap_text_commands(s: str) -> str:
 
 
 def normalise(s: str) -> str:
-    """Canonical form of one answer, following the spec's normalisation steps in order.
+    """Canonical form of one answer, following the normalisation steps of docs/prism_method.md §7.1 in order.
 
     Trim; strip one enclosing math delimiter; ``\\dfrac``/``\\tfrac`` -> ``\\frac``; unwrap
     ``\\text{}``/``\\mathrm{}``; drop ``\\left``/``\\right``; tighten braces; collapse

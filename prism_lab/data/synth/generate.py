@@ -16,7 +16,7 @@ plus held-out benchmarks, in the real schemas (so the same readers load the rele
 - ``images/<id>.png`` and ``manifest.json`` (config, generator version, per-file sha256 and row counts).
 
 Scenes: a white ``image_size`` square with 1..``max_objects`` free-placed non-overlapping shapes of
-``min_object_size``..``max_object_size`` px (they straddle the 16 px patches; cpu_facts.md section 6).
+``min_object_size``..``max_object_size`` px (they straddle the 16 px patches; docs/cpu_notes.md §5).
 """
 
 from __future__ import annotations

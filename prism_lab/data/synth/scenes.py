@@ -1,7 +1,7 @@
 """Scenes of coloured shapes on a white background: sampling, drawing and counting.
 
 A scene is a list of non-overlapping objects (colour, shape, centre, size). Objects are placed freely,
-so they straddle the vision tower's 16 px patches (cpu_facts.md section 6, run B). Everything here is
+so they straddle the vision tower's 16 px patches (docs/cpu_notes.md §5). Everything here is
 deterministic given a ``random.Random``; drawing uses PIL only.
 """
 

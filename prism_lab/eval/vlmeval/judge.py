@@ -1,6 +1,6 @@
 """Rule-based scoring where VLMEvalKit would need an LLM judge, plus an optional OpenAI-compatible judge.
 
-The paper's judging pattern (prism_spec.md section 8): take the ``<answer>`` content when present, decide
+The paper's judging pattern (docs/prism_method.md §8): take the ``<answer>`` content when present, decide
 with a rule first, and ask the LLM judge (binary 0/1, fed the full raw prediction) only when the rule
 says wrong. Here:
 

@@ -2,7 +2,7 @@
 
 ``PrismVLM(checkpoint_dir, settings=..., prompting=...)`` is a ``vlmeval.vlm.base.BaseModel``:
 
-- chat prompt: the paper's section-2 system prompt as a system message (unless the checkpoint's
+- chat prompt: the paper's system prompt (docs/prism_method.md §2) as a system message (unless the checkpoint's
   ``prism_prompting.json`` says its data had none), then one user turn with VLMEvalKit's message items in
   order (images and text interleaved as the dataset built them);
 - generation: the prism-lab rollout engine (``prism_lab.rollout``: HF generate with left padding and KV

@@ -1,5 +1,5 @@
 """The PRISM discriminator: a sparsely upcycled Qwen3-VL MoE with a scalar score head (the PRISM
-authors' ``moe/`` scripts, XIAO4579/PRISM at 6079044; docs/prism_method.md, "Discriminator").
+authors' ``moe/`` scripts, XIAO4579/PRISM at 6079044; docs/prism_method.md §4).
 
 * :func:`upcycle_dense_to_moe` turns a dense ``Qwen3VLForConditionalGeneration`` into a
   ``Qwen3VLMoeForConditionalGeneration`` whose experts are noisy copies of the dense MLP.

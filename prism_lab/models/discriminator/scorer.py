@@ -1,6 +1,6 @@
 """The discriminator module: the VLM's inner model (no LM head) + Dropout -> Linear(d, 1, bias=False); a
 sequence's score is the head output at its last valid token (the PRISM authors' ``moe/value_head.py``,
-XIAO4579/PRISM at 6079044; see docs/prism_method.md, "Discriminator")."""
+XIAO4579/PRISM at 6079044; see docs/prism_method.md §4.2)."""
 
 from __future__ import annotations
 

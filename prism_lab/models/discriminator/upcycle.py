@@ -1,7 +1,6 @@
 """Sparse upcycling: a dense ``Qwen3VLForConditionalGeneration`` becomes a
 ``Qwen3VLMoeForConditionalGeneration`` whose experts are noisy copies of the dense MLP, with a fresh router
-(the PRISM authors' ``moe/create_vl_moe.py``, XIAO4579/PRISM at 6079044; see docs/prism_method.md,
-"Discriminator"); and the choice of the transformers experts kernel."""
+(the PRISM authors' ``moe/create_vl_moe.py``, XIAO4579/PRISM at 6079044; see docs/prism_method.md §4.1); and the choice of the transformers experts kernel."""
 
 from __future__ import annotations
 
@@ -14,7 +13,7 @@ from torch import Tensor, nn
 
 from prism_lab.errors import CheckpointError
 
-# Text-config fields carried over from the dense model (§4.1), when present.
+# Text-config fields carried over from the dense model (docs/prism_method.md §4.1), when present.
 _TEXT_KEEP = (
     "vocab_size",
     "hidden_size",
@@ -40,7 +39,7 @@ _MLP_KEY = re.compile(r"^(?P<prefix>.*\.layers\.(?P<layer>\d+)\.mlp)\.(?P<name>g
 
 
 # ---------------------------------------------------------------------------------------------------------
-# Upcycling (§4.1)
+# Upcycling (docs/prism_method.md §4.1)
 
 
 def moe_config_from_dense(
@@ -112,7 +111,7 @@ def upcycle_dense_to_moe(
     seed: int = 0,
     router_aux_loss_coef: float = 0.01,
 ) -> Any:
-    """Sparse upcycling of a dense ``Qwen3VLForConditionalGeneration`` (§4.1).
+    """Sparse upcycling of a dense ``Qwen3VLForConditionalGeneration`` (docs/prism_method.md §4.1).
 
     Every non-MLP weight (vision tower, mergers, embeddings, attention, norms, LM head) is copied exactly.
     Each decoder MLP becomes ``num_experts`` experts, each a copy of the dense SwiGLU MLP plus i.i.d.
