@@ -215,7 +215,7 @@ def test_nan_scores_are_replaced_and_counted(env):
               engine=HalfValidEngine(model, proc, by_text))
     h.remove()
     m = logged[0]
-    assert m["nonfinite_scores"] > 0 and m["d_skipped"] == 0 and m["actor_skipped"] == 0
+    assert m["nonfinite_scores"] > 0 and m["d_skipped"] == 0 and m["actor/skipped_updates"] == 0
     _finite([(1, m)])
     assert all(torch.isfinite(p).all() for p in disc.parameters())
 
@@ -226,4 +226,4 @@ def test_nan_scores_are_replaced_and_counted(env):
     logged.clear()
     run_align(model, proc, disc, env["examples"], _cfg(steps=1), log=lambda st, m: logged.append(m))
     m = logged[0]
-    assert m["nonfinite_scores"] >= 4 * 2 and m["d_skipped"] == 1 and m["actor_skipped"] == 0
+    assert m["nonfinite_scores"] >= 4 * 2 and m["d_skipped"] == 1 and m["actor/skipped_updates"] == 0

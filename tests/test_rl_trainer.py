@@ -140,13 +140,13 @@ def test_dynamic_sampling_gives_up_with_a_clear_error(tok, examples):
 
 def test_on_policy_uses_rollout_logprobs_off_policy_recomputes(tok, examples, monkeypatch):
     calls = []
-    real = rl_mod.recompute_old_logprobs
+    real = rl_mod.recompute_logprobs
 
     def counting(*a, **kw):
         calls.append(1)
         return real(*a, **kw)
 
-    monkeypatch.setattr(rl_mod, "recompute_old_logprobs", counting)
+    monkeypatch.setattr(rl_mod, "recompute_logprobs", counting)
     model, proc = _policy(tok)
     logged = []
     train_rl(model, proc, examples, _cfg("grpo"), score_fn=parity_score, log=lambda s, m: logged.append(m))

@@ -19,14 +19,6 @@ from prism_lab.cli.options import Format, FormatOpt
 from prism_lab.errors import CheckpointError, PrismError
 
 
-def _model_dir(path: Path) -> Path:
-    if (path / "model" / "config.json").is_file():
-        return path / "model"
-    if (path / "config.json").is_file():
-        return path
-    raise CheckpointError(f"{path}: not a checkpoint (expected {path}/config.json or {path}/model/config.json)")
-
-
 def eval_command(
     checkpoint: Annotated[Path, typer.Argument(help="Checkpoint: an HF model directory or a stage run directory.")],
     benchmark: Annotated[list[str], typer.Option("--benchmark", "-b", help="Benchmark name (repeatable).")],
@@ -48,20 +40,21 @@ def eval_command(
     `kind: lmeval` benchmarks run through lm-eval whatever `--backend` says."""
     from prism_lab.cli.options import resolve_root, stdout_to_stderr
     from prism_lab.config.eval import EvalConfig
+    from prism_lab.eval.backends import EVAL_BACKENDS
     from prism_lab.eval.run import checkpoint_fingerprint
     from prism_lab.harness.ledger import Ledger
     from prism_lab.harness.plan import content_key
-    from prism_lab.harness.stage_kinds import STAGE_KINDS
     from prism_lab.harness.run_stage import execute
-
-    from prism_lab.eval.backends import EVAL_BACKENDS
+    from prism_lab.harness.stage_kinds import STAGE_KINDS
 
     if backend not in EVAL_BACKENDS or backend == "lmeval":
         raise PrismError(f"--backend: unknown evaluation backend {backend!r}; known: {', '.join(EVAL_BACKENDS.names())}")
     checkpoint = checkpoint.resolve()
     if not checkpoint.exists():
         raise CheckpointError(f"{checkpoint}: no such checkpoint directory")
-    model_dir = _model_dir(checkpoint)
+    from prism_lab.stages.artifacts import checkpoint_dir_of
+
+    model_dir = checkpoint_dir_of(checkpoint)
     bdir = bench_dir or (Path(os.environ["LMUData"]) if os.environ.get("LMUData") else None)
     if bdir is None:
         raise PrismError("--bench-dir is required (or set $LMUData to the directory of the benchmark TSVs)")

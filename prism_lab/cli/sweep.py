@@ -12,7 +12,16 @@ from typing import Annotated, Optional
 import typer
 from rich.table import Table
 
-from prism_lab.cli.options import Format, FormatOpt, GridArg, RootOpt, WandbMode, err, out, resolve_root
+from prism_lab.cli.options import (
+    Format,
+    FormatOpt,
+    GridArg,
+    RootOpt,
+    WandbMode,
+    err,
+    out,
+    resolve_root,
+)
 from prism_lab.errors import PrismError
 
 sweep_app = typer.Typer(help="Plan, run and inspect grids (experiments/*.yaml).", no_args_is_help=True)

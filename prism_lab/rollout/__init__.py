@@ -13,13 +13,14 @@ import torch
 
 from prism_lab.errors import ConfigError, PrismError
 from prism_lab.prompts import IMAGE_PLACEHOLDER
-from prism_lab.rollout.hf import HFGenerateEngine, text_position_ids
+from prism_lab.rollout.hf import HFGenerateEngine
 from prism_lab.rollout.inputs import (
     build_prompt_inputs,
     eos_token_ids,
     pad_token_id,
     prompt_texts,
     repeat_batch,
+    text_position_ids,
     to_content_messages,
     vision_token_ids,
 )

@@ -8,19 +8,17 @@ from typing import Any
 
 import torch
 
-from prism_lab.rollout.inputs import build_prompt_inputs, eos_token_ids, pad_token_id, repeat_batch, vision_token_ids
+from prism_lab.rollout.inputs import (
+    build_prompt_inputs,
+    eos_token_ids,
+    pad_token_id,
+    repeat_batch,
+    text_position_ids,
+    vision_token_ids,
+)
 from prism_lab.rollout.types import Prompt, Rollout
 
-
 _FAST_MODEL_TYPES = ("qwen3_vl", "qwen3_vl_moe")
-
-
-def text_position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
-    """(m)RoPE positions ``[3, B, L]`` of a text-only, left-padded batch: ``cumsum(mask) - 1`` (0 on padding),
-    as ``generate`` computes them."""
-    pos = attention_mask.long().cumsum(-1) - 1
-    pos = pos.masked_fill(attention_mask == 0, 0)
-    return pos.unsqueeze(0).expand(3, -1, -1)
 
 
 def _top_p_filter(probs: torch.Tensor, top_p: float) -> torch.Tensor:

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
+from torch import Tensor
 
 from prism_lab.errors import ConfigError, PrismError
 from prism_lab.prompts import IMAGE_PLACEHOLDER, split_image_placeholders
@@ -119,32 +120,43 @@ def repeat_batch(batch: dict, n: int) -> dict:
         if k in ("pixel_values", "image_grid_thw"):
             continue
         out[k] = v.repeat_interleave(n, dim=0) if isinstance(v, torch.Tensor) else v
-    if "image_grid_thw" in batch and batch["image_grid_thw"] is not None:
-        grid = batch["image_grid_thw"]
-        pix = batch["pixel_values"]
-        patches = grid.prod(dim=-1).tolist()
-        chunks = list(torch.split(pix, patches, dim=0))
-        # images per prompt row: count vision-start tokens is fragile; count image pad runs instead.
-        per_row = _images_per_row(batch)
+    chunks = image_chunks_per_row(batch)
+    if chunks is not None:
         pix_out, grid_out = [], []
-        j = 0
-        for cnt in per_row:
-            rows_pix = chunks[j : j + cnt]
-            rows_grid = grid[j : j + cnt]
+        for row_pix, row_grid in chunks:
             for _ in range(n):
-                pix_out.extend(rows_pix)
-                grid_out.append(rows_grid)
-            j += cnt
-        out["pixel_values"] = torch.cat(pix_out, dim=0) if pix_out else pix[:0]
+                pix_out.extend(row_pix)
+                grid_out.append(row_grid)
+        out["pixel_values"] = torch.cat(pix_out, dim=0) if pix_out else batch["pixel_values"][:0]
         out["image_grid_thw"] = torch.cat(grid_out, dim=0)
     return out
 
 
-def _images_per_row(batch: dict) -> list[int]:
-    """Number of images in each row (runs of image tokens in mm_token_type_ids == 1)."""
-    mm = batch.get("mm_token_type_ids")
+def image_chunks_per_row(prompt_batch: dict) -> list[tuple[list[Tensor], Tensor]] | None:
+    """For each prompt row: (list of its images' patch tensors, its image_grid_thw rows); None without images."""
+    grid = prompt_batch.get("image_grid_thw")
+    if grid is None:
+        return None
+    pix = prompt_batch["pixel_values"]
+    chunks = list(torch.split(pix, grid.prod(dim=-1).tolist(), dim=0))
+    mm = prompt_batch.get("mm_token_type_ids")
     if mm is None:
         raise PrismError("processor batch has images but no mm_token_type_ids")
     is_img = (mm == 1).long()
     starts = is_img[:, 1:] & (1 - is_img[:, :-1])
-    return (starts.sum(dim=1) + is_img[:, 0]).tolist()
+    per_row = (starts.sum(dim=1) + is_img[:, 0]).tolist()
+    out, j = [], 0
+    for cnt in per_row:
+        out.append((chunks[j : j + cnt], grid[j : j + cnt]))
+        j += cnt
+    if j != len(chunks):
+        raise PrismError(f"found {j} image token runs but {len(chunks)} images in the prompt batch")
+    return out
+
+
+def text_position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
+    """(m)RoPE positions ``[3, B, L]`` of a text-only, left-padded batch: ``cumsum(mask) - 1`` (0 on padding),
+    as ``generate`` computes them."""
+    pos = attention_mask.long().cumsum(-1) - 1
+    pos = pos.masked_fill(attention_mask == 0, 0)
+    return pos.unsqueeze(0).expand(3, -1, -1)

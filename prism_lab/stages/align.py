@@ -13,26 +13,19 @@ from __future__ import annotations
 
 import json
 import time
-from pathlib import Path
 from typing import TYPE_CHECKING
 
-from prism_lab.errors import CheckpointError, DataError
+from prism_lab.errors import DataError
+from prism_lab.stages.artifacts import (
+    DISC_SUBDIR,
+    MODEL_SUBDIR,
+    checkpoint_dir_of,
+    discriminator_dir_of,
+    model_dir,
+)
 
 if TYPE_CHECKING:  # the harness hands every runner its context; stages never import the harness
     from prism_lab.harness.context import StageContext
-
-MODEL_SUBDIR = "model"
-DISC_SUBDIR = "discriminator"
-
-
-def discriminator_dir_of(artifact_path: Path) -> Path:
-    d = Path(artifact_path) / DISC_SUBDIR
-    if (d / "discriminator.json").is_file():
-        return d
-    if (Path(artifact_path) / "discriminator.json").is_file():
-        return Path(artifact_path)
-    raise CheckpointError(f"{artifact_path}: no discriminator (expected {d}/discriminator.json)")
-
 
 def run(ctx: StageContext) -> dict:
     import torch
@@ -41,7 +34,6 @@ def run(ctx: StageContext) -> dict:
     from prism_lab.data.rl_parquet import read_rl_parquet
     from prism_lab.models import load_policy, save_policy
     from prism_lab.models.discriminator import load_discriminator, save_discriminator
-    from prism_lab.stages.disc_warmup import policy_checkpoint_dir
     from prism_lab.trainers.align import align_examples_from_rl, run_align
 
     cfg = ctx.config
@@ -50,17 +42,17 @@ def run(ctx: StageContext) -> dict:
     if not catalog.rl:
         raise DataError(f"{ctx.input('data').path}: the data catalog names no RL parquet")
     examples = align_examples_from_rl(read_rl_parquet(catalog.rl, require_teacher=True))
-    policy, processor = load_policy(policy_checkpoint_dir(ctx.input("policy").path), dtype=torch.float32)
+    policy, processor = load_policy(checkpoint_dir_of(ctx.input("policy").path), dtype=torch.float32)
     disc = load_discriminator(discriminator_dir_of(ctx.input("discriminator").path), policy_processor=processor,
                               dtype=torch.float32)
     print(f"[align] variant={cfg.variant}: {len(examples)} prompts, {cfg.steps} steps x "
           f"{cfg.prompts_per_step} prompts x n={cfg.n}", flush=True)
     summary = run_align(policy, processor, disc, examples, cfg, out_dir=ctx.out_dir, log=ctx.log_metrics,
                         heartbeat=ctx.heartbeat)
-    save_policy(policy, processor, ctx.out_dir / MODEL_SUBDIR)
+    save_policy(policy, processor, model_dir(ctx.out_dir))
     from prism_lab.prompts import Prompting
 
-    Prompting.carry_over(policy_checkpoint_dir(ctx.input("policy").path), ctx.out_dir / MODEL_SUBDIR)
+    Prompting.carry_over(checkpoint_dir_of(ctx.input("policy").path), model_dir(ctx.out_dir))
     save_discriminator(disc, processor, ctx.out_dir / DISC_SUBDIR)
     (ctx.out_dir / "align_curves.json").write_text(json.dumps(summary.get("curves", {}), indent=1))
     return {

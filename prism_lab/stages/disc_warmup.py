@@ -23,18 +23,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from prism_lab.errors import CheckpointError, DataError
+from prism_lab.stages.artifacts import DISC_SUBDIR, checkpoint_dir_of, resume_dir
 
 if TYPE_CHECKING:  # the harness hands every runner its context; stages never import the harness
     from prism_lab.harness.context import StageContext
-
-DISC_SUBDIR = "discriminator"
-
-
-def policy_checkpoint_dir(artifact_path: Path) -> Path:
-    from prism_lab.stages.eval import checkpoint_dir_of
-
-    return checkpoint_dir_of(Path(artifact_path))
-
 
 def rl_system_prompt(rl_path: str | None) -> str | None:
     """The system message content of the RL parquet's first row (None when absent or no parquet)."""
@@ -80,7 +72,7 @@ def run(ctx: StageContext) -> dict:
     dcfg = getattr(cfg, "discriminator", None) or DiscriminatorConfig()
     terminator = getattr(cfg, "terminator_convention", "original")
     positions = getattr(cfg, "critic_positions", "mrope")
-    policy, processor = load_policy(policy_checkpoint_dir(ctx.input("policy").path))
+    policy, processor = load_policy(checkpoint_dir_of(ctx.input("policy").path))
     catalog = DataCatalog.load(ctx.input("data").path)
     if not catalog.warmup:
         raise DataError(f"{ctx.input('data').path}: the data catalog names no warmup JSONL")
@@ -101,7 +93,7 @@ def run(ctx: StageContext) -> dict:
     summary = run_disc_warmup(disc, processor, comps, cfg, out_dir=ctx.out_dir, log=ctx.log_metrics,
                               heartbeat=ctx.heartbeat, terminator=terminator, positions=positions)
     save_discriminator(disc, processor, ctx.out_dir / DISC_SUBDIR)
-    remove_resume_state(ctx.out_dir / "resume")
+    remove_resume_state(resume_dir(ctx.out_dir))
     (ctx.out_dir / "warmup_history.json").write_text(json.dumps(summary.get("heldout_curve", []), indent=1))
     return {
         **{k: v for k, v in summary.items() if k != "heldout_curve"},

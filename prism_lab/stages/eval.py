@@ -16,23 +16,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from prism_lab.config.eval import EvalConfig
-from prism_lab.errors import CheckpointError
+from prism_lab.stages.artifacts import PREDICTION_CACHE, checkpoint_dir_of
 
 if TYPE_CHECKING:  # the harness hands every runner its context; stages never import the harness
     from prism_lab.harness.context import StageContext
-
-CACHE_SUBDIR = Path("cache") / "predictions"
-
-
-def checkpoint_dir_of(artifact_path: Path) -> Path:
-    """The HF checkpoint inside a checkpoint-producing run's artifact (``<path>/model``)."""
-    model = Path(artifact_path) / "model"
-    if (model / "config.json").is_file():
-        return model
-    if (Path(artifact_path) / "config.json").is_file():
-        return Path(artifact_path)
-    raise CheckpointError(f"{artifact_path}: no HF checkpoint (expected {model}/config.json)")
-
 
 def _default_benchmarks(bench_dir: str | None) -> list[str]:
     """Every registered benchmark whose TSV is in ``bench_dir`` (used when the config lists none)."""
@@ -61,7 +48,7 @@ def run(ctx: StageContext) -> dict:
                      ", ".join(names) or "(none)")
     results = evaluate_checkpoint(
         checkpoint_dir_of(ckpt.path), names, cfg, bench_dir=bench_dir,
-        cache_dir=Path(ctx.root) / CACHE_SUBDIR, checkpoint_key=ckpt.key, out_dir=ctx.out_dir, log=ctx.log,
+        cache_dir=Path(ctx.root) / PREDICTION_CACHE, checkpoint_key=ckpt.key, out_dir=ctx.out_dir, log=ctx.log,
     )
     metrics = {k: v for k, v in results["metrics"].items() if isinstance(v, (int, float)) and math.isfinite(v)}
     ctx.log_metrics(0, metrics)

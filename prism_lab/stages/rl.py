@@ -18,8 +18,9 @@ from prism_lab.data.catalog import DataCatalog
 from prism_lab.data.rl_parquet import read_rl_parquet
 from prism_lab.errors import DataError
 from prism_lab.models import load_policy, pick_device, save_policy
+from prism_lab.stages.artifacts import checkpoint_dir_of, model_dir, resume_dir
 from prism_lab.trainers.common import remove_resume_state, set_seed, setup_threads
-from prism_lab.trainers.rl import RESUME_DIR, train_rl
+from prism_lab.trainers.rl import train_rl
 
 if TYPE_CHECKING:  # the harness hands every runner its context; stages never import the harness
     from prism_lab.harness.context import StageContext
@@ -36,15 +37,15 @@ def run(ctx: StageContext) -> dict:
     examples = read_rl_parquet(catalog.rl, image_root=catalog.image_root)
     device = pick_device()
     # Parameters stay float32 (AdamW state in fp32); bf16 runs use autocast (see trainers/rl.py).
-    model, processor = load_policy(ctx.input("policy").path / "model", dtype=torch.float32, device=device)
+    model, processor = load_policy(checkpoint_dir_of(ctx.input("policy").path), dtype=torch.float32, device=device)
     ctx.log.info("rl: %s, %d prompts, %d steps x %d prompts x n=%d, %d threads", cfg.algorithm, len(examples),
                  cfg.steps, cfg.prompts_per_step, cfg.n, threads)
     result = train_rl(model, processor, examples, cfg, algo, log=ctx.log_metrics, out_dir=ctx.out_dir,
                       heartbeat=ctx.heartbeat)
     model.eval()
-    save_policy(model, processor, ctx.out_dir / "model")
+    save_policy(model, processor, model_dir(ctx.out_dir))
     from prism_lab.prompts import Prompting
 
-    Prompting.carry_over(ctx.input("policy").path / "model", ctx.out_dir / "model")
-    remove_resume_state(ctx.out_dir / RESUME_DIR)
+    Prompting.carry_over(checkpoint_dir_of(ctx.input("policy").path), model_dir(ctx.out_dir))
+    remove_resume_state(resume_dir(ctx.out_dir))
     return {"algorithm": cfg.algorithm, "num_prompts": len(examples), **result.summary()}

@@ -25,14 +25,13 @@ from prism_lab.data.catalog import DataCatalog
 from prism_lab.data.sft_json import SFTExample, read_sft_json
 from prism_lab.errors import ConfigError, DataError
 from prism_lab.prompts import SYSTEM_PROMPT
+from prism_lab.stages.artifacts import MODEL_SUBDIR, model_dir, resume_dir
 
 if TYPE_CHECKING:  # the harness hands every runner its context; stages never import the harness
     from prism_lab.harness.context import StageContext
 
 log = logging.getLogger(__name__)
 
-MODEL_SUBDIR = "model"
-RESUME_SUBDIR = "resume"
 
 
 def _message_texts(messages) -> Iterator[str]:
@@ -120,16 +119,16 @@ def run(ctx: StageContext) -> dict:
     print(f"[sft] {cfg.model}: {params['total']:,} parameters ({params['vision']:,} vision); "
           f"{len(examples)} examples from {', '.join(cfg.datasets)}", flush=True)
 
-    resume_dir = ctx.out_dir / RESUME_SUBDIR
-    result = train_sft(model, processor, examples, cfg, resume_dir=resume_dir, log_metrics=ctx.log_metrics,
+    resume = resume_dir(ctx.out_dir)
+    result = train_sft(model, processor, examples, cfg, resume_dir=resume, log_metrics=ctx.log_metrics,
                        heartbeat=ctx.heartbeat)
-    model_dir = save_policy(model, processor, ctx.out_dir / MODEL_SUBDIR)
+    saved = save_policy(model, processor, model_dir(ctx.out_dir))
     # the prompt convention the model was trained with; evaluation and later stages follow it
     from prism_lab.prompts import Prompting
 
     has_system = any(m.get("role") == "system" for ex in examples[:50] for m in ex.messages)
-    Prompting(system_prompt=has_system, yesno_instruction=False).write(model_dir)
-    remove_resume_state(resume_dir)
+    Prompting(system_prompt=has_system, yesno_instruction=False).write(saved)
+    remove_resume_state(resume)
     summary = {
         **result.summary(),
         "n_examples": len(examples),

@@ -37,6 +37,9 @@ OPTIMIZER_FILE = "optimizer.pt"
 STATE_FILE = "trainer_state.pt"
 META_FILE = "meta.json"
 
+#: The subdirectory of a run's out_dir where every trainer keeps its resumable state.
+RESUME_DIR = "resume"
+
 
 # ------------------------------------------------------------------------------------------ schedule
 def warmup_steps_for(total_steps: int, warmup_ratio: float) -> int:

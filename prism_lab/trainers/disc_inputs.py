@@ -39,7 +39,8 @@ from prism_lab.algos.boundary import caption_boundary_for_ids, split_lengths
 from prism_lab.algos.disc_loss import router_load_balancing_loss
 from prism_lab.models.discriminator import Discriminator, score_at_last_valid_token
 from prism_lab.rollout import Prompt, build_prompt_inputs
-from prism_lab.trainers.logprobs import image_chunks_per_row, make_sequence_batch
+from prism_lab.rollout.inputs import image_chunks_per_row
+from prism_lab.trainers.logprobs import make_sequence_batch
 
 __all__ = [
     "DiscTokens",

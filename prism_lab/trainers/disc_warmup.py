@@ -39,6 +39,7 @@ from prism_lab.algos.disc_loss import warmup_pairwise_loss
 from prism_lab.models.discriminator import Discriminator
 from prism_lab.rollout import Prompt, make_engine
 from prism_lab.trainers.common import (
+    RESUME_DIR,
     load_resume_state,
     make_cosine_scheduler,
     remove_resume_state,
@@ -346,7 +347,7 @@ def run_disc_warmup(
         random.Random(cfg.seed * 1_000_003 + epoch).shuffle(order)
         return train[order[pos]]
 
-    resume_dir = Path(out_dir) / "resume" if out_dir is not None else None
+    resume_dir = Path(out_dir) / RESUME_DIR if out_dir is not None else None
     start = 0
     history: list[dict[str, float]] = []
     if resume_dir is not None:

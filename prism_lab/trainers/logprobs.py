@@ -28,11 +28,11 @@ import torch
 from torch import Tensor
 
 from prism_lab.algos.entropy import entropy_from_logits
+from prism_lab.rollout.inputs import image_chunks_per_row, text_position_ids
 
 __all__ = [
     "SequenceBatch",
     "completion_logprobs",
-    "image_chunks_per_row",
     "make_sequence_batch",
     "token_logprobs_from_logits",
 ]
@@ -60,26 +60,6 @@ class SequenceBatch:
             prefix={k: v.to(device) for k, v in self.prefix.items()} if self.prefix is not None else None,
             prefix_index=self.prefix_index.to(device) if self.prefix_index is not None else None,
         )
-
-
-def image_chunks_per_row(prompt_batch: dict) -> list[tuple[list[Tensor], Tensor]] | None:
-    """For each prompt row: (list of its images' patch tensors, its image_grid_thw rows); None without images."""
-    grid = prompt_batch.get("image_grid_thw")
-    if grid is None:
-        return None
-    pix = prompt_batch["pixel_values"]
-    chunks = list(torch.split(pix, grid.prod(dim=-1).tolist(), dim=0))
-    mm = prompt_batch["mm_token_type_ids"]
-    is_img = (mm == 1).long()
-    starts = is_img[:, 1:] & (1 - is_img[:, :-1])
-    per_row = (starts.sum(dim=1) + is_img[:, 0]).tolist()
-    out, j = [], 0
-    for cnt in per_row:
-        out.append((chunks[j : j + cnt], grid[j : j + cnt]))
-        j += cnt
-    if j != len(chunks):
-        raise ValueError(f"found {j} image token runs but {len(chunks)} images in the prompt batch")
-    return out
 
 
 def make_sequence_batch(
@@ -188,8 +168,6 @@ def completion_logprobs(
         inputs = batch.inputs
         if "image_grid_thw" not in inputs and "position_ids" not in inputs:
             # text-only: positions from the attention mask (left padding), as generate computes them
-            from prism_lab.rollout import text_position_ids
-
             inputs = {**inputs, "position_ids": text_position_ids(inputs["attention_mask"])}
         out = model(**inputs, use_cache=False, logits_to_keep=c + 1)
         logits = out.logits[:, :-1, :]  # position P-1+t predicts completion token t
@@ -223,8 +201,6 @@ def supports_shared_prefix(model) -> bool:
 def _shared_prefix_logits(model, batch: SequenceBatch) -> Tensor:
     """Logits ``[B, C, V]`` predicting every completion token, prompts run once each."""
     from transformers import DynamicCache
-
-    from prism_lab.rollout import text_position_ids
 
     assert batch.prefix is not None and batch.prefix_index is not None
     pre = dict(batch.prefix)

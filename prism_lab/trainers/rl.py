@@ -24,7 +24,7 @@ its own forward; where they disagree by more than ``logprob_tolerance`` the forw
 values are used instead (that IS the recomputation, at no extra cost) and
 ``rollout/logprob_fallback`` counts it. Off-policy settings (several mini-batches or epochs),
 bf16, engines without log-probs, or the vLLM engine recompute ``old_logp`` with a no-grad pass
-(:func:`recompute_old_logprobs`) before the first update.
+(:func:`prism_lab.trainers.actor.recompute_logprobs`) before the first update.
 
 The log-prob distribution everywhere is ``log softmax(logits / T)`` with the vision placeholder
 tokens masked (see :mod:`prism_lab.rollout`).
@@ -44,25 +44,36 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import Tensor
 
 from prism_lab.algos.advantages import compute_advantage
-from prism_lab.algos.aggregation import aggregate, masked_mean
 from prism_lab.algos.dapo import GenBatch, accumulate_until, overlong_penalty
-from prism_lab.algos.kl import kl_penalty
-from prism_lab.algos.policy_loss import compute_policy_loss
 from prism_lab.config.algorithms import AlgorithmConfig, resolve_algorithm
 from prism_lab.config.rl import RLConfig
 from prism_lab.errors import PrismError
-from prism_lab.rollout import Prompt, Rollout, RolloutEngine, build_prompt_inputs, make_engine, pad_token_id, vision_token_ids
+from prism_lab.rollout import (
+    Prompt,
+    Rollout,
+    RolloutEngine,
+    build_prompt_inputs,
+    make_engine,
+    pad_token_id,
+    vision_token_ids,
+)
+from prism_lab.rollout.inputs import image_chunks_per_row
+from prism_lab.trainers.actor import (
+    PPOSettings,
+    micro_batches,
+    ppo_update,
+    recompute_logprobs,
+)
 from prism_lab.trainers.common import (
+    RESUME_DIR,
     TimeBudget,
     load_resume_state,
     make_cosine_scheduler,
     remove_resume_state,
     save_resume_state,
 )
-from prism_lab.trainers.logprobs import SequenceBatch, completion_logprobs, image_chunks_per_row, make_sequence_batch
 
 logger = logging.getLogger(__name__)
 
@@ -71,13 +82,10 @@ __all__ = [
     "PromptSampler",
     "RLResult",
     "RLSample",
-    "recompute_old_logprobs",
     "score_rollouts",
     "train_rl",
 ]
 
-RESUME_DIR = "resume"
-_SUMMED = ("actor/pg_loss", "actor/loss")
 LOGPROB_TOLERANCE = 1e-3
 
 
@@ -188,28 +196,6 @@ def score_rollouts(
 
 
 # --------------------------------------------------------------------------------------------
-# Old log-probs
-# --------------------------------------------------------------------------------------------
-
-
-@torch.no_grad()
-def recompute_old_logprobs(model, batches: Sequence[SequenceBatch], *, temperature: float,
-                           suppress_token_ids: Sequence[int], autocast: Callable[[], Any]) -> list[Tensor]:
-    """No-grad forward over every micro-batch: ``old_logp`` for off-policy updates (or untrusted rollout log-probs)."""
-    was = model.training
-    model.eval()
-    try:
-        out = []
-        for b in batches:
-            with autocast():
-                lp, _ = completion_logprobs(model, b, temperature=temperature, suppress_token_ids=suppress_token_ids)
-            out.append(lp.float().detach())
-        return out
-    finally:
-        model.train(was)
-
-
-# --------------------------------------------------------------------------------------------
 # The loop
 # --------------------------------------------------------------------------------------------
 
@@ -277,7 +263,6 @@ class _RLRun:
         self.out_dir = Path(out_dir) if out_dir is not None else None
         self.heartbeat = heartbeat
         self.score_fn = score_fn
-        self.tol = logprob_tolerance
         self.total_steps = cfg.steps if max_steps is None else min(cfg.steps, max_steps)
         self.engine: RolloutEngine = engine if engine is not None else make_engine(model, processor, cfg.rollout_engine)
         self.suppress = list(getattr(self.engine, "suppress_token_ids", None) or vision_token_ids(model))
@@ -298,8 +283,13 @@ class _RLRun:
         self.loss_scale_factor = algo.loss_scale_factor
         if algo.loss_agg_mode == "seq-mean-token-sum-norm" and self.loss_scale_factor is None:
             self.loss_scale_factor = float(cfg.max_new_tokens)  # constant divisor: micro-batch invariant
+        self.ppo = PPOSettings(
+            temperature=cfg.temperature, policy_loss=algo.policy_loss, clip_low=algo.clip_ratio_low,
+            clip_high=algo.clip_ratio_high, clip_ratio_c=algo.clip_ratio_c, agg_mode=algo.loss_agg_mode,
+            loss_scale_factor=self.loss_scale_factor, grad_clip=algo.grad_clip, epochs=algo.ppo_epochs,
+            entropy_coeff=algo.entropy_coeff, kl_coef=algo.kl_loss_coef, kl_type=algo.kl_loss_type,
+            logprob_tolerance=logprob_tolerance)
         params = [p for p in model.parameters() if p.requires_grad]
-        self.params = params
         self.optimizer = torch.optim.AdamW(params, lr=algo.lr, weight_decay=algo.weight_decay, betas=(0.9, 0.999))
         self.scheduler = make_cosine_scheduler(self.optimizer, total_steps=cfg.steps,
                                                warmup_steps=algo.num_warmup_steps(cfg.steps), min_lr_ratio=1.0)
@@ -407,131 +397,33 @@ class _RLRun:
         return metrics
 
     # ---------------------------------------------------------------- update
-    def _micro_batches(self, samples: list[RLSample], rows: list[int], prompt_batch: dict,
-                       chunks) -> list[tuple[list[int], SequenceBatch]]:
-        out = []
-        mbs = self.cfg.micro_batch_size
-        for start in range(0, len(rows), mbs):
-            r = rows[start : start + mbs]
-            sb = make_sequence_batch(prompt_batch, [samples[i].prompt_key for i in r], [samples[i].token_ids for i in r],
-                                     pad_token_id=self.pad_id, image_chunks=chunks)
-            out.append((r, sb.to(self.device)))
-        return out
-
     def _update(self, prompts: list[Prompt], samples: list[RLSample]) -> dict[str, float]:
         cfg, algo = self.cfg, self.algo
         prompt_batch = build_prompt_inputs(self.processor, prompts)
+        prompt_rows = [s.prompt_key for s in samples]
+        completions = [s.token_ids for s in samples]
+        lengths = [len(c) for c in completions]
         chunks = image_chunks_per_row(prompt_batch)
-        all_rows = list(range(len(samples)))
-        mini_batches = _split(all_rows, algo.mini_batches_per_rollout)
-        mb_micro = [self._micro_batches(samples, rows, prompt_batch, chunks) for rows in mini_batches]
-        on_policy = algo.is_on_policy
+        mini = [micro_batches(prompt_batch, prompt_rows, completions, rows, size=cfg.micro_batch_size,
+                              pad_token_id=self.pad_id, image_chunks=chunks, device=self.device)
+                for rows in _split(list(range(len(samples))), algo.mini_batches_per_rollout)]
+        flat = [mb for micro in mini for mb in micro]
         have_lp = all(s.rollout_logprobs is not None and len(s.rollout_logprobs) == len(s.token_ids) for s in samples)
-        use_rollout_lp = on_policy and have_lp and self.trust_rollout_logprobs
-        old: dict[int, Tensor] = {}  # row -> [len] old log-probs
-        if not use_rollout_lp:
-            flat = [mb for micro in mb_micro for mb in micro]
-            self.recompute_calls += 1
-            lps = recompute_old_logprobs(self.model, [b for _, b in flat], temperature=cfg.temperature,
-                                         suppress_token_ids=self.suppress, autocast=self.autocast)
-            for (rows, b), lp in zip(flat, lps):
-                for j, i in enumerate(rows):
-                    old[i] = lp[j, : len(samples[i].token_ids)].cpu()
+        from_rollout = algo.is_on_policy and have_lp and self.trust_rollout_logprobs
+        lp_kw = dict(temperature=cfg.temperature, suppress_token_ids=self.suppress, autocast=self.autocast)
+        if from_rollout:
+            old = {i: torch.tensor(s.rollout_logprobs, dtype=torch.float32) for i, s in enumerate(samples)}
         else:
-            for i, s in enumerate(samples):
-                old[i] = torch.tensor(s.rollout_logprobs, dtype=torch.float32)
-        ref: dict[int, Tensor] = {}
-        if self.ref_model is not None:
-            flat = [mb for micro in mb_micro for mb in micro]
-            lps = recompute_old_logprobs(self.ref_model, [b for _, b in flat], temperature=cfg.temperature,
-                                         suppress_token_ids=self.suppress, autocast=self.autocast)
-            for (rows, b), lp in zip(flat, lps):
-                for j, i in enumerate(rows):
-                    ref[i] = lp[j, : len(samples[i].token_ids)].cpu()
-
-        acc: dict[str, float] = {}
-        sums: dict[str, float] = {}
-        tok_total = 0.0
-        diff_max = 0.0
-        fallbacks = 0
-        grad_norms: list[float] = []
-        skipped = 0
-        self.model.train()
-        for _epoch in range(algo.ppo_epochs):
-            for micro in mb_micro:
-                n_tok = sum(float(b.response_mask.sum()) for _, b in micro)
-                n_seq = sum(float((b.response_mask.sum(-1) > 0).sum()) for _, b in micro)
-                self.optimizer.zero_grad(set_to_none=True)
-                for rows, b in micro:
-                    m = b.response_mask
-                    old_lp = _pad_rows([old[i] for i in rows], m.shape[1]).to(self.device)
-                    adv = torch.tensor([samples[i].advantage for i in rows], dtype=torch.float32, device=self.device)
-                    need_ent_grad = algo.entropy_coeff > 0
-                    with self.autocast():
-                        logp, ent = completion_logprobs(self.model, b, temperature=cfg.temperature, with_entropy=True,
-                                                        entropy_grad=need_ent_grad, suppress_token_ids=self.suppress)
-                    logp = logp.float()
-                    if use_rollout_lp:
-                        d = float(((logp.detach() - old_lp).abs() * m).max()) if m.numel() else 0.0
-                        diff_max = max(diff_max, d)
-                        if d > self.tol:
-                            # the exact recomputation: same parameters as the rollout (on-policy)
-                            old_lp = logp.detach()
-                            fallbacks += 1
-                    out = compute_policy_loss(
-                        algo.policy_loss, logp, old_lp, adv, m, clip_low=algo.clip_ratio_low,
-                        clip_high=algo.clip_ratio_high, clip_ratio_c=algo.clip_ratio_c, agg_mode=algo.loss_agg_mode,
-                        global_num_tokens=n_tok, global_num_seqs=n_seq, loss_scale_factor=self.loss_scale_factor,
-                    )
-                    loss = out.loss
-                    agg_kw = dict(global_num_tokens=n_tok, global_num_seqs=n_seq, loss_scale_factor=self.loss_scale_factor)
-                    agg_mode = out.agg_mode
-                    if need_ent_grad:
-                        ent_loss = aggregate(ent.float(), m, agg_mode, **agg_kw)
-                        loss = loss - algo.entropy_coeff * ent_loss
-                    ent_det = ent.detach().float()
-                    kl_val = None
-                    if self.ref_model is not None:
-                        ref_lp = _pad_rows([ref[i] for i in rows], m.shape[1]).to(self.device)
-                        kl_mat = kl_penalty(logp, ref_lp, algo.kl_loss_type)
-                        kl_loss = aggregate(kl_mat, m, agg_mode, **agg_kw)
-                        loss = loss + algo.kl_loss_coef * kl_loss
-                        kl_val = float(masked_mean(kl_mat.detach(), m))
-                    loss.backward()
-                    # metrics, weighted by valid tokens of this micro-batch
-                    w = float(m.sum())
-                    tok_total += w
-                    mets = out.metrics(prefix="actor/")
-                    mets["actor/entropy"] = float(masked_mean(ent_det, m))
-                    if kl_val is not None:
-                        mets["actor/kl_loss"] = kl_val
-                    mets["actor/loss"] = float(loss.detach())
-                    for k, v in mets.items():
-                        if k in _SUMMED:  # already divided by the mini-batch totals: sum over micro-batches
-                            sums[k] = sums.get(k, 0.0) + v
-                        else:
-                            acc[k] = acc.get(k, 0.0) + v * w
-                gn = torch.nn.utils.clip_grad_norm_(self.params, algo.grad_clip)
-                gnf = float(gn)
-                if math.isfinite(gnf):
-                    self.optimizer.step()
-                else:
-                    skipped += 1
-                grad_norms.append(gnf)
-        self.optimizer.zero_grad(set_to_none=True)
-        res = {k: v / max(tok_total, 1.0) for k, v in acc.items()}
-        res.update({k: v / max(len(grad_norms), 1) for k, v in sums.items()})  # mean over optimiser updates
-        res["actor/grad_norm"] = _mean(grad_norms)
-        res["actor/skipped_updates"] = float(skipped)
-        res["actor/num_updates"] = float(len(grad_norms))
+            self.recompute_calls += 1
+            old = recompute_logprobs(self.model, flat, lengths, **lp_kw)
+        ref = recompute_logprobs(self.ref_model, flat, lengths, **lp_kw) if self.ref_model is not None else None
+        res = ppo_update(self.model, self.optimizer, mini, old, [s.advantage for s in samples], self.ppo,
+                         suppress_token_ids=self.suppress, ref=ref, old_from_rollout=from_rollout,
+                         autocast=self.autocast)
         res["clipfrac/low"] = res.get("actor/pg_clipfrac_low", 0.0)
         res["clipfrac/high"] = res.get("actor/pg_clipfrac_high", 0.0)
         res["approx_kl"] = res.get("actor/ppo_kl", 0.0)
         res["entropy"] = res.get("actor/entropy", float("nan"))
-        res["rollout/old_logp_from_rollout"] = 1.0 if use_rollout_lp else 0.0
-        if use_rollout_lp:
-            res["rollout/logprob_diff_max"] = diff_max
-            res["rollout/logprob_fallback"] = float(fallbacks)
         return res
 
     # ---------------------------------------------------------------- resume
@@ -548,13 +440,6 @@ class _RLRun:
             return None
         return load_resume_state(self.out_dir / RESUME_DIR, model=self.model, optimizer=self.optimizer,
                                  scheduler=self.scheduler)
-
-
-def _pad_rows(rows: list[Tensor], width: int) -> Tensor:
-    out = torch.zeros((len(rows), width), dtype=torch.float32)
-    for i, r in enumerate(rows):
-        out[i, : r.shape[0]] = r[:width]
-    return out
 
 
 def _mean(xs: Sequence[float]) -> float:

@@ -1,0 +1,189 @@
+"""The policy update shared by the alignment (stage 2) and RL (stage 3) trainers: one copy of each part.
+
+* :func:`micro_batches` cuts a batch of (prompt row, completion) pairs into mini-batches of
+  micro-batches of :class:`~prism_lab.trainers.logprobs.SequenceBatch`;
+* :func:`recompute_logprobs` is the one no-grad log-prob pass (PPO's ``old_logp`` when the rollout's
+  own log-probs cannot be used, and the reference policy's log-probs for the KL loss);
+* :func:`ppo_update` is the one PPO-clip actor update: per mini-batch one optimizer step, micro-batches
+  with gradient accumulation, the aggregation given the mini-batch totals (tokens / sequences), so the
+  loss and its gradient do not depend on the micro-batch cut (verl ``dp_actor.update_policy``, v0.5).
+  Entropy bonus and KL-to-reference terms are added only when their coefficients are > 0.
+
+On-policy updates (one mini-batch, one epoch) may take the rollout engine's log-probs as ``old_logp``:
+each micro-batch compares them with its own forward, and where they differ by more than
+``logprob_tolerance`` the forward's detached values are used instead (that is the recomputation, at
+no extra cost; ``rollout/logprob_fallback`` counts it).
+
+Metric names (one set, for every trainer): ``actor/pg_loss``, ``actor/loss`` (means over optimizer
+steps), ``actor/pg_clipfrac*``, ``actor/ppo_kl``, ``actor/entropy``, ``actor/kl_loss`` (token-weighted
+means), ``actor/grad_norm`` (mean over the optimizer steps whose norm was finite), ``actor/num_updates``
+and ``actor/skipped_updates`` (a non-finite gradient norm skips the optimizer step).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from prism_lab.algos.aggregation import aggregate, masked_mean
+from prism_lab.algos.kl import kl_penalty
+from prism_lab.algos.policy_loss import compute_policy_loss
+from prism_lab.trainers.logprobs import (
+    SequenceBatch,
+    completion_logprobs,
+    make_sequence_batch,
+)
+
+__all__ = ["MicroBatch", "PPOSettings", "micro_batches", "pad_rows", "ppo_update", "recompute_logprobs"]
+
+#: Log-prob metrics that are shares of a mini-batch mean: summed over its micro-batches.
+_SUMMED = ("actor/pg_loss", "actor/loss")
+
+#: ``(rows, batch)``: the sample indices a micro-batch holds and its model inputs.
+MicroBatch = tuple[list[int], SequenceBatch]
+
+
+@dataclass(frozen=True)
+class PPOSettings:
+    """What decides a PPO actor update (the trainer's config mapped onto the shared update)."""
+
+    temperature: float = 1.0
+    policy_loss: str = "vanilla"
+    clip_low: float = 0.2
+    clip_high: float = 0.2
+    clip_ratio_c: float = 3.0
+    agg_mode: str = "token-mean"
+    loss_scale_factor: float | None = None
+    grad_clip: float = 1.0
+    epochs: int = 1
+    entropy_coeff: float = 0.0
+    kl_coef: float = 0.0
+    kl_type: str = "low_var_kl"
+    logprob_tolerance: float = 1e-3
+
+
+def pad_rows(rows: Sequence[Sequence[float] | Tensor], width: int) -> Tensor:
+    """``[len(rows), width]`` float32, row ``i`` = ``rows[i]`` truncated or zero-padded to ``width``."""
+    out = torch.zeros((len(rows), width), dtype=torch.float32)
+    for i, r in enumerate(rows):
+        r = r if isinstance(r, Tensor) else torch.as_tensor(list(r), dtype=torch.float32)
+        n = min(int(r.shape[0]), width)
+        if n:
+            out[i, :n] = r[:n]
+    return out
+
+
+def micro_batches(prompt_batch: dict, prompt_rows: Sequence[int], completions: Sequence[Sequence[int]],
+                  rows: Sequence[int], *, size: int, pad_token_id: int, image_chunks: Any,
+                  device: torch.device | str) -> list[MicroBatch]:
+    """Micro-batches of at most ``size`` of the samples ``rows`` (sample ``i`` continues prompt row
+    ``prompt_rows[i]`` of ``prompt_batch`` with ``completions[i]``), on ``device``."""
+    out = []
+    for start in range(0, len(rows), size):
+        r = list(rows[start:start + size])
+        sb = make_sequence_batch(prompt_batch, [prompt_rows[i] for i in r], [completions[i] for i in r],
+                                 pad_token_id=pad_token_id, image_chunks=image_chunks)
+        out.append((r, sb.to(device)))
+    return out
+
+
+@torch.no_grad()
+def recompute_logprobs(model: Any, batches: Sequence[MicroBatch], lengths: Sequence[int], *, temperature: float,
+                       suppress_token_ids: Sequence[int],
+                       autocast: Callable[[], Any] = contextlib.nullcontext) -> dict[int, Tensor]:
+    """Sample index -> its completion log-probs ``[len]`` (CPU, float32) under ``model``, eval mode, no grad."""
+    was = model.training
+    model.eval()
+    out: dict[int, Tensor] = {}
+    try:
+        for rows, b in batches:
+            with autocast():
+                lp, _ = completion_logprobs(model, b, temperature=temperature, suppress_token_ids=suppress_token_ids)
+            lp = lp.float().detach()
+            for j, i in enumerate(rows):
+                out[i] = lp[j, : lengths[i]].cpu()
+    finally:
+        model.train(was)
+    return out
+
+
+def ppo_update(model: Any, optimizer: torch.optim.Optimizer, mini: Sequence[Sequence[MicroBatch]],
+               old: dict[int, Tensor], advantages: Sequence[float], s: PPOSettings, *,
+               suppress_token_ids: Sequence[int], ref: dict[int, Tensor] | None = None,
+               old_from_rollout: bool = False, autocast: Callable[[], Any] = contextlib.nullcontext) -> dict[str, float]:
+    """``s.epochs`` passes over the mini-batches ``mini``, one optimizer step each; returns the metrics.
+
+    ``old`` / ``ref``: sample index -> old / reference log-probs. ``old_from_rollout``: ``old`` came from the
+    rollout engine (checked against each forward, see the module docstring)."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    device = next(model.parameters()).device
+    acc: dict[str, float] = {}
+    sums: dict[str, float] = {}
+    tok_total, diff_max, fallbacks, skipped = 0.0, 0.0, 0, 0
+    grad_norms: list[float] = []
+    model.train()
+    for _epoch in range(s.epochs):
+        for micro in mini:
+            totals = dict(global_num_tokens=sum(float(b.response_mask.sum()) for _, b in micro),
+                          global_num_seqs=sum(float((b.response_mask.sum(-1) > 0).sum()) for _, b in micro),
+                          loss_scale_factor=s.loss_scale_factor)
+            optimizer.zero_grad(set_to_none=True)
+            for rows, b in micro:
+                m = b.response_mask
+                old_lp = pad_rows([old[i] for i in rows], m.shape[1]).to(device)
+                adv = torch.tensor([float(advantages[i]) for i in rows], dtype=torch.float32, device=device)
+                with autocast():
+                    logp, ent = completion_logprobs(model, b, temperature=s.temperature, with_entropy=True,
+                                                    entropy_grad=s.entropy_coeff > 0, suppress_token_ids=suppress_token_ids)
+                logp = logp.float()
+                if old_from_rollout:
+                    d = float(((logp.detach() - old_lp).abs() * m).max()) if m.numel() else 0.0
+                    diff_max = max(diff_max, d)
+                    if d > s.logprob_tolerance:  # the exact recomputation: same parameters as the rollout
+                        old_lp = logp.detach()
+                        fallbacks += 1
+                out = compute_policy_loss(s.policy_loss, logp, old_lp, adv, m, clip_low=s.clip_low,
+                                          clip_high=s.clip_high, clip_ratio_c=s.clip_ratio_c, agg_mode=s.agg_mode,
+                                          **totals)
+                loss = out.loss
+                mets = out.metrics(prefix="actor/")
+                if s.entropy_coeff > 0:
+                    loss = loss - s.entropy_coeff * aggregate(ent.float(), m, out.agg_mode, **totals)
+                mets["actor/entropy"] = float(masked_mean(ent.detach().float(), m))
+                if ref is not None and s.kl_coef > 0:
+                    kl_mat = kl_penalty(logp, pad_rows([ref[i] for i in rows], m.shape[1]).to(device), s.kl_type)
+                    loss = loss + s.kl_coef * aggregate(kl_mat, m, out.agg_mode, **totals)
+                    mets["actor/kl_loss"] = float(masked_mean(kl_mat.detach(), m))
+                loss.backward()
+                mets["actor/loss"] = float(loss.detach())
+                w = float(m.sum())
+                tok_total += w
+                for k, v in mets.items():
+                    if k in _SUMMED:
+                        sums[k] = sums.get(k, 0.0) + v
+                    else:
+                        acc[k] = acc.get(k, 0.0) + v * w
+            gn = float(torch.nn.utils.clip_grad_norm_(params, s.grad_clip))
+            if math.isfinite(gn):
+                optimizer.step()
+                grad_norms.append(gn)
+            else:
+                skipped += 1
+    optimizer.zero_grad(set_to_none=True)
+    n_updates = len(grad_norms) + skipped
+    res = {k: v / max(tok_total, 1.0) for k, v in acc.items()}
+    res.update({k: v / max(n_updates, 1) for k, v in sums.items()})
+    res["actor/grad_norm"] = sum(grad_norms) / len(grad_norms) if grad_norms else float("nan")
+    res["actor/skipped_updates"] = float(skipped)
+    res["actor/num_updates"] = float(n_updates)
+    res["rollout/old_logp_from_rollout"] = 1.0 if old_from_rollout else 0.0
+    if old_from_rollout:
+        res["rollout/logprob_diff_max"] = diff_max
+        res["rollout/logprob_fallback"] = float(fallbacks)
+    return res

@@ -1,0 +1,189 @@
+"""What differs between the alignment variants, as a registry: everything else is one loop (align.py).
+
+A variant turns one step's rollouts into (a) advantages, from scores of the PRE-update discriminator in
+eval mode without grad, and (b) the discriminator's loss, from train-mode scores of the same segments.
+
+* ``prism`` (the paper's method; the authors' repository XIAO4579/PRISM at 6079044, verl's
+  ``dp_critic.update_critic`` with critic ``mm_gad`` and ``compute_grpo_multi_reward_advantage``): the
+  discriminator scores the caption and the reasoning (cot) segment of each response separately against
+  the teacher's; advantages come from :func:`prism_lab.algos.multi_reward.grpo_multi_reward`
+  (``advantage_mode``), the loss from :func:`prism_lab.algos.disc_loss.mm_gad_discriminator_loss`.
+* ``gad`` (whole-response variant present in the same repository, unused by its scripts): one score per
+  response; :func:`gad_whole_response_advantage` and :func:`gad_whole_response_loss`.
+
+Each rollout is paired with its own prompt's teacher segments. Each prompt's teacher segment is scored
+once per forward pass and shared by its ``n`` rollouts (exact in eval mode; in train mode the copies
+share one head-dropout mask).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import torch
+from torch import Tensor
+
+from prism_lab.algos.disc_loss import (
+    LengthCorrection,
+    gad_whole_response_loss,
+    mm_gad_discriminator_loss,
+    replace_nonfinite,
+)
+from prism_lab.algos.multi_reward import (
+    MultiRewardConfig,
+    gad_whole_response_advantage,
+    grpo_multi_reward,
+)
+from prism_lab.registry import Registry
+from prism_lab.trainers.disc_inputs import (
+    online_student_segment,
+    online_teacher_segment,
+    score_segments,
+)
+
+__all__ = ["ALIGN_VARIANTS", "AlignStep", "AlignVariant"]
+
+
+@dataclass
+class AlignStep:
+    """One step's rollouts, ready to score: the prompt batch, which prompt each rollout answers, the split
+    responses (``splits``), the format flags and the scoring options."""
+
+    pb: Any  # trainers.disc_inputs.PromptBatch of the step's unique prompts
+    rows: list[int]  # rollout -> row of ``pb``
+    rollouts: list[Any]
+    splits: list[Any]  # trainers.disc_inputs.RolloutSplit per rollout
+    valid: Tensor  # bool [B]: format-valid responses
+    teacher_ids: list[tuple[list[int], list[int], list[int]]]  # per prompt row: caption, cot, whole response
+    answers: list[tuple[str, tuple[str, ...]]]  # per prompt row: ground truth, equivalent answers
+    toks: Any  # trainers.disc_inputs.DiscTokens
+    terminator: str
+    score_kw: dict[str, Any]  # pad_token_id, positions, micro_batch
+
+    @property
+    def fmt(self) -> Tensor:
+        return self.valid.float()
+
+    @property
+    def rows_t(self) -> Tensor:
+        return torch.as_tensor(self.rows, dtype=torch.long)
+
+    def student(self, ids: Sequence[Sequence[int]]) -> list[list[int]]:
+        return [online_student_segment(x, self.toks, self.terminator) for x in ids]
+
+    def teacher(self, part: int) -> list[list[int]]:
+        return [online_teacher_segment(t[part], self.toks, self.terminator) for t in self.teacher_ids]
+
+    def scores(self, disc: Any, segments: Sequence[Sequence[int]], *, per_prompt: bool = False) -> Tensor:
+        """Scores of student segments (one per rollout), or of teacher segments (one per prompt row,
+        broadcast to the rollouts of that prompt) when ``per_prompt``."""
+        if not per_prompt:
+            return score_segments(disc, self.pb, self.rows, segments, **self.score_kw)
+        s = score_segments(disc, self.pb, list(range(len(self.teacher_ids))), segments, **self.score_kw)
+        return s[self.rows_t.to(s.device)]
+
+
+class AlignVariant(Protocol):
+    #: the per-step metrics summarised at the end of the run (beside the shared ones)
+    summary_keys: tuple[str, ...]
+
+    def advantages(self, disc: Any, st: AlignStep, cfg: Any) -> tuple[Tensor, int, dict[str, float]]:
+        """(advantages [B], non-finite scores replaced, metrics), from eval-mode scores without grad."""
+        ...
+
+    def disc_loss(self, disc: Any, st: AlignStep, cfg: Any) -> tuple[Tensor, int, dict[str, float]]:
+        """(the discriminator's loss, non-finite scores, metrics), from train-mode scores."""
+        ...
+
+
+ALIGN_VARIANTS: Registry[type] = Registry("alignment variant")
+
+
+def _mean(x: Tensor) -> float:
+    return float(x.float().mean()) if x.numel() else float("nan")
+
+
+def _lengths(segments: Sequence[Sequence[int]]) -> Tensor:
+    return torch.tensor([len(s) for s in segments], dtype=torch.float32)
+
+
+@ALIGN_VARIANTS.register("prism")
+class PrismVariant:
+    """Caption and cot scored apart; the multi-reward advantage of the paper."""
+
+    summary_keys = ("gap/caption", "gap/cot")
+
+    def advantages(self, disc: Any, st: AlignStep, cfg: Any) -> tuple[Tensor, int, dict[str, float]]:
+        stu_cap, stu_cot = st.student([sp.caption_ids for sp in st.splits]), st.student([sp.cot_ids for sp in st.splits])
+        s_cap, n1 = replace_nonfinite(st.scores(disc, stu_cap).cpu())
+        s_cot, n2 = replace_nonfinite(st.scores(disc, stu_cot).cpu())
+        beta = cfg.length_correction_beta
+        if beta > 0:
+            s_cap = s_cap - beta * torch.log1p(_lengths(stu_cap))
+            s_cot = s_cot - beta * torch.log1p(_lengths(stu_cot))
+        s_cap = s_cap.clamp(-cfg.score_clip, cfg.score_clip) * st.fmt
+        s_cot = s_cot.clamp(-cfg.score_clip, cfg.score_clip) * st.fmt
+        metrics: dict[str, float] = {}
+        acc = None
+        if cfg.advantage_mode != "align":
+            from prism_lab.rewards import compute_score
+
+            acc = torch.tensor([compute_score(sp.text, *st.answers[r]).acc for sp, r in zip(st.splits, st.rows)],
+                               dtype=torch.float32)
+            metrics["rule_acc"] = float(acc.mean())
+        mrc = MultiRewardConfig(caption_weight=cfg.caption_weight, cot_weight=cfg.cot_weight,
+                                format_penalty=cfg.format_penalty, align_coef=cfg.align_coef,
+                                wrong_penalty=cfg.wrong_penalty, w_acc=cfg.w_acc, w_fmt=cfg.w_fmt, eps=cfg.adv_eps)
+        adv = grpo_multi_reward(cfg.advantage_mode, s_cap, s_cot, st.fmt, list(st.rows), acc=acc, cfg=mrc)
+        if bool(st.valid.any()):
+            metrics["pre/student_caption"] = _mean(s_cap[st.valid])
+            metrics["pre/student_cot"] = _mean(s_cot[st.valid])
+        return adv, n1 + n2, metrics
+
+    def disc_loss(self, disc: Any, st: AlignStep, cfg: Any) -> tuple[Tensor, int, dict[str, float]]:
+        stu_cap, stu_cot = st.student([sp.caption_ids for sp in st.splits]), st.student([sp.cot_ids for sp in st.splits])
+        tea_cap, tea_cot = st.teacher(0), st.teacher(1)
+        S_cap, S_cot = st.scores(disc, stu_cap), st.scores(disc, stu_cot)
+        T_cap, T_cot = st.scores(disc, tea_cap, per_prompt=True), st.scores(disc, tea_cot, per_prompt=True)
+        lc = None
+        if cfg.length_correction_beta > 0:
+            beta, r = cfg.length_correction_beta, st.rows_t
+            lc = LengthCorrection(beta, beta, _lengths(stu_cap), _lengths(stu_cot), _lengths(tea_cap)[r],
+                                  _lengths(tea_cot)[r])
+        out = mm_gad_discriminator_loss(S_cap, S_cot, T_cap, T_cot, st.valid.to(S_cap.device), score_clip=cfg.score_clip,
+                                        score_reg_coef=cfg.score_reg_coef, fallback_coef=cfg.fallback_coef,
+                                        length_correction=lc)
+        tc, sc = float(out.teacher_caption_mean), float(out.student_caption_mean)
+        to, so = float(out.teacher_cot_mean), float(out.student_cot_mean)
+        m = {"d_loss": float(out.loss.detach()), "d_pair_loss": float(out.pair_loss), "d_cap_loss": float(out.cap_loss),
+             "d_cot_loss": float(out.cot_loss), "d_score_reg": float(out.reg), "d_has_valid": float(out.has_valid),
+             "d_used_fallback": float(out.used_fallback), "score/teacher_caption": tc, "score/student_caption": sc,
+             "score/teacher_cot": to, "score/student_cot": so, "gap/caption": tc - sc, "gap/cot": to - so}
+        if out.has_valid:  # the original logs a placeholder there; no valid sample = no accuracy
+            m.update(d_acc=float(out.d_acc_or_nan), cap_acc=float(out.cap_acc), cot_acc=float(out.cot_acc))
+        return out.loss, out.n_nonfinite, m
+
+
+@ALIGN_VARIANTS.register("gad")
+class GadVariant:
+    """One score per whole response (the GAD ablation)."""
+
+    summary_keys = ("gap/response",)
+
+    def advantages(self, disc: Any, st: AlignStep, cfg: Any) -> tuple[Tensor, int, dict[str, float]]:
+        s_resp, n = replace_nonfinite(st.scores(disc, st.student([r.token_ids for r in st.rollouts])).cpu())
+        adv = gad_whole_response_advantage(s_resp, list(st.rows), score_clip=None, eps=cfg.adv_eps)
+        return adv, n, {"pre/student_response": _mean(s_resp)}
+
+    def disc_loss(self, disc: Any, st: AlignStep, cfg: Any) -> tuple[Tensor, int, dict[str, float]]:
+        S = st.scores(disc, st.student([r.token_ids for r in st.rollouts]))
+        T = st.scores(disc, st.teacher(2), per_prompt=True)
+        g = gad_whole_response_loss(T, S, score_clip=None)
+        Sc, _ = replace_nonfinite(S.detach().cpu())
+        Tc, _ = replace_nonfinite(T.detach().cpu())
+        m = {"d_loss": float(g.loss.detach()), "d_acc": float(g.acc), "d_has_valid": 1.0,
+             "score/teacher_response": _mean(Tc), "score/student_response": _mean(Sc),
+             "gap/response": _mean(Tc) - _mean(Sc)}
+        return g.loss, g.n_nonfinite, m
