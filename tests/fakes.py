@@ -7,8 +7,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from prism_lab.prompts import SYSTEM_PROMPT, format_response
 from prism_lab.harness.context import InputArtifact
+from prism_lab.prompts import SYSTEM_PROMPT, format_response
 
 
 @dataclass

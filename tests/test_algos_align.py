@@ -311,7 +311,9 @@ def test_router_load_balancing_hand_computed():
 
 
 def test_router_load_balancing_matches_transformers():
-    from transformers.models.qwen3_vl_moe.modeling_qwen3_vl_moe import load_balancing_loss_func
+    from transformers.models.qwen3_vl_moe.modeling_qwen3_vl_moe import (
+        load_balancing_loss_func,
+    )
 
     g = torch.Generator().manual_seed(0)
     layers = [torch.randn(2 * 5, 4, generator=g) for _ in range(3)]

@@ -17,13 +17,22 @@ from prism_lab.data.rl_parquet import read_rl_parquet
 from prism_lab.data.synth.config import SynthConfig
 from prism_lab.data.synth.generate import generate
 from prism_lab.errors import CheckpointError, DataError
-from prism_lab.models import build_tiny_policy, build_tokenizer, load_policy, save_policy
-from prism_lab.models.discriminator import build_discriminator, load_discriminator, save_discriminator
-from prism_lab.rollout import Rollout, make_engine
 from prism_lab.harness.context import InputArtifact
-from tests.fakes import FakeCtx
+from prism_lab.models import (
+    build_tiny_policy,
+    build_tokenizer,
+    load_policy,
+    save_policy,
+)
+from prism_lab.models.discriminator import (
+    build_discriminator,
+    load_discriminator,
+    save_discriminator,
+)
+from prism_lab.rollout import Rollout, make_engine
 from prism_lab.trainers.align import AlignExample, align_examples_from_rl, run_align
 from prism_lab.trainers.disc_inputs import disc_tokens, plain_ids
+from tests.fakes import FakeCtx
 
 SMALL = dict(n_sft_public=16, n_teacher=8, n_rl=8, n_warmup=4, n_bench=4, include_system_prompt=False)
 

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from prism_lab.errors import ConfigError
 from prism_lab.eval.benchmarks import (
     DEFAULT_BENCHMARK_DIR,
     BenchmarkSpec,
@@ -13,7 +14,6 @@ from prism_lab.eval.benchmarks import (
     list_benchmarks,
     load_benchmark,
 )
-from prism_lab.errors import ConfigError
 
 SYNTH = ("synth-hallusion", "synth-perception", "synth-reasoning")
 

@@ -13,11 +13,10 @@ from prism_lab.data.catalog import DataCatalog, synth_catalog
 from prism_lab.data.synth.config import SynthConfig
 from prism_lab.data.synth.generate import generate
 from prism_lab.data.warmup_jsonl import read_warmup_jsonl
+from prism_lab.harness.context import InputArtifact
 from prism_lab.models import build_tiny_policy, build_tokenizer, save_policy
 from prism_lab.models.discriminator import build_discriminator, load_discriminator
 from prism_lab.prompts import format_response
-from prism_lab.harness.context import InputArtifact
-from tests.fakes import FakeCtx
 from prism_lab.trainers.disc_inputs import (
     disc_tokens,
     online_student_segment,
@@ -26,7 +25,9 @@ from prism_lab.trainers.disc_inputs import (
     split_rollout,
     warmup_segment,
 )
-from prism_lab.trainers.disc_warmup import Comparison, build_comparisons, heldout_split, run_disc_warmup
+from prism_lab.trainers.disc_warmup import run_disc_warmup
+from prism_lab.trainers.warmup_pairs import Comparison, build_comparisons, heldout_split
+from tests.fakes import FakeCtx
 
 SMALL = dict(n_sft_public=16, n_teacher=8, n_rl=8, n_warmup=12, n_bench=4, include_system_prompt=False)
 

@@ -47,7 +47,9 @@ def _tokenizer(extra_corpus: str = ""):
 
 
 def _processor(tok, **ip_kwargs):
-    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import (
+        Qwen2VLImageProcessorPil,
+    )
     from transformers.models.qwen3_vl.processing_qwen3_vl import Qwen3VLProcessor
 
     class NoVideoProcessor(Qwen3VLProcessor):  # Qwen3VLProcessor needs torchvision for its video part
@@ -168,7 +170,9 @@ def test_discriminator_forward_router_logits_and_aux(stack):
     B, T = batch["input_ids"].shape
     assert per_token.shape == (B, T) and len(router) == 2 and router[0].shape == (B * T, 4)
     assert disc.score(**batch).tolist() == per_token[:, -1].tolist()  # left padding: last column
-    from transformers.models.qwen3_vl_moe.modeling_qwen3_vl_moe import load_balancing_loss_func
+    from transformers.models.qwen3_vl_moe.modeling_qwen3_vl_moe import (
+        load_balancing_loss_func,
+    )
 
     aux = router_load_balancing_loss(router, top_k=2, num_experts=4, attention_mask=batch["attention_mask"])
     ref = load_balancing_loss_func(router, 4, 2, batch["attention_mask"])

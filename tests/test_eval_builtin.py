@@ -28,7 +28,13 @@ from prism_lab.eval.backends import (
     summarize_rows,
 )
 from prism_lab.eval.benchmarks import BenchmarkSpec
-from prism_lab.eval.builtin import BuiltinBackend, build_prompt, judge_answer, prompt_text, score_response
+from prism_lab.eval.builtin import (
+    BuiltinBackend,
+    build_prompt,
+    judge_answer,
+    prompt_text,
+    score_response,
+)
 from prism_lab.eval.predictions import PredictionCache, cache_key, read_jsonl
 from prism_lab.eval.run import evaluate_checkpoint
 from prism_lab.models.loader import build_tiny_policy, save_policy

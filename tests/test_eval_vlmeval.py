@@ -29,8 +29,17 @@ from PIL import Image  # noqa: E402
 from prism_lab.errors import DataError  # noqa: E402
 from prism_lab.eval.backends import register_backend, resolve_settings  # noqa: E402
 from prism_lab.eval.benchmarks import BenchmarkSpec, all_benchmarks, load_benchmark  # noqa: E402
-from prism_lab.eval.vlmeval.datasets import OFFICIAL, check_benchmark_file, missing_file_message  # noqa: E402
-from prism_lab.eval.vlmeval.judge import JudgeConfig, OpenAIJudge, math_row_correct, rule_correct  # noqa: E402
+from prism_lab.eval.vlmeval.datasets import (  # noqa: E402
+    OFFICIAL,
+    check_benchmark_file,
+    missing_file_message,
+)
+from prism_lab.eval.vlmeval.judge import (  # noqa: E402
+    JudgeConfig,
+    OpenAIJudge,
+    math_row_correct,
+    rule_correct,
+)
 from prism_lab.prompts import format_response  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]

@@ -165,7 +165,11 @@ def test_dry_run_prints_commands_and_runs_nothing(tmp_path):
 
 
 def test_workers_share_the_cores_instead_of_oversubscribing():
-    from prism_lab.harness.executors.local import THREAD_ENV_VARS, stage_env, threads_per_worker
+    from prism_lab.harness.executors.local import (
+        THREAD_ENV_VARS,
+        stage_env,
+        threads_per_worker,
+    )
 
     assert threads_per_worker(2, cpus=2) == 1
     assert threads_per_worker(1, cpus=2) == 2

@@ -17,7 +17,7 @@ import pytest
 
 PKG = Path(__file__).resolve().parents[1] / "prism_lab"
 
-GROUND = {"errors", "registry", "prompts", "__init__"}
+GROUND = {"errors", "registry", "prompts", "seeds", "__init__"}
 
 #: Top to bottom; a package may import any package listed after it (and the ground floor).
 FLOORS: list[set[str]] = [

@@ -11,7 +11,12 @@ import torch
 from PIL import Image
 
 from prism_lab.errors import CheckpointError, ConfigError
-from prism_lab.models.loader import build_tiny_policy, count_parameters, load_policy, save_policy
+from prism_lab.models.loader import (
+    build_tiny_policy,
+    count_parameters,
+    load_policy,
+    save_policy,
+)
 from prism_lab.models.processor import TinyQwen3VLProcessor
 from prism_lab.models.tokenizer import build_tokenizer
 from tests.fakes import counting_corpus

@@ -10,9 +10,22 @@ import pytest
 from PIL import Image
 
 from prism_lab.errors import CheckpointError, ConfigError
-from prism_lab.models.attention import choose_attn_implementation, pick_device, pick_dtype
-from prism_lab.models.presets import PRESETS, ModelPreset, mrope_section_for, resolve_model_ref
-from prism_lab.models.processor import TinyQwen3VLProcessor, build_processor, load_processor
+from prism_lab.models.attention import (
+    choose_attn_implementation,
+    pick_device,
+    pick_dtype,
+)
+from prism_lab.models.presets import (
+    PRESETS,
+    ModelPreset,
+    mrope_section_for,
+    resolve_model_ref,
+)
+from prism_lab.models.processor import (
+    TinyQwen3VLProcessor,
+    build_processor,
+    load_processor,
+)
 from prism_lab.models.tokenizer import FORMAT_TAGS, SPECIAL_TOKENS, build_tokenizer
 from prism_lab.prompts import SYSTEM_PROMPT, format_response
 

@@ -17,7 +17,12 @@ import pytest
 from prism_lab.harness.grid import GridSpec
 from prism_lab.harness.ledger import Ledger
 from prism_lab.report import build_report
-from prism_lab.report.paper import PAPER_AVG_DELTAS, PAPER_COLUMNS, PAPER_TABLES, paper_value
+from prism_lab.report.paper import (
+    PAPER_AVG_DELTAS,
+    PAPER_COLUMNS,
+    PAPER_TABLES,
+    paper_value,
+)
 from prism_lab.report.stats import (
     mean_std,
     paired_bootstrap_interval,

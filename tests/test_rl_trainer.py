@@ -20,9 +20,9 @@ from prism_lab.models.loader import build_tiny_policy
 from prism_lab.models.tokenizer import build_tokenizer
 from prism_lab.prompts import SYSTEM_PROMPT, format_response
 from prism_lab.rewards import RewardResult
-from tests.fakes import counting_corpus
 from prism_lab.rollout import Rollout
 from prism_lab.trainers.rl import RESUME_DIR, score_rollouts, train_rl
+from tests.fakes import counting_corpus
 
 REQUIRED_METRICS = (
     "reward/mean", "acc/mean", "format/mean", "clipfrac/low", "clipfrac/high", "approx_kl", "entropy",

@@ -11,9 +11,15 @@ from prism_lab.errors import ConfigError, PrismError
 from prism_lab.models.loader import build_tiny_policy
 from prism_lab.models.tokenizer import build_tokenizer
 from prism_lab.prompts import SYSTEM_PROMPT
-from tests.fakes import counting_corpus
-from prism_lab.rollout import HFGenerateEngine, Prompt, build_prompt_inputs, make_engine, vllm_available
+from prism_lab.rollout import (
+    HFGenerateEngine,
+    Prompt,
+    build_prompt_inputs,
+    make_engine,
+    vllm_available,
+)
 from prism_lab.trainers.logprobs import completion_logprobs, make_sequence_batch
+from tests.fakes import counting_corpus
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,14 @@ from PIL import Image
 
 from prism_lab.config.sft import SFTConfig
 from prism_lab.data.catalog import DataCatalog
-from prism_lab.data.collate import IGNORE_INDEX, SFTCollator, encode_chat, encode_chats, pad_batch, to_content_messages
+from prism_lab.data.collate import (
+    IGNORE_INDEX,
+    SFTCollator,
+    encode_chat,
+    encode_chats,
+    pad_batch,
+    to_content_messages,
+)
 from prism_lab.data.sft_json import SFTExample, read_sft_json
 from prism_lab.errors import DataError
 from prism_lab.models import build_tiny_policy, build_tokenizer, load_policy
@@ -23,7 +30,7 @@ from prism_lab.trainers.common import (
     make_cosine_scheduler,
     warmup_steps_for,
 )
-from prism_lab.trainers.sft import EpochStream, TrainingInterrupted, total_steps_for, train_sft
+from prism_lab.trainers.sft import TrainingInterrupted, total_steps_for, train_sft
 
 COLOURS = {"red": (220, 30, 30), "green": (30, 180, 30), "blue": (30, 30, 220)}
 
@@ -175,16 +182,7 @@ def test_cosine_schedule_values():
     assert lrs[0] == 0.0 and lrs[10] == pytest.approx(2.0) and lrs[55] == pytest.approx(1.1) and lrs[100] == pytest.approx(0.2)
 
 
-def test_epoch_stream_and_total_steps():
-    s = EpochStream(5, seed=3)
-    first = s.take(5)
-    assert sorted(first) == [0, 1, 2, 3, 4]
-    nxt = s.take(7)  # crosses into epoch 2
-    assert sorted(nxt[:5]) == [0, 1, 2, 3, 4] and (s.epoch, s.pos) == (2, 2)
-    again = EpochStream(5, seed=3)
-    assert again.take(12) == first + nxt
-    resumed = EpochStream(5, seed=3, epoch=1, pos=3)
-    assert resumed.take(4) == nxt[3:7]
+def test_total_steps():
     assert total_steps_for(_cfg(max_steps=None, epochs=2.0), 24) == 6  # 2 * ceil(24 / 8)
     assert total_steps_for(_cfg(max_steps=4, epochs=2.0), 24) == 4
 
@@ -242,10 +240,10 @@ def test_time_budget_stops_cleanly(tokenizer, examples):
 # ------------------------------------------------------------------------------------------ runner
 def test_runner_end_to_end(fixture_dir, tmp_path, monkeypatch):
     monkeypatch.setenv("PRISM_LAB_WANDB", "disabled")
-    from prism_lab.harness.ledger import Ledger
     from prism_lab.harness.context import InputArtifact, StageContext
-    from prism_lab.stages.sft import run
+    from prism_lab.harness.ledger import Ledger
     from prism_lab.harness.tracking import Tracker
+    from prism_lab.stages.sft import run
 
     root = tmp_path / "root"
     ledger = Ledger(root)

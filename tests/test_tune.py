@@ -17,9 +17,8 @@ import pytest
 import yaml
 
 from prism_lab.errors import ConfigError
-from prism_lab.harness.planning import load_grid
 from prism_lab.harness.ledger import Ledger
-from prism_lab.harness.planning import build_plan
+from prism_lab.harness.planning import build_plan, load_grid
 from tests.conftest import REPO, cli_env
 
 PLUGIN = "tests.plugins.tune_chain"

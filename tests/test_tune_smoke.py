@@ -5,9 +5,8 @@ from __future__ import annotations
 import optuna
 import pytest
 
-from prism_lab.harness.planning import load_grid
 from prism_lab.harness.ledger import Ledger
-from prism_lab.harness.planning import build_plan
+from prism_lab.harness.planning import build_plan, load_grid
 from tests.conftest import REPO, cli_env, run_cli
 
 pytestmark = pytest.mark.slow

@@ -35,7 +35,6 @@ from torch import Tensor
 
 from prism_lab.algos.advantages import group_index as _dense_group_index
 from prism_lab.algos.advantages import group_normalize_indexed
-
 from prism_lab.registry import Registry
 
 __all__ = [

@@ -33,7 +33,12 @@ import torch
 from torch import Tensor
 
 from prism_lab.algos.advantages import broadcast_to_tokens
-from prism_lab.algos.aggregation import aggregate, masked_mean, masked_sum, num_nonempty_rows
+from prism_lab.algos.aggregation import (
+    aggregate,
+    masked_mean,
+    masked_sum,
+    num_nonempty_rows,
+)
 from prism_lab.registry import Registry
 
 __all__ = [

@@ -26,7 +26,12 @@ from typing import Any
 import pandas as pd
 from PIL import Image
 
-from prism_lab.data.images import check_image_bytes, decode_base64, load_image, resolve_path
+from prism_lab.data.images import (
+    check_image_bytes,
+    decode_base64,
+    load_image,
+    resolve_path,
+)
 from prism_lab.data.synth.questions import format_mcq
 from prism_lab.errors import DataError
 

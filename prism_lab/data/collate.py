@@ -24,8 +24,8 @@ from typing import Any
 import torch
 
 from prism_lab.errors import DataError
-
 from prism_lab.prompts import IMAGE_PLACEHOLDER, split_image_placeholders  # noqa: E402
+
 IGNORE_INDEX = -100
 
 

@@ -33,8 +33,7 @@ from typing import Any
 
 from prism_lab.errors import ConfigError
 from prism_lab.eval.backends import BenchmarkResult, EvalBackend, GenerationSettings
-from prism_lab.prompts import Prompting
-from prism_lab.prompts import SYSTEM_PROMPT, extract_answer, is_format_valid
+from prism_lab.prompts import SYSTEM_PROMPT, Prompting, extract_answer, is_format_valid
 
 __all__ = [
     "YESNO_INSTRUCTION",
@@ -230,7 +229,13 @@ class BuiltinBackend(EvalBackend):
 
     def evaluate(self, checkpoint_dir: str | Path, spec: Any, items: Sequence[Any],
                  settings: GenerationSettings) -> BenchmarkResult:
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+        )
 
         items = list(items)
         engine = self.engine(checkpoint_dir)

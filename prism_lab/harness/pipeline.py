@@ -12,8 +12,8 @@ from typing import Any, Protocol
 
 from prism_lab.harness.grid import CORE_AXES, Grid, validate_config
 from prism_lab.harness.plan import Cell, PlanBuilder
-from prism_lab.registry import Registry
 from prism_lab.harness.stage_kinds import STAGE_KINDS
+from prism_lab.registry import Registry
 
 
 class Pipeline(Protocol):

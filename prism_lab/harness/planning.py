@@ -11,7 +11,13 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from prism_lab.harness.grid import Grid, GridSpec, check_axes, load_raw, validation_error
+from prism_lab.harness.grid import (
+    Grid,
+    GridSpec,
+    check_axes,
+    load_raw,
+    validation_error,
+)
 from prism_lab.harness.pipeline import get_pipeline
 from prism_lab.harness.plan import Plan, PlanBuilder, expand_cells
 from prism_lab.harness.plugins import load_plugins

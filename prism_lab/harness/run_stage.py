@@ -21,10 +21,15 @@ import traceback
 from pathlib import Path
 
 from prism_lab.errors import PrismError
+from prism_lab.harness.context import (
+    InputArtifact,
+    StageContext,
+    artifact_dir,
+    partial_dir,
+)
 from prism_lab.harness.ledger import Ledger
 from prism_lab.harness.plugins import load_plugins
 from prism_lab.harness.provenance import git_commit, host_info, package_versions
-from prism_lab.harness.context import InputArtifact, StageContext, artifact_dir, partial_dir
 from prism_lab.harness.stage_kinds import STAGE_KINDS
 from prism_lab.harness.tracking import Tracker
 

@@ -22,7 +22,8 @@ class StageKind:
     """One kind of stage run.
 
     ``version`` is part of every content key: bump it when a change to the stage's code changes what it
-    produces, so stale artifacts are not reused.
+    produces, so stale artifacts are not reused. Version 2 of sft, disc_warmup, align and rl: their data
+    order and sampling seeds follow the one seed policy (prism_lab.seeds).
     """
 
     name: str
@@ -66,20 +67,20 @@ for _kind in (
     ),
     StageKind(
         "sft", "prism_lab.config.sft:SFTConfig", "prism_lab.stages.sft:run",
-        "supervised fine-tuning (stage 1)", produces_checkpoint=True,
+        "supervised fine-tuning (stage 1)", produces_checkpoint=True, version=2,
     ),
     StageKind(
         "disc_warmup", "prism_lab.config.align:DiscWarmupConfig", "prism_lab.stages.disc_warmup:run",
-        "upcycle and warm up the MoE discriminator (pairwise Bradley-Terry)", produces_checkpoint=True,
+        "upcycle and warm up the MoE discriminator (pairwise Bradley-Terry)", produces_checkpoint=True, version=2,
     ),
     StageKind(
         "align", "prism_lab.config.align:AlignConfig", "prism_lab.stages.align:run",
         "PRISM alignment: on-policy distillation against the MoE discriminator (stage 2)",
-        produces_checkpoint=True,
+        produces_checkpoint=True, version=2,
     ),
     StageKind(
         "rl", "prism_lab.config.rl:RLConfig", "prism_lab.stages.rl:run",
-        "RL with verifiable rewards: GRPO, DAPO or GSPO (stage 3)", produces_checkpoint=True,
+        "RL with verifiable rewards: GRPO, DAPO or GSPO (stage 3)", produces_checkpoint=True, version=2,
     ),
     StageKind(
         "eval", "prism_lab.config.eval:EvalConfig", "prism_lab.stages.eval:run",

@@ -10,13 +10,21 @@ import json
 from pathlib import Path
 
 import torch
-from transformers import GenerationConfig, Qwen3VLConfig, Qwen3VLForConditionalGeneration
+from transformers import (
+    GenerationConfig,
+    Qwen3VLConfig,
+    Qwen3VLForConditionalGeneration,
+)
 
 from prism_lab.errors import CheckpointError, ConfigError
 from prism_lab.models.attention import choose_attn_implementation, pick_dtype
 from prism_lab.models.portable import make_portable
 from prism_lab.models.presets import PRESETS, ModelPreset, resolve_model_ref
-from prism_lab.models.processor import TinyQwen3VLProcessor, build_processor, load_processor
+from prism_lab.models.processor import (
+    TinyQwen3VLProcessor,
+    build_processor,
+    load_processor,
+)
 from prism_lab.models.tokenizer import special_token_ids
 
 SUPPORTED_MODEL_TYPES = ("qwen3_vl", "qwen3_vl_moe")

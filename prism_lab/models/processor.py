@@ -23,7 +23,9 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from transformers import AutoProcessor, AutoTokenizer, PreTrainedConfig
-from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import (
+    Qwen2VLImageProcessorPil,
+)
 from transformers.models.qwen3_vl.processing_qwen3_vl import Qwen3VLProcessor
 
 from prism_lab.errors import CheckpointError

@@ -13,7 +13,13 @@ from typing import Any
 
 from prism_lab.errors import PrismError
 from prism_lab.harness.ledger import Ledger
-from prism_lab.report.frame import SweepData, curves_frame, load_sweep, resolve_sweep, results_frame
+from prism_lab.report.frame import (
+    SweepData,
+    curves_frame,
+    load_sweep,
+    resolve_sweep,
+    results_frame,
+)
 from prism_lab.report.markdown import render_report
 from prism_lab.report.paper import canonical_column
 from prism_lab.report.plots import plot_curves, plot_deltas

@@ -7,7 +7,13 @@ from pathlib import Path
 from typing import Any
 
 from prism_lab.report.frame import SweepData
-from prism_lab.report.paper import PAPER_AVG_DELTAS, PAPER_ALIGN_ONLY_DELTAS, PAPER_COLUMNS, paper_row, paper_size
+from prism_lab.report.paper import (
+    PAPER_ALIGN_ONLY_DELTAS,
+    PAPER_AVG_DELTAS,
+    PAPER_COLUMNS,
+    paper_row,
+    paper_size,
+)
 from prism_lab.report.stats import method_description
 from prism_lab.report.tables import AVG, Delta, Row
 

@@ -3,6 +3,7 @@
     <run dir>/model/            the HF checkpoint of a policy-producing run (sft, align, rl): weights,
                                 config, processor, tokenizer, chat template, prism_prompting.json
     <run dir>/discriminator/    the discriminator of a disc_warmup or align run (discriminator.json + weights)
+    <run dir>/students.jsonl    the students a disc_warmup run generated with its SFT policy (a cache)
     <run dir>/resume/           the trainer's resumable state while the run is in progress (removed at the end)
     <root>/cache/predictions/   generations cached per (checkpoint, benchmark, generation settings)
 
@@ -20,8 +21,10 @@ from prism_lab.trainers.common import RESUME_DIR
 MODEL_SUBDIR = "model"
 DISC_SUBDIR = "discriminator"
 PREDICTION_CACHE = Path("cache") / "predictions"
+#: the disc_warmup run's cache of the students its SFT policy generated (reused when the run resumes)
+STUDENTS_CACHE = "students.jsonl"
 
-__all__ = ["DISC_SUBDIR", "MODEL_SUBDIR", "PREDICTION_CACHE", "checkpoint_dir_of", "discriminator_dir_of",
+__all__ = ["DISC_SUBDIR", "MODEL_SUBDIR", "PREDICTION_CACHE", "STUDENTS_CACHE", "checkpoint_dir_of", "discriminator_dir_of",
            "model_dir", "resume_dir"]
 
 

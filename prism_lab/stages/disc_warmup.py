@@ -23,7 +23,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from prism_lab.errors import CheckpointError, DataError
-from prism_lab.stages.artifacts import DISC_SUBDIR, checkpoint_dir_of, resume_dir
+from prism_lab.stages.artifacts import (
+    DISC_SUBDIR,
+    STUDENTS_CACHE,
+    checkpoint_dir_of,
+    resume_dir,
+)
 
 if TYPE_CHECKING:  # the harness hands every runner its context; stages never import the harness
     from prism_lab.harness.context import StageContext
@@ -65,7 +70,8 @@ def run(ctx: StageContext) -> dict:
     from prism_lab.models import load_policy
     from prism_lab.models.discriminator import save_discriminator
     from prism_lab.trainers.common import remove_resume_state
-    from prism_lab.trainers.disc_warmup import build_comparisons, run_disc_warmup
+    from prism_lab.trainers.disc_warmup import run_disc_warmup
+    from prism_lab.trainers.warmup_pairs import build_comparisons
 
     cfg = ctx.config
     t0 = time.monotonic()
@@ -83,7 +89,7 @@ def run(ctx: StageContext) -> dict:
     comps, stats = build_comparisons(
         pairs, processor, student_source=cfg.student_source, system_prompt=system_prompt, policy=policy,
         max_new_tokens=getattr(cfg, "max_new_tokens", None), seed=cfg.seed,
-        cache_path=ctx.out_dir / "students.jsonl", max_pixels=cfg.max_pixels, heartbeat=ctx.heartbeat,
+        cache_path=ctx.out_dir / STUDENTS_CACHE, max_pixels=cfg.max_pixels, heartbeat=ctx.heartbeat,
     )
     disc = build_disc_from_policy(policy, processor, dcfg)
     del policy

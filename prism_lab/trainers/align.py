@@ -2,7 +2,7 @@
 
 :func:`run_align` is the loop, callable without a StageContext. One step, in the original's order (§6.2):
 
-1. pick ``prompts_per_step`` prompts (a seeded per-epoch permutation: step-indexed, so resuming needs no state)
+1. pick ``prompts_per_step`` prompts (:class:`~prism_lab.trainers.sampling.EpochSampler`, repositioned from the step on resume)
    and roll out ``n`` responses each with the policy (T = ``cfg.temperature``, top_p, log-probs returned);
 2. split every response at the caption boundary from token offsets (:func:`split_rollout`; no prefix
    re-decoding). Format-invalid responses use the fallback boundary ``max(1, L // 2)``;
@@ -40,7 +40,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import random
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -56,6 +55,7 @@ from prism_lab.errors import DataError
 from prism_lab.models.discriminator import Discriminator
 from prism_lab.prompts import is_format_valid
 from prism_lab.rollout import Prompt, make_engine, vision_token_ids
+from prism_lab.seeds import derive_seed
 from prism_lab.trainers.actor import (
     PPOSettings,
     micro_batches,
@@ -80,6 +80,7 @@ from prism_lab.trainers.disc_inputs import (
     plain_ids,
     split_rollout,
 )
+from prism_lab.trainers.sampling import EpochSampler
 
 log_ = logging.getLogger(__name__)
 
@@ -163,10 +164,6 @@ def _mean(x: torch.Tensor) -> float:
     return float(x.float().mean()) if x.numel() else float("nan")
 
 
-def _step_seed(seed: int, step: int) -> int:
-    return (int(seed) * 1_000_003 + 7919 * int(step) + 17) % (2**31 - 1)
-
-
 def _check_teacher_segments(examples: Sequence[AlignExample]) -> None:
     if not examples:
         raise DataError("no alignment prompts")
@@ -191,16 +188,6 @@ def _fitting_prompts(processor: Any, examples: list[AlignExample], max_prompt_le
         log_.warning("alignment: %d of %d prompts exceed max_prompt_length=%d and are skipped",
                      len(examples) - len(keep), len(examples), max_prompt_length)
     return keep
-
-
-def _step_indices(n: int, per_step: int, seed: int, step: int) -> list[int]:
-    out = []
-    for j in range(per_step):
-        epoch, pos = divmod(step * per_step + j, n)
-        order = list(range(n))
-        random.Random(_step_seed(seed, -1 - epoch)).shuffle(order)
-        out.append(order[pos])
-    return out
 
 
 def _summary(history: list[dict[str, float]], keys: Sequence[str], **fields: Any) -> dict[str, Any]:
@@ -264,9 +251,11 @@ def run_align(
     start, history = (int(meta["step"]), list(meta.get("history", []))) if meta else (0, [])
     if meta:
         log_.info("resuming alignment at step %d/%d", start, total)
+    sampler = EpochSampler(len(examples), cfg.seed, "align/prompts", what="alignment prompts")
+    sampler.seek(start * cfg.prompts_per_step)
     for step in range(start, total):
         t0 = time.monotonic()
-        idx = _step_indices(len(examples), cfg.prompts_per_step, cfg.seed, step)
+        idx = sampler.take(cfg.prompts_per_step)
         for i in idx:
             if teacher_ids[i] is None:
                 ex = examples[i]
@@ -275,7 +264,7 @@ def run_align(
         prompts = [examples[i].prompt() for i in idx]
         # 1. rollouts; 2. split at the caption boundary
         rolls = engine.generate(prompts, n=cfg.n, max_new_tokens=R, temperature=cfg.temperature, top_p=cfg.top_p,
-                                do_sample=True, seed=_step_seed(cfg.seed, step), return_logprobs=True,
+                                do_sample=True, seed=derive_seed(cfg.seed, "align/rollout", step), return_logprobs=True,
                                 batch_size=max(cfg.n, rollout_batch_size))
         t_roll = time.monotonic() - t0
         splits = [split_rollout(processor, r.token_ids) for r in rolls]

@@ -2,13 +2,8 @@
 
 Pipeline:
 
-1. :func:`build_comparisons` turns warmup lines into :class:`Comparison` objects (teacher vs student token ids
-   for one segment kind, plus the prompt). Student segments come either from the JSONL
-   (``student_source="dataset"``) or from the SFT policy (``"policy"``, :func:`policy_student_segments`): the
-   policy is rolled out once per warmup prompt (T=1, top_p=1) and each response is split at the caption
-   boundary with token offsets. A format-invalid response is NOT dropped: it is split at the fallback
-   boundary ``max(1, L // 2)`` (as stage 2 does, §6.2c) and kept as a student (it is a legitimate negative:
-   the teacher should be preferred); their share is reported as ``student_invalid_rate``.
+1. :func:`prism_lab.trainers.warmup_pairs.build_comparisons` turns warmup lines into comparisons (teacher vs
+   student token ids for one segment kind, plus the prompt).
 2. :func:`run_disc_warmup` trains with ``L = BT + aux_coef * router_aux`` (:func:`warmup_pairwise_loss`), teacher
    and student of each micro-batch in one 2B forward, AdamW + cosine (or constant) schedule with linear warmup,
    gradient accumulation, grad-norm clipping (a non-finite norm skips the update and is counted). A held-out
@@ -23,7 +18,6 @@ scheduler, RNG, step) and the cached policy students ``out_dir/"students.jsonl"`
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import random
@@ -37,7 +31,7 @@ from torch.optim.lr_scheduler import LambdaLR
 
 from prism_lab.algos.disc_loss import warmup_pairwise_loss
 from prism_lab.models.discriminator import Discriminator
-from prism_lab.rollout import Prompt, make_engine
+from prism_lab.seeds import derive_seed
 from prism_lab.trainers.common import (
     RESUME_DIR,
     load_resume_state,
@@ -54,193 +48,19 @@ from prism_lab.trainers.disc_inputs import (
     Terminator,
     disc_tokens,
     forward_scores,
-    limit_pixels,
-    plain_ids,
     scored_inputs,
-    split_rollout,
     warmup_segment,
 )
+from prism_lab.trainers.sampling import EpochSampler
+from prism_lab.trainers.warmup_pairs import Comparison, heldout_split
 
 log_ = logging.getLogger(__name__)
 
-__all__ = [
-    "Comparison",
-    "ConstantWithWarmup",
-    "build_comparisons",
-    "heldout_split",
-    "policy_student_segments",
-    "run_disc_warmup",
-    "warmup_prompt",
-]
+__all__ = ["ConstantWithWarmup", "evaluate_pairs", "run_disc_warmup"]
 
 LogFn = Callable[[int, dict[str, float]], None]
-STUDENTS_FILE = "students.jsonl"
 
 
-@dataclass
-class Comparison:
-    """One warmup comparison: ``teacher_ids`` should score above ``student_ids`` after ``prompt``.
-
-    Segment ids are *content* tokens (no terminator; :func:`warmup_segment` adds it). ``group`` identifies the
-    warmup line (held-out splits are by group)."""
-
-    kind: str  # "caption" | "cot" | "response"
-    prompt_text: str
-    image: Any  # a path, a PIL image or None
-    teacher_ids: list[int]
-    student_ids: list[int]
-    group: int
-    system_prompt: str | None = None
-    student_valid: bool = True
-
-    def to_prompt(self, max_pixels: int | None = None) -> Prompt:
-        return warmup_prompt(self.prompt_text, self.image, system_prompt=self.system_prompt, max_pixels=max_pixels)
-
-
-def warmup_prompt(text: str, image: Any, *, system_prompt: str | None = None, max_pixels: int | None = None) -> Prompt:
-    """messages = [system?, user: [image?, text]] (§5.2) as a rollout :class:`Prompt`."""
-    from PIL import Image
-
-    msgs: list[dict] = [{"role": "system", "content": system_prompt}] if system_prompt else []
-    images = []
-    if image is not None:
-        im = image if isinstance(image, Image.Image) else Image.open(image)
-        im = limit_pixels(im.convert("RGB"), max_pixels)
-        images.append(im)
-        msgs.append({"role": "user", "content": [{"type": "image"}, {"type": "text", "text": text}]})
-    else:
-        msgs.append({"role": "user", "content": text})
-    return Prompt(messages=msgs, images=images)
-
-
-# ------------------------------------------------------------------------------------------ students
-def policy_student_segments(
-    policy: Any,
-    processor: Any,
-    prompts: Sequence[Prompt],
-    *,
-    max_new_tokens: int,
-    seed: int = 0,
-    temperature: float = 1.0,
-    batch_size: int = 16,
-    engine_kind: str = "auto",
-    heartbeat: Callable[[], None] | None = None,
-) -> list[dict[str, Any]]:
-    """Roll the SFT policy out once per prompt and split each response at the caption boundary.
-
-    Returns one dict per prompt: ``caption_ids``, ``cot_ids``, ``response_ids`` (all generated tokens), ``valid``
-    (format-valid; invalid ones are split at the fallback boundary) and ``finish_reason``.
-    """
-    engine = make_engine(policy, processor, kind=engine_kind)
-    out: list[dict[str, Any]] = []
-    chunk = max(1, batch_size)
-    for start in range(0, len(prompts), chunk):
-        rolls = engine.generate(list(prompts[start:start + chunk]), n=1, max_new_tokens=max_new_tokens,
-                                temperature=temperature, top_p=1.0, do_sample=True, seed=seed + start,
-                                return_logprobs=False, batch_size=chunk)
-        for r in rolls:
-            sp = split_rollout(processor, r.token_ids)
-            out.append({"caption_ids": sp.caption_ids, "cot_ids": sp.cot_ids, "response_ids": list(r.token_ids),
-                        "valid": sp.valid, "finish_reason": r.finish_reason})
-        if heartbeat is not None:
-            heartbeat()
-    return out
-
-
-def build_comparisons(
-    pairs: Sequence[Any],
-    processor: Any,
-    *,
-    student_source: str = "dataset",
-    system_prompt: str | None = None,
-    policy: Any | None = None,
-    max_new_tokens: int | None = None,
-    seed: int = 0,
-    rollout_batch_size: int = 16,
-    engine_kind: str = "auto",
-    cache_path: str | Path | None = None,
-    max_pixels: int | None = None,
-    heartbeat: Callable[[], None] | None = None,
-) -> tuple[list[Comparison], dict[str, float]]:
-    """Comparisons from :class:`prism_lab.data.warmup_jsonl.WarmupPair` objects (2 per caption/cot line).
-
-    ``student_source="policy"`` needs ``policy``; its rollouts are cached in ``cache_path`` (JSON lines, one per
-    warmup line, reused when the line count matches). ``max_new_tokens`` None = twice the longest teacher
-    response (caption + cot) in tokens, at least 64.
-    """
-    if student_source not in ("policy", "dataset"):
-        raise ValueError(f"student_source must be 'policy' or 'dataset', got {student_source!r}")
-    # group pairs by their source line, in file order
-    groups: dict[tuple[str, int], list[Any]] = {}
-    for p in pairs:
-        groups.setdefault((getattr(p, "source", ""), int(p.line)), []).append(p)
-    keys = list(groups)
-    stats: dict[str, float] = {"lines": float(len(keys)), "comparisons": 0.0}
-
-    students: list[dict[str, Any]] | None = None
-    if student_source == "policy":
-        if policy is None:
-            raise ValueError("student_source='policy' needs the SFT policy model")
-        cache = Path(cache_path) if cache_path is not None else None
-        if cache is not None and cache.is_file():
-            rows = [json.loads(x) for x in cache.read_text().splitlines() if x.strip()]
-            if len(rows) == len(keys):
-                students = rows
-                stats["students_from_cache"] = 1.0
-        if students is None:
-            if max_new_tokens is None:
-                longest = 0
-                for k in keys:
-                    g = groups[k]
-                    longest = max(longest, sum(len(plain_ids(processor, p.teacher)) for p in g))
-                max_new_tokens = max(64, 2 * longest)
-            prompts = [warmup_prompt(groups[k][0].prompt, groups[k][0].image, system_prompt=system_prompt,
-                                     max_pixels=max_pixels) for k in keys]
-            students = policy_student_segments(policy, processor, prompts, max_new_tokens=max_new_tokens, seed=seed,
-                                               batch_size=rollout_batch_size, engine_kind=engine_kind,
-                                               heartbeat=heartbeat)
-            if cache is not None:
-                cache.parent.mkdir(parents=True, exist_ok=True)
-                tmp = cache.with_suffix(".tmp")
-                tmp.write_text("".join(json.dumps(r) + "\n" for r in students))
-                tmp.replace(cache)
-        n_inv = sum(1 for s in students if not s["valid"])
-        stats["student_invalid_rate"] = n_inv / max(1, len(students))
-        stats["student_truncated_rate"] = sum(1 for s in students if s["finish_reason"] == "length") / max(1, len(students))
-        stats["student_mean_length"] = sum(len(s["response_ids"]) for s in students) / max(1, len(students))
-
-    comps: list[Comparison] = []
-    for gi, k in enumerate(keys):
-        for p in groups[k]:
-            t_ids = plain_ids(processor, p.teacher)
-            valid = True
-            if students is None:
-                s_ids = plain_ids(processor, p.student)
-            else:
-                st = students[gi]
-                valid = bool(st["valid"])
-                s_ids = {"caption": st["caption_ids"], "cot": st["cot_ids"]}.get(p.kind, st["response_ids"])
-            comps.append(Comparison(kind=p.kind, prompt_text=p.prompt, image=p.image, teacher_ids=t_ids,
-                                    student_ids=list(s_ids), group=gi, system_prompt=system_prompt,
-                                    student_valid=valid))
-    stats["comparisons"] = float(len(comps))
-    return comps, stats
-
-
-def heldout_split(comps: Sequence[Comparison], fraction: float, seed: int) -> tuple[list[Comparison], list[Comparison]]:
-    """(train, heldout) split by ``group``; at least one group is held out when ``fraction > 0`` and there are
-    two or more groups."""
-    groups = sorted({c.group for c in comps})
-    rng = random.Random(seed)
-    rng.shuffle(groups)
-    n_held = 0
-    if fraction > 0 and len(groups) >= 2:
-        n_held = min(len(groups) - 1, max(1, round(fraction * len(groups))))
-    held = set(groups[:n_held])
-    return [c for c in comps if c.group not in held], [c for c in comps if c.group in held]
-
-
-# ------------------------------------------------------------------------------------------ training
 @dataclass(frozen=True)
 class ConstantWithWarmup:
     """Picklable LR lambda: linear warmup then constant."""
@@ -294,6 +114,65 @@ def evaluate_pairs(disc: Discriminator, processor: Any, comps: Sequence[Comparis
     return res
 
 
+def _split_comparisons(comparisons: Sequence[Comparison], cfg: Any) -> tuple[list[Comparison], list[Comparison]]:
+    """(train, held-out) comparisons: at most ``cfg.max_pairs`` (a seeded sample), held out by warm-up line."""
+    comps = list(comparisons)
+    if not comps:
+        raise ValueError("no warmup comparisons to train on")
+    if cfg.max_pairs is not None and len(comps) > cfg.max_pairs:
+        rng = random.Random(derive_seed(cfg.seed, "warmup/max_pairs"))
+        comps = [comps[i] for i in sorted(rng.sample(range(len(comps)), cfg.max_pairs))]
+    train, held = heldout_split(comps, cfg.heldout_fraction, cfg.seed)
+    if not train:
+        raise ValueError("no training comparisons left after the held-out split")
+    return train, held
+
+
+def _optimizer(disc: Discriminator, cfg: Any, total: int) -> tuple[torch.optim.Optimizer, Any]:
+    opt = torch.optim.AdamW([p for p in disc.parameters() if p.requires_grad], lr=cfg.lr, weight_decay=cfg.weight_decay)
+    if cfg.lr_schedule == "cosine":
+        return opt, make_cosine_scheduler(opt, total_steps=total, warmup_ratio=cfg.warmup_ratio)
+    return opt, LambdaLR(opt, ConstantWithWarmup(warmup_steps_for(total, cfg.warmup_ratio)))
+
+
+def _restore(resume_dir: Path | None, disc, opt, sched, *, total: int, n_train: int) -> tuple[int, list[dict]]:
+    """(first step, history) from the resumable state; a state of another run shape is discarded."""
+    meta = load_resume_state(resume_dir, model=disc, optimizer=opt, scheduler=sched) if resume_dir else None
+    if meta is None:
+        return 0, []
+    if meta.get("total_steps") != total or meta.get("n_train") != n_train:
+        log_.warning("warmup resume state is for a different run shape; ignoring it")
+        remove_resume_state(resume_dir)
+        return 0, []
+    log_.info("resuming the discriminator warmup at step %d/%d", int(meta["step"]), total)
+    return int(meta["step"]), list(meta.get("history", []))
+
+
+def _warmup_step(disc: Discriminator, processor: Any, batches: Sequence[Sequence[Comparison]], opt, sched, cfg: Any,
+                 **score_kw: Any) -> dict[str, float]:
+    """One optimizer step over ``batches`` (gradient accumulation); a non-finite grad norm skips the update."""
+    opt.zero_grad(set_to_none=True)
+    sums = {"loss": 0.0, "bt_loss": 0.0, "aux": 0.0, "acc": 0.0}
+    for batch in batches:
+        out, _, _ = _micro_batch_loss(disc, processor, batch, aux_coef=cfg.aux_coef, **score_kw)
+        (out.loss / len(batches)).backward()
+        for k, v in (("loss", out.loss.detach()), ("bt_loss", out.bt_loss), ("aux", out.aux_loss), ("acc", out.acc)):
+            sums[k] += float(v) / len(batches)
+    gn = torch.nn.utils.clip_grad_norm_([p for p in disc.parameters() if p.requires_grad], cfg.grad_clip)
+    lr = float(opt.param_groups[0]["lr"])
+    finite = bool(torch.isfinite(gn))
+    if finite:
+        opt.step()
+    else:
+        opt.zero_grad(set_to_none=True)
+    sched.step()
+    metrics = {f"warmup/{k}": v for k, v in sums.items()}
+    metrics.update({"warmup/lr": lr, "warmup/skipped": float(not finite)})
+    if finite:
+        metrics["warmup/grad_norm"] = float(gn)
+    return metrics
+
+
 def run_disc_warmup(
     disc: Discriminator,
     processor: Any,
@@ -317,61 +196,27 @@ def run_disc_warmup(
     """
     set_seed(cfg.seed)
     toks = disc_tokens(processor)
-    comps = list(comparisons)
-    if not comps:
-        raise ValueError("no warmup comparisons to train on")
-    if cfg.max_pairs is not None and len(comps) > cfg.max_pairs:
-        rng = random.Random(cfg.seed)
-        idx = sorted(rng.sample(range(len(comps)), cfg.max_pairs))
-        comps = [comps[i] for i in idx]
-    train, held = heldout_split(comps, cfg.heldout_fraction, cfg.seed)
-    if not train:
-        raise ValueError("no training comparisons left after the held-out split")
+    train, held = _split_comparisons(comparisons, cfg)
     per_step = cfg.batch_size * cfg.grad_accum
     total = int(math.ceil(len(train) * cfg.epochs / per_step))
-    if max_steps is not None:
-        total = min(total, int(max_steps))
-    total = max(1, total)
-
-    params = [p for p in disc.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    if cfg.lr_schedule == "cosine":
-        sched = make_cosine_scheduler(opt, total_steps=total, warmup_ratio=cfg.warmup_ratio)
-    else:
-        sched = LambdaLR(opt, ConstantWithWarmup(warmup_steps_for(total, cfg.warmup_ratio)))
-
-    # the sample stream: per-epoch shuffles of the training comparisons, concatenated
-    def stream_item(k: int) -> Comparison:
-        epoch, pos = divmod(k, len(train))
-        order = list(range(len(train)))
-        random.Random(cfg.seed * 1_000_003 + epoch).shuffle(order)
-        return train[order[pos]]
-
+    total = max(1, min(total, int(max_steps)) if max_steps is not None else total)
+    opt, sched = _optimizer(disc, cfg, total)
     resume_dir = Path(out_dir) / RESUME_DIR if out_dir is not None else None
-    start = 0
-    history: list[dict[str, float]] = []
-    if resume_dir is not None:
-        meta = load_resume_state(resume_dir, model=disc, optimizer=opt, scheduler=sched)
-        if meta is not None:
-            if meta.get("total_steps") != total or meta.get("n_train") != len(train):
-                log_.warning("warmup resume state is for a different run shape; ignoring it")
-                remove_resume_state(resume_dir)
-            else:
-                start = int(meta["step"])
-                history = list(meta.get("history", []))
-                log_.info("resuming the discriminator warmup at step %d/%d", start, total)
-    if save_every is None:
-        save_every = max(1, total // 10)
+    start, history = _restore(resume_dir, disc, opt, sched, total=total, n_train=len(train))
+    sampler = EpochSampler(len(train), cfg.seed, "warmup/pairs", what="warmup comparisons")
+    sampler.seek(start * per_step)
+    save_every = save_every if save_every is not None else max(1, total // 10)
     eval_at = {total} | ({0} if start == 0 else set())
     if eval_points > 0:
         eval_at |= {max(1, round(total * i / eval_points)) for i in range(1, eval_points + 1)}
+    score_kw = dict(toks=toks, terminator=terminator, positions=positions, max_length=cfg.max_length,
+                    max_pixels=cfg.max_pixels)
 
     def do_eval(step: int) -> dict[str, float]:
         if not held:
             return {}
-        res = evaluate_pairs(disc, processor, held, toks=toks, terminator=terminator, positions=positions,
-                             max_length=cfg.max_length, max_pixels=cfg.max_pixels, batch_size=eval_batch_size)
-        m = {f"warmup/{k}": v for k, v in res.items()}
+        m = {f"warmup/{k}": v for k, v in evaluate_pairs(disc, processor, held, batch_size=eval_batch_size,
+                                                          **score_kw).items()}
         if log is not None:
             log(step, m)
         history.append({"step": step, **m})
@@ -383,31 +228,10 @@ def run_disc_warmup(
     last_eval: dict[str, float] = {}
     skipped = 0
     for step in range(start, total):
-        opt.zero_grad(set_to_none=True)
-        sums = {"loss": 0.0, "bt_loss": 0.0, "aux": 0.0, "acc": 0.0}
-        for g in range(cfg.grad_accum):
-            k0 = (step * cfg.grad_accum + g) * cfg.batch_size
-            batch = [stream_item(k) for k in range(k0, k0 + cfg.batch_size)]
-            out, _, _ = _micro_batch_loss(disc, processor, batch, toks, terminator=terminator, positions=positions,
-                                          max_length=cfg.max_length, max_pixels=cfg.max_pixels, aux_coef=cfg.aux_coef)
-            (out.loss / cfg.grad_accum).backward()
-            sums["loss"] += float(out.loss.detach()) / cfg.grad_accum
-            sums["bt_loss"] += float(out.bt_loss) / cfg.grad_accum
-            sums["aux"] += float(out.aux_loss) / cfg.grad_accum
-            sums["acc"] += float(out.acc) / cfg.grad_accum
-        gn = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
-        lr = float(opt.param_groups[0]["lr"])
-        if torch.isfinite(gn):
-            opt.step()
-        else:
-            skipped += 1
-            opt.zero_grad(set_to_none=True)
-        sched.step()
-        recent_acc.append(sums["acc"])
-        metrics = {f"warmup/{k}": v for k, v in sums.items()}
-        metrics.update({"warmup/lr": lr, "warmup/skipped": float(not torch.isfinite(gn))})
-        if torch.isfinite(gn):
-            metrics["warmup/grad_norm"] = float(gn)
+        batches = [[train[i] for i in sampler.take(cfg.batch_size)] for _ in range(cfg.grad_accum)]
+        metrics = _warmup_step(disc, processor, batches, opt, sched, cfg, **score_kw)
+        skipped += int(metrics["warmup/skipped"])
+        recent_acc.append(metrics["warmup/acc"])
         if log is not None:
             log(step + 1, metrics)
         if heartbeat is not None:
@@ -417,19 +241,14 @@ def run_disc_warmup(
             disc.train()
         if resume_dir is not None and (step + 1) % save_every == 0 and step + 1 < total:
             save_resume_state(resume_dir, model=disc, optimizer=opt, scheduler=sched,
-                              meta={"step": step + 1, "total_steps": total, "n_train": len(train),
-                                    "history": history})
+                              meta={"step": step + 1, "total_steps": total, "n_train": len(train), "history": history})
     disc.eval()
     tail = recent_acc[-max(1, len(recent_acc) // 10):] if recent_acc else []
     summary: dict[str, Any] = {
-        "steps": total,
-        "resumed_from": start,
-        "train_comparisons": len(train),
-        "heldout_comparisons": len(held),
+        "steps": total, "resumed_from": start, "train_comparisons": len(train), "heldout_comparisons": len(held),
         "final_train_acc": (sum(tail) / len(tail)) if tail else None,
         "final_heldout_acc": last_eval.get("warmup/heldout_acc"),
-        "initial_heldout_acc": initial.get("warmup/heldout_acc"),
-        "skipped_steps": skipped,
+        "initial_heldout_acc": initial.get("warmup/heldout_acc"), "skipped_steps": skipped,
         "heldout_curve": [(h["step"], h.get("warmup/heldout_acc")) for h in history],
     }
     for kind in ("caption", "cot"):

@@ -33,26 +33,21 @@ tokens masked (see :mod:`prism_lab.rollout`).
 from __future__ import annotations
 
 import copy
-import hashlib
 import logging
 import math
-import random
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from prism_lab.algos.advantages import compute_advantage
-from prism_lab.algos.dapo import GenBatch, accumulate_until, overlong_penalty
+from prism_lab.algos.dapo import GenBatch, accumulate_until
 from prism_lab.config.algorithms import AlgorithmConfig, resolve_algorithm
 from prism_lab.config.rl import RLConfig
-from prism_lab.errors import PrismError
 from prism_lab.rollout import (
     Prompt,
-    Rollout,
     RolloutEngine,
     build_prompt_inputs,
     make_engine,
@@ -60,6 +55,7 @@ from prism_lab.rollout import (
     vision_token_ids,
 )
 from prism_lab.rollout.inputs import image_chunks_per_row
+from prism_lab.seeds import derive_seed
 from prism_lab.trainers.actor import (
     PPOSettings,
     micro_batches,
@@ -74,12 +70,13 @@ from prism_lab.trainers.common import (
     remove_resume_state,
     save_resume_state,
 )
+from prism_lab.trainers.rl_samples import RLResult, RLSample, score_rollouts
+from prism_lab.trainers.sampling import EpochSampler
 
 logger = logging.getLogger(__name__)
 
 __all__ = [
     "RESUME_DIR",
-    "PromptSampler",
     "RLResult",
     "RLSample",
     "score_rollouts",
@@ -94,138 +91,9 @@ LOGPROB_TOLERANCE = 1e-3
 # --------------------------------------------------------------------------------------------
 
 
-class PromptSampler:
-    """Seeded epoch-wise permutation of example indices; its position is part of the resumable state.
-
-    Examples whose templated prompt is longer than ``max_prompt_length`` tokens are skipped (their
-    lengths are measured lazily and cached).
-    """
-
-    def __init__(self, n: int, seed: int, accept: Callable[[int], bool] | None = None) -> None:
-        if n <= 0:
-            raise PrismError("the RL dataset is empty")
-        self.n = n
-        self.seed = seed
-        self.epoch = 0
-        self.cursor = 0
-        self.accept = accept or (lambda i: True)
-        self._perm = self._permutation(0)
-
-    def _permutation(self, epoch: int) -> list[int]:
-        order = list(range(self.n))
-        random.Random(f"prism-rl-{self.seed}-{epoch}").shuffle(order)
-        return order
-
-    def take(self, k: int) -> list[int]:
-        out: list[int] = []
-        rejected_in_a_row = 0
-        while len(out) < k:
-            if self.cursor >= self.n:
-                self.epoch += 1
-                self.cursor = 0
-                self._perm = self._permutation(self.epoch)
-            i = self._perm[self.cursor]
-            self.cursor += 1
-            if self.accept(i):
-                out.append(i)
-                rejected_in_a_row = 0
-            else:
-                rejected_in_a_row += 1
-                if rejected_in_a_row > self.n:
-                    raise PrismError("every RL prompt is longer than max_prompt_length; raise max_prompt_length")
-        return out
-
-    def state(self) -> dict[str, int]:
-        return {"epoch": self.epoch, "cursor": self.cursor}
-
-    def load(self, state: dict[str, Any]) -> None:
-        self.epoch = int(state["epoch"])
-        self.cursor = int(state["cursor"])
-        self._perm = self._permutation(self.epoch)
-
-
-# --------------------------------------------------------------------------------------------
-# Samples and rewards
-# --------------------------------------------------------------------------------------------
-
-
-@dataclass
-class RLSample:
-    """One trajectory of the training batch."""
-
-    prompt_key: int  # index into the step's list of unique prompts
-    group: tuple[int, int]  # (generation batch, prompt index within it)
-    token_ids: list[int]
-    rollout_logprobs: list[float] | None
-    finish_reason: str
-    score: float
-    acc: float
-    format: float
-    reward: float  # score + overlong penalty
-    advantage: float = 0.0
-
-
-def _score_one(score_fn, text: str, ex, acc_w: float, fmt_w: float) -> tuple[float, float, float]:
-    r = score_fn(text, ex.ground_truth, list(ex.equivalent_answers or ()), acc_weight=acc_w, format_weight=fmt_w)
-    return float(r.score), float(r.acc), float(r.format)
-
-
-def score_rollouts(
-    rollouts: Sequence[Rollout],
-    examples: Sequence[Any],
-    *,
-    acc_weight: float = 0.8,
-    format_weight: float = 0.2,
-    overlong: tuple[int, int, float] | None = None,
-    score_fn: Callable[..., Any] | None = None,
-) -> list[tuple[float, float, float, float]]:
-    """``(reward, score, acc, format)`` per rollout; ``examples[r.prompt_index]`` holds the answer.
-
-    ``overlong = (max_len, buffer_len, factor)`` adds the DAPO soft overlong penalty on the
-    completion length (tokens, eos included) to the score.
-    """
-    if score_fn is None:
-        from prism_lab.rewards import compute_score as score_fn
-    rows = [_score_one(score_fn, r.text, examples[r.prompt_index], acc_weight, format_weight) for r in rollouts]
-    if overlong is not None and rollouts:
-        max_len, buf, factor = overlong
-        pen = overlong_penalty([len(r.token_ids) for r in rollouts], max_len=max_len, buffer_len=buf, factor=factor).tolist()
-    else:
-        pen = [0.0] * len(rollouts)
-    return [(s + p, s, a, f) for (s, a, f), p in zip(rows, pen)]
-
-
 # --------------------------------------------------------------------------------------------
 # The loop
 # --------------------------------------------------------------------------------------------
-
-
-@dataclass
-class RLResult:
-    """Summary of a ``train_rl`` call."""
-
-    steps_done: int
-    start_step: int
-    stopped_early: bool
-    last_metrics: dict[str, float] = field(default_factory=dict)
-    history: list[dict[str, float]] = field(default_factory=list)
-    elapsed_s: float = 0.0
-    recompute_calls: int = 0  # no-grad old-log-prob passes (0 when every update was on-policy)
-
-    def summary(self) -> dict[str, Any]:
-        keep = ("reward/mean", "acc/mean", "format/mean", "response_length/mean", "samples/s")
-        return {
-            "steps_done": self.steps_done,
-            "start_step": self.start_step,
-            "stopped_early": self.stopped_early,
-            "elapsed_s": round(self.elapsed_s, 3),
-            **{f"final/{k}": self.last_metrics[k] for k in keep if k in self.last_metrics},
-        }
-
-
-def _seed_for(*parts: Any) -> int:
-    h = hashlib.sha256("/".join(str(p) for p in parts).encode()).digest()
-    return int.from_bytes(h[:4], "little")
 
 
 def _autocast_factory(model, precision: str) -> tuple[Callable[[], Any], bool]:
@@ -294,7 +162,8 @@ class _RLRun:
         self.scheduler = make_cosine_scheduler(self.optimizer, total_steps=cfg.steps,
                                                warmup_steps=algo.num_warmup_steps(cfg.steps), min_lr_ratio=1.0)
         self._len_cache: dict[int, int] = {}
-        self.sampler = PromptSampler(len(self.examples), cfg.seed, accept=self._prompt_fits)
+        self.sampler = EpochSampler(len(self.examples), cfg.seed, "rl/prompts", accept=self._prompt_fits,
+                                    what="RL prompts of at most max_prompt_length tokens")
         engine_kind = getattr(self.engine, "kind", "custom")
         self.trust_rollout_logprobs = engine_kind == "hf" and not self.bf16
         self.recompute_calls = 0
@@ -319,7 +188,7 @@ class _RLRun:
         with self.autocast():
             rollouts = self.engine.generate(
                 prompts, n=self.cfg.n, max_new_tokens=self.cfg.max_new_tokens, temperature=self.cfg.temperature,
-                top_p=self.cfg.top_p, do_sample=True, seed=_seed_for(self.cfg.seed, step, k),
+                top_p=self.cfg.top_p, do_sample=True, seed=derive_seed(self.cfg.seed, "rl/rollout", step, k),
                 return_logprobs=True, batch_size=max(1, n_prompts * self.cfg.n),
             )
         t1 = time.perf_counter()

@@ -5,7 +5,7 @@
 ``resume_dir`` (atomically), and when ``resume_dir`` holds a state on start it continues from it, so an
 interrupted run that is restarted ends with the same weights as an uninterrupted one.
 
-Data order: a fresh permutation per epoch, ``numpy.random.default_rng([seed, epoch])``; micro-batches
+Data order: a fresh permutation per epoch (:class:`~prism_lab.trainers.sampling.EpochSampler`, stream ``sft/data``); micro-batches
 take consecutive ``batch_size`` slices of the stream of epochs (a step can straddle two epochs).
 Loss: summed token cross-entropy over the labelled (assistant) tokens of all micro-batches of one
 optimizer step, divided by their number, so accumulation equals one large batch.
@@ -22,7 +22,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -39,6 +38,7 @@ from prism_lab.trainers.common import (
     setup_threads,
     warmup_steps_for,
 )
+from prism_lab.trainers.sampling import EpochSampler
 
 log = logging.getLogger(__name__)
 
@@ -104,31 +104,6 @@ def resolve_mixed_precision(precision: str, device: str) -> str:
     raise ConfigError(f"precision must be auto, fp32 or bf16, got {precision!r}")
 
 
-class EpochStream:
-    """Deterministic stream of example indices: a new permutation per epoch, drawn from (seed, epoch)."""
-
-    def __init__(self, n: int, seed: int, epoch: int = 0, pos: int = 0) -> None:
-        if n <= 0:
-            raise DataError("no SFT examples to train on")
-        self.n, self.seed, self.epoch, self.pos = n, seed, epoch, pos
-        self._order = self._perm(epoch)
-
-    def _perm(self, epoch: int) -> np.ndarray:
-        return np.random.default_rng([self.seed & 0xFFFFFFFFFFFFFFFF, epoch]).permutation(self.n)
-
-    def take(self, k: int) -> list[int]:
-        out: list[int] = []
-        while len(out) < k:
-            if self.pos >= self.n:
-                self.epoch += 1
-                self.pos = 0
-                self._order = self._perm(self.epoch)
-            m = min(k - len(out), self.n - self.pos)
-            out += self._order[self.pos:self.pos + m].tolist()
-            self.pos += m
-        return out
-
-
 def _param_groups(model: torch.nn.Module, weight_decay: float, lr: float,
                   vision_lr_scale: float = 1.0) -> list[dict[str, Any]]:
     """Decay matrices; never biases and norm weights (1-D parameters), as HF Trainer does.
@@ -192,6 +167,69 @@ def _to(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch
     return {k: v.to(device) for k, v in batch.items()}
 
 
+@dataclass
+class _Counters:
+    """Counters of an SFT run: what the resumable state stores beside the weights and optimizer."""
+
+    step: int = 0
+    epoch: int = 0
+    pos: int = 0
+    samples_seen: int = 0
+    tokens_seen: int = 0
+    label_tokens: int = 0
+    spent_before: float = 0.0
+    resumed_from: int | None = None
+
+
+def _restore(resume_dir: str | Path | None, *, model, optimizer, scheduler, n: int, total: int) -> _Counters:
+    """The counters of the resumable state in ``resume_dir`` (weights, optimizer and scheduler restored too)."""
+    meta = load_resume_state(resume_dir, model=model, optimizer=optimizer, scheduler=scheduler) \
+        if resume_dir is not None else None
+    if meta is None:
+        return _Counters()
+    if meta.get("n_examples") != n or meta.get("total_steps") != total:
+        raise CheckpointError(
+            f"{resume_dir}: resumable state is for {meta.get('n_examples')} examples / "
+            f"{meta.get('total_steps')} steps, this run has {n} / {total}; delete it to start over")
+    st = _Counters(step=int(meta["step"]), epoch=int(meta["epoch"]), pos=int(meta["pos"]),
+                         samples_seen=int(meta["samples_seen"]), tokens_seen=int(meta["tokens_seen"]),
+                         label_tokens=int(meta["label_tokens_seen"]), spent_before=float(meta["train_s"]),
+                         resumed_from=int(meta["step"]))
+    msg = f"[sft] resumed from step {st.step}/{total} (epoch {st.epoch}, position {st.pos}) in {resume_dir}"
+    log.info(msg)
+    print(msg, flush=True)
+    return st
+
+
+def _accumulate(model, accelerator, batches: list[dict[str, torch.Tensor]], device) -> tuple[float, int, int]:
+    """Forward and backward over the micro-batches of one optimizer step; the loss is the mean over every
+    label token of the step. Returns (summed token loss, label tokens, attended tokens)."""
+    n_lab = int(sum(int((b["labels"][:, 1:] != IGNORE_INDEX).sum()) for b in batches))
+    denom = max(1, n_lab)
+    loss_sum, step_tokens = 0.0, 0
+    for b in batches:
+        step_tokens += int(b["attention_mask"].sum())
+        b = _to(b, device)
+        labels = b.pop("labels")
+        with accelerator.autocast():
+            logits = model(**b, use_cache=False).logits
+        tok_loss = F.cross_entropy(logits[:, :-1].float().reshape(-1, logits.shape[-1]),
+                                   labels[:, 1:].reshape(-1), ignore_index=IGNORE_INDEX, reduction="sum")
+        accelerator.backward(tok_loss / denom)
+        loss_sum += float(tok_loss.detach())
+    return loss_sum, n_lab, step_tokens
+
+
+def _window_record(window: list[tuple[float, int, int]], seconds: float, *, lr: float, grad_norm: float,
+                   epoch: float) -> dict[str, float]:
+    """The logged metrics of the steps since the last log: mean loss, throughput, lr, grad norm, epoch."""
+    losses = [w[0] for w in window if math.isfinite(w[0])]
+    dt = max(1e-9, seconds)
+    return {"loss": sum(losses) / len(losses) if losses else float("nan"), "lr": lr, "grad_norm": grad_norm,
+            "tokens_per_s": sum(w[2] for w in window) / dt, "samples_per_s": sum(w[1] for w in window) / dt,
+            "epoch": epoch}
+
+
 def train_sft(
     model: torch.nn.Module,
     processor: Any,
@@ -229,136 +267,90 @@ def train_sft(
     total = total_steps_for(cfg, n)
     warmup = warmup_steps_for(total, cfg.warmup_ratio)
     collate = collator or SFTCollator(processor, max_length=cfg.max_length)
-
     model.train()
-    optimizer = torch.optim.AdamW(_param_groups(model, cfg.weight_decay, cfg.lr, cfg.vision_lr_scale), lr=cfg.lr, betas=tuple(cfg.adam_betas),
-                                  weight_decay=cfg.weight_decay)
+    optimizer = torch.optim.AdamW(_param_groups(model, cfg.weight_decay, cfg.lr, cfg.vision_lr_scale), lr=cfg.lr,
+                                  betas=tuple(cfg.adam_betas), weight_decay=cfg.weight_decay)
     scheduler = make_cosine_scheduler(optimizer, total_steps=total, warmup_steps=warmup, min_lr_ratio=cfg.min_lr_ratio)
-
-    step, epoch, pos = 0, 0, 0
-    samples_seen = tokens_seen = label_tokens = 0
-    spent_before = 0.0
-    resumed_from = None
-    if resume_dir is not None:
-        meta = load_resume_state(resume_dir, model=model, optimizer=optimizer, scheduler=scheduler)
-        if meta is not None:
-            if meta.get("n_examples") != n or meta.get("total_steps") != total:
-                raise CheckpointError(
-                    f"{resume_dir}: resumable state is for {meta.get('n_examples')} examples / "
-                    f"{meta.get('total_steps')} steps, this run has {n} / {total}; delete it to start over")
-            step, epoch, pos = int(meta["step"]), int(meta["epoch"]), int(meta["pos"])
-            samples_seen, tokens_seen = int(meta["samples_seen"]), int(meta["tokens_seen"])
-            label_tokens, spent_before = int(meta["label_tokens_seen"]), float(meta["train_s"])
-            resumed_from = step
-            msg = f"[sft] resumed from step {step}/{total} (epoch {epoch}, position {pos}) in {resume_dir}"
-            log.info(msg)
-            print(msg, flush=True)
+    st = _restore(resume_dir, model=model, optimizer=optimizer, scheduler=scheduler, n=n, total=total)
     model, optimizer = accelerator.prepare(model, optimizer)
     device = accelerator.device
-    stream = EpochStream(n, cfg.seed, epoch, pos)
-    budget = TimeBudget(cfg.max_minutes, already_spent_s=spent_before)
-
-    bar = _Progress(total, step, progress)
+    stream = EpochSampler(n, cfg.seed, "sft/data", what="SFT examples")
+    stream.load({"epoch": st.epoch, "cursor": st.pos})
+    budget = TimeBudget(cfg.max_minutes, already_spent_s=st.spent_before)
+    bar = _Progress(total, st.step, progress)
     bar.line(f"[sft] {n} examples, {total} steps (warmup {warmup}), batch {cfg.batch_size} x accum {cfg.grad_accum}, "
              f"lr {cfg.lr:g}, device {device}, mixed precision {mp}, threads {threads}")
     history: list[dict[str, float]] = []
     window: list[tuple[float, int, int]] = []  # (loss, samples, tokens) per step since the last log
-    window_t = time.monotonic()
+    window_t = run_t0 = time.monotonic()
     final_loss = last_loss = None
     stopped_by = "max_steps" if cfg.max_steps and total == cfg.max_steps else "epochs"
-    run_t0 = time.monotonic()
-    run_samples0, run_tokens0 = samples_seen, tokens_seen
+    run_samples0, run_tokens0 = st.samples_seen, st.tokens_seen
 
     def state_meta() -> dict[str, Any]:
-        return {"step": step, "epoch": stream.epoch, "pos": stream.pos, "samples_seen": samples_seen,
-                "tokens_seen": tokens_seen, "label_tokens_seen": label_tokens, "train_s": budget.elapsed(),
+        return {"step": st.step, "epoch": stream.epoch, "pos": stream.cursor, "samples_seen": st.samples_seen,
+                "tokens_seen": st.tokens_seen, "label_tokens_seen": st.label_tokens, "train_s": budget.elapsed(),
                 "n_examples": n, "total_steps": total, "seed": cfg.seed}
 
     try:
-        while step < total:
+        while st.step < total:
             if budget.spent():
                 stopped_by = "time"
-                bar.line(f"[sft] time budget of {cfg.max_minutes:g} min spent at step {step}/{total}; stopping")
+                bar.line(f"[sft] time budget of {cfg.max_minutes:g} min spent at step {st.step}/{total}; stopping")
                 break
-            micro = [[examples[i] for i in stream.take(cfg.batch_size)] for _ in range(cfg.grad_accum)]
-            batches = [collate(m) for m in micro]
-            n_lab = int(sum(int((b["labels"][:, 1:] != IGNORE_INDEX).sum()) for b in batches))
-            denom = max(1, n_lab)
+            batches = [collate([examples[i] for i in stream.take(cfg.batch_size)]) for _ in range(cfg.grad_accum)]
             lr_now = scheduler.get_last_lr()[0]
-            loss_sum = 0.0
-            step_tokens = 0
-            for b in batches:
-                step_tokens += int(b["attention_mask"].sum())
-                b = _to(b, device)
-                labels = b.pop("labels")
-                with accelerator.autocast():
-                    logits = model(**b, use_cache=False).logits
-                tok_loss = F.cross_entropy(logits[:, :-1].float().reshape(-1, logits.shape[-1]),
-                                           labels[:, 1:].reshape(-1), ignore_index=IGNORE_INDEX, reduction="sum")
-                accelerator.backward(tok_loss / denom)
-                loss_sum += float(tok_loss.detach())
-            grad_norm = accelerator.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            loss_sum, n_lab, step_tokens = _accumulate(model, accelerator, batches, device)
+            grad_norm = float(accelerator.clip_grad_norm_(model.parameters(), cfg.grad_clip))
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
-            step += 1
-            step_samples = cfg.batch_size * cfg.grad_accum
-            samples_seen += step_samples
-            tokens_seen += step_tokens
-            label_tokens += n_lab
-            last_loss = loss_sum / denom if n_lab else float("nan")
+            st.step += 1
+            st.samples_seen += cfg.batch_size * cfg.grad_accum
+            st.tokens_seen += step_tokens
+            st.label_tokens += n_lab
+            last_loss = loss_sum / max(1, n_lab) if n_lab else float("nan")
             if not math.isfinite(last_loss) and n_lab:
-                raise RuntimeError(f"SFT loss is {last_loss} at step {step}; lower the lr or check the data")
-            window.append((last_loss, step_samples, step_tokens))
-            values = {"loss": last_loss, "lr": lr_now, "grad_norm": float(grad_norm)}
-
-            if step % cfg.log_every == 0 or step == total:
-                dt = max(1e-9, time.monotonic() - window_t)
-                losses = [w[0] for w in window if math.isfinite(w[0])]
-                final_loss = sum(losses) / len(losses) if losses else None
-                rec = {
-                    "loss": final_loss if final_loss is not None else float("nan"), "lr": lr_now,
-                    "grad_norm": float(grad_norm), "tokens_per_s": sum(w[2] for w in window) / dt,
-                    "samples_per_s": sum(w[1] for w in window) / dt, "epoch": samples_seen / n,
-                }
-                history.append({"step": step, **rec})
+                raise RuntimeError(f"SFT loss is {last_loss} at step {st.step}; lower the lr or check the data")
+            window.append((last_loss, cfg.batch_size * cfg.grad_accum, step_tokens))
+            if st.step % cfg.log_every == 0 or st.step == total:
+                rec = _window_record(window, time.monotonic() - window_t, lr=lr_now, grad_norm=grad_norm,
+                                     epoch=st.samples_seen / n)
+                final_loss = rec["loss"] if math.isfinite(rec["loss"]) else None
+                history.append({"step": st.step, **rec})
                 if log_metrics is not None:
-                    log_metrics(step, rec)
+                    log_metrics(st.step, rec)
                 if heartbeat is not None:
                     heartbeat()
-                el = budget.elapsed()
-                rate = (step - (resumed_from or 0)) / max(1e-9, time.monotonic() - run_t0)
-                eta = (total - step) / rate if rate > 0 else 0.0
-                bar.line(f"[sft] step {step}/{total} loss {rec['loss']:.4f} lr {lr_now:.3g} grad {rec['grad_norm']:.3f} "
+                rate = (st.step - (st.resumed_from or 0)) / max(1e-9, time.monotonic() - run_t0)
+                bar.line(f"[sft] step {st.step}/{total} loss {rec['loss']:.4f} lr {lr_now:.3g} grad {grad_norm:.3f} "
                          f"{rec['samples_per_s']:.1f} samples/s {rec['tokens_per_s']:.0f} tok/s epoch {rec['epoch']:.2f} "
-                         f"elapsed {format_duration(el)} eta {format_duration(eta)}")
+                         f"elapsed {format_duration(budget.elapsed())} "
+                         f"eta {format_duration((total - st.step) / rate if rate > 0 else 0.0)}")
                 window, window_t = [], time.monotonic()
-            bar.update(step, f"loss {last_loss:.4f}")
-
-            if resume_dir is not None and step % cfg.save_every == 0 and step < total:
+            bar.update(st.step, f"loss {last_loss:.4f}")
+            if resume_dir is not None and st.step % cfg.save_every == 0 and st.step < total:
                 save_resume_state(resume_dir, model=accelerator.unwrap_model(model), optimizer=optimizer,
                                   scheduler=scheduler, meta=state_meta())
             if on_step is not None:
-                on_step(step, values)
-            if stop_after_step is not None and step >= stop_after_step and step < total:
-                raise TrainingInterrupted(f"stopped after step {step} (stop_after_step)")
+                on_step(st.step, {"loss": last_loss, "lr": lr_now, "grad_norm": grad_norm})
+            if stop_after_step is not None and stop_after_step <= st.step < total:
+                raise TrainingInterrupted(f"stopped after step {st.step} (stop_after_step)")
     finally:
         bar.close()
-
     if final_loss is None and window:
-        losses = [w[0] for w in window if math.isfinite(w[0])]
-        final_loss = sum(losses) / len(losses) if losses else None
-    unwrapped = accelerator.unwrap_model(model)
-    unwrapped.eval()
+        rec = _window_record(window, 1.0, lr=0.0, grad_norm=0.0, epoch=0.0)
+        final_loss = rec["loss"] if math.isfinite(rec["loss"]) else None
+    accelerator.unwrap_model(model).eval()
     run_dt = max(1e-9, time.monotonic() - run_t0)
     result = SFTResult(
-        steps=step, total_steps=total, final_loss=final_loss, last_step_loss=last_loss, samples_seen=samples_seen,
-        tokens_seen=tokens_seen, label_tokens_seen=label_tokens, epochs_done=samples_seen / n,
-        wall_s=time.monotonic() - t_start, train_s=budget.elapsed(),
-        samples_per_s=(samples_seen - run_samples0) / run_dt, tokens_per_s=(tokens_seen - run_tokens0) / run_dt,
-        stopped_by=stopped_by, resumed_from_step=resumed_from, warmup_steps=warmup, mixed_precision=mp,
+        steps=st.step, total_steps=total, final_loss=final_loss, last_step_loss=last_loss,
+        samples_seen=st.samples_seen, tokens_seen=st.tokens_seen, label_tokens_seen=st.label_tokens,
+        epochs_done=st.samples_seen / n, wall_s=time.monotonic() - t_start, train_s=budget.elapsed(),
+        samples_per_s=(st.samples_seen - run_samples0) / run_dt, tokens_per_s=(st.tokens_seen - run_tokens0) / run_dt,
+        stopped_by=stopped_by, resumed_from_step=st.resumed_from, warmup_steps=warmup, mixed_precision=mp,
         device=str(device), threads=threads, history=history,
     )
-    bar.line(f"[sft] finished: {step}/{total} steps, loss {final_loss if final_loss is not None else float('nan'):.4f}, "
+    bar.line(f"[sft] finished: {st.step}/{total} steps, loss {final_loss if final_loss is not None else float('nan'):.4f}, "
              f"stopped by {stopped_by}, {result.samples_per_s:.1f} samples/s")
     return result

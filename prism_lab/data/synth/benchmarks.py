@@ -16,10 +16,10 @@ from prism_lab.data.synth.sampling import (
     draw_item,
     item_meta,
     n_objects,
-    stable_seed,
 )
 from prism_lab.data.synth.scenes import Scene, draw, place_object, random_scene
 from prism_lab.errors import ConfigError
+from prism_lab.seeds import derive_seed
 
 PERCEPTION_FAMILIES = {"count": 3, "mcq_count": 2, "mcq_most": 1, "mcq_colour": 1, "mcq_shape": 1}
 REASONING_FAMILIES = {"arith": 1}
@@ -33,7 +33,7 @@ HALLUSION_COLUMNS = ["index", "image", "question", "answer", "category", "l2-cat
 def bench_rows(cfg: SynthConfig, name: str, weights: dict[str, int], seen: set, prog: Progress) -> list[dict]:
     rows = []
     for i in range(cfg.n_bench):
-        rng = random.Random(stable_seed(cfg.seed, "bench", name, i))
+        rng = random.Random(derive_seed(cfg.seed, f"bench:{name}", i))
         hard = rng.random() < cfg.bench_hard_share
         scene, item = draw_item(rng, cfg, weights, hard, forbid=seen)
         row = {
@@ -58,7 +58,7 @@ def hallusion_rows(cfg: SynthConfig, seen: set, prog: Progress) -> list[dict]:
     n_sets = math.ceil(cfg.n_bench / 4)
     rows: list[dict] = []
     for s in range(n_sets):
-        rng = random.Random(stable_seed(cfg.seed, "bench", "synth-hallusion", s))
+        rng = random.Random(derive_seed(cfg.seed, "bench:synth-hallusion", s))
         hard = rng.random() < cfg.bench_hard_share
         for _ in range(500):
             n = n_objects(rng, cfg, hard)

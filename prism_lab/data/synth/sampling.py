@@ -4,7 +4,6 @@ every file stores with it."""
 
 from __future__ import annotations
 
-import hashlib
 import math
 import random
 import sys
@@ -14,11 +13,6 @@ from prism_lab.data.synth.config import SynthConfig
 from prism_lab.data.synth.questions import Item, make_item
 from prism_lab.data.synth.scenes import Scene, random_scene
 from prism_lab.prompts import SYSTEM_PROMPT
-
-
-def stable_seed(*parts: object) -> int:
-    h = hashlib.sha256(":".join(str(p) for p in parts).encode()).digest()
-    return int.from_bytes(h[:8], "big")
 
 
 def family_weights(table: dict[str, int], allowed: list[str] | None) -> dict[str, int]:

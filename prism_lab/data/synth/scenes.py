@@ -155,7 +155,10 @@ def capacity(size: int, max_obj: int, gap: int = 2) -> int:
 
 def draw(scene: Scene) -> Image.Image:
     """Render a scene as an RGB image (white background, filled shapes, no anti-aliasing)."""
-    from PIL import Image, ImageDraw  # here, not at import: planning validates synth options without PIL
+    from PIL import (  # here, not at import: planning validates synth options without PIL
+        Image,
+        ImageDraw,
+    )
 
     img = Image.new("RGB", (scene.size, scene.size), (255, 255, 255))
     d = ImageDraw.Draw(img)

@@ -34,11 +34,11 @@ from prism_lab.data.synth.sampling import (
     family_weights,
     item_meta,
     n_objects,
-    stable_seed,
     user_text,
 )
 from prism_lab.data.synth.scenes import draw, random_scene
 from prism_lab.data.warmup_jsonl import write_warmup_jsonl
+from prism_lab.seeds import derive_seed
 
 _TRAIN_EASY = {"count": 3, "presence": 2, "mcq_count": 1, "mcq_most": 1, "mcq_colour": 1, "mcq_shape": 1, "arith": 3}
 _TRAIN_HARD = {"count": 2, "presence": 1, "mcq_count": 1, "mcq_most": 2, "mcq_colour": 0, "mcq_shape": 0, "arith": 5}
@@ -50,7 +50,7 @@ def train_split(cfg: SynthConfig, name: str, n: int, hard_share: float, seen: se
     easy_w = family_weights(_TRAIN_EASY, cfg.families)
     hard_w = family_weights(_TRAIN_HARD, cfg.families) or easy_w
     for i in range(n):
-        rng = random.Random(stable_seed(cfg.seed, name, i))
+        rng = random.Random(derive_seed(cfg.seed, name, i))
         hard = rng.random() < hard_share
         scene, item = draw_item(rng, cfg, hard_w if hard else easy_w, hard)
         seen.add((scene.signature(), item.question))
@@ -112,7 +112,7 @@ def write_caption(cfg, tmp, seen, prog) -> tuple[int, Counter]:
     """Image -> ``<caption>`` block with the dense caption, on scenes of every difficulty."""
     rows, kinds = [], Counter()
     for i in range(cfg.n_caption):
-        rng = random.Random(stable_seed(cfg.seed, "caption", i))
+        rng = random.Random(derive_seed(cfg.seed, "caption", i))
         hard = rng.random() < cfg.hard_share
         scene = random_scene(rng, cfg.image_size, n_objects(rng, cfg, hard), cfg.colours, cfg.shapes,
                              cfg.min_object_size, cfg.max_object_size)

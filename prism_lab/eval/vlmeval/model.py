@@ -29,10 +29,9 @@ from pathlib import Path
 from typing import Any
 
 from prism_lab.eval.backends import GenerationSettings
-from prism_lab.prompts import Prompting
-from prism_lab.eval.vlmeval.tv_shim import import_vlmeval
 from prism_lab.eval.vlmeval.judge import answer_of
-from prism_lab.prompts import SYSTEM_PROMPT
+from prism_lab.eval.vlmeval.tv_shim import import_vlmeval
+from prism_lab.prompts import SYSTEM_PROMPT, Prompting
 
 import_vlmeval()
 

@@ -14,11 +14,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    SpinnerColumn,
+    TextColumn,
+    TimeElapsedColumn,
+)
 
+from prism_lab.harness.context import partial_dir
 from prism_lab.harness.ledger import Ledger, RunRow, pid_alive
 from prism_lab.harness.plan import Plan
-from prism_lab.harness.context import partial_dir
 from prism_lab.harness.stage_kinds import STAGE_KINDS
 
 
