@@ -41,7 +41,7 @@ FIELDS = registry_fields()
 def test_the_registry_backed_fields_are_the_expected_ones():
     assert {f for f, _ in FIELDS} == {
         "AlgorithmConfig.adv_estimator", "AlgorithmConfig.policy_loss", "AlgorithmConfig.loss_agg_mode",
-        "AlgorithmConfig.kl_loss_type", "AlignConfig.loss_agg_mode", "AlignConfig.advantage_mode",
+        "AlgorithmConfig.kl_loss_type", "AlignConfig.loss_agg_mode", "AlignConfig.advantage_mode", "AlignConfig.variant",
         "EvalConfig.backend",
     }
 

@@ -14,9 +14,10 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from prism_lab.config.algorithms import AggModeName
 from prism_lab.config.base import registered_name
 
-__all__ = ["AdvantageModeName", "AlignConfig", "DiscWarmupConfig", "DiscriminatorConfig"]
+__all__ = ["AdvantageModeName", "AlignVariantName", "AlignConfig", "DiscWarmupConfig", "DiscriminatorConfig"]
 
 AdvantageModeName = registered_name("prism_lab.algos.multi_reward", "ADVANTAGE_MODES", "advantage mode")
+AlignVariantName = registered_name("prism_lab.trainers.align_variants", "ALIGN_VARIANTS", "alignment variant")
 
 
 class _Strict(BaseModel):
@@ -163,8 +164,9 @@ class AlignConfig(_Strict):
     length_correction_beta: float = Field(
         0.0, ge=0, description="beta of the score length correction x - beta*log(1+len); 0 = off (the paper's run)."
     )
-    variant: Literal["prism", "gad"] = Field(
-        "prism", description="'prism' = caption/cot discriminator (paper); 'gad' = whole-response GAD (§6.8)."
+    variant: AlignVariantName = Field(
+        "prism", description="Alignment variant (prism_lab.trainers.align_variants.ALIGN_VARIANTS): 'prism' = "
+        "caption/cot discriminator (the paper); 'gad' = whole-response GAD."
     )
     terminator_convention: Literal["original", "uniform"] = Field(
         "uniform",
