@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 import time
 from pathlib import Path
 from typing import Annotated, Optional
@@ -120,9 +119,16 @@ def sweep_run(
     wandb: Annotated[WandbMode, typer.Option("--wandb", help="W&B mode for every stage run.")] = WandbMode.offline,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the commands that would run, run nothing.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress display.")] = False,
+    gpus: Annotated[Optional[str], typer.Option(
+        "--gpus", help="GPU ids stage runs may use (e.g. 0,1,2,3; default: CUDA_VISIBLE_DEVICES, else every GPU "
+        "nvidia-smi lists). Each run gets resources.gpus of them to itself; the others wait.")] = None,
+    share_gpus: Annotated[bool, typer.Option(
+        "--share-gpus", help="Let stage runs share GPUs instead of waiting for free ones.")] = False,
 ) -> None:
     """Run every pending stage run of a grid in dependency order; re-running resumes where it stopped."""
+    from prism_lab.harness.devices import gpu_pool
     from prism_lab.harness.executors.local import LocalExecutor, select_runs
+    from prism_lab.harness.executors.placement import launch_command, run_resources
 
     plan = _load_plan(grid)
     root_dir = resolve_root(root).resolve()
@@ -136,12 +142,15 @@ def sweep_run(
     if dry_run:
         for key in select_runs(plan, kinds):
             run = plan.runs[key]
-            print(f"{sys.executable} -m prism_lab.harness.run_stage --root {root_dir} {key}   # {run.label}")
+            res = run_resources(run.config)
+            cmd = " ".join(launch_command(root_dir, key, res.processes if res is not None else 1))
+            print(f"{cmd}   # {run.label}")
         return
     os.environ["PRISM_LAB_WANDB"] = wandb.value
     t0 = time.time()
-    summary = LocalExecutor(root_dir, workers=workers, retry_failed=retry_failed, show_progress=not quiet).run(
-        plan, kinds=kinds)
+    pool = gpu_pool(gpus)
+    summary = LocalExecutor(root_dir, workers=workers, retry_failed=retry_failed, show_progress=not quiet,
+                            gpus=pool, share_gpus=share_gpus).run(plan, kinds=kinds)
     elapsed = time.time() - t0
     err.print(
         f"sweep {plan.grid.name}: {len(summary.done)} run(s) finished, {len(summary.skipped)} already done, "

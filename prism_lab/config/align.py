@@ -13,6 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from prism_lab.config.algorithms import AggModeName
 from prism_lab.config.base import registered_name
+from prism_lab.config.resources import ResourcesConfig
 
 __all__ = ["AdvantageModeName", "AlignConfig", "DiscWarmupConfig", "DiscriminatorConfig"]
 
@@ -111,6 +112,11 @@ class DiscWarmupConfig(_Strict):
         None, ge=1, description="Length cap of the student responses generated from the SFT policy "
         "(None = twice the longest teacher response)."
     )
+    resources: ResourcesConfig = Field(
+        default_factory=ResourcesConfig,
+        description="Processes, GPUs, dtypes, gradient checkpointing and offload of the run "
+        "(prism_lab/config/resources.py).",
+    )
 
 
 class AlignConfig(_Strict):
@@ -183,6 +189,12 @@ class AlignConfig(_Strict):
     )
     save_every: int = Field(500, ge=0, description="Checkpoint every this many steps; 0 = only at the end.")
     seed: int = Field(0, description="Rollout sampling and data-order seed.")
+
+    resources: ResourcesConfig = Field(
+        default_factory=ResourcesConfig,
+        description="Processes, GPUs, dtypes, gradient checkpointing and offload of the run "
+        "(prism_lab/config/resources.py).",
+    )
 
     @property
     def batch_size(self) -> int:

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from prism_lab.config.base import StrictModel
+from prism_lab.config.resources import ResourcesConfig
 
 
 class SFTConfig(StrictModel):
@@ -50,3 +51,15 @@ class SFTConfig(StrictModel):
     log_every: int = Field(10, ge=1, description="Log metrics every N steps.")
     threads: int | None = Field(None, ge=1, description="torch CPU threads (None = torch default).")
     seed: int = Field(0, description="Seed for init (tiny presets), data order and dropout.")
+    resources: ResourcesConfig = Field(
+        default_factory=ResourcesConfig,
+        description="Processes, GPUs, dtypes, gradient checkpointing and offload of the run "
+        "(prism_lab/config/resources.py). `batch_size` and `grad_accum` stay global: each micro-batch is split over the processes.",
+    )
+
+    @model_validator(mode="after")
+    def _batch_covers_processes(self) -> SFTConfig:
+        if self.batch_size < self.resources.processes:
+            raise ValueError(f"batch_size ({self.batch_size}) must be at least resources.processes "
+                             f"({self.resources.processes}): every process takes rows of each micro-batch")
+        return self

@@ -53,15 +53,10 @@ from prism_lab.algos.kl import kl_penalty
 from prism_lab.algos.policy_loss import compute_policy_loss
 from prism_lab.config.algorithms import AlgorithmConfig, resolve_algorithm
 from prism_lab.config.rl import RLConfig
-from prism_lab.errors import PrismError
+from prism_lab.errors import ConfigError, PrismError
+from prism_lab.trainers import distributed as dist_
 from prism_lab.rollout import Prompt, Rollout, RolloutEngine, build_prompt_inputs, make_engine, pad_token_id, vision_token_ids
-from prism_lab.trainers.common import (
-    TimeBudget,
-    load_resume_state,
-    make_cosine_scheduler,
-    remove_resume_state,
-    save_resume_state,
-)
+from prism_lab.trainers.common import TimeBudget, make_cosine_scheduler, remove_resume_state
 from prism_lab.trainers.logprobs import SequenceBatch, completion_logprobs, image_chunks_per_row, make_sequence_batch
 
 logger = logging.getLogger(__name__)
@@ -279,10 +274,23 @@ class _RLRun:
         self.score_fn = score_fn
         self.tol = logprob_tolerance
         self.total_steps = cfg.steps if max_steps is None else min(cfg.steps, max_steps)
+        self.env = dist_.init_distributed(cfg.resources.processes)
+        self.acc = None
+        if self.env.sharded:
+            self._check_shardable(cfg, algo)
+            mp = "bf16" if cfg.precision == "bf16" or (cfg.precision == "auto" and torch.cuda.is_available()
+                                                         and torch.cuda.is_bf16_supported()) else "no"
+            self.acc = dist_.ShardedAccelerator(self.env, cfg.resources, mp)
+            self.model = model = self.acc.prepare_model(model)
+        elif cfg.resources.gradient_checkpointing:
+            dist_.enable_gradient_checkpointing(model)
         self.engine: RolloutEngine = engine if engine is not None else make_engine(model, processor, cfg.rollout_engine)
+        dist_.sync_engine(self.engine, self.env)
         self.suppress = list(getattr(self.engine, "suppress_token_ids", None) or vision_token_ids(model))
         self.pad_id = pad_token_id(model, processor)
         self.autocast, self.bf16 = _autocast_factory(model, cfg.precision)
+        if self.acc is not None:  # FSDP2's MixedPrecisionPolicy casts; no autocast on top
+            self.autocast, self.bf16 = self.acc.autocast, self.acc.param_dtype == torch.bfloat16
         self.device = next(model.parameters()).device
         # A frozen reference copy only when the KL loss is on (taken before any resume state is loaded).
         self.ref_model = None
@@ -309,6 +317,15 @@ class _RLRun:
         self.trust_rollout_logprobs = engine_kind == "hf" and not self.bf16
         self.recompute_calls = 0
 
+    @staticmethod
+    def _check_shardable(cfg: RLConfig, algo: AlgorithmConfig) -> None:
+        world = cfg.resources.processes
+        if algo.uses_reference:
+            raise ConfigError("rl: a KL reference model (kl_loss_coef > 0) is not supported with resources.processes > 1 yet")
+        if cfg.prompts_per_step < world:
+            raise ConfigError(f"rl.prompts_per_step ({cfg.prompts_per_step}) must be at least resources.processes ({world}): "
+                              "every process rolls out its share of the prompts")
+
     # ---------------------------------------------------------------- data
     def _prompt(self, i: int) -> Prompt:
         ex = self.examples[i]
@@ -322,14 +339,16 @@ class _RLRun:
 
     # ---------------------------------------------------------------- one step
     def _generate(self, step: int, k: int, n_prompts: int):
-        idx = self.sampler.take(n_prompts)
+        idx = self.sampler.take(n_prompts)  # the global batch (every rank draws the same)
         prompts = [self._prompt(i) for i in idx]
-        exs = [self.examples[i] for i in idx]
+        mine = dist_.shard_slice(list(range(len(idx))), self.env)  # positions this rank rolls out
+        exs = [self.examples[idx[j]] for j in mine]
+        seed = _seed_for(self.cfg.seed, step, k) if not self.env.sharded else _seed_for(self.cfg.seed, step, k, self.env.rank)
         t0 = time.perf_counter()
         with self.autocast():
             rollouts = self.engine.generate(
-                prompts, n=self.cfg.n, max_new_tokens=self.cfg.max_new_tokens, temperature=self.cfg.temperature,
-                top_p=self.cfg.top_p, do_sample=True, seed=_seed_for(self.cfg.seed, step, k),
+                [prompts[j] for j in mine], n=self.cfg.n, max_new_tokens=self.cfg.max_new_tokens,
+                temperature=self.cfg.temperature, top_p=self.cfg.top_p, do_sample=True, seed=seed,
                 return_logprobs=True, batch_size=max(1, n_prompts * self.cfg.n),
             )
         t1 = time.perf_counter()
@@ -339,10 +358,13 @@ class _RLRun:
         self._t_gen += t1 - t0
         self._t_score += t2 - t1
         samples = [
-            RLSample(prompt_key=-1, group=(k, r.prompt_index), token_ids=list(r.token_ids), rollout_logprobs=r.logprobs,
-                     finish_reason=r.finish_reason, score=s, acc=a, format=f, reward=rew)
+            RLSample(prompt_key=-1, group=(k, mine[r.prompt_index]), token_ids=list(r.token_ids),
+                     rollout_logprobs=r.logprobs, finish_reason=r.finish_reason, score=s, acc=a, format=f, reward=rew)
             for r, (rew, s, a, f) in zip(rollouts, scored)
         ]
+        if self.env.sharded:  # every rank gets every sample, in prompt order (as one process makes them)
+            gathered = [x for part in dist_.all_gather_objects(samples, self.env) for x in part]
+            samples = sorted(gathered, key=lambda x: x.group[1])
         self._all_generated.extend(samples)
         metric = [s.acc if self.algo.filter_groups.metric == "acc" else s.reward for s in samples]
         return GenBatch(payload=(prompts, samples), values=metric, group_ids=[s.group for s in samples])
@@ -408,15 +430,33 @@ class _RLRun:
 
     # ---------------------------------------------------------------- update
     def _micro_batches(self, samples: list[RLSample], rows: list[int], prompt_batch: dict,
-                       chunks) -> list[tuple[list[int], SequenceBatch]]:
-        out = []
+                       chunks, n_micro: int | None = None, pad_row: int = 0) -> list[tuple[list[int], SequenceBatch]]:
+        """Micro-batches of ``rows``; with ``n_micro`` (sharded runs) padded to exactly that many with
+        ``([], batch of pad_row)`` entries: every rank must run the same number of forward/backward
+        passes (FSDP gathers parameters in each), and a padding pass adds no gradient."""
+        def batch(r: list[int]) -> SequenceBatch:
+            return make_sequence_batch(prompt_batch, [samples[i].prompt_key for i in r], [samples[i].token_ids for i in r],
+                                       pad_token_id=self.pad_id, image_chunks=chunks).to(self.device)
+
         mbs = self.cfg.micro_batch_size
-        for start in range(0, len(rows), mbs):
-            r = rows[start : start + mbs]
-            sb = make_sequence_batch(prompt_batch, [samples[i].prompt_key for i in r], [samples[i].token_ids for i in r],
-                                     pad_token_id=self.pad_id, image_chunks=chunks)
-            out.append((r, sb.to(self.device)))
+        out = [(rows[s:s + mbs], batch(rows[s:s + mbs])) for s in range(0, len(rows), mbs)]
+        while n_micro is not None and len(out) < n_micro:
+            out.append(([], batch([pad_row])))
         return out
+
+    def _local_micro_batches(self, samples, rows, prompt_batch, chunks):
+        """This rank's micro-batches of one mini-batch (all of them in a single process)."""
+        if not self.env.sharded:
+            return self._micro_batches(samples, rows, prompt_batch, chunks)
+        per_rank = math.ceil(len(rows) / self.env.world_size)
+        return self._micro_batches(samples, dist_.shard_slice(rows, self.env), prompt_batch, chunks,
+                                   n_micro=math.ceil(per_rank / self.cfg.micro_batch_size), pad_row=rows[0])
+
+    def _backward(self, loss: Tensor) -> None:
+        if self.acc is not None:
+            self.acc.backward(loss)
+        else:
+            loss.backward()
 
     def _update(self, prompts: list[Prompt], samples: list[RLSample]) -> dict[str, float]:
         cfg, algo = self.cfg, self.algo
@@ -424,7 +464,7 @@ class _RLRun:
         chunks = image_chunks_per_row(prompt_batch)
         all_rows = list(range(len(samples)))
         mini_batches = _split(all_rows, algo.mini_batches_per_rollout)
-        mb_micro = [self._micro_batches(samples, rows, prompt_batch, chunks) for rows in mini_batches]
+        mb_micro = [self._local_micro_batches(samples, rows, prompt_batch, chunks) for rows in mini_batches]
         on_policy = algo.is_on_policy
         have_lp = all(s.rollout_logprobs is not None and len(s.rollout_logprobs) == len(s.token_ids) for s in samples)
         use_rollout_lp = on_policy and have_lp and self.trust_rollout_logprobs
@@ -459,10 +499,16 @@ class _RLRun:
         self.model.train()
         for _epoch in range(algo.ppo_epochs):
             for micro in mb_micro:
-                n_tok = sum(float(b.response_mask.sum()) for _, b in micro)
-                n_seq = sum(float((b.response_mask.sum(-1) > 0).sum()) for _, b in micro)
+                n_tok = dist_.all_reduce_sum(sum(float(b.response_mask.sum()) for r, b in micro if r), self.env)
+                n_seq = dist_.all_reduce_sum(sum(float((b.response_mask.sum(-1) > 0).sum()) for r, b in micro if r), self.env)
                 self.optimizer.zero_grad(set_to_none=True)
                 for rows, b in micro:
+                    if not rows:  # a padding pass (sharded runs): same collectives, no gradient
+                        with self.autocast():
+                            logp, _ = completion_logprobs(self.model, b, temperature=cfg.temperature,
+                                                          suppress_token_ids=self.suppress)
+                        self._backward(logp.float().sum() * 0.0)
+                        continue
                     m = b.response_mask
                     old_lp = _pad_rows([old[i] for i in rows], m.shape[1]).to(self.device)
                     adv = torch.tensor([samples[i].advantage for i in rows], dtype=torch.float32, device=self.device)
@@ -497,7 +543,7 @@ class _RLRun:
                         kl_loss = aggregate(kl_mat, m, agg_mode, **agg_kw)
                         loss = loss + algo.kl_loss_coef * kl_loss
                         kl_val = float(masked_mean(kl_mat.detach(), m))
-                    loss.backward()
+                    self._backward(loss)
                     # metrics, weighted by valid tokens of this micro-batch
                     w = float(m.sum())
                     tok_total += w
@@ -512,13 +558,19 @@ class _RLRun:
                         else:
                             acc[k] = acc.get(k, 0.0) + v * w
                 gn = torch.nn.utils.clip_grad_norm_(self.params, algo.grad_clip)
-                gnf = float(gn)
+                gnf = float(dist_.local_tensor(gn))
                 if math.isfinite(gnf):
                     self.optimizer.step()
                 else:
                     skipped += 1
                 grad_norms.append(gnf)
         self.optimizer.zero_grad(set_to_none=True)
+        if self.env.sharded:  # metrics over every rank's rows
+            parts = dist_.all_gather_objects((acc, sums, tok_total, diff_max, fallbacks), self.env)
+            acc = {k: sum(p[0].get(k, 0.0) for p in parts) for k in parts[0][0]}
+            sums = {k: sum(p[1].get(k, 0.0) for p in parts) for k in parts[0][1]}
+            tok_total, diff_max = sum(p[2] for p in parts), max(p[3] for p in parts)
+            fallbacks = sum(p[4] for p in parts)
         res = {k: v / max(tok_total, 1.0) for k, v in acc.items()}
         res.update({k: v / max(len(grad_norms), 1) for k, v in sums.items()})  # mean over optimiser updates
         res["actor/grad_norm"] = _mean(grad_norms)
@@ -540,14 +592,14 @@ class _RLRun:
             return
         meta = {"step": step_done, "data": self.sampler.state(), "elapsed_s": budget.elapsed(),
                 "algorithm": self.cfg.algorithm}
-        save_resume_state(self.out_dir / RESUME_DIR, model=self.model, optimizer=self.optimizer,
-                          scheduler=self.scheduler, meta=meta)
+        dist_.save_resume(self.out_dir / RESUME_DIR, model=self.model, optimizer=self.optimizer,
+                          scheduler=self.scheduler, meta=meta, env=self.env)
 
     def load(self) -> dict[str, Any] | None:
         if self.out_dir is None:
             return None
-        return load_resume_state(self.out_dir / RESUME_DIR, model=self.model, optimizer=self.optimizer,
-                                 scheduler=self.scheduler)
+        return dist_.load_resume(self.out_dir / RESUME_DIR, model=self.model, optimizer=self.optimizer,
+                                 scheduler=self.scheduler, env=self.env)
 
 
 def _pad_rows(rows: list[Tensor], width: int) -> Tensor:

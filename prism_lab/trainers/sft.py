@@ -29,12 +29,11 @@ import torch.nn.functional as F
 from prism_lab.config.sft import SFTConfig
 from prism_lab.data.collate import IGNORE_INDEX, SFTCollator
 from prism_lab.errors import CheckpointError, ConfigError, DataError
+from prism_lab.trainers import distributed as dist_
 from prism_lab.trainers.common import (
     TimeBudget,
     format_duration,
-    load_resume_state,
     make_cosine_scheduler,
-    save_resume_state,
     set_seed,
     setup_threads,
     warmup_steps_for,
@@ -151,8 +150,9 @@ def _param_groups(model: torch.nn.Module, weight_decay: float, lr: float,
 class _Progress:
     """A rich progress bar on a TTY; always a one-line log every ``log_every`` steps."""
 
-    def __init__(self, total: int, start: int, enabled: bool | None) -> None:
+    def __init__(self, total: int, start: int, enabled: bool | None, quiet: bool = False) -> None:
         self.bar = None
+        self.quiet = quiet  # ranks other than 0 print nothing
         use = sys.stdout.isatty() if enabled is None else enabled
         if use:
             try:
@@ -170,6 +170,8 @@ class _Progress:
             self.bar.update(self.task, completed=step, info=info)
 
     def line(self, text: str) -> None:
+        if self.quiet:
+            return
         if self.bar is not None:
             self.bar.console.print(text)
         else:
@@ -216,7 +218,11 @@ def train_sft(
     set_seed(cfg.seed)
     device_type = "cuda" if torch.cuda.is_available() else "cpu"
     mp = resolve_mixed_precision(cfg.precision, device_type)
-    accelerator = Accelerator(cpu=device_type == "cpu", mixed_precision=mp)
+    env = dist_.init_distributed(cfg.resources.processes)
+    if env.sharded:
+        accelerator = dist_.ShardedAccelerator(env, cfg.resources, mp)
+    else:
+        accelerator = Accelerator(cpu=device_type == "cpu", mixed_precision=mp)
     n = len(examples)
     if n == 0:
         raise DataError("no SFT examples to train on")
@@ -225,6 +231,10 @@ def train_sft(
     collate = collator or SFTCollator(processor, max_length=cfg.max_length)
 
     model.train()
+    if env.sharded:  # shard first: the optimizer must hold the sharded parameters
+        model = accelerator.prepare_model(model)
+    elif cfg.resources.gradient_checkpointing:
+        dist_.enable_gradient_checkpointing(model)
     optimizer = torch.optim.AdamW(_param_groups(model, cfg.weight_decay, cfg.lr, cfg.vision_lr_scale), lr=cfg.lr, betas=tuple(cfg.adam_betas),
                                   weight_decay=cfg.weight_decay)
     scheduler = make_cosine_scheduler(optimizer, total_steps=total, warmup_steps=warmup, min_lr_ratio=cfg.min_lr_ratio)
@@ -234,7 +244,7 @@ def train_sft(
     spent_before = 0.0
     resumed_from = None
     if resume_dir is not None:
-        meta = load_resume_state(resume_dir, model=model, optimizer=optimizer, scheduler=scheduler)
+        meta = dist_.load_resume(resume_dir, model=model, optimizer=optimizer, scheduler=scheduler, env=env)
         if meta is not None:
             if meta.get("n_examples") != n or meta.get("total_steps") != total:
                 raise CheckpointError(
@@ -246,13 +256,15 @@ def train_sft(
             resumed_from = step
             msg = f"[sft] resumed from step {step}/{total} (epoch {epoch}, position {pos}) in {resume_dir}"
             log.info(msg)
-            print(msg, flush=True)
-    model, optimizer = accelerator.prepare(model, optimizer)
+            if env.is_main:
+                print(msg, flush=True)
+    if not env.sharded:
+        model, optimizer = accelerator.prepare(model, optimizer)
     device = accelerator.device
     stream = EpochStream(n, cfg.seed, epoch, pos)
     budget = TimeBudget(cfg.max_minutes, already_spent_s=spent_before)
 
-    bar = _Progress(total, step, progress)
+    bar = _Progress(total, step, progress if env.is_main else False, quiet=not env.is_main)
     bar.line(f"[sft] {n} examples, {total} steps (warmup {warmup}), batch {cfg.batch_size} x accum {cfg.grad_accum}, "
              f"lr {cfg.lr:g}, device {device}, mixed precision {mp}, threads {threads}")
     history: list[dict[str, float]] = []
@@ -270,13 +282,13 @@ def train_sft(
 
     try:
         while step < total:
-            if budget.spent():
+            if dist_.broadcast_object(budget.spent(), env):  # rank 0 decides: every rank stops together
                 stopped_by = "time"
                 bar.line(f"[sft] time budget of {cfg.max_minutes:g} min spent at step {step}/{total}; stopping")
                 break
             micro = [[examples[i] for i in stream.take(cfg.batch_size)] for _ in range(cfg.grad_accum)]
-            batches = [collate(m) for m in micro]
-            n_lab = int(sum(int((b["labels"][:, 1:] != IGNORE_INDEX).sum()) for b in batches))
+            batches = [collate(dist_.shard_slice(m, env)) for m in micro]  # this rank's rows of each micro-batch
+            n_lab = int(dist_.all_reduce_sum(sum(int((b["labels"][:, 1:] != IGNORE_INDEX).sum()) for b in batches), env))
             denom = max(1, n_lab)
             lr_now = scheduler.get_last_lr()[0]
             loss_sum = 0.0
@@ -295,6 +307,9 @@ def train_sft(
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
+            if env.sharded:  # the global loss and token count (every rank saw its share)
+                loss_sum = dist_.all_reduce_sum(loss_sum, env)
+                step_tokens = int(dist_.all_reduce_sum(step_tokens, env))
             step += 1
             step_samples = cfg.batch_size * cfg.grad_accum
             samples_seen += step_samples
@@ -330,8 +345,8 @@ def train_sft(
             bar.update(step, f"loss {last_loss:.4f}")
 
             if resume_dir is not None and step % cfg.save_every == 0 and step < total:
-                save_resume_state(resume_dir, model=accelerator.unwrap_model(model), optimizer=optimizer,
-                                  scheduler=scheduler, meta=state_meta())
+                dist_.save_resume(resume_dir, model=accelerator.unwrap_model(model), optimizer=optimizer,
+                                  scheduler=scheduler, meta=state_meta(), env=env)
             if on_step is not None:
                 on_step(step, values)
             if stop_after_step is not None and step >= stop_after_step and step < total:
