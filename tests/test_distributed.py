@@ -109,3 +109,20 @@ def test_sharded_state_resumes_in_one_process_and_the_reverse_fails_clearly(sft_
     refused = torchrun(2, "sft", str(tmp_path / "b"))
     assert refused.returncode != 0
     assert "written by 1 process and this run has 2" in refused.stdout + refused.stderr
+
+
+@pytest.mark.slow  # data + 2-process SFT + 2-process RL through the executor: ~2 minutes on 2 cores
+def test_sweep_runs_sft_and_rl_stages_with_two_processes(tmp_path):
+    from tests.conftest import cli_env, run_cli
+
+    grid = tmp_path / "smoke2.yaml"
+    grid.write_text(f"extends: {REPO / 'experiments' / 'smoke.yaml'}\nname: smoke2\n"
+                    "stages:\n  sft:\n    resources: {processes: 2}\n  rl:\n    resources: {processes: 2}\n")
+    root = tmp_path / "root"
+    res = run_cli("sweep", "run", str(grid), "--root", str(root), "-q", "--stages", "sft,rl", env=cli_env(), timeout=900)
+    assert res.returncode == 0, res.stderr
+    for kind in ("sft", "rl"):
+        (run_dir,) = [d for d in (root / "runs" / kind).iterdir() if not d.name.startswith(".")]
+        record = json.loads((run_dir / "run.json").read_text())
+        assert record["summary"]["processes"] == 2
+        assert (run_dir / "model" / "model.safetensors").is_file() and not (run_dir / "resume").exists()

@@ -94,10 +94,44 @@ def _print_table(plan, records: list[dict], *, title: str, with_metrics: bool) -
               + ", ".join(f"{n} {k}" for k, n in counts.items()))
 
 
+def _print_resources(plan, grid: Path, format: Format) -> None:
+    from prism_lab.cli.memory import estimate_runs
+    from prism_lab.harness.devices import detect_gpus
+
+    recs = estimate_runs(plan, list(plan.runs), detect_gpus())
+    if format is Format.json:
+        print(json.dumps([{"key": r["key"], "kind": r["kind"], "label": r["label"], "resources": r["resources"],
+                           "params": r["params"], "device_gb": r["device_bytes"] and round(r["device_bytes"] / 1e9, 2),
+                           "fits": r["fits"], **r["estimate"].to_dict()} for r in recs], indent=2))
+        return
+    table = Table(title=f"memory per device of {plan.grid.name} ({grid})")
+    for col in ("kind", "run", "procs", "gpus", "dtype", "ckpt", "offload", "params (B)", "peak GB", "device GB", "fits"):
+        table.add_column(col, justify="right" if col[0] in "pd" and col != "dtype" else "left")
+    for r in recs:
+        res, est = r["resources"], r["estimate"]
+        params = "+".join(f"{n / 1e9:.3g}" for n in r["params"].values())
+        fits = "?" if r["fits"] is None else ("yes" if r["fits"] else "[red]NO[/red]")
+        table.add_row(r["kind"], r["label"], str(res.get("processes", 1)), str(res.get("gpus", 0)),
+                      res.get("param_dtype", "auto"), "on" if res.get("gradient_checkpointing") else "off",
+                      "on" if res.get("offload") else "off", params, f"{est.peak / 1e9:.1f}",
+                      f"{r['device_bytes'] / 1e9:.0f}" if r["device_bytes"] else "?", fits)
+    out.print(table)
+    out.print("peak = sharded weights, gradients and AdamW state + the larger of the training phase (gathered "
+              "blocks, activations, logits) and generation (KV cache); 'fits' allows 90% of the device.")
+
+
 @sweep_app.command("plan")
-def sweep_plan(grid: GridArg, format: FormatOpt = Format.table, root: RootOpt = None) -> None:
+def sweep_plan(
+    grid: GridArg, format: FormatOpt = Format.table, root: RootOpt = None,
+    resources: Annotated[bool, typer.Option(
+        "--resources", help="Also estimate every training run's peak memory per device (models counted on the "
+        "meta device: imports torch).")] = False,
+) -> None:
     """Expand a grid into cells and deduplicated stage runs (nothing is run or written)."""
     plan = _load_plan(grid)
+    if resources:
+        _print_resources(plan, grid, format)
+        return
     records = _run_records(plan, resolve_root(root), with_metrics=False)
     if format is Format.json:
         print(json.dumps([{k: r[k] for k in ("key", "kind", "label", "inputs", "cells", "status")} for r in records],
@@ -149,6 +183,15 @@ def sweep_run(
     os.environ["PRISM_LAB_WANDB"] = wandb.value
     t0 = time.time()
     pool = gpu_pool(gpus)
+    from prism_lab.cli.memory import check_fit
+
+    targets = select_runs(plan, kinds)
+    if any(plan.runs[k].config.get("resources") is not None for k in targets):
+        from prism_lab.harness.devices import Gpu, detect_gpus
+
+        found = detect_gpus()
+        visible = [g for g in found if pool is None or g.id in pool] or [Gpu(i) for i in (pool or [])]
+        check_fit(plan, targets, visible)
     summary = LocalExecutor(root_dir, workers=workers, retry_failed=retry_failed, show_progress=not quiet,
                             gpus=pool, share_gpus=share_gpus).run(plan, kinds=kinds)
     elapsed = time.time() - t0

@@ -74,8 +74,10 @@ def run(ctx: StageContext) -> dict:
     from prism_lab.models.discriminator import save_discriminator
     from prism_lab.trainers.common import remove_resume_state
     from prism_lab.trainers.disc_warmup import build_comparisons, run_disc_warmup
+    from prism_lab.trainers.distributed import single_process_only
 
     cfg = ctx.config
+    single_process_only("disc_warmup", getattr(cfg, "resources", None))
     t0 = time.monotonic()
     dcfg = getattr(cfg, "discriminator", None) or DiscriminatorConfig()
     terminator = getattr(cfg, "terminator_convention", "original")
