@@ -13,7 +13,7 @@ defaults are one CPU process, as before.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
@@ -76,3 +76,18 @@ class ResourcesConfig(StrictModel):
     @property
     def cpus_needed(self) -> int:
         return self.cpus or self.processes
+
+
+def resources_field(global_part: str) -> Any:
+    """The ``resources`` field of a training stage config; ``global_part`` says which of its sizes stay
+    global (split over the processes)."""
+    return Field(default_factory=ResourcesConfig,
+                 description="Processes, GPUs, dtypes, gradient checkpointing and offload of the run "
+                 f"(prism_lab/config/resources.py). {global_part}")
+
+
+def check_covers_processes(value: int, name: str, resources: ResourcesConfig) -> None:
+    """ValueError unless ``value`` (a global batch size called ``name``) gives every process a share."""
+    if value < resources.processes:
+        raise ValueError(f"{name} ({value}) must be at least resources.processes ({resources.processes}): "
+                         "every process takes a share of it")

@@ -7,7 +7,7 @@ from typing import Any, Literal
 from pydantic import Field, model_validator
 
 from prism_lab.config.base import StrictModel
-from prism_lab.config.resources import ResourcesConfig
+from prism_lab.config.resources import ResourcesConfig, check_covers_processes, resources_field
 
 
 class RLConfig(StrictModel):
@@ -36,15 +36,10 @@ class RLConfig(StrictModel):
     max_minutes: float | None = Field(None, gt=0, description="Wall-clock budget for the stage.")
     threads: int | None = Field(None, ge=1, description="torch CPU threads (None = torch default).")
     seed: int = Field(0, description="Seed for sampling, data order and dropout.")
-    resources: ResourcesConfig = Field(
-        default_factory=ResourcesConfig,
-        description="Processes, GPUs, dtypes, gradient checkpointing and offload of the run "
-        "(prism_lab/config/resources.py). `prompts_per_step` stays global: each process rolls out its share of the prompts.",
-    )
+    resources: ResourcesConfig = resources_field(
+        "`prompts_per_step` stays global: each process rolls out its share of the prompts.")
 
     @model_validator(mode="after")
     def _prompts_cover_processes(self) -> RLConfig:
-        if self.prompts_per_step < self.resources.processes:
-            raise ValueError(f"prompts_per_step ({self.prompts_per_step}) must be at least resources.processes "
-                             f"({self.resources.processes}): every process rolls out a share of the prompts")
+        check_covers_processes(self.prompts_per_step, "prompts_per_step", self.resources)
         return self

@@ -7,7 +7,7 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from prism_lab.config.base import StrictModel
-from prism_lab.config.resources import ResourcesConfig
+from prism_lab.config.resources import ResourcesConfig, check_covers_processes, resources_field
 
 
 class SFTConfig(StrictModel):
@@ -51,15 +51,10 @@ class SFTConfig(StrictModel):
     log_every: int = Field(10, ge=1, description="Log metrics every N steps.")
     threads: int | None = Field(None, ge=1, description="torch CPU threads (None = torch default).")
     seed: int = Field(0, description="Seed for init (tiny presets), data order and dropout.")
-    resources: ResourcesConfig = Field(
-        default_factory=ResourcesConfig,
-        description="Processes, GPUs, dtypes, gradient checkpointing and offload of the run "
-        "(prism_lab/config/resources.py). `batch_size` and `grad_accum` stay global: each micro-batch is split over the processes.",
-    )
+    resources: ResourcesConfig = resources_field(
+        "`batch_size` and `grad_accum` stay global: each micro-batch is split over the processes.")
 
     @model_validator(mode="after")
     def _batch_covers_processes(self) -> SFTConfig:
-        if self.batch_size < self.resources.processes:
-            raise ValueError(f"batch_size ({self.batch_size}) must be at least resources.processes "
-                             f"({self.resources.processes}): every process takes rows of each micro-batch")
+        check_covers_processes(self.batch_size, "batch_size", self.resources)
         return self
