@@ -94,6 +94,20 @@ def _print_table(plan, records: list[dict], *, title: str, with_metrics: bool) -
               + ", ".join(f"{n} {k}" for k, n in counts.items()))
 
 
+def _not_done(keys: list[str], root: Path) -> list[str]:
+    """``keys`` less the runs the ledger at ``root`` (if there is one) already records as done."""
+    from prism_lab.harness.ledger import Ledger
+
+    ledger = Ledger.open_existing(root)
+    if ledger is None:
+        return keys
+    try:
+        rows = ledger.get_runs(keys)
+    finally:
+        ledger.close()
+    return [k for k in keys if k not in rows or rows[k].status != "done"]
+
+
 def _print_resources(plan, grid: Path, format: Format) -> None:
     from prism_lab.cli.memory import estimate_runs
     from prism_lab.harness.devices import detect_gpus
@@ -185,7 +199,7 @@ def sweep_run(
     pool = gpu_pool(gpus)
     from prism_lab.cli.memory import check_fit
 
-    targets = select_runs(plan, kinds)
+    targets = _not_done(select_runs(plan, kinds), root_dir)
     if any(plan.runs[k].config.get("resources") is not None for k in targets):
         from prism_lab.harness.devices import Gpu, detect_gpus
 

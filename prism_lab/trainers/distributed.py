@@ -166,7 +166,7 @@ def shard_model(model: nn.Module, env: DistEnv, *, param_dtype: torch.dtype, red
         kw["mp_policy"] = MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=reduce_dtype)
     if offload:
         kw["offload_policy"] = CPUOffloadPolicy(pin_memory=env.device.type == "cuda")
-    if env.device.type == "cuda":
+    if env.device.type == "cuda" and not offload:  # with offload fully_shard keeps the shards in host memory
         model.to(env.device)
     blocks = [m for m in model.modules() if type(m).__name__ in names]
     for block in blocks:
