@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 import time
 from pathlib import Path
 from typing import Annotated, Optional
@@ -104,10 +103,58 @@ def _print_table(plan, records: list[dict], *, title: str, with_metrics: bool) -
               + ", ".join(f"{n} {k}" for k, n in counts.items()))
 
 
+def _not_done(keys: list[str], root: Path) -> list[str]:
+    """``keys`` less the runs the ledger at ``root`` (if there is one) already records as done."""
+    from prism_lab.harness.ledger import Ledger
+
+    ledger = Ledger.open_existing(root)
+    if ledger is None:
+        return keys
+    try:
+        rows = ledger.get_runs(keys)
+    finally:
+        ledger.close()
+    return [k for k in keys if k not in rows or rows[k].status != "done"]
+
+
+def _print_resources(plan, grid: Path, format: Format) -> None:
+    from prism_lab.cli.memory import estimate_runs
+    from prism_lab.harness.devices import detect_gpus
+
+    recs = estimate_runs(plan, list(plan.runs), detect_gpus())
+    if format is Format.json:
+        print(json.dumps([{"key": r["key"], "kind": r["kind"], "label": r["label"], "resources": r["resources"],
+                           "params": r["params"], "device_gb": r["device_bytes"] and round(r["device_bytes"] / 1e9, 2),
+                           "fits": r["fits"], **r["estimate"].to_dict()} for r in recs], indent=2))
+        return
+    table = Table(title=f"memory per device of {plan.grid.name} ({grid})")
+    for col in ("kind", "run", "procs", "gpus", "dtype", "ckpt", "offload", "params (B)", "peak GB", "device GB", "fits"):
+        table.add_column(col, justify="right" if col[0] in "pd" and col != "dtype" else "left")
+    for r in recs:
+        res, est = r["resources"], r["estimate"]
+        params = "+".join(f"{n / 1e9:.3g}" for n in r["params"].values())
+        fits = "?" if r["fits"] is None else ("yes" if r["fits"] else "[red]NO[/red]")
+        table.add_row(r["kind"], r["label"], str(res.get("processes", 1)), str(res.get("gpus", 0)),
+                      res.get("param_dtype", "auto"), "on" if res.get("gradient_checkpointing") else "off",
+                      "on" if res.get("offload") else "off", params, f"{est.peak / 1e9:.1f}",
+                      f"{r['device_bytes'] / 1e9:.0f}" if r["device_bytes"] else "?", fits)
+    out.print(table)
+    out.print("peak = sharded weights, gradients and AdamW state + the larger of the training phase (gathered "
+              "blocks, activations, logits) and generation (KV cache); 'fits' allows 90% of the device.")
+
+
 @sweep_app.command("plan")
-def sweep_plan(grid: GridArg, format: FormatOpt = Format.table, root: RootOpt = None) -> None:
+def sweep_plan(
+    grid: GridArg, format: FormatOpt = Format.table, root: RootOpt = None,
+    resources: Annotated[bool, typer.Option(
+        "--resources", help="Also estimate every training run's peak memory per device (models counted on the "
+        "meta device: imports torch).")] = False,
+) -> None:
     """Expand a grid into cells and deduplicated stage runs (nothing is run or written)."""
     plan = _load_plan(grid)
+    if resources:
+        _print_resources(plan, grid, format)
+        return
     records = _run_records(plan, resolve_root(root), with_metrics=False)
     if format is Format.json:
         print(json.dumps([{k: r[k] for k in ("key", "kind", "label", "inputs", "cells", "status")} for r in records],
@@ -129,9 +176,16 @@ def sweep_run(
     wandb: Annotated[WandbMode, typer.Option("--wandb", help="W&B mode for every stage run.")] = WandbMode.offline,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the commands that would run, run nothing.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress display.")] = False,
+    gpus: Annotated[Optional[str], typer.Option(
+        "--gpus", help="GPU ids stage runs may use (e.g. 0,1,2,3; default: CUDA_VISIBLE_DEVICES, else every GPU "
+        "nvidia-smi lists). Each run gets resources.gpus of them to itself; the others wait.")] = None,
+    share_gpus: Annotated[bool, typer.Option(
+        "--share-gpus", help="Let stage runs share GPUs instead of waiting for free ones.")] = False,
 ) -> None:
     """Run every pending stage run of a grid in dependency order; re-running resumes where it stopped."""
+    from prism_lab.harness.devices import gpu_pool
     from prism_lab.harness.executors.local import LocalExecutor, select_runs
+    from prism_lab.harness.executors.placement import launch_command, run_resources
 
     plan = _load_plan(grid)
     root_dir = resolve_root(root).resolve()
@@ -145,12 +199,24 @@ def sweep_run(
     if dry_run:
         for key in select_runs(plan, kinds):
             run = plan.runs[key]
-            print(f"{sys.executable} -m prism_lab.harness.run_stage --root {root_dir} {key}   # {run.label}")
+            res = run_resources(run.config)
+            cmd = " ".join(launch_command(root_dir, key, res.processes if res is not None else 1))
+            print(f"{cmd}   # {run.label}")
         return
     os.environ["PRISM_LAB_WANDB"] = wandb.value
     t0 = time.time()
-    summary = LocalExecutor(root_dir, workers=workers, retry_failed=retry_failed, show_progress=not quiet).run(
-        plan, kinds=kinds)
+    pool = gpu_pool(gpus)
+    from prism_lab.cli.memory import check_fit
+
+    targets = _not_done(select_runs(plan, kinds), root_dir)
+    if any(plan.runs[k].config.get("resources") is not None for k in targets):
+        from prism_lab.harness.devices import Gpu, detect_gpus
+
+        found = detect_gpus()
+        visible = [g for g in found if pool is None or g.id in pool] or [Gpu(i) for i in (pool or [])]
+        check_fit(plan, targets, visible)
+    summary = LocalExecutor(root_dir, workers=workers, retry_failed=retry_failed, show_progress=not quiet,
+                            gpus=pool, share_gpus=share_gpus).run(plan, kinds=kinds)
     elapsed = time.time() - t0
     err.print(
         f"sweep {plan.grid.name}: {len(summary.done)} run(s) finished, {len(summary.skipped)} already done, "

@@ -13,6 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from prism_lab.config.algorithms import AggModeName
 from prism_lab.config.base import registered_name
+from prism_lab.config.resources import ResourcesConfig, resources_field
 
 __all__ = ["AdvantageModeName", "AlignVariantName", "AlignConfig", "DiscWarmupConfig", "DiscriminatorConfig"]
 
@@ -112,6 +113,7 @@ class DiscWarmupConfig(_Strict):
         None, ge=1, description="Length cap of the student responses generated from the SFT policy "
         "(None = twice the longest teacher response)."
     )
+    resources: ResourcesConfig = resources_field("(This stage runs in one process for now.)")
 
 
 class AlignConfig(_Strict):
@@ -185,6 +187,8 @@ class AlignConfig(_Strict):
     )
     save_every: int = Field(500, ge=0, description="Checkpoint every this many steps; 0 = only at the end.")
     seed: int = Field(0, description="Rollout sampling and data-order seed.")
+
+    resources: ResourcesConfig = resources_field("(This stage runs in one process for now.)")
 
     @property
     def batch_size(self) -> int:

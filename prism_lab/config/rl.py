@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from prism_lab.config.base import StrictModel
+from prism_lab.config.resources import ResourcesConfig, check_covers_processes, resources_field
 
 
 class RLConfig(StrictModel):
@@ -35,3 +36,10 @@ class RLConfig(StrictModel):
     max_minutes: float | None = Field(None, gt=0, description="Wall-clock budget for the stage.")
     threads: int | None = Field(None, ge=1, description="torch CPU threads (None = torch default).")
     seed: int = Field(0, description="Seed for sampling, data order and dropout.")
+    resources: ResourcesConfig = resources_field(
+        "`prompts_per_step` stays global: each process rolls out its share of the prompts.")
+
+    @model_validator(mode="after")
+    def _prompts_cover_processes(self) -> RLConfig:
+        check_covers_processes(self.prompts_per_step, "prompts_per_step", self.resources)
+        return self

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from prism_lab.config.base import StrictModel
+from prism_lab.config.resources import ResourcesConfig, check_covers_processes, resources_field
 
 
 class SFTConfig(StrictModel):
@@ -50,3 +51,10 @@ class SFTConfig(StrictModel):
     log_every: int = Field(10, ge=1, description="Log metrics every N steps.")
     threads: int | None = Field(None, ge=1, description="torch CPU threads (None = torch default).")
     seed: int = Field(0, description="Seed for init (tiny presets), data order and dropout.")
+    resources: ResourcesConfig = resources_field(
+        "`batch_size` and `grad_accum` stay global: each micro-batch is split over the processes.")
+
+    @model_validator(mode="after")
+    def _batch_covers_processes(self) -> SFTConfig:
+        check_covers_processes(self.batch_size, "batch_size", self.resources)
+        return self

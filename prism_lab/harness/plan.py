@@ -21,9 +21,23 @@ def canonical_json(obj: Any) -> str:
     return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
 
 
+def _keyed_config(config: dict) -> dict:
+    """The config as the key hashes it: a ``resources`` section at its defaults (one CPU process) is left
+    out, so adding the field kept every earlier key; any other ``resources`` is part of the key (the
+    world size and dtypes change the numbers, if only in the last bits)."""
+    res = config.get("resources")
+    if res is None:
+        return config
+    from prism_lab.config.resources import ResourcesConfig
+
+    if res == ResourcesConfig().model_dump(mode="json"):
+        return {k: v for k, v in config.items() if k != "resources"}
+    return config
+
+
 def content_key(kind: str, version: int, config: dict, inputs: dict[str, str], fingerprint: str = "") -> str:
     payload = canonical_json(
-        {"kind": kind, "version": version, "config": config, "inputs": inputs, "data": fingerprint}
+        {"kind": kind, "version": version, "config": _keyed_config(config), "inputs": inputs, "data": fingerprint}
     )
     return hashlib.sha256(payload.encode()).hexdigest()
 

@@ -3,6 +3,9 @@
 It reads the run from the ledger, runs the stage kind's runner with a StageContext, writes run.json,
 renames the in-progress directory to the final one, and marks the run done. On error it records a
 one-line error in the ledger and exits 1 (the traceback is in the run's log).
+
+Under torchrun (a stage whose ``resources.processes`` > 1) every rank runs this module: rank 0 does
+all of the above, the other ranks only run the runner with a :class:`FollowerContext`.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import sys
 import threading
 import time
 import traceback
+from dataclasses import dataclass
 from pathlib import Path
 
 from prism_lab.errors import PrismError
@@ -134,6 +138,56 @@ def execute(root: Path, key: str) -> int:
         sys.stderr.flush()
 
 
+def _rank() -> int:
+    """This process's rank when torchrun started it (``RANK``), else 0."""
+    return int(os.environ.get("RANK", "0") or 0)
+
+
+@dataclass
+class FollowerContext(StageContext):
+    """What ranks other than 0 of a multi-process run get: the same config, inputs and directory, but
+    metrics, heartbeats, the ledger record, run.json and the final rename are rank 0's alone."""
+
+    def log_metrics(self, step: int, values: dict[str, float]) -> None:
+        pass
+
+    def heartbeat(self) -> None:
+        pass
+
+
+def follow(root: Path, key: str) -> int:
+    """Run the stage's runner as a follower rank (torchrun ``RANK`` > 0): it shares the work with rank 0
+    through the process group; rank 0 records the outcome."""
+    ledger = Ledger(root)
+    try:
+        run = ledger.get_run(key)
+        if run is None:
+            print(f"prism-lab: no run {key} in {ledger.path}", file=sys.stderr)
+            return 2
+        if complete_run_json(artifact_dir(root, run.kind, key), key):
+            return 0  # rank 0 sees the same and returns without running
+        kind = STAGE_KINDS.get(run.kind)
+        config = kind.config_model().model_validate(run.config)
+        inputs = {}
+        for role, dep in run.inputs.items():
+            dep_run = ledger.get_run(dep)
+            if dep_run is None or not dep_run.artifact_path:
+                raise PrismError(f"input {role!r} ({dep[:12]}) of {run.label} is not done")
+            inputs[role] = InputArtifact(dep, dep_run.kind, Path(dep_run.artifact_path), dep_run.config)
+        ctx = FollowerContext(key=key, kind=run.kind, label=run.label, config=config, inputs=inputs,
+                              out_dir=partial_dir(root, run.kind, key), root=root, ledger=ledger, tracker=None,
+                              attempt=run.attempts)
+        kind.load_runner()(ctx)
+        return 0
+    except BaseException:  # noqa: BLE001 - rank 0 records the failure; torchrun stops the others
+        traceback.print_exc()
+        return 1
+    finally:
+        ledger.close()
+        sys.stdout.flush()
+        sys.stderr.flush()
+
+
 def main(argv: list[str] | None = None) -> int:
     _die_with_parent()
     parser = argparse.ArgumentParser(prog="python -m prism_lab.harness.run_stage", description=__doc__)
@@ -142,7 +196,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stdout)
     load_plugins()
-    return execute(args.root, args.key)
+    return execute(args.root, args.key) if _rank() == 0 else follow(args.root, args.key)
 
 
 if __name__ == "__main__":

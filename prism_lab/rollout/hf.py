@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -53,6 +54,11 @@ class HFGenerateEngine:
         self.eos_ids = eos_token_ids(model, processor)
         self.pad_id = pad_token_id(model, processor)
         self.suppress_token_ids = vision_token_ids(model)
+        #: ``all_finished(done_here) -> done_everywhere``: with an FSDP-sharded model every rank must run
+        #: the same number of forward passes, so decoding stops only when every rank is done (the
+        #: trainers set it under torchrun; ``synced_gpus`` is the same idea in ``generate``).
+        self.all_finished: Callable[[bool], bool] = _done_here
+        self.synced = False
 
     @property
     def device(self) -> torch.device:
@@ -173,7 +179,7 @@ class HFGenerateEngine:
                     lps[:, step] = logp.gather(1, tok.unsqueeze(1)).squeeze(1)
                 finished = finished | torch.isin(tok, eos)
                 steps = step + 1
-                if bool(finished.all()) or step + 1 == max_new_tokens:
+                if self.all_finished(bool(finished.all())) or step + 1 == max_new_tokens:
                     break
                 mask[:, plen + step] = 1
                 pos = next_pos.view(1, b, 1).expand(3, b, 1)
@@ -206,6 +212,8 @@ class HFGenerateEngine:
             output_logits=return_logprobs,
             suppress_tokens=self.suppress_token_ids or None,
         )
+        if self.synced:
+            gen_kwargs["synced_gpus"] = True
         if greedy:
             gen_kwargs.update(temperature=None, top_p=None, top_k=None)
         else:
@@ -253,3 +261,7 @@ class HFGenerateEngine:
                 )
             )
         return out
+
+
+def _done_here(done: bool) -> bool:
+    return done

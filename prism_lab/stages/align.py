@@ -35,8 +35,10 @@ def run(ctx: StageContext) -> dict:
     from prism_lab.models import load_policy, save_policy
     from prism_lab.models.discriminator import load_discriminator, save_discriminator
     from prism_lab.trainers.align import align_examples_from_rl, run_align
+    from prism_lab.trainers.distributed import single_process_only
 
     cfg = ctx.config
+    single_process_only("align", getattr(cfg, "resources", None))
     t0 = time.monotonic()
     catalog = DataCatalog.load(ctx.input("data").path)
     if not catalog.rl:

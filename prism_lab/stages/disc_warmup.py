@@ -71,9 +71,11 @@ def run(ctx: StageContext) -> dict:
     from prism_lab.models.discriminator import save_discriminator
     from prism_lab.trainers.common import remove_resume_state
     from prism_lab.trainers.disc_warmup import run_disc_warmup
+    from prism_lab.trainers.distributed import single_process_only
     from prism_lab.trainers.warmup_pairs import build_comparisons
 
     cfg = ctx.config
+    single_process_only("disc_warmup", getattr(cfg, "resources", None))
     t0 = time.monotonic()
     dcfg = getattr(cfg, "discriminator", None) or DiscriminatorConfig()
     terminator = getattr(cfg, "terminator_convention", "original")

@@ -19,6 +19,7 @@ from prism_lab.data.rl_parquet import read_rl_parquet
 from prism_lab.errors import DataError
 from prism_lab.models import load_policy, pick_device, save_policy
 from prism_lab.stages.artifacts import checkpoint_dir_of, model_dir, resume_dir
+from prism_lab.trainers import distributed as dist_
 from prism_lab.trainers.common import remove_resume_state, set_seed, setup_threads
 from prism_lab.trainers.rl import train_rl
 
@@ -28,6 +29,7 @@ if TYPE_CHECKING:  # the harness hands every runner its context; stages never im
 
 def run(ctx: StageContext) -> dict:
     cfg: RLConfig = ctx.config  # type: ignore[assignment]
+    env = dist_.init_distributed(cfg.resources.processes)  # one process, or this rank of a torchrun run
     threads = setup_threads(cfg.threads)
     set_seed(cfg.seed)
     algo = resolve_algorithm(cfg.algorithm, cfg.algorithm_overrides)
@@ -35,7 +37,7 @@ def run(ctx: StageContext) -> dict:
     if not catalog.rl:
         raise DataError(f"{ctx.input('data').path}: the data catalog names no RL parquet (field 'rl')")
     examples = read_rl_parquet(catalog.rl, image_root=catalog.image_root)
-    device = pick_device()
+    device = env.device if env.sharded else pick_device()
     # Parameters stay float32 (AdamW state in fp32); bf16 runs use autocast (see trainers/rl.py).
     model, processor = load_policy(checkpoint_dir_of(ctx.input("policy").path), dtype=torch.float32, device=device)
     ctx.log.info("rl: %s, %d prompts, %d steps x %d prompts x n=%d, %d threads", cfg.algorithm, len(examples),
@@ -43,9 +45,17 @@ def run(ctx: StageContext) -> dict:
     result = train_rl(model, processor, examples, cfg, algo, log=ctx.log_metrics, out_dir=ctx.out_dir,
                       heartbeat=ctx.heartbeat)
     model.eval()
-    save_policy(model, processor, model_dir(ctx.out_dir))
+    if env.sharded:  # gathered on rank 0 into the same HF files one process writes
+        dist_.save_hf_checkpoint(model, processor, model_dir(ctx.out_dir), env)
+        if not env.is_main:
+            dist_.finish(env)
+            return {}
+    else:
+        save_policy(model, processor, model_dir(ctx.out_dir))
     from prism_lab.prompts import Prompting
 
     Prompting.carry_over(checkpoint_dir_of(ctx.input("policy").path), model_dir(ctx.out_dir))
     remove_resume_state(resume_dir(ctx.out_dir))
-    return {"algorithm": cfg.algorithm, "num_prompts": len(examples), **result.summary()}
+    dist_.finish(env)
+    return {"algorithm": cfg.algorithm, "num_prompts": len(examples), "processes": env.world_size,
+            **result.summary()}

@@ -107,22 +107,32 @@ def build_policy(cfg: SFTConfig, catalog: DataCatalog):
 
 def run(ctx: StageContext) -> dict:
     from prism_lab.models import count_parameters, save_policy
+    from prism_lab.trainers import distributed as dist_
     from prism_lab.trainers.common import remove_resume_state
     from prism_lab.trainers.sft import train_sft
 
     cfg: SFTConfig = ctx.config  # type: ignore[assignment]
+    env = dist_.init_distributed(cfg.resources.processes)  # one process, or this rank of a torchrun run
     t0 = time.monotonic()
     catalog = DataCatalog.load(ctx.input("data").path)
     examples = load_examples(catalog, cfg.datasets)
     model, processor, info = build_policy(cfg, catalog)
     params = count_parameters(model)
-    print(f"[sft] {cfg.model}: {params['total']:,} parameters ({params['vision']:,} vision); "
-          f"{len(examples)} examples from {', '.join(cfg.datasets)}", flush=True)
+    if env.is_main:
+        print(f"[sft] {cfg.model}: {params['total']:,} parameters ({params['vision']:,} vision); "
+              f"{len(examples)} examples from {', '.join(cfg.datasets)}", flush=True)
 
     resume = resume_dir(ctx.out_dir)
     result = train_sft(model, processor, examples, cfg, resume_dir=resume, log_metrics=ctx.log_metrics,
                        heartbeat=ctx.heartbeat)
-    saved = save_policy(model, processor, model_dir(ctx.out_dir))
+    if env.sharded:  # gathered on rank 0 into the same HF files one process writes
+        dist_.save_hf_checkpoint(model, processor, model_dir(ctx.out_dir), env)
+        if not env.is_main:
+            dist_.finish(env)
+            return {}
+        saved = model_dir(ctx.out_dir)
+    else:
+        saved = save_policy(model, processor, model_dir(ctx.out_dir))
     # the prompt convention the model was trained with; evaluation and later stages follow it
     from prism_lab.prompts import Prompting
 
@@ -135,7 +145,9 @@ def run(ctx: StageContext) -> dict:
         "params": params["total"],
         "model_dir": MODEL_SUBDIR,
         "stage_wall_s": round(time.monotonic() - t0, 2),
+        "processes": env.world_size,
         **info,
     }
     (ctx.out_dir / "train_history.json").write_text(json.dumps(result.history, indent=1))
+    dist_.finish(env)
     return summary

@@ -34,6 +34,7 @@ from torch import Tensor
 from prism_lab.algos.aggregation import aggregate, masked_mean
 from prism_lab.algos.kl import kl_penalty
 from prism_lab.algos.policy_loss import compute_policy_loss
+from prism_lab.trainers import distributed as dist_
 from prism_lab.trainers.logprobs import (
     SequenceBatch,
     completion_logprobs,
@@ -68,6 +69,10 @@ class PPOSettings:
     logprob_tolerance: float = 1e-3
 
 
+def _sum(value: float, env: Any) -> float:
+    return dist_.all_reduce_sum(value, env) if env is not None else float(value)
+
+
 def pad_rows(rows: Sequence[Sequence[float] | Tensor], width: int) -> Tensor:
     """``[len(rows), width]`` float32, row ``i`` = ``rows[i]`` truncated or zero-padded to ``width``."""
     out = torch.zeros((len(rows), width), dtype=torch.float32)
@@ -81,15 +86,22 @@ def pad_rows(rows: Sequence[Sequence[float] | Tensor], width: int) -> Tensor:
 
 def micro_batches(prompt_batch: dict, prompt_rows: Sequence[int], completions: Sequence[Sequence[int]],
                   rows: Sequence[int], *, size: int, pad_token_id: int, image_chunks: Any,
-                  device: torch.device | str) -> list[MicroBatch]:
+                  device: torch.device | str, env: Any = None) -> list[MicroBatch]:
     """Micro-batches of at most ``size`` of the samples ``rows`` (sample ``i`` continues prompt row
-    ``prompt_rows[i]`` of ``prompt_batch`` with ``completions[i]``), on ``device``."""
-    out = []
-    for start in range(0, len(rows), size):
-        r = list(rows[start:start + size])
-        sb = make_sequence_batch(prompt_batch, [prompt_rows[i] for i in r], [completions[i] for i in r],
-                                 pad_token_id=pad_token_id, image_chunks=image_chunks)
-        out.append((r, sb.to(device)))
+    ``prompt_rows[i]`` of ``prompt_batch`` with ``completions[i]``), on ``device``.
+
+    Sharded (``env.sharded``): this rank's share of ``rows`` only, padded to the same number of
+    micro-batches on every rank with ``([], batch)`` entries: every rank must run as many forward and
+    backward passes as the others (FSDP gathers parameters in each); a padding pass adds no gradient."""
+    def batch(r: list[int]) -> SequenceBatch:
+        return make_sequence_batch(prompt_batch, [prompt_rows[i] for i in r], [completions[i] for i in r],
+                                   pad_token_id=pad_token_id, image_chunks=image_chunks).to(device)
+
+    mine = list(rows) if env is None or not env.sharded else dist_.shard_slice(list(rows), env)
+    out = [(mine[s:s + size], batch(mine[s:s + size])) for s in range(0, len(mine), size)]
+    if env is not None and env.sharded and rows:
+        n_micro = math.ceil(math.ceil(len(rows) / env.world_size) / size)
+        out += [([], batch([rows[0]])) for _ in range(n_micro - len(out))]
     return out
 
 
@@ -116,11 +128,15 @@ def recompute_logprobs(model: Any, batches: Sequence[MicroBatch], lengths: Seque
 def ppo_update(model: Any, optimizer: torch.optim.Optimizer, mini: Sequence[Sequence[MicroBatch]],
                old: dict[int, Tensor], advantages: Sequence[float], s: PPOSettings, *,
                suppress_token_ids: Sequence[int], ref: dict[int, Tensor] | None = None,
-               old_from_rollout: bool = False, autocast: Callable[[], Any] = contextlib.nullcontext) -> dict[str, float]:
+               old_from_rollout: bool = False, autocast: Callable[[], Any] = contextlib.nullcontext,
+               env: Any = None, backward: Callable[[Tensor], None] | None = None) -> dict[str, float]:
     """``s.epochs`` passes over the mini-batches ``mini``, one optimizer step each; returns the metrics.
 
     ``old`` / ``ref``: sample index -> old / reference log-probs. ``old_from_rollout``: ``old`` came from the
-    rollout engine (checked against each forward, see the module docstring)."""
+    rollout engine (checked against each forward, see the module docstring). Sharded runs (``env``, with the
+    micro-batches of :func:`micro_batches`): the token and sequence totals are summed over ranks, ``backward``
+    is the sharded one, and the metrics cover every rank's samples."""
+    backward = backward or (lambda loss: loss.backward())
     params = [p for p in model.parameters() if p.requires_grad]
     device = next(model.parameters()).device
     acc: dict[str, float] = {}
@@ -130,11 +146,18 @@ def ppo_update(model: Any, optimizer: torch.optim.Optimizer, mini: Sequence[Sequ
     model.train()
     for _epoch in range(s.epochs):
         for micro in mini:
-            totals = dict(global_num_tokens=sum(float(b.response_mask.sum()) for _, b in micro),
-                          global_num_seqs=sum(float((b.response_mask.sum(-1) > 0).sum()) for _, b in micro),
-                          loss_scale_factor=s.loss_scale_factor)
+            totals = dict(
+                global_num_tokens=_sum(sum(float(b.response_mask.sum()) for r, b in micro if r), env),
+                global_num_seqs=_sum(sum(float((b.response_mask.sum(-1) > 0).sum()) for r, b in micro if r), env),
+                loss_scale_factor=s.loss_scale_factor)
             optimizer.zero_grad(set_to_none=True)
             for rows, b in micro:
+                if not rows:  # a padding pass (sharded runs): the same collectives, no gradient
+                    with autocast():
+                        logp, _ = completion_logprobs(model, b, temperature=s.temperature,
+                                                      suppress_token_ids=suppress_token_ids)
+                    backward(logp.float().sum() * 0.0)
+                    continue
                 m = b.response_mask
                 old_lp = pad_rows([old[i] for i in rows], m.shape[1]).to(device)
                 adv = torch.tensor([float(advantages[i]) for i in rows], dtype=torch.float32, device=device)
@@ -160,7 +183,7 @@ def ppo_update(model: Any, optimizer: torch.optim.Optimizer, mini: Sequence[Sequ
                     kl_mat = kl_penalty(logp, pad_rows([ref[i] for i in rows], m.shape[1]).to(device), s.kl_type)
                     loss = loss + s.kl_coef * aggregate(kl_mat, m, out.agg_mode, **totals)
                     mets["actor/kl_loss"] = float(masked_mean(kl_mat.detach(), m))
-                loss.backward()
+                backward(loss)
                 mets["actor/loss"] = float(loss.detach())
                 w = float(m.sum())
                 tok_total += w
@@ -169,13 +192,18 @@ def ppo_update(model: Any, optimizer: torch.optim.Optimizer, mini: Sequence[Sequ
                         sums[k] = sums.get(k, 0.0) + v
                     else:
                         acc[k] = acc.get(k, 0.0) + v * w
-            gn = float(torch.nn.utils.clip_grad_norm_(params, s.grad_clip))
+            gn = float(dist_.local_tensor(torch.nn.utils.clip_grad_norm_(params, s.grad_clip)))
             if math.isfinite(gn):
                 optimizer.step()
                 grad_norms.append(gn)
             else:
                 skipped += 1
     optimizer.zero_grad(set_to_none=True)
+    if env is not None and env.sharded:  # metrics over every rank's samples
+        parts = dist_.all_gather_objects((acc, sums, tok_total, diff_max, fallbacks), env)
+        acc = {k: sum(p[0].get(k, 0.0) for p in parts) for k in parts[0][0]}
+        sums = {k: sum(p[1].get(k, 0.0) for p in parts) for k in parts[0][1]}
+        tok_total, diff_max, fallbacks = sum(p[2] for p in parts), max(p[3] for p in parts), sum(p[4] for p in parts)
     n_updates = len(grad_norms) + skipped
     res = {k: v / max(tok_total, 1.0) for k, v in acc.items()}
     res.update({k: v / max(n_updates, 1) for k, v in sums.items()})

@@ -46,6 +46,7 @@ from prism_lab.algos.advantages import compute_advantage
 from prism_lab.algos.dapo import GenBatch, accumulate_until
 from prism_lab.config.algorithms import AlgorithmConfig, resolve_algorithm
 from prism_lab.config.rl import RLConfig
+from prism_lab.errors import ConfigError
 from prism_lab.rollout import (
     Prompt,
     RolloutEngine,
@@ -56,6 +57,7 @@ from prism_lab.rollout import (
 )
 from prism_lab.rollout.inputs import image_chunks_per_row
 from prism_lab.seeds import derive_seed
+from prism_lab.trainers import distributed as dist_
 from prism_lab.trainers.actor import (
     PPOSettings,
     micro_batches,
@@ -65,10 +67,8 @@ from prism_lab.trainers.actor import (
 from prism_lab.trainers.common import (
     RESUME_DIR,
     TimeBudget,
-    load_resume_state,
     make_cosine_scheduler,
     remove_resume_state,
-    save_resume_state,
 )
 from prism_lab.trainers.rl_samples import RLResult, RLSample, score_rollouts
 from prism_lab.trainers.sampling import EpochSampler
@@ -132,10 +132,23 @@ class _RLRun:
         self.heartbeat = heartbeat
         self.score_fn = score_fn
         self.total_steps = cfg.steps if max_steps is None else min(cfg.steps, max_steps)
+        self.env = dist_.init_distributed(cfg.resources.processes)
+        self.acc = None
+        if self.env.sharded:
+            self._check_shardable(cfg, algo)
+            mp = "bf16" if cfg.precision == "bf16" or (cfg.precision == "auto" and torch.cuda.is_available()
+                                                         and torch.cuda.is_bf16_supported()) else "no"
+            self.acc = dist_.ShardedAccelerator(self.env, cfg.resources, mp)
+            self.model = model = self.acc.prepare_model(model)
+        elif cfg.resources.gradient_checkpointing:
+            dist_.enable_gradient_checkpointing(model)
         self.engine: RolloutEngine = engine if engine is not None else make_engine(model, processor, cfg.rollout_engine)
+        dist_.sync_engine(self.engine, self.env)
         self.suppress = list(getattr(self.engine, "suppress_token_ids", None) or vision_token_ids(model))
         self.pad_id = pad_token_id(model, processor)
         self.autocast, self.bf16 = _autocast_factory(model, cfg.precision)
+        if self.acc is not None:  # FSDP2's MixedPrecisionPolicy casts; no autocast on top
+            self.autocast, self.bf16 = self.acc.autocast, self.acc.param_dtype == torch.bfloat16
         self.device = next(model.parameters()).device
         # A frozen reference copy only when the KL loss is on (taken before any resume state is loaded).
         self.ref_model = None
@@ -168,6 +181,15 @@ class _RLRun:
         self.trust_rollout_logprobs = engine_kind == "hf" and not self.bf16
         self.recompute_calls = 0
 
+    @staticmethod
+    def _check_shardable(cfg: RLConfig, algo: AlgorithmConfig) -> None:
+        world = cfg.resources.processes
+        if algo.uses_reference:
+            raise ConfigError("rl: a KL reference model (kl_loss_coef > 0) is not supported with resources.processes > 1 yet")
+        if cfg.prompts_per_step < world:
+            raise ConfigError(f"rl.prompts_per_step ({cfg.prompts_per_step}) must be at least resources.processes ({world}): "
+                              "every process rolls out its share of the prompts")
+
     # ---------------------------------------------------------------- data
     def _prompt(self, i: int) -> Prompt:
         ex = self.examples[i]
@@ -181,14 +203,17 @@ class _RLRun:
 
     # ---------------------------------------------------------------- one step
     def _generate(self, step: int, k: int, n_prompts: int):
-        idx = self.sampler.take(n_prompts)
+        idx = self.sampler.take(n_prompts)  # the global batch (every rank draws the same)
         prompts = [self._prompt(i) for i in idx]
-        exs = [self.examples[i] for i in idx]
+        mine = dist_.shard_slice(list(range(len(idx))), self.env)  # positions this rank rolls out
+        exs = [self.examples[idx[j]] for j in mine]
+        ranked = (self.env.rank,) if self.env.sharded else ()  # each rank samples its own share
+        seed = derive_seed(self.cfg.seed, "rl/rollout", step, k, *ranked)
         t0 = time.perf_counter()
         with self.autocast():
             rollouts = self.engine.generate(
-                prompts, n=self.cfg.n, max_new_tokens=self.cfg.max_new_tokens, temperature=self.cfg.temperature,
-                top_p=self.cfg.top_p, do_sample=True, seed=derive_seed(self.cfg.seed, "rl/rollout", step, k),
+                [prompts[j] for j in mine], n=self.cfg.n, max_new_tokens=self.cfg.max_new_tokens,
+                temperature=self.cfg.temperature, top_p=self.cfg.top_p, do_sample=True, seed=seed,
                 return_logprobs=True, batch_size=max(1, n_prompts * self.cfg.n),
             )
         t1 = time.perf_counter()
@@ -198,10 +223,13 @@ class _RLRun:
         self._t_gen += t1 - t0
         self._t_score += t2 - t1
         samples = [
-            RLSample(prompt_key=-1, group=(k, r.prompt_index), token_ids=list(r.token_ids), rollout_logprobs=r.logprobs,
-                     finish_reason=r.finish_reason, score=s, acc=a, format=f, reward=rew)
+            RLSample(prompt_key=-1, group=(k, mine[r.prompt_index]), token_ids=list(r.token_ids),
+                     rollout_logprobs=r.logprobs, finish_reason=r.finish_reason, score=s, acc=a, format=f, reward=rew)
             for r, (rew, s, a, f) in zip(rollouts, scored)
         ]
+        if self.env.sharded:  # every rank gets every sample, in prompt order (as one process makes them)
+            gathered = [x for part in dist_.all_gather_objects(samples, self.env) for x in part]
+            samples = sorted(gathered, key=lambda x: x.group[1])
         self._all_generated.extend(samples)
         metric = [s.acc if self.algo.filter_groups.metric == "acc" else s.reward for s in samples]
         return GenBatch(payload=(prompts, samples), values=metric, group_ids=[s.group for s in samples])
@@ -274,7 +302,7 @@ class _RLRun:
         lengths = [len(c) for c in completions]
         chunks = image_chunks_per_row(prompt_batch)
         mini = [micro_batches(prompt_batch, prompt_rows, completions, rows, size=cfg.micro_batch_size,
-                              pad_token_id=self.pad_id, image_chunks=chunks, device=self.device)
+                              pad_token_id=self.pad_id, image_chunks=chunks, device=self.device, env=self.env)
                 for rows in _split(list(range(len(samples))), algo.mini_batches_per_rollout)]
         flat = [mb for micro in mini for mb in micro]
         have_lp = all(s.rollout_logprobs is not None and len(s.rollout_logprobs) == len(s.token_ids) for s in samples)
@@ -288,7 +316,7 @@ class _RLRun:
         ref = recompute_logprobs(self.ref_model, flat, lengths, **lp_kw) if self.ref_model is not None else None
         res = ppo_update(self.model, self.optimizer, mini, old, [s.advantage for s in samples], self.ppo,
                          suppress_token_ids=self.suppress, ref=ref, old_from_rollout=from_rollout,
-                         autocast=self.autocast)
+                         autocast=self.autocast, env=self.env, backward=self.acc.backward if self.acc else None)
         res["clipfrac/low"] = res.get("actor/pg_clipfrac_low", 0.0)
         res["clipfrac/high"] = res.get("actor/pg_clipfrac_high", 0.0)
         res["approx_kl"] = res.get("actor/ppo_kl", 0.0)
@@ -301,14 +329,14 @@ class _RLRun:
             return
         meta = {"step": step_done, "data": self.sampler.state(), "elapsed_s": budget.elapsed(),
                 "algorithm": self.cfg.algorithm}
-        save_resume_state(self.out_dir / RESUME_DIR, model=self.model, optimizer=self.optimizer,
-                          scheduler=self.scheduler, meta=meta)
+        dist_.save_resume(self.out_dir / RESUME_DIR, model=self.model, optimizer=self.optimizer,
+                          scheduler=self.scheduler, meta=meta, env=self.env)
 
     def load(self) -> dict[str, Any] | None:
         if self.out_dir is None:
             return None
-        return load_resume_state(self.out_dir / RESUME_DIR, model=self.model, optimizer=self.optimizer,
-                                 scheduler=self.scheduler)
+        return dist_.load_resume(self.out_dir / RESUME_DIR, model=self.model, optimizer=self.optimizer,
+                                 scheduler=self.scheduler, env=self.env)
 
 
 def _mean(xs: Sequence[float]) -> float:

@@ -28,12 +28,11 @@ import torch.nn.functional as F
 from prism_lab.config.sft import SFTConfig
 from prism_lab.data.collate import IGNORE_INDEX, SFTCollator
 from prism_lab.errors import CheckpointError, ConfigError, DataError
+from prism_lab.trainers import distributed as dist_
 from prism_lab.trainers.common import (
     TimeBudget,
     format_duration,
-    load_resume_state,
     make_cosine_scheduler,
-    save_resume_state,
     set_seed,
     setup_threads,
     warmup_steps_for,
@@ -126,8 +125,9 @@ def _param_groups(model: torch.nn.Module, weight_decay: float, lr: float,
 class _Progress:
     """A rich progress bar on a TTY; always a one-line log every ``log_every`` steps."""
 
-    def __init__(self, total: int, start: int, enabled: bool | None) -> None:
+    def __init__(self, total: int, start: int, enabled: bool | None, quiet: bool = False) -> None:
         self.bar = None
+        self.quiet = quiet  # ranks other than 0 print nothing
         use = sys.stdout.isatty() if enabled is None else enabled
         if use:
             try:
@@ -151,6 +151,8 @@ class _Progress:
             self.bar.update(self.task, completed=step, info=info)
 
     def line(self, text: str) -> None:
+        if self.quiet:
+            return
         if self.bar is not None:
             self.bar.console.print(text)
         else:
@@ -181,9 +183,10 @@ class _Counters:
     resumed_from: int | None = None
 
 
-def _restore(resume_dir: str | Path | None, *, model, optimizer, scheduler, n: int, total: int) -> _Counters:
-    """The counters of the resumable state in ``resume_dir`` (weights, optimizer and scheduler restored too)."""
-    meta = load_resume_state(resume_dir, model=model, optimizer=optimizer, scheduler=scheduler) \
+def _restore(resume_dir: str | Path | None, *, model, optimizer, scheduler, n: int, total: int, env) -> _Counters:
+    """The counters of the resumable state in ``resume_dir`` (weights, optimizer and scheduler restored too;
+    sharded states are read by every rank, see trainers/distributed.py)."""
+    meta = dist_.load_resume(resume_dir, model=model, optimizer=optimizer, scheduler=scheduler, env=env) \
         if resume_dir is not None else None
     if meta is None:
         return _Counters()
@@ -197,14 +200,16 @@ def _restore(resume_dir: str | Path | None, *, model, optimizer, scheduler, n: i
                          resumed_from=int(meta["step"]))
     msg = f"[sft] resumed from step {st.step}/{total} (epoch {st.epoch}, position {st.pos}) in {resume_dir}"
     log.info(msg)
-    print(msg, flush=True)
+    if env.is_main:
+        print(msg, flush=True)
     return st
 
 
-def _accumulate(model, accelerator, batches: list[dict[str, torch.Tensor]], device) -> tuple[float, int, int]:
-    """Forward and backward over the micro-batches of one optimizer step; the loss is the mean over every
-    label token of the step. Returns (summed token loss, label tokens, attended tokens)."""
-    n_lab = int(sum(int((b["labels"][:, 1:] != IGNORE_INDEX).sum()) for b in batches))
+def _accumulate(model, accelerator, batches: list[dict[str, torch.Tensor]], device, env) -> tuple[float, int, int]:
+    """Forward and backward over this rank's rows of the micro-batches of one optimizer step; the loss is
+    the mean over every label token of the step on every rank. Returns the global (summed token loss,
+    label tokens, attended tokens)."""
+    n_lab = int(dist_.all_reduce_sum(sum(int((b["labels"][:, 1:] != IGNORE_INDEX).sum()) for b in batches), env))
     denom = max(1, n_lab)
     loss_sum, step_tokens = 0.0, 0
     for b in batches:
@@ -217,6 +222,8 @@ def _accumulate(model, accelerator, batches: list[dict[str, torch.Tensor]], devi
                                    labels[:, 1:].reshape(-1), ignore_index=IGNORE_INDEX, reduction="sum")
         accelerator.backward(tok_loss / denom)
         loss_sum += float(tok_loss.detach())
+    if env.sharded:  # the global loss and token count (every rank saw its share)
+        loss_sum, step_tokens = dist_.all_reduce_sum(loss_sum, env), int(dist_.all_reduce_sum(step_tokens, env))
     return loss_sum, n_lab, step_tokens
 
 
@@ -260,7 +267,11 @@ def train_sft(
     set_seed(cfg.seed)
     device_type = "cuda" if torch.cuda.is_available() else "cpu"
     mp = resolve_mixed_precision(cfg.precision, device_type)
-    accelerator = Accelerator(cpu=device_type == "cpu", mixed_precision=mp)
+    env = dist_.init_distributed(cfg.resources.processes)
+    if env.sharded:
+        accelerator = dist_.ShardedAccelerator(env, cfg.resources, mp)
+    else:
+        accelerator = Accelerator(cpu=device_type == "cpu", mixed_precision=mp)
     n = len(examples)
     if n == 0:
         raise DataError("no SFT examples to train on")
@@ -268,16 +279,21 @@ def train_sft(
     warmup = warmup_steps_for(total, cfg.warmup_ratio)
     collate = collator or SFTCollator(processor, max_length=cfg.max_length)
     model.train()
+    if env.sharded:  # shard first: the optimizer must hold the sharded parameters
+        model = accelerator.prepare_model(model)
+    elif cfg.resources.gradient_checkpointing:
+        dist_.enable_gradient_checkpointing(model)
     optimizer = torch.optim.AdamW(_param_groups(model, cfg.weight_decay, cfg.lr, cfg.vision_lr_scale), lr=cfg.lr,
                                   betas=tuple(cfg.adam_betas), weight_decay=cfg.weight_decay)
     scheduler = make_cosine_scheduler(optimizer, total_steps=total, warmup_steps=warmup, min_lr_ratio=cfg.min_lr_ratio)
-    st = _restore(resume_dir, model=model, optimizer=optimizer, scheduler=scheduler, n=n, total=total)
-    model, optimizer = accelerator.prepare(model, optimizer)
+    st = _restore(resume_dir, model=model, optimizer=optimizer, scheduler=scheduler, n=n, total=total, env=env)
+    if not env.sharded:
+        model, optimizer = accelerator.prepare(model, optimizer)
     device = accelerator.device
     stream = EpochSampler(n, cfg.seed, "sft/data", what="SFT examples")
     stream.load({"epoch": st.epoch, "cursor": st.pos})
     budget = TimeBudget(cfg.max_minutes, already_spent_s=st.spent_before)
-    bar = _Progress(total, st.step, progress)
+    bar = _Progress(total, st.step, progress if env.is_main else False, quiet=not env.is_main)
     bar.line(f"[sft] {n} examples, {total} steps (warmup {warmup}), batch {cfg.batch_size} x accum {cfg.grad_accum}, "
              f"lr {cfg.lr:g}, device {device}, mixed precision {mp}, threads {threads}")
     history: list[dict[str, float]] = []
@@ -294,13 +310,15 @@ def train_sft(
 
     try:
         while st.step < total:
-            if budget.spent():
+            if dist_.broadcast_object(budget.spent(), env):  # rank 0 decides: every rank stops together
                 stopped_by = "time"
                 bar.line(f"[sft] time budget of {cfg.max_minutes:g} min spent at step {st.step}/{total}; stopping")
                 break
-            batches = [collate([examples[i] for i in stream.take(cfg.batch_size)]) for _ in range(cfg.grad_accum)]
+            # this rank's rows of each micro-batch (every row of it in a single process)
+            batches = [collate(dist_.shard_slice([examples[i] for i in stream.take(cfg.batch_size)], env))
+                       for _ in range(cfg.grad_accum)]
             lr_now = scheduler.get_last_lr()[0]
-            loss_sum, n_lab, step_tokens = _accumulate(model, accelerator, batches, device)
+            loss_sum, n_lab, step_tokens = _accumulate(model, accelerator, batches, device, env)
             grad_norm = float(accelerator.clip_grad_norm_(model.parameters(), cfg.grad_clip))
             optimizer.step()
             scheduler.step()
@@ -330,8 +348,8 @@ def train_sft(
                 window, window_t = [], time.monotonic()
             bar.update(st.step, f"loss {last_loss:.4f}")
             if resume_dir is not None and st.step % cfg.save_every == 0 and st.step < total:
-                save_resume_state(resume_dir, model=accelerator.unwrap_model(model), optimizer=optimizer,
-                                  scheduler=scheduler, meta=state_meta())
+                dist_.save_resume(resume_dir, model=accelerator.unwrap_model(model), optimizer=optimizer,
+                                  scheduler=scheduler, meta=state_meta(), env=env)
             if on_step is not None:
                 on_step(st.step, {"loss": last_loss, "lr": lr_now, "grad_norm": grad_norm})
             if stop_after_step is not None and stop_after_step <= st.step < total:

@@ -6,6 +6,7 @@ can kill the executor mid-stage), optionally fails, and writes one artifact file
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -13,6 +14,7 @@ from typing import Any
 from pydantic import Field
 
 from prism_lab.config.base import StrictModel
+from prism_lab.config.resources import ResourcesConfig
 from prism_lab.harness.grid import Grid
 from prism_lab.harness.pipeline import PIPELINES
 from prism_lab.harness.plan import Cell, PlanBuilder
@@ -26,10 +28,27 @@ class StepConfig(StrictModel):
     fail_if_exists: str = Field("", description="Fail when this file exists.")
     value: Any = Field(None, description="Axis value (changes the key).")
     seed: int = 0
+    resources: ResourcesConfig = Field(default_factory=ResourcesConfig, description="Where the step runs.")
+
+
+def _record_placement(cfg: StepConfig) -> None:
+    """With non-default resources: one line per rank (name, value, rank, world size, visible GPUs,
+    start and end time) in ``<counter>.placement``, holding the step 0.5 s so overlaps show."""
+    t0 = time.time()
+    time.sleep(0.5)
+    env = os.environ
+    line = "\t".join([cfg.name, str(cfg.value), env.get("RANK", "-"), env.get("WORLD_SIZE", "-"),
+                      env.get("CUDA_VISIBLE_DEVICES", "<unset>"), f"{t0:.3f}", f"{time.time():.3f}"])
+    with open(cfg.counter + ".placement", "a") as fh:
+        fh.write(line + "\n")
 
 
 def run_step(ctx) -> dict:
     cfg = ctx.config
+    if cfg.counter and cfg.resources != ResourcesConfig():
+        _record_placement(cfg)
+        if os.environ.get("RANK", "0") != "0":
+            return {}
     if cfg.counter:
         with open(cfg.counter, "a") as fh:
             fh.write(f"{cfg.name}:{cfg.value}\n")

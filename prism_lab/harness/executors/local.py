@@ -7,7 +7,6 @@ from __future__ import annotations
 import os
 import socket
 import subprocess
-import sys
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -26,6 +25,13 @@ from rich.progress import (
 from prism_lab.harness.context import partial_dir
 from prism_lab.harness.ledger import Ledger, RunRow, pid_alive
 from prism_lab.harness.plan import Plan
+from prism_lab.harness.executors.placement import (
+    GpuAllocator,
+    die_with_parent,
+    launch_command,
+    placement_env,
+    run_resources,
+)
 from prism_lab.harness.stage_kinds import STAGE_KINDS
 
 
@@ -81,8 +87,13 @@ def stage_env(base: Mapping[str, str], workers: int, cpus: int | None = None) ->
 
 class LocalExecutor:
     def __init__(self, root: Path, *, workers: int = 1, retry_failed: bool = True, stale_after: float = 120.0,
-                 poll_seconds: float = 0.2, console: Console | None = None, show_progress: bool = True) -> None:
+                 poll_seconds: float = 0.2, console: Console | None = None, show_progress: bool = True,
+                 gpus: list[str] | None = None, share_gpus: bool = False) -> None:
+        """``gpus``: the GPU ids runs may be given (None: every GPU nvidia-smi lists, looked up only
+        when a run asks for GPUs); ``share_gpus``: let runs share GPUs instead of queueing."""
         self.root = Path(root)
+        self.gpus = gpus
+        self.share_gpus = share_gpus
         self.workers = max(1, workers)
         self.retry_failed = retry_failed
         self.stale_after = stale_after
@@ -108,17 +119,35 @@ class LocalExecutor:
             elif row.status == "blocked" or (row.status == "failed" and self.retry_failed):
                 ledger.set_status(key, "pending", error=row.error, only_if=(row.status,))
 
-    def _spawn(self, ledger: Ledger, key: str, kind: str) -> subprocess.Popen:
+    def _allocator(self, plan: Plan, targets: list[str]) -> GpuAllocator:
+        """The GPU pool, checked against every target run's ``resources.gpus`` before anything starts."""
+        needs = {k: (run_resources(plan.runs[k].config) or None) for k in targets}
+        pool = self.gpus
+        if pool is None and any(r is not None and r.gpus for r in needs.values()):
+            from prism_lab.harness.devices import detect_gpus
+
+            pool = [g.id for g in detect_gpus()]
+        alloc = GpuAllocator(pool or [], share=self.share_gpus)
+        for k, r in needs.items():
+            if r is not None:
+                alloc.check(plan.runs[k].label, r.gpus)
+        return alloc
+
+    def _spawn(self, ledger: Ledger, key: str, kind: str, config: dict | None = None,
+               gpu_ids: list[str] | None = None) -> subprocess.Popen:
         work = partial_dir(self.root, kind, key)
         work.mkdir(parents=True, exist_ok=True)
         log_path = work / "stage.log"
         log = open(log_path, "ab")  # noqa: SIM115 - the child owns it until it exits
         log.write(f"\n===== {time.strftime('%Y-%m-%d %H:%M:%S')} attempt on {self.host} =====\n".encode())
         log.flush()
-        env = stage_env(os.environ, self.workers)
+        res = run_resources(config or {})
+        processes = res.processes if res is not None else 1
+        env = stage_env(placement_env(os.environ, res, gpu_ids or [], self.gpus is not None),
+                        self.workers * processes)
         proc = subprocess.Popen(
-            [sys.executable, "-m", "prism_lab.harness.run_stage", "--root", str(self.root), key],
-            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
+            launch_command(self.root, key, processes), stdout=log, stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL, env=env, preexec_fn=die_with_parent if processes > 1 else None,
         )
         log.close()
         ledger.set_process(key, pid=proc.pid, log_path=str(log_path))
@@ -141,9 +170,11 @@ class LocalExecutor:
     # ---- main loop ----------------------------------------------------------------------------------
     def run(self, plan: Plan, *, kinds: set[str] | None = None) -> ExecutionSummary:
         summary = ExecutionSummary()
+        targets = select_runs(plan, kinds)
+        gpus = self._allocator(plan, targets)  # a run that can never get its GPUs fails here, before any write
+        held: dict[str, list[str]] = {}
         ledger = Ledger(self.root)
         ledger.record_plan(plan)
-        targets = select_runs(plan, kinds)
         target_set = set(targets)
         self._reset_for_this_invocation(ledger, targets, summary)
         rows = ledger.get_runs(targets)
@@ -165,6 +196,7 @@ class LocalExecutor:
                     if proc.poll() is None:
                         continue
                     del active[key]
+                    gpus.release(held.pop(key, []))
                     progress.remove_task(tasks.pop(key))
                     row = ledger.get_run(key)
                     if proc.returncode == 0 and row is not None and row.status == "done":
@@ -208,10 +240,16 @@ class LocalExecutor:
                         if key not in summary.unavailable:
                             summary.unavailable.append(key)
                         continue
+                    res = run_resources(run.config)
+                    ids = gpus.take(res.gpus if res is not None else 0)
+                    if ids is None:  # its GPUs are busy: it waits for a run to finish
+                        continue
                     if not ledger.claim(key, owner_pid=me):
+                        gpus.release(ids)
                         waiting_on_others = True
                         continue
-                    active[key] = self._spawn(ledger, key, run.kind)
+                    held[key] = ids
+                    active[key] = self._spawn(ledger, key, run.kind, run.config, ids)
                     tasks[key] = progress.add_task(f"  {run.label}", total=None)
                 if not active and not waiting_on_others:
                     break
