@@ -1,0 +1,192 @@
+"""A torchrun worker for the multi-process tests: train tiny-xs for a few steps, write the gathered weights.
+
+    torchrun --nproc_per_node N tests/dist/worker.py sft|rl OUT_DIR [--kill-after K]
+
+Writes ``OUT_DIR/weights.safetensors`` (the full state dict, from rank 0) and ``OUT_DIR/hf/`` (the HF
+checkpoint rank 0 saves). The same script at N=1 is the single-process reference.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO))
+
+from prism_lab.models import build_tiny_policy, build_tokenizer  # noqa: E402
+from prism_lab.trainers import distributed as dist_  # noqa: E402
+from tests.fakes import counting_corpus  # noqa: E402
+
+
+@dataclass
+class Row:
+    """An SFT example held in memory (the SFTCollator needs ``messages`` and ``load_images``)."""
+
+    i: int
+    source: str = "worker"
+
+    @property
+    def row(self) -> int:
+        return self.i
+
+    @property
+    def messages(self) -> list[dict[str, str]]:
+        return [{"role": "user", "content": f"<image>how many red circles are there ? add {self.i % 10} ."},
+                {"role": "assistant", "content": f"<answer>{self.i % 7}</answer>"}]
+
+    def load_images(self) -> list[Image.Image]:
+        rng = np.random.default_rng(self.i)
+        return [Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8))]
+
+
+def _kill_hook(kill_after: int | None, env: dist_.DistEnv):
+    def on_step(step: int, _values: dict) -> None:
+        if kill_after is not None and step == kill_after and env.rank == env.world_size - 1:
+            os.kill(os.getpid(), signal.SIGKILL)  # a hard crash of one rank, as the OOM killer would do
+    return on_step
+
+
+def run_sft(model, processor, out: Path, kill_after: int | None, steps: int, resources: dict) -> None:
+    from prism_lab.config.sft import SFTConfig
+    from prism_lab.trainers.sft import train_sft
+
+    world = dist_.env_world_size()
+    cfg = SFTConfig(model="tiny-xs", lr=1e-3, weight_decay=0.01, batch_size=4, grad_accum=2, max_steps=steps,
+                    epochs=100.0, warmup_ratio=0.0, max_length=256, save_every=2, log_every=1, threads=1, seed=0,
+                    resources={"processes": world, **resources})
+    env = dist_.init_distributed(world)
+    train_sft(model, processor, [Row(i) for i in range(24)], cfg, resume_dir=out / "resume",
+              on_step=_kill_hook(kill_after, env), progress=False)
+
+
+def _png(seed: int) -> bytes:
+    import io
+
+    buf = io.BytesIO()
+    Image.fromarray(np.random.default_rng(seed).integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def _per_prompt_engine(model, processor):
+    """The HF engine, each prompt sampled with its own seed (a hash of its text).
+
+    The real engine draws one random stream for the batch it is given, so a rank's rollouts would
+    depend on which prompts share its batch; seeding per prompt makes the global batch of rollouts the
+    same at any world size, which is what a parity test needs. Every prompt here is distinct.
+    """
+    import dataclasses
+    import hashlib
+
+    from prism_lab.rollout import HFGenerateEngine
+
+    class PerPromptSeedEngine(HFGenerateEngine):
+        def generate(self, prompts, *, seed=None, **kw):  # noqa: ARG002 - the prompt's own seed replaces it
+            out = []
+            for j, p in enumerate(prompts):
+                s = int.from_bytes(hashlib.sha256(repr(p.messages).encode()).digest()[:4], "little")
+                out += [dataclasses.replace(r, prompt_index=j) for r in super().generate([p], seed=s, **kw)]
+            return out
+
+    return PerPromptSeedEngine(model, processor)
+
+
+def length_parity_score(text, gt, eq=(), acc_weight=0.8, format_weight=0.2):
+    """A toy verifiable reward with variance inside each group of a random policy (its text's length parity)."""
+    from prism_lab.rewards import RewardResult
+
+    acc = float(len(text) % 2 == 0)
+    return RewardResult(acc_weight * acc, acc, 0.0)
+
+
+def run_rl(model, processor, out: Path, kill_after: int | None, steps: int) -> None:
+    from prism_lab.config.rl import RLConfig
+    from prism_lab.data.rl_parquet import RLExample
+    from prism_lab.prompts import SYSTEM_PROMPT
+    from prism_lab.trainers.rl import train_rl
+
+    world = dist_.env_world_size()
+    examples = [RLExample(index=i, data_source="mm_gad",
+                          prompt=[{"role": "system", "content": SYSTEM_PROMPT},
+                                  {"role": "user", "content": f"<image>how many red circles are there ? add {i % 10} ."}],
+                          images=[_png(i)], ground_truth=str(i % 7), equivalent_answers=[])
+                for i in range(16)]
+    cfg = RLConfig(algorithm="grpo", algorithm_overrides={"lr": 1e-3}, steps=steps, prompts_per_step=4, n=4,
+                   max_new_tokens=12, max_prompt_length=512, micro_batch_size=3, precision="fp32", save_every=2,
+                   log_every=1, seed=0, resources={"processes": world})
+    env = dist_.init_distributed(world)
+    hook = _kill_hook(kill_after, env)
+    train_rl(model, processor, examples, cfg, out_dir=out, engine=_per_prompt_engine(model, processor),
+             score_fn=length_parity_score, log=lambda step, m: hook(step, m))
+
+
+def run_disc(model, processor, out: Path, kill_after: int | None, steps: int):
+    """Warm up an upcycled MoE discriminator (from the tiny-xs policy) on synthetic comparisons.
+
+    Head dropout and the MoE aux loss are off: dropout draws differ between 1 and 2 processes, and the
+    aux loss is computed per forward (per rank), so neither would match a single process exactly."""
+    from prism_lab.config.align import DiscriminatorConfig, DiscWarmupConfig
+    from prism_lab.models.discriminator import build_discriminator
+    from prism_lab.trainers.disc_warmup import Comparison, run_disc_warmup
+
+    world = dist_.env_world_size()
+    disc = build_discriminator(model, DiscriminatorConfig(head_dropout=0.0, seed=0))
+    tok = processor.tokenizer
+    comps = [Comparison("caption" if i % 2 else "cot", f"how many red circles are there ? add {i % 10} .",
+                        Row(i).load_images()[0], tok.encode(f"<answer>{i % 7}</answer>"), tok.encode(f"{i % 5} ."),
+                        group=i) for i in range(32)]
+    cfg = DiscWarmupConfig(lr=1e-3, batch_size=4, grad_accum=2, epochs=1, heldout_fraction=0.0, aux_coef=0.0,
+                           max_length=256, seed=0, resources={"processes": world})
+    env = dist_.init_distributed(world)
+    hook = _kill_hook(kill_after, env)
+    run_disc_warmup(disc, processor, comps, cfg, out_dir=out, max_steps=steps, eval_points=0, save_every=2,
+                    log=lambda step, m: hook(step, m))
+    return disc
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("mode", choices=["sft", "rl", "disc"])
+    ap.add_argument("out", type=Path)
+    ap.add_argument("--kill-after", type=int, default=None)
+    ap.add_argument("--steps", type=int, default=4)
+    ap.add_argument("--resources", default="{}", help="JSON merged into the SFT config's resources.")
+    args = ap.parse_args()
+    torch.set_num_threads(1)
+    args.out.mkdir(parents=True, exist_ok=True)
+    tok = build_tokenizer(counting_corpus(), vocab_size=300)
+    model, processor = build_tiny_policy("tiny-xs", tok, seed=0)
+    if os.environ.get("RANK", "0") == "0":
+        from safetensors.torch import save_file
+
+        save_file({k: v.detach().clone().contiguous() for k, v in model.state_dict().items()}, str(args.out / "init.safetensors"))
+    if args.mode == "sft":
+        run_sft(model, processor, args.out, args.kill_after, args.steps, json.loads(args.resources))
+    elif args.mode == "rl":
+        run_rl(model, processor, args.out, args.kill_after, args.steps)
+    else:
+        model = run_disc(model, processor, args.out, args.kill_after, args.steps)
+    env = dist_.init_distributed()
+    sd = dist_.full_state_dict(model, env)
+    if env.is_main:
+        from safetensors.torch import save_file
+
+        save_file({k: v.detach().clone().contiguous() for k, v in sd.items()}, str(args.out / "weights.safetensors"))
+    if args.mode != "disc":
+        dist_.save_hf_checkpoint(model, processor, args.out / "hf", env)
+    if env.sharded:
+        torch.distributed.destroy_process_group()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
