@@ -35,7 +35,8 @@ def world(tmp_path_factory):
     from prism_lab.config.align import DiscriminatorConfig
     from prism_lab.data.catalog import synth_catalog
     from prism_lab.data.synth.config import SynthConfig
-    from prism_lab.data.synth.generate import corpus_texts, generate
+    from prism_lab.data.synth.files import corpus_texts
+    from prism_lab.data.synth.generate import generate
     from prism_lab.models import build_tiny_policy, build_tokenizer, save_policy
     from prism_lab.models.discriminator import build_discriminator, save_discriminator
 
@@ -120,10 +121,10 @@ def test_eval_stage_drift_metrics(world):
     cfg = EvalConfig(drift_items=4, drift_max_new_tokens=16, batch_size=4)
 
     def ctx(key: str, ckpt: str):
+        inputs = {"data": InputArtifact("data", "data", d / "data", {}),
+                  "checkpoint": InputArtifact(ckpt, ckpt, d / ckpt, {})}
         return SimpleNamespace(key=key, ledger=led, root=d / "root", log=logging.getLogger("test.drift"),
-                               inputs={"data": InputArtifact("data", "data", d / "data", {}),
-                                       "checkpoint": InputArtifact(ckpt, ckpt, d / ckpt, {})},
-                               input=lambda role, _k=ckpt: {"data": InputArtifact("data", "data", d / "data", {})}[role])
+                               inputs=inputs, input=inputs.__getitem__)
 
     sft = measure_drift(ctx("ev-sft", "sft"), cfg, d / "sft" / "model")
     assert set(sft) == {"drift/teacher_nll", "drift/kl_from_base", "drift/base_teacher_nll"}  # no discriminator

@@ -130,7 +130,8 @@ def plot_drift(chains: dict[str, list[DriftPoint]], path: Path, *, title: str) -
             ax.annotate("", xy=(b.kl, b.nll), xytext=(a.kl, a.nll),
                         arrowprops={"arrowstyle": "->", "color": colour, "lw": 1.2})
         for p in pts:
-            ax.scatter([p.kl], [p.nll], marker=markers.get(p.stage, "o"), color=colour, s=60 if p.stage != "base" else 140,
+            size = 140 if p.stage == "base" else 60
+            ax.scatter([p.kl], [p.nll], marker=markers.get(p.stage, "o"), color=colour, s=size,
                        zorder=3, label=name if p is pts[-1] else None)
             ax.annotate(p.label, (p.kl, p.nll), textcoords="offset points", xytext=(5, 4), fontsize=7)
     ax.set_xlabel("distance from base: KL(base || checkpoint) per token, on the base's samples")
