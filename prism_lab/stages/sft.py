@@ -121,8 +121,9 @@ def run(ctx: StageContext) -> dict:
     catalog = DataCatalog.load(ctx.input("data").path)
     examples = load_examples(catalog, cfg.datasets)
     model, processor, info = build_policy(cfg, catalog)
-    if info["model_source"] == "preset" and not (ctx.out_dir / BASE_SUBDIR / "config.json").is_file():
-        # a random-init preset exists nowhere else: keep it as the chain's base (stages/lineage.py)
+    if env.is_main and info["model_source"] == "preset" and not (ctx.out_dir / BASE_SUBDIR / "config.json").is_file():
+        # a random-init preset exists nowhere else: keep it as the chain's base (stages/lineage.py); every
+        # rank builds the same seeded model before any sharding, so rank 0's copy is the base
         save_policy(model, processor, ctx.out_dir / BASE_SUBDIR)
     params = count_parameters(model)
     if env.is_main:
