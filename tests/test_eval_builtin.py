@@ -390,6 +390,8 @@ class _Ctx:
 
         self.root, self.inputs, self.config = root, inputs, config
         self.key, self.ledger = "evalkey" * 8, Ledger(root)
+        self.tables: list[tuple] = []
+        self.tracker = type("T", (), {"log_table": lambda _s, *a, **k: self.tables.append(a)})()
         self.out_dir = root / "runs" / "eval" / ".partial"
         self.out_dir.mkdir(parents=True)
         self.log = logging.getLogger("test.eval")
@@ -428,3 +430,6 @@ def test_stage_runner(bench_dir, tmp_path, monkeypatch):
     assert len(list((tmp_path / "cache" / "predictions").glob("*.jsonl"))) == 1
     scores = ctx.ledger.item_scores([ctx.key])[ctx.key]["t-open"]  # per-item scores for the item bootstrap
     assert sorted(scores.values()) == [0.0, 1.0] and len(scores) == 2
+    [(name, columns, rows)] = ctx.tables  # the W&B table of sample generations
+    assert name == "samples/t-open" and columns == ["index", "prompt", "image", "response", "score"]
+    assert len(rows) == 2 and rows[0][2].size == (32, 32) and {r[4] for r in rows} == {0.0, 1.0}

@@ -30,3 +30,10 @@ class EvalConfig(StrictModel):
     )
     threads: int | None = Field(None, ge=1, description="torch CPU threads (None = torch default).")
     seed: int = Field(0, description="Seed for sampled generation.")
+    drift: bool = Field(
+        True, description="Measure drift on the data's held-out teacher rows: teacher NLL, KL from the chain's base, "
+        "discriminator gaps (stages/drift.py).")
+    drift_items: int = Field(32, ge=1, description="Held-out teacher rows used for the drift measurements.")
+    drift_max_new_tokens: int = Field(
+        64, ge=1, description="Length of the base's samples (KL from base) and of the checkpoint's responses "
+        "(discriminator gaps).")

@@ -37,6 +37,8 @@ from prism_lab.eval.predictions import PredictionCache, cache_key, file_sha256, 
 __all__ = ["RESULTS_FILE", "PREDICTIONS_DIR", "benchmark_tsv", "checkpoint_fingerprint", "evaluate_checkpoint", "main"]
 
 RESULTS_FILE = "results.json"
+#: Sample generations per benchmark an eval run logs as a W&B table.
+SAMPLE_ROWS = 8
 PREDICTIONS_DIR = "predictions"
 
 #: Files up to this size are content-hashed by :func:`checkpoint_fingerprint`; larger ones by size+mtime.
@@ -123,6 +125,19 @@ def _source(spec: BenchmarkSpec, bench_dir: str | Path | None) -> tuple[Path | N
 
     path = Path(bench_dir) / spec.file if spec.file and bench_dir is not None else None
     return path, task_fingerprint(spec, path)
+
+
+def sample_rows(rows: Sequence[dict[str, Any]], items: Sequence[Any]) -> list[dict[str, Any]]:
+    """The first SAMPLE_ROWS predictions with their prompt, first image (None for text-only items), response and
+    score: the sample-generation table an eval run logs to W&B."""
+    images = {str(it.index): (it.images[0] if it.image_refs else None) for it in items}
+    out = []
+    for r in rows[:SAMPLE_ROWS]:
+        score = float(r["score"]) if r.get("score") is not None else float(bool(r.get("correct")))
+        out.append({"index": str(r.get("index")), "prompt": str(r.get("prompt") or r.get("question") or ""),
+                    "image": images.get(str(r.get("index"))), "response": str(r.get("prediction") or ""),
+                    "score": score})
+    return out
 
 
 def item_scores(rows: Sequence[dict[str, Any]]) -> dict[str, float]:
@@ -217,14 +232,15 @@ def evaluate_checkpoint(
     per_bench: dict[str, Any] = {}
     skipped: dict[str, str] = {}
     items_out: dict[str, dict[str, float]] = {}
+    samples: dict[str, list[dict[str, Any]]] = {}
     metrics: dict[str, float] = {}
     t_all = time.perf_counter()
     try:
         for spec in specs:
             path, sha = sources[spec.name]
             try:
-                result, key, n_noimg = _run_one(spec, cfg, path, sha, ckpt_key, checkpoint_dir, prompting,
-                                                backend_for(_backend_name(spec, cfg)), cache, log)
+                result, key, n_noimg, head = _run_one(spec, cfg, path, sha, ckpt_key, checkpoint_dir, prompting,
+                                                      backend_for(_backend_name(spec, cfg)), cache, log)
             except _Skip as e:
                 skipped[spec.name] = str(e)
                 _emit(log, f"eval {spec.name}: skipped ({e})")
@@ -240,6 +256,7 @@ def evaluate_checkpoint(
             }
             items_out[spec.name] = item_scores(result.rows)
             metrics.update(_ledger_metrics(spec.name, m))
+            samples[spec.name] = sample_rows(result.rows, head)
             fmt = "n/a" if m["format_rate"] is None or math.isnan(m["format_rate"]) else f"{m['format_rate']:.4f}"
             _emit(log, f"eval {spec.name}: accuracy {m['accuracy']:.4f}, format rate {fmt}, n {m['n']}")
     finally:
@@ -259,10 +276,11 @@ def evaluate_checkpoint(
                 "format_rate": _finite(metrics.get("eval/avg/format_rate", math.nan))},
         "metrics": metrics,
         "items": items_out,
+        "samples": samples,
         "seconds": round(time.perf_counter() - t_all, 3),
     }
     if out is not None:
-        write_json_atomic(out / RESULTS_FILE, {k: v for k, v in results.items() if k != "items"})
+        write_json_atomic(out / RESULTS_FILE, {k: v for k, v in results.items() if k not in ("items", "samples")})
     return results
 
 
@@ -272,8 +290,9 @@ class _Skip(Exception):
 
 def _run_one(spec: BenchmarkSpec, cfg: EvalConfig, path: Path | None, sha: str, ckpt_key: str,
              checkpoint_dir: str | Path, prompting: Prompting, backend: Any, cache: PredictionCache | None,
-             log: Log) -> tuple[BenchmarkResult, str, int]:
-    """(result, cache key, rows dropped for having no image) of one benchmark: from the cache or generated."""
+             log: Log) -> tuple[BenchmarkResult, str, int, list[Any]]:
+    """(result, cache key, rows dropped for having no image, the first SAMPLE_ROWS items) of one benchmark:
+    from the cache or generated."""
     from prism_lab.data.bench_tsv import read_benchmark_tsv
 
     noimg: list[Any] = []
@@ -294,7 +313,8 @@ def _run_one(spec: BenchmarkSpec, cfg: EvalConfig, path: Path | None, sha: str, 
         try:
             rows = backend.rescore(spec, items, cached_rows)
             _emit(log, f"eval {spec.name}: {len(rows)} predictions from the cache ({key[:12]})")
-            return BenchmarkResult(spec.name, rows, settings, backend.name, cached=True), key, len(noimg)
+            return (BenchmarkResult(spec.name, rows, settings, backend.name, cached=True), key, len(noimg),
+                    items[:SAMPLE_ROWS])
         except (KeyError, ValueError) as e:
             _emit(log, f"eval {spec.name}: cache entry {key[:12]} does not fit the benchmark ({e}); regenerating")
     _emit(log, f"eval {spec.name}: generating {len(items) or 'lm-eval'} items ({settings.to_dict()})")
@@ -313,7 +333,7 @@ def _run_one(spec: BenchmarkSpec, cfg: EvalConfig, path: Path | None, sha: str, 
             "file_sha256": sha, "settings": settings.to_dict(), "prompting": prompting.to_dict(),
             "backend": backend.name, "n": len(result.rows), "created_at": time.time(),
         })
-    return result, key, len(noimg)
+    return result, key, len(noimg), items[:SAMPLE_ROWS]
 
 
 # ----------------------------------------------------------------------------------------------- CLI

@@ -11,7 +11,8 @@ from functools import cache
 from pathlib import Path
 
 PACKAGES = ("prism-lab", "torch", "transformers", "accelerate", "safetensors", "tokenizers", "pydantic",
-            "optuna", "wandb", "pandas", "pillow", "math-verify", "trl", "vllm", "flash-attn", "ms-vlmeval", "ray")
+            "optuna", "wandb", "pandas", "pillow", "math-verify", "trl", "vllm", "flash-attn", "ms-vlmeval",
+            "lm_eval", "ray")
 
 
 def package_versions(names: tuple[str, ...] = PACKAGES) -> dict[str, str | None]:

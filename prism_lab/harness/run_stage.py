@@ -23,6 +23,7 @@ import time
 import traceback
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from prism_lab.errors import PrismError
 from prism_lab.harness.context import (
@@ -66,6 +67,23 @@ def complete_run_json(path: Path, key: str) -> bool:
         return False
 
 
+def run_axes(ledger: Ledger, key: str) -> dict[str, Any]:
+    """The grid axes of a stage run: the values shared by every cell that uses it (an SFT run shared by
+    both alignments and every algorithm has only size and seed)."""
+    rows = ledger.conn.execute(
+        "SELECT DISTINCT c.axes_json FROM cells c JOIN cell_runs r ON r.sweep = c.sweep AND r.cell_id = c.cell_id "
+        "WHERE r.run_key=?", (key,)).fetchall()
+    cells = [json.loads(r["axes_json"]) for r in rows]
+    if not cells:
+        return {}
+    return {k: v for k, v in cells[0].items() if all(c.get(k, object()) == v for c in cells[1:])}
+
+
+def axis_tags(axes: dict[str, Any]) -> list[str]:
+    """W&B tags ``axis=value`` (W&B allows at most 64 characters per tag)."""
+    return [f"{k}={v}"[:64] for k, v in axes.items()]
+
+
 def execute(root: Path, key: str) -> int:
     ledger = Ledger(root)
     run = ledger.get_run(key)
@@ -92,10 +110,10 @@ def execute(root: Path, key: str) -> int:
             if dep_run is None or dep_run.status != "done" or not dep_run.artifact_path:
                 raise PrismError(f"input {role!r} ({dep[:12]}) of {run.label} is not done")
             inputs[role] = InputArtifact(dep, dep_run.kind, Path(dep_run.artifact_path), dep_run.config)
-        cells = [r["cell_id"] for r in ledger.conn.execute("SELECT DISTINCT cell_id FROM cell_runs WHERE run_key=?", (key,))]
         sweeps = [r["sweep"] for r in ledger.conn.execute("SELECT DISTINCT sweep FROM cell_runs WHERE run_key=?", (key,))]
-        tracker = Tracker(ledger, key, kind=run.kind, label=run.label, config=run.config, run_dir=work,
-                          group=sweeps[0] if sweeps else None, tags=cells)
+        axes = run_axes(ledger, key)
+        tracker = Tracker(ledger, key, kind=run.kind, label=run.label, config={"axes": axes, **run.config},
+                          run_dir=work, group=sweeps[0] if sweeps else None, tags=axis_tags(axes))
         ctx = StageContext(key=key, kind=run.kind, label=run.label, config=config, inputs=inputs, out_dir=work,
                            root=root, ledger=ledger, tracker=tracker, attempt=run.attempts)
         print(f"[prism-lab] {run.label} ({key[:12]}) attempt {run.attempts} started", flush=True)

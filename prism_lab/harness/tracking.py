@@ -1,7 +1,9 @@
 """Metrics go to the ledger and, unless disabled, to a W&B run (offline by default).
 
-One W&B run per stage run, grouped by sweep, tagged with the cells that use it; its directory is
-inside the stage's run directory. W&B is never required: if the package is missing or
+One W&B run per stage run: its group is the sweep, its config carries the grid axes the run depends
+on (``axes``, the values shared by every cell that uses it) next to the stage config, and its tags are
+those axes as ``axis=value``; its directory is inside the stage's run directory (offline runs are
+uploaded later with ``wandb sync``, see the README). Eval runs also log tables of sample generations. W&B is never required: if the package is missing or
 ``PRISM_LAB_WANDB=disabled``, only the ledger is written.
 """
 
@@ -50,6 +52,18 @@ class Tracker:
         self.ledger.log_metrics(self.run_key, step, clean)
         if self._wandb_run is not None:
             self._wandb_run.log({k: v for k, v in clean.items() if math.isfinite(v)}, step=step)
+
+    def log_table(self, name: str, columns: list[str], rows: list[list[Any]], *, step: int = 0) -> None:
+        """A W&B table (e.g. an eval run's sample generations); PIL images in a row become ``wandb.Image``.
+        Tables go to W&B only: the ledger keeps numbers."""
+        if self._wandb_run is None or not rows:
+            return
+        import wandb
+
+        def cell(x: Any) -> Any:
+            return wandb.Image(x) if hasattr(x, "convert") and hasattr(x, "size") else x
+
+        self._wandb_run.log({name: wandb.Table(columns=columns, data=[[cell(x) for x in r] for r in rows])}, step=step)
 
     def summary(self, values: dict[str, Any]) -> None:
         if self._wandb_run is not None:

@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
+
 from prism_lab.errors import PrismError
 from prism_lab.harness.ledger import Ledger
 from prism_lab.report.frame import (
@@ -22,6 +24,7 @@ from prism_lab.report.frame import (
 )
 from prism_lab.report.markdown import render_report
 from prism_lab.report.paper import canonical_column
+from prism_lab.report.drift import DriftPoint, drift_chains, plot_drift
 from prism_lab.report.plots import plot_curves, plot_deltas
 from prism_lab.report.tables import (
     Delta,
@@ -53,38 +56,68 @@ class ReportPaths:
 
 @dataclass
 class Report:
-    """The computed report (what the files are rendered from)."""
+    """The computed report (what the files are rendered from).
+
+    ``rows``/``deltas`` cover the vision benchmarks (their Avg is the paper's); ``retention_rows`` /
+    ``retention_deltas`` the text-retention (lm-eval) benchmarks, with their own Avg."""
 
     data: SweepData
     rows: dict[Any, list[Row]]
     deltas: list[Delta]
     bench_columns: dict[str, str | None]
+    retention: list[str] = field(default_factory=list)
+    retention_rows: dict[Any, list[Row]] = field(default_factory=dict)
+    retention_deltas: list[Delta] = field(default_factory=list)
+    drift: dict[str, list[DriftPoint]] = field(default_factory=dict)
 
 
 def _safe(name: Any) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", str(name)) or "_"
 
 
-def benchmark_paper_columns(benchmarks: list[str]) -> dict[str, str | None]:
-    """benchmark -> the paper column its spec names (None when unset or the spec is unknown here)."""
+def _specs(benchmarks: list[str]) -> dict[str, Any]:
+    """benchmark -> its spec (benchmarks/*.yaml), for the names this checkout knows."""
     from prism_lab.errors import ConfigError
     from prism_lab.eval.benchmarks import load_benchmark
 
-    out: dict[str, str | None] = {}
+    out: dict[str, Any] = {}
     for name in benchmarks:
         try:
-            out[name] = canonical_column(load_benchmark(name).paper_column)
+            out[name] = load_benchmark(name)
         except (ConfigError, OSError):
-            out[name] = None
+            continue
     return out
+
+
+def benchmark_paper_columns(benchmarks: list[str]) -> dict[str, str | None]:
+    """benchmark -> the paper column it IS (an official VLMEvalKit benchmark of the paper); None for anything
+    else, synthetic stand-ins included: the paper's numbers are never set beside a different benchmark."""
+    specs = _specs(benchmarks)
+    return {name: canonical_column(specs[name].paper_column)
+            if name in specs and specs[name].source == "vlmevalkit" else None for name in benchmarks}
+
+
+def retention_benchmarks(benchmarks: list[str]) -> list[str]:
+    """The grid's text-retention (lm-eval) benchmarks, in grid order."""
+    from prism_lab.eval.benchmarks import RETENTION_GROUP
+
+    specs = _specs(benchmarks)
+    return [b for b in benchmarks if b in specs and specs[b].group == RETENTION_GROUP]
 
 
 def compute_report(ledger: Ledger, target: str | Path) -> Report:
     sweep = resolve_sweep(ledger, target)
     data = load_sweep(ledger, sweep)
-    rows = build_rows(data)
-    deltas = build_deltas(data, rows)
-    return Report(data=data, rows=rows, deltas=deltas, bench_columns=benchmark_paper_columns(data.benchmarks))
+    retention = retention_benchmarks(data.benchmarks)
+    vision = [b for b in data.benchmarks if b not in retention]
+    rows = build_rows(data, vision)
+    deltas = build_deltas(data, rows, vision)
+    rep = Report(data=data, rows=rows, deltas=deltas, bench_columns=benchmark_paper_columns(vision),
+                 retention=retention, drift=drift_chains(data))
+    if retention:
+        rep.retention_rows = build_rows(data, retention)
+        rep.retention_deltas = build_deltas(data, rep.retention_rows, retention)
+    return rep
 
 
 def build_report(ledger_root: str | Path, sweep_name_or_grid_path: str | Path,
@@ -107,12 +140,20 @@ def build_report(ledger_root: str | Path, sweep_name_or_grid_path: str | Path,
     results_frame(data).to_csv(paths.results_csv, index=False)
     curves_frame(data).to_csv(paths.curves_csv, index=False)
     files: dict[str, Path] = {"results": paths.results_csv, "curves": paths.curves_csv}
+    vision = [b for b in data.benchmarks if b not in rep.retention]
     for size, rows in rep.rows.items():
         path = out / f"table_{_safe(size)}.csv"
-        wide_frame(rows, data.benchmarks, data.extra_axes).to_csv(path, index=False)
+        wide_frame(rows, vision, data.extra_axes).to_csv(path, index=False)
         paths.tables[str(size)] = path
         files[f"table_{size}"] = path
-    deltas_frame(rep.deltas, data.benchmarks).to_csv(paths.deltas_csv, index=False)
+    for size, rows in rep.retention_rows.items():
+        path = out / f"retention_{_safe(size)}.csv"
+        wide_frame(rows, rep.retention, data.extra_axes).to_csv(path, index=False)
+        files[f"retention_{size}"] = path
+    frames = [deltas_frame(rep.deltas, vision)]
+    if rep.retention_deltas:
+        frames.append(deltas_frame(rep.retention_deltas, rep.retention).assign(group="text retention"))
+    pd.concat([frames[0].assign(group="vision"), *frames[1:]], ignore_index=True).to_csv(paths.deltas_csv, index=False)
     files["deltas"] = paths.deltas_csv
 
     for stale in plots_dir.glob("*.png") if plots_dir.is_dir() else []:
@@ -126,8 +167,12 @@ def build_report(ledger_root: str | Path, sweep_name_or_grid_path: str | Path,
     if delta_png is not None:
         paths.plots.append(delta_png)
         files["plot_delta_avg"] = delta_png
+    drift_png = plot_drift(rep.drift, plots_dir / "drift.png",
+                           title=f"{data.name}: where each stage moves the model (arrows: base -> SFT -> PRISM -> RL)")
+    if drift_png is not None:
+        paths.plots.append(drift_png)
+        files["plot_drift"] = drift_png
 
-    text = render_report(data, rep.rows, rep.deltas, bench_columns=rep.bench_columns, failed=failed_runs(data),
-                         counts=status_counts(data), files=files, out_dir=out)
+    text = render_report(data, rep, failed=failed_runs(data), counts=status_counts(data), files=files, out_dir=out)
     paths.markdown.write_text(text, encoding="utf-8")
     return paths

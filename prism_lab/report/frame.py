@@ -47,6 +47,7 @@ class SweepData:
     runs: dict[str, RunRow]
     metrics: dict[str, list[tuple[int, str, float | None]]]
     status: dict[str, str] = field(default_factory=dict)  # ledger status per run key
+    items: dict[str, dict[str, dict[str, float]]] = field(default_factory=dict)  # eval run -> bench -> item -> score
     chain: dict[str, str] = field(default_factory=dict)  # status including upstream failures (see _chain_status)
 
     # ---- grid fields (with the GridSpec defaults when absent) --------------------------------------
@@ -202,8 +203,9 @@ def load_sweep(ledger: Ledger, sweep: str) -> SweepData:
         runs.update(found)
         frontier = {d for r in found.values() for d in r.inputs.values()} - set(runs)
     metrics = {k: ledger.metrics(k) for k in runs}
+    items = ledger.item_scores(k for k, r in runs.items() if r.kind == "eval")
     data = SweepData(name=sweep, grid=grid, grid_path=row["grid_path"], ledger_path=str(ledger.path),
-                     cells=cells, runs=runs, metrics=metrics)
+                     cells=cells, runs=runs, metrics=metrics, items=items)
     data.status = {k: r.status for k, r in runs.items()}
     data.chain = _chain_status(runs)
     return data

@@ -6,6 +6,8 @@ import datetime as _dt
 from pathlib import Path
 from typing import Any
 
+from prism_lab.report import item_bootstrap
+from prism_lab.report.drift import drift_rows
 from prism_lab.report.frame import SweepData
 from prism_lab.report.paper import (
     PAPER_ALIGN_ONLY_DELTAS,
@@ -18,7 +20,8 @@ from prism_lab.report.stats import method_description
 from prism_lab.report.tables import AVG, Delta, Row
 
 DASH = "–"
-SIG_MARK = "*"
+SIG_MARK = "*"  # significant over seeds (the grid's method)
+ITEM_MARK = "†"  # significant over benchmark items (paired item bootstrap)
 
 
 # ---- cell formatting -------------------------------------------------------------------------------
@@ -36,9 +39,13 @@ def fmt_signed(x: float | None) -> str:
     return "+0.0" if text == "-0.0" else text
 
 
-def fmt_delta(mean: float | None, significant: bool | None) -> str:
-    """"+4.4*" when significant, "+4.4" otherwise (or untestable)."""
-    return fmt_signed(mean) + (SIG_MARK if significant else "")
+def fmt_delta(mean: float | None, significant: bool | None, item_significant: bool | None = None) -> str:
+    """"+4.4*" when significant over seeds, "+4.4†" over items, "+4.4*†" both, "+4.4" otherwise."""
+    return fmt_signed(mean) + (SIG_MARK if significant else "") + (ITEM_MARK if item_significant else "")
+
+
+def fmt_ci(low: float | None, high: float | None) -> str:
+    return DASH if low is None else f"[{fmt_signed(low)}, {fmt_signed(high)}]"
 
 
 def fmt_significant(significant: bool | None, note: str = "") -> str:
@@ -73,19 +80,23 @@ def result_table(rows: list[Row], benchmarks: list[str]) -> tuple[list[str], lis
 
 
 def delta_table(deltas: list[Delta], benchmarks: list[str]) -> tuple[list[str], list[list[str]]]:
-    headers = ["Size", "Δ", *benchmarks, AVG, "Avg 95% CI", "n", "Avg significant"]
+    headers = ["Size", "Δ", *benchmarks, AVG, "Avg 95% CI", "n", "Avg significant", "Avg 95% CI (items)", "items",
+               "Avg significant (items)"]
     body = []
     for d in deltas:
         if not d.done:
-            body.append([str(d.size), d.label, *[d.status] * (len(benchmarks) + 1), DASH, DASH, d.status])
+            body.append([str(d.size), d.label, *[d.status] * (len(benchmarks) + 1), DASH, DASH, d.status, DASH, DASH,
+                         d.status])
             continue
         cells = []
         for col in [*benchmarks, AVG]:
-            iv = d.intervals[col]
-            cells.append(fmt_delta(iv.mean, iv.significant))
-        iv = d.intervals[AVG]
-        ci = DASH if iv.low is None else f"[{fmt_signed(iv.low)}, {fmt_signed(iv.high)}]"
-        body.append([str(d.size), d.label, *cells, ci, str(iv.n), fmt_significant(iv.significant, iv.note)])
+            iv, it = d.intervals[col], d.item_intervals.get(col)
+            cells.append(fmt_delta(iv.mean, iv.significant, it.significant if it else None))
+        iv, it = d.intervals[AVG], d.item_intervals.get(AVG)
+        item_cells = ([fmt_ci(it.low, it.high), str(it.n), fmt_significant(it.significant, it.note)] if it
+                      else [DASH, "0", "n/a (no item scores)"])
+        body.append([str(d.size), d.label, *cells, fmt_ci(iv.low, iv.high), str(iv.n),
+                     fmt_significant(iv.significant, iv.note), *item_cells])
     return headers, body
 
 
@@ -148,17 +159,17 @@ def paper_delta_table(deltas: list[Delta], matched: list[tuple[str, str]]) -> tu
 # ---- the document ----------------------------------------------------------------------------------
 def render_report(
     data: SweepData,
-    rows: dict[Any, list[Row]],
-    deltas: list[Delta],
+    report: Any,
     *,
-    bench_columns: dict[str, str | None],
     failed: list[dict[str, Any]],
     counts: dict[str, int],
     files: dict[str, Path],
     out_dir: Path,
 ) -> str:
+    """The report.md text of a computed ``report`` (``prism_lab.report.build.Report``)."""
     rep = data.report_spec
-    benchmarks = data.benchmarks
+    rows, deltas, bench_columns = report.rows, report.deltas, report.bench_columns
+    benchmarks = [b for b in data.benchmarks if b not in report.retention]
     lines: list[str] = [f"# Report: {data.name}", ""]
     if data.description:
         lines += [data.description, ""]
@@ -181,7 +192,9 @@ def render_report(
         "alignment; `PRISM+X` = SFT → PRISM → RLVR. `[axis=value]` marks further (non-core) axes.",
         f"- Deltas: `{rep['treatment']}` − `{rep['baseline']}` of axis `{rep['compare_axis']}`, paired by "
         f"seed, in points.",
-        f"- Significance ({rep['significance']}): {method_description(rep['significance'])}",
+        f"- Significance over seeds ({rep['significance']}, mark `{SIG_MARK}`): "
+        f"{method_description(rep['significance'])}",
+        f"- Significance over items (mark `{ITEM_MARK}`, columns `(items)`): {item_bootstrap.describe()}",
         "- A row or delta whose runs are not all done shows the status (`failed`, `running`, `pending`, "
         "`blocked`) instead of a number; nothing is dropped.",
         "",
@@ -195,17 +208,27 @@ def render_report(
     if deltas:
         headers, body = delta_table(deltas, benchmarks)
         lines += [md_table(headers, body), "",
-                  f"`{SIG_MARK}` = significant ({rep['significance']}, 95%). CSV with every interval: "
+                  f"`{SIG_MARK}` = significant over seeds ({rep['significance']}, 95%); `{ITEM_MARK}` = significant "
+                  f"over benchmark items (paired item bootstrap, 95%). CSV with every interval: "
                   f"[deltas.csv]({_rel(files['deltas'], out_dir)})" if "deltas" in files else "", ""]
     else:
         lines += [f"No pair of rows differs only in `{rep['compare_axis']}` "
                   f"({rep['baseline']} vs {rep['treatment']}).", ""]
+    lines += _retention_section(report, files, out_dir)
+    lines += _drift_section(report)
+    lines += ["## Paper side by side", ""]
     matched = paper_columns_of(bench_columns)
     paper_sizes = [s for s in rows if paper_size(s) is not None]
+    if not matched:
+        lines += ["This grid has none of the paper's benchmarks (MathVista, MathVerse, MathVision, WeMath, MMMU, "
+                  "MMMU-Pro, HallusionBench, as official VLMEvalKit files), so the paper's numbers are not set "
+                  "beside ours: a synthetic stand-in measures something else.", ""]
+    elif not paper_sizes:
+        lines += ["The paper reports Qwen3-VL 4B and 8B only; this grid's sizes "
+                  f"({', '.join(str(s) for s in rows)}) have no paper row to compare with.", ""]
     if matched and paper_sizes:
-        lines += ["## Paper side by side", "",
-                  "The paper's numbers (Qwen3-VL, from the PRISM project page; docs/prism_method.md §9) next to ours for the benchmarks that stand in "
-                  "for a paper column. Different models and data: compare shapes, not values.", ""]
+        lines += ["The paper's numbers (Qwen3-VL, from the PRISM project page; docs/prism_method.md §9) next to "
+                  "ours, only for the paper's own benchmarks that this grid evaluates.", ""]
         for size in paper_sizes:
             headers, body = paper_table(rows[size], matched, size)
             if body:
@@ -232,6 +255,40 @@ def render_report(
             lines.append(f"- [{path.name}]({_rel(path, out_dir)})")
     lines.append("")
     return "\n".join(lines)
+
+
+def _retention_section(report: Any, files: dict[str, Path], out_dir: Path) -> list[str]:
+    """Text retention: the lm-eval benchmarks, same rows and deltas, their own Avg (not in the paper's)."""
+    if not report.retention:
+        return []
+    lines = ["## Text retention", "",
+             "Text-only tasks run through lm-eval on each checkpoint (no image): how much of the language model's "
+             f"capability each stage keeps. `{AVG}` here is over {', '.join(report.retention)} only; the results "
+             "tables above exclude them.", ""]
+    for size, size_rows in report.retention_rows.items():
+        headers, body = result_table(size_rows, report.retention)
+        lines += [f"### Retention: size {size}", "", md_table(headers, body), ""]
+    if report.retention_deltas:
+        headers, body = delta_table(report.retention_deltas, report.retention)
+        lines += ["### Retention deltas", "", md_table(headers, body), ""]
+    return lines
+
+
+def _drift_section(report: Any) -> list[str]:
+    """Drift: distance from the base and to the supervision of every checkpoint (see report/drift.py)."""
+    rows = drift_rows(report.drift)
+    lines = ["## Drift", ""]
+    if not rows:
+        return lines + ["No eval run logged drift measurements (they need held-out teacher rows: the synthetic "
+                        "data's sft_heldout.json, or `data.local.heldout`).", ""]
+    lines += ["Per checkpoint, mean over seeds, on held-out teacher rows: `KL from base` = KL(base ‖ checkpoint) per "
+              "token on the base checkpoint's own samples (distance from the original capabilities); `teacher NLL` = "
+              "per-token NLL of the teacher's responses (distance to the supervision); `disc gap` = the chain's "
+              "discriminator's mean score margin teacher − checkpoint (caption, cot), where a discriminator exists. "
+              "The picture (plots/drift.png) draws each cell's chain as arrows.", "",
+              md_table(["Checkpoint", "KL from base", "teacher NLL", "disc gap caption", "disc gap cot", "n"], rows),
+              ""]
+    return lines
 
 
 def _summary_line(text: str, limit: int = 200) -> str:

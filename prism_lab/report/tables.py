@@ -17,6 +17,7 @@ from typing import Any
 import pandas as pd
 
 from prism_lab.report.frame import EVAL_ROLES, STATUS_PRIORITY, SweepData
+from prism_lab.report.item_bootstrap import item_bootstrap_interval, item_differences
 from prism_lab.report.stats import Interval, mean_std, paired_interval
 
 AVG = "Avg"
@@ -58,6 +59,7 @@ class Row:
     reps: dict[Any, str] = field(default_factory=dict)  # seed -> eval run key
     rep_status: dict[Any, str] = field(default_factory=dict)
     values: dict[Any, dict[str, float]] = field(default_factory=dict)  # done seeds -> benchmark -> %
+    items: dict[Any, dict[str, dict[str, float]]] = field(default_factory=dict)  # done seeds -> bench -> item -> score
 
     # ---- identity ---------------------------------------------------------------------------------
     @property
@@ -131,7 +133,8 @@ class Delta:
     method: str
     kind: str = "rl"  # "rl": PRISM+X − SFT+X; "align": PRISM − +SFT; "other": a non-alignment compare axis
     diffs: dict[str, list[float]] = field(default_factory=dict)
-    intervals: dict[str, Interval] = field(default_factory=dict)
+    intervals: dict[str, Interval] = field(default_factory=dict)  # over seeds (the grid's significance method)
+    item_intervals: dict[str, Interval] = field(default_factory=dict)  # paired bootstrap over benchmark items
     seeds: list[Any] = field(default_factory=list)
 
     @property
@@ -163,6 +166,11 @@ class Delta:
                     d.append(t - b)
             self.diffs[col] = d
             self.intervals[col] = paired_interval(d, self.method)
+        benches = [c for c in columns if c != AVG]
+        per_bench = {b: item_differences(self.treatment.items, self.baseline.items, b) for b in benches}
+        for col in columns:
+            self.item_intervals[col] = item_bootstrap_interval(list(per_bench.values()) if col == AVG
+                                                               else [per_bench[col]])
 
 
 # ---- building rows ---------------------------------------------------------------------------------
@@ -184,9 +192,11 @@ def _relevant_extras(data: SweepData, role: str) -> dict[str, list[str]]:
     return out
 
 
-def build_rows(data: SweepData) -> dict[Any, list[Row]]:
-    """size -> its rows, in the paper's order (Base, +SFT, SFT+X..., then per alignment: ALIGN, ALIGN+X...)."""
-    benchmarks = data.benchmarks
+def build_rows(data: SweepData, benchmarks: list[str] | None = None) -> dict[Any, list[Row]]:
+    """size -> its rows, in the paper's order (Base, +SFT, SFT+X..., then per alignment: ALIGN, ALIGN+X...).
+
+    ``benchmarks``: the columns (and what ``Avg`` averages); default every benchmark of the grid."""
+    benchmarks = list(data.benchmarks if benchmarks is None else benchmarks)
     rows: dict[tuple, Row] = {}
     for role, stage in EVAL_ROLES.items():
         extras_axes = _relevant_extras(data, role)
@@ -212,6 +222,7 @@ def build_rows(data: SweepData) -> dict[Any, list[Row]]:
             row.rep_status[seed] = status
             if status == "done":
                 row.values[seed] = {b: 100.0 * v for b, v in data.accuracies(key).items()}
+                row.items[seed] = data.items.get(key, {})
 
     def order(row: Row) -> tuple:
         if row.stage in ("base", "sft"):
@@ -235,15 +246,15 @@ def _compatible(a: dict[str, Any], b: dict[str, Any], skip: set[str]) -> bool:
     return all(a[k] == b[k] for k in a if k in b and k not in skip)
 
 
-def build_deltas(data: SweepData, rows: dict[Any, list[Row]]) -> list[Delta]:
+def build_deltas(data: SweepData, rows: dict[Any, list[Row]], benchmarks: list[str] | None = None) -> list[Delta]:
     """Treatment − baseline of the grid's compare axis for every matching pair of rows.
 
     With the default compare axis (alignment: none vs prism) these are PRISM+X − SFT+X per size and
-    algorithm, plus the alignment-only PRISM − +SFT.
+    algorithm, plus the alignment-only PRISM − +SFT. ``benchmarks``: the columns (default: the grid's).
     """
     rep = data.report_spec
     axis, base_v, treat_v, method = rep["compare_axis"], rep["baseline"], rep["treatment"], rep["significance"]
-    columns = [*data.benchmarks, AVG]
+    columns = [*(data.benchmarks if benchmarks is None else benchmarks), AVG]
     all_rows = [r for rs in rows.values() for r in rs]
     out: list[Delta] = []
 
@@ -330,10 +341,20 @@ def deltas_frame(deltas: list[Delta], benchmarks: list[str]) -> pd.DataFrame:
                 "ci_high": _num(iv.high if iv else None),
                 "significant": None if iv is None or iv.significant is None else bool(iv.significant),
                 "method": d.method, "note": iv.note if iv else "",
+                **_item_columns(d.item_intervals.get(col)),
             })
     cols = ["size", "comparison", "kind", "treatment", "baseline", "algorithm", "benchmark", "status", "n_pairs",
-            "mean", "std", "ci_low", "ci_high", "significant", "method", "note"]
+            "mean", "std", "ci_low", "ci_high", "significant", "method", "note", "item_n", "item_mean",
+            "item_ci_low", "item_ci_high", "item_significant", "item_method"]
     return pd.DataFrame.from_records(records, columns=cols)
+
+
+def _item_columns(iv: Interval | None) -> dict[str, Any]:
+    """deltas.csv columns of the item-bootstrap interval (blank when there are no item scores)."""
+    return {"item_n": iv.n if iv else 0, "item_mean": _num(iv.mean if iv else None),
+            "item_ci_low": _num(iv.low if iv else None), "item_ci_high": _num(iv.high if iv else None),
+            "item_significant": None if iv is None or iv.significant is None else bool(iv.significant),
+            "item_method": iv.method if iv else ""}
 
 
 def failed_runs(data: SweepData) -> list[dict[str, Any]]:

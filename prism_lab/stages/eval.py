@@ -4,7 +4,8 @@ Inputs: ``checkpoint`` (an artifact whose HF checkpoint is ``<path>/model``) and
 its catalog's ``bench_dir`` holds the benchmark TSVs). Writes ``predictions/<benchmark>.jsonl`` and
 ``results.json`` into the run directory, logs ``eval/<bench>/{accuracy,format_rate,n,...}`` and
 ``eval/avg/accuracy`` at step 0, and returns the same metrics as the run's summary; every item's score
-goes to the ledger's ``item_scores`` (the report's paired item bootstrap). Predictions are cached under
+goes to the ledger's ``item_scores`` (the report's paired item bootstrap), and the drift measurements
+(``drift/*``, ``stages/drift.py``) are logged with the benchmark metrics. Predictions are cached under
 ``<root>/cache/predictions`` (see ``prism_lab.eval.predictions``).
 """
 
@@ -50,8 +51,16 @@ def run(ctx: StageContext) -> dict:
         checkpoint_dir_of(ckpt.path), names, cfg, bench_dir=bench_dir,
         cache_dir=Path(ctx.root) / PREDICTION_CACHE, checkpoint_key=ckpt.key, out_dir=ctx.out_dir, log=ctx.log,
     )
-    metrics = {k: v for k, v in results["metrics"].items() if isinstance(v, (int, float)) and math.isfinite(v)}
+    metrics = dict(results["metrics"])
+    if cfg.drift:
+        from prism_lab.stages.drift import measure_drift
+
+        metrics.update(measure_drift(ctx, cfg, checkpoint_dir_of(ckpt.path)))
+    metrics = {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and math.isfinite(v)}
     ctx.log_metrics(0, metrics)
     for bench, scores in results["items"].items():
         ctx.ledger.log_item_scores(ctx.key, bench, scores)
+    for bench, rows in results["samples"].items():
+        ctx.tracker.log_table(f"samples/{bench}", ["index", "prompt", "image", "response", "score"],
+                              [[r["index"], r["prompt"], r["image"], r["response"], r["score"]] for r in rows])
     return metrics

@@ -3,7 +3,9 @@
 Inputs: ``data`` (a `data` run's artifact with catalog.json). Output: ``<artifact>/model``, an HF
 checkpoint directory (weights, config, processor, tokenizer, chat template) that later stages load
 with ``load_policy``. For a tiny preset the tokenizer is trained here on the task corpus and the
-policy is built from random init; for a local directory or hub id the checkpoint is fine-tuned.
+policy is built from random init, and that initial model is also saved to ``<artifact>/base`` (the
+chain's base for the drift measurements, see ``stages/lineage.py``); for a local directory or hub id the
+checkpoint is fine-tuned.
 
 The resumable state lives in ``<out_dir>/resume`` while the run is in progress (the in-progress
 directory survives restarts) and is deleted when training ends.
@@ -24,6 +26,7 @@ from prism_lab.config.sft import SFTConfig
 from prism_lab.data.catalog import DataCatalog
 from prism_lab.data.sft_json import SFTExample, read_sft_json
 from prism_lab.errors import ConfigError, DataError
+from prism_lab.stages.lineage import BASE_SUBDIR
 from prism_lab.prompts import SYSTEM_PROMPT
 from prism_lab.stages.artifacts import MODEL_SUBDIR, model_dir, resume_dir
 
@@ -117,6 +120,10 @@ def run(ctx: StageContext) -> dict:
     catalog = DataCatalog.load(ctx.input("data").path)
     examples = load_examples(catalog, cfg.datasets)
     model, processor, info = build_policy(cfg, catalog)
+    if env.is_main and info["model_source"] == "preset" and not (ctx.out_dir / BASE_SUBDIR / "config.json").is_file():
+        # a random-init preset exists nowhere else: keep it as the chain's base (stages/lineage.py); every
+        # rank builds the same seeded model before any sharding, so rank 0's copy is the base
+        save_policy(model, processor, ctx.out_dir / BASE_SUBDIR)
     params = count_parameters(model)
     if env.is_main:
         print(f"[sft] {cfg.model}: {params['total']:,} parameters ({params['vision']:,} vision); "

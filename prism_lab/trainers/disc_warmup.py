@@ -90,7 +90,7 @@ def _micro_batch_loss(disc: Discriminator, processor: Any, comps: Sequence[Compa
 def evaluate_pairs(disc: Discriminator, processor: Any, comps: Sequence[Comparison], *, toks: DiscTokens,
                    terminator: Terminator = "original", positions: Positions = "mrope", max_length: int = 8192,
                    max_pixels: int | None = None, batch_size: int = 8) -> dict[str, float]:
-    """Eval-mode pairwise accuracy (overall and per kind) and mean BT loss of ``comps``."""
+    """Eval-mode pairwise accuracy (overall and per kind), mean score margin per kind and mean BT loss."""
     if not comps:
         return {}
     was = disc.training
@@ -111,6 +111,7 @@ def evaluate_pairs(disc: Discriminator, processor: Any, comps: Sequence[Comparis
         idx = [i for i, c in enumerate(comps) if c.kind == kind]
         if idx:
             res[f"heldout_acc_{kind}"] = float((d[idx] > 0).double().mean())
+            res[f"heldout_gap_{kind}"] = float(d[idx].mean())  # mean score margin teacher − student
     return res
 
 

@@ -1,0 +1,80 @@
+"""Where a checkpoint came from: the checkpoint its chain starts from, and the chain's discriminator.
+
+The single definition of "the base" for the drift measurements (``stages/drift.py``): walk the ledger
+from a run up through its ``checkpoint`` / ``policy`` inputs to the first checkpoint-producing run of
+the chain; the base is what that run started from:
+
+- ``<artifact>/base`` when the run saved its starting point there (the SFT stage does for a tiny preset,
+  which it builds at random init: nothing else holds that model);
+- else the model its config names (``model``: a hub id or a local checkpoint, as SFT fine-tunes it);
+- else the run's own ``model/`` (a stage that *produces* the starting checkpoint, e.g. a future base
+  pre-training stage whose output SFT takes as its ``policy`` input).
+
+The discriminator is the nearest one up the same walk (an align run's ``discriminator/``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+__all__ = ["BASE_SUBDIR", "Origin", "chain_discriminator", "chain_start"]
+
+#: Subdirectory of a run's artifact holding the checkpoint the run started from (when nothing else has it).
+BASE_SUBDIR = "base"
+#: Inputs that carry the policy checkpoint down a chain, in the order they are followed.
+_UPSTREAM = ("checkpoint", "policy")
+
+
+@dataclass(frozen=True)
+class Origin:
+    """A checkpoint of a chain: its directory and a stable identity (for caches)."""
+
+    path: Path
+    identity: str
+
+
+def _upstream(ledger: Any, key: str) -> list[Any]:
+    """The runs from ``key`` up to the top of its policy chain (``key``'s own run first)."""
+    chain, seen = [], set()
+    run = ledger.get_run(key)
+    while run is not None and run.key not in seen:
+        seen.add(run.key)
+        chain.append(run)
+        nxt = next((run.inputs[r] for r in _UPSTREAM if r in run.inputs), None)
+        run = ledger.get_run(nxt) if nxt else None
+    return chain
+
+
+def chain_start(ledger: Any, key: str) -> Origin | None:
+    """The checkpoint the chain of run ``key`` starts from (see the module doc); None when unknown
+    (a checkpoint evaluated outside any chain, or a base that is no longer available offline)."""
+    chain = _upstream(ledger, key)
+    producers = [r for r in chain if r.kind not in ("eval", "checkpoint")]
+    if not producers:
+        return None
+    top = producers[-1]
+    art = Path(top.artifact_path) if top.artifact_path else None
+    if art is not None and (art / BASE_SUBDIR / "config.json").is_file():
+        return Origin(art / BASE_SUBDIR, f"{top.key}:{BASE_SUBDIR}")
+    model = top.config.get("model") if isinstance(top.config, dict) else None
+    if model:
+        from prism_lab.errors import CheckpointError
+        from prism_lab.models import resolve_checkpoint_dir
+
+        try:
+            return Origin(resolve_checkpoint_dir(str(model)), f"model:{model}")
+        except CheckpointError:
+            return None
+    if art is not None and (art / "model" / "config.json").is_file():
+        return Origin(art / "model", f"{top.key}:model")
+    return None
+
+
+def chain_discriminator(ledger: Any, key: str) -> Path | None:
+    """The nearest discriminator directory up the chain of run ``key`` (None when the chain has none)."""
+    for run in _upstream(ledger, key):
+        if run.artifact_path and (Path(run.artifact_path) / "discriminator" / "discriminator.json").is_file():
+            return Path(run.artifact_path) / "discriminator"
+    return None
