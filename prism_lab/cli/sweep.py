@@ -35,8 +35,11 @@ def _load_plan(grid_path: Path):
 def _run_records(plan, root: Path, *, with_metrics: bool) -> list[dict]:
     from prism_lab.harness.ledger import Ledger
 
+    from prism_lab.harness.freshness import stale_runs
+
     ledger = Ledger.open_existing(root)
     rows = ledger.get_runs(plan.runs) if ledger else {}
+    stale = stale_runs(ledger, rows) if ledger and with_metrics else {}
     records = []
     for key, run in plan.runs.items():
         row = rows.get(key)
@@ -53,7 +56,9 @@ def _run_records(plan, root: Path, *, with_metrics: bool) -> list[dict]:
                 "started_at": row.started_at if row else None,
                 "finished_at": row.finished_at if row else None,
                 "metrics": ledger.last_metrics(key) if ledger and row else {},
+                "stale": stale.get(key, []),
             })
+            rec["truncated"] = bool(rec["metrics"].get("truncated"))
         records.append(rec)
     if ledger:
         ledger.close()
@@ -86,12 +91,13 @@ def _print_table(plan, records: list[dict], *, title: str, with_metrics: bool) -
         table.add_column("summary")
     for rec in records:
         style = _STATUS_STYLE.get(rec["status"], "white")
-        row = [rec["kind"], rec["label"], rec["key"][:12], str(len(rec["cells"])), f"[{style}]{rec['status']}[/{style}]"]
+        status = rec["status"] + (" (stale)" if rec.get("stale") else "") + (" (truncated)" if rec.get("truncated") else "")
+        row = [rec["kind"], rec["label"], rec["key"][:12], str(len(rec["cells"])), f"[{style}]{status}[/{style}]"]
         if with_metrics:
             dur = ""
             if rec.get("started_at") and rec.get("finished_at"):
                 dur = f"{rec['finished_at'] - rec['started_at']:.0f}s"
-            summary = rec.get("error") or ", ".join(
+            summary = rec.get("error") or (f"made by other code: {rec['stale'][0]}" if rec.get("stale") else "") or ", ".join(
                 f"{k}={v:.3g}" for k, v in _headline(rec["metrics"]) if v is not None)
             row += [dur, summary[:80]]
         table.add_row(*row)
@@ -99,6 +105,10 @@ def _print_table(plan, records: list[dict], *, title: str, with_metrics: bool) -
     counts: dict[str, int] = {}
     for rec in records:
         counts[rec["kind"]] = counts.get(rec["kind"], 0) + 1
+    n_stale = sum(1 for r in records if r.get("stale"))
+    if n_stale:
+        out.print(f"[yellow]{n_stale} done run(s) were made by other code than the code installed now "
+                  f"(`sweep run --rerun-stale` runs them and their dependents again)[/yellow]")
     out.print(f"{len(plan.cells)} cells, {len(records)} stage runs: "
               + ", ".join(f"{n} {k}" for k, n in counts.items()))
 
@@ -163,6 +173,30 @@ def sweep_plan(
     _print_table(plan, records, title=f"plan of {plan.grid.name} ({grid})", with_metrics=False)
 
 
+def _handle_stale(plan, root: Path, targets: list[str], *, rerun: bool) -> None:
+    """Say which done runs were made by other code; with ``rerun``, make them and their dependents pending."""
+    from prism_lab.harness.freshness import invalidate, stale_runs
+    from prism_lab.harness.ledger import Ledger
+
+    ledger = Ledger.open_existing(root)
+    if ledger is None:
+        return
+    try:
+        stale = stale_runs(ledger, ledger.get_runs(targets))
+        if not stale:
+            return
+        if not rerun:
+            first = next(iter(stale))
+            err.print(f"[yellow]{len(stale)} done run(s) were made by other code than the code installed now "
+                      f"(e.g. {plan.runs[first].label}: {stale[first][0]}); they are kept. "
+                      f"--rerun-stale runs them and their dependents again[/yellow]")
+            return
+        reset = invalidate(ledger, root, plan, stale)
+        err.print(f"--rerun-stale: {len(stale)} stale run(s); {len(reset)} run(s) made pending again")
+    finally:
+        ledger.close()
+
+
 @sweep_app.command("run")
 def sweep_run(
     grid: GridArg,
@@ -181,6 +215,9 @@ def sweep_run(
         "nvidia-smi lists). Each run gets resources.gpus of them to itself; the others wait.")] = None,
     share_gpus: Annotated[bool, typer.Option(
         "--share-gpus", help="Let stage runs share GPUs instead of waiting for free ones.")] = False,
+    rerun_stale: Annotated[bool, typer.Option(
+        "--rerun-stale", help="Run again the done runs made by other code than the code installed now (another "
+        "prism-lab source or torch/transformers version), and every run downstream of them.")] = False,
 ) -> None:
     """Run every pending stage run of a grid in dependency order; re-running resumes where it stopped."""
     from prism_lab.harness.devices import gpu_pool
@@ -204,6 +241,7 @@ def sweep_run(
             print(f"{cmd}   # {run.label}")
         return
     os.environ["PRISM_LAB_WANDB"] = wandb.value
+    _handle_stale(plan, root_dir, select_runs(plan, kinds), rerun=rerun_stale)
     t0 = time.time()
     pool = gpu_pool(gpus)
     from prism_lab.cli.memory import check_fit

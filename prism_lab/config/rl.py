@@ -33,7 +33,8 @@ class RLConfig(StrictModel):
     precision: Literal["auto", "fp32", "bf16"] = Field("auto", description="Training precision.")
     save_every: int = Field(120, ge=1, description="Resumable checkpoint every N steps (paper: 120).")
     log_every: int = Field(1, ge=1, description="Log metrics every N steps.")
-    max_minutes: float | None = Field(None, gt=0, description="Wall-clock budget for the stage.")
+    max_minutes: float | None = Field(None, gt=0, description="Wall-clock budget for the stage; a run it stops is marked truncated "
+                                        "(its result depends on the machine). Budgets to compare are steps.")
     threads: int | None = Field(None, ge=1, description="torch CPU threads (None = torch default).")
     seed: int = Field(0, description="Seed for sampling, data order and dropout.")
     resources: ResourcesConfig = resources_field(

@@ -36,7 +36,9 @@ class SFTConfig(StrictModel):
     epochs: float = Field(1.0, gt=0, description="Passes over the data (paper: 1).")
     max_steps: int | None = Field(None, ge=1, description="Stop after this many optimizer steps.")
     max_minutes: float | None = Field(
-        None, gt=0, description="Wall-clock budget; training stops (and saves) when it is spent."
+        None, gt=0, description="Wall-clock budget; training stops (and saves) when it is spent. The result then "
+        "depends on the machine's speed and load, so the run is marked truncated in the ledger and the report: "
+        "use max_steps for anything you compare. No shipped grid sets it."
     )
     warmup_ratio: float = Field(0.1, ge=0, le=1, description="Linear warmup share of steps (paper: 0.1).")
     min_lr_ratio: float = Field(0.0, ge=0, le=1, description="Cosine floor as a fraction of the peak lr.")

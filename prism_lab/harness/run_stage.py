@@ -32,6 +32,7 @@ from prism_lab.harness.context import (
     artifact_dir,
     partial_dir,
 )
+from prism_lab.harness.freshness import CODE_EVENT, code_fingerprint
 from prism_lab.harness.ledger import Ledger
 from prism_lab.harness.plugins import load_plugins
 from prism_lab.harness.provenance import git_commit, host_info, package_versions
@@ -92,6 +93,9 @@ def execute(root: Path, key: str) -> int:
         return 2
     final = artifact_dir(root, run.kind, key)
     if complete_run_json(final, key):  # finished before a crash could record it
+        code = json.loads((final / "run.json").read_text()).get("code")
+        if code is not None:
+            ledger.event(CODE_EVENT, json.dumps(code, sort_keys=True), run_key=key)
         ledger.mark_done(key, str(final), log_path=str(final / "stage.log"))
         return 0
     work = partial_dir(root, run.kind, key)
@@ -121,17 +125,19 @@ def execute(root: Path, key: str) -> int:
         tracker.summary(summary)
         tracker.finish()
         tracker = None
+        code = code_fingerprint()  # every module the runner imported is loaded by now
         record = {
             "key": key, "kind": run.kind, "label": run.label, "config": run.config,
             "inputs": {r: {"key": a.key, "path": str(a.path)} for r, a in inputs.items()},
             "summary": summary, "attempts": run.attempts, "started_at": started, "finished_at": time.time(),
             "git_commit": git_commit(), "packages": package_versions(), "host": host_info(),
-            "stage_version": kind.version,
+            "stage_version": kind.version, "code": code,
         }
         (work / "run.json").write_text(json.dumps(record, indent=2, sort_keys=True, default=str))
         if final.exists():
             shutil.rmtree(final)
         os.replace(work, final)
+        ledger.event(CODE_EVENT, json.dumps(code, sort_keys=True), run_key=key)
         ledger.mark_done(key, str(final), log_path=str(final / "stage.log"))
         print(f"[prism-lab] {run.label} done in {time.time() - started:.1f}s -> {final}", flush=True)
         return 0

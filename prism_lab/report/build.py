@@ -15,6 +15,7 @@ import pandas as pd
 
 from prism_lab.errors import PrismError
 from prism_lab.harness.ledger import Ledger
+from prism_lab.report.flags import render_flags, run_flags
 from prism_lab.report.frame import (
     SweepData,
     curves_frame,
@@ -128,6 +129,7 @@ def build_report(ledger_root: str | Path, sweep_name_or_grid_path: str | Path,
         raise PrismError(f"{ledger_root}: no ledger.sqlite here; pass --root (the directory `sweep run` used)")
     try:
         rep = compute_report(ledger, sweep_name_or_grid_path)
+        flags = run_flags(ledger, rep.data)
     finally:
         ledger.close()
     data = rep.data
@@ -174,5 +176,5 @@ def build_report(ledger_root: str | Path, sweep_name_or_grid_path: str | Path,
         files["plot_drift"] = drift_png
 
     text = render_report(data, rep, failed=failed_runs(data), counts=status_counts(data), files=files, out_dir=out)
-    paths.markdown.write_text(text, encoding="utf-8")
+    paths.markdown.write_text(text + render_flags(flags), encoding="utf-8")
     return paths

@@ -13,6 +13,7 @@ Where the run directory itself lives (``<root>/runs/<kind>/<key>``), and its ``r
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from prism_lab.errors import CheckpointError
@@ -25,7 +26,7 @@ PREDICTION_CACHE = Path("cache") / "predictions"
 STUDENTS_CACHE = "students.jsonl"
 
 __all__ = ["DISC_SUBDIR", "MODEL_SUBDIR", "PREDICTION_CACHE", "STUDENTS_CACHE", "checkpoint_dir_of", "discriminator_dir_of",
-           "model_dir", "resume_dir"]
+           "checkpoint_identity", "model_dir", "resume_dir"]
 
 
 def model_dir(run_dir: str | Path) -> Path:
@@ -56,3 +57,14 @@ def discriminator_dir_of(path: str | Path) -> Path:
     if (path / "discriminator.json").is_file():
         return path
     raise CheckpointError(f"{path}: no discriminator (expected {path / DISC_SUBDIR}/discriminator.json)")
+
+
+def checkpoint_identity(key: str, run_dir: str | Path) -> str:
+    """What the prediction cache knows a checkpoint by: its run's content key and the time its run.json was
+    written. A run made again (``sweep run --rerun-stale``) keeps its key but gets new weights, so cached
+    predictions of the old weights are never reused for it."""
+    try:
+        finished = json.loads((Path(run_dir) / "run.json").read_text()).get("finished_at")
+    except (OSError, ValueError):
+        finished = None
+    return key if finished is None else f"{key}@{finished}"

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from prism_lab.config.eval import EvalConfig
-from prism_lab.stages.artifacts import PREDICTION_CACHE, checkpoint_dir_of
+from prism_lab.stages.artifacts import PREDICTION_CACHE, checkpoint_dir_of, checkpoint_identity
 
 if TYPE_CHECKING:  # the harness hands every runner its context; stages never import the harness
     from prism_lab.harness.context import StageContext
@@ -49,7 +49,7 @@ def run(ctx: StageContext) -> dict:
                      ", ".join(names) or "(none)")
     results = evaluate_checkpoint(
         checkpoint_dir_of(ckpt.path), names, cfg, bench_dir=bench_dir,
-        cache_dir=Path(ctx.root) / PREDICTION_CACHE, checkpoint_key=ckpt.key, out_dir=ctx.out_dir, log=ctx.log,
+        cache_dir=Path(ctx.root) / PREDICTION_CACHE, checkpoint_key=checkpoint_identity(ckpt.key, ckpt.path), out_dir=ctx.out_dir, log=ctx.log,
     )
     metrics = dict(results["metrics"])
     if cfg.drift:

@@ -44,6 +44,8 @@ def run(ctx: StageContext) -> dict:
                  cfg.steps, cfg.prompts_per_step, cfg.n, threads)
     result = train_rl(model, processor, examples, cfg, algo, log=ctx.log_metrics, out_dir=ctx.out_dir,
                       heartbeat=ctx.heartbeat)
+    if result.stopped_early:  # the wall-clock budget (max_minutes) stopped it: the result depends on the machine
+        ctx.log_metrics(result.steps_done, {"truncated": 1.0})
     model.eval()
     if env.sharded:  # gathered on rank 0 into the same HF files one process writes
         dist_.save_hf_checkpoint(model, processor, model_dir(ctx.out_dir), env)

@@ -132,6 +132,8 @@ def run(ctx: StageContext) -> dict:
     resume = resume_dir(ctx.out_dir)
     result = train_sft(model, processor, examples, cfg, resume_dir=resume, log_metrics=ctx.log_metrics,
                        heartbeat=ctx.heartbeat)
+    if result.stopped_by == "time":  # the wall-clock budget (max_minutes) stopped it: the result depends on the machine
+        ctx.log_metrics(result.steps, {"truncated": 1.0})
     if env.sharded:  # gathered on rank 0 into the same HF files one process writes
         dist_.save_hf_checkpoint(model, processor, model_dir(ctx.out_dir), env)
         if not env.is_main:
