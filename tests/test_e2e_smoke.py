@@ -77,3 +77,32 @@ def test_report_from_the_smoke_ledger(smoke_root, tmp_path):
     deltas = md.split("## Deltas")[1].split("##")[0]
     assert "Avg 95% CI (items)" in deltas and "n/a (no paired items)" not in deltas
     assert "none of the paper's benchmarks" in md
+
+
+def test_the_same_grid_under_heavy_cpu_load_gives_identical_eval_metrics(smoke_root, tmp_path):
+    """Budgets are steps, so machine load cannot change a result: the smoke grid again in another root with
+    three busy-looping processes on the 2 cores gives bit-identical eval metrics for every key."""
+    import subprocess
+    import sys
+
+    burners = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(3)]
+    try:
+        res = run_cli("sweep", "run", "experiments/smoke.yaml", "--root", str(tmp_path / "loaded"), "-q",
+                      timeout=2400)
+    finally:
+        for b in burners:
+            b.kill()
+            b.wait()
+    assert res.returncode == 0, res.stderr[-3000:]
+
+    def eval_metrics(root) -> dict:
+        led = Ledger(root)
+        try:
+            return {(r["run_key"], r["name"]): r["value"] for r in led.conn.execute(
+                "SELECT m.run_key, m.name, m.value FROM metrics m JOIN runs r ON r.key = m.run_key "
+                "WHERE r.kind = 'eval'")}
+        finally:
+            led.close()
+
+    quiet, loaded = eval_metrics(smoke_root), eval_metrics(tmp_path / "loaded")
+    assert len(quiet) > 20 and quiet == loaded
