@@ -1,4 +1,4 @@
-"""The `align` stage: PRISM alignment (stage 2, prism_spec.md §6).
+"""The `align` stage: PRISM alignment (stage 2, docs/prism_method.md §6).
 
 Inputs: ``policy`` (the SFT artifact, HF checkpoint at ``<path>/model``), ``discriminator`` (a `disc_warmup`
 artifact, ``<path>/discriminator``) and ``data`` (its catalog's RL parquet, which must carry non-empty

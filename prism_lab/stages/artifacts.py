@@ -2,6 +2,7 @@
 
     <run dir>/model/            the HF checkpoint of a policy-producing run (sft, align, rl): weights,
                                 config, processor, tokenizer, chat template, prism_prompting.json
+    <run dir>/base/             an SFT run's copy of the checkpoint its chain starts from (drift reference)
     <run dir>/discriminator/    the discriminator of a disc_warmup or align run (discriminator.json + weights)
     <run dir>/students.jsonl    the students a disc_warmup run generated with its SFT policy (a cache)
     <run dir>/resume/           the trainer's resumable state while the run is in progress (removed at the end)
@@ -20,12 +21,14 @@ from prism_lab.errors import CheckpointError
 from prism_lab.trainers.common import RESUME_DIR
 
 MODEL_SUBDIR = "model"
+#: an SFT run's copy of the checkpoint its chain starts from (the reference of the drift measurements)
+BASE_SUBDIR = "base"
 DISC_SUBDIR = "discriminator"
 PREDICTION_CACHE = Path("cache") / "predictions"
 #: the disc_warmup run's cache of the students its SFT policy generated (reused when the run resumes)
 STUDENTS_CACHE = "students.jsonl"
 
-__all__ = ["DISC_SUBDIR", "MODEL_SUBDIR", "PREDICTION_CACHE", "STUDENTS_CACHE", "checkpoint_dir_of", "discriminator_dir_of",
+__all__ = ["BASE_SUBDIR", "DISC_SUBDIR", "MODEL_SUBDIR", "PREDICTION_CACHE", "STUDENTS_CACHE", "checkpoint_dir_of", "discriminator_dir_of",
            "checkpoint_identity", "model_dir", "resume_dir"]
 
 

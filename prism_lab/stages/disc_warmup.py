@@ -1,4 +1,4 @@
-"""The `disc_warmup` stage: build the MoE discriminator from the SFT policy and warm it up (prism_spec.md §4-§5).
+"""The `disc_warmup` stage: build the MoE discriminator from the SFT policy and warm it up (docs/prism_method.md §4-§5).
 
 Inputs: ``policy`` (the SFT artifact; HF checkpoint at ``<path>/model``) and ``data`` (a `data` run; its catalog
 names the warmup JSONL and the RL parquet). Output: ``<out_dir>/discriminator`` (:func:`save_discriminator`).

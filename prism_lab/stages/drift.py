@@ -81,7 +81,12 @@ def measure_drift(ctx: StageContext, cfg: Any, checkpoint_dir: Path) -> dict[str
         return {}
     examples, sha = held
     from prism_lab.models import load_policy
-    from prism_lab.trainers.drift import heldout_prompts, kl_estimate, sequence_logprobs, teacher_nll
+    from prism_lab.trainers.drift import (
+        heldout_prompts,
+        kl_estimate,
+        sequence_logprobs,
+        teacher_nll,
+    )
 
     model, processor = load_policy(checkpoint_dir)
     out = {"drift/teacher_nll": teacher_nll(model, processor, examples, batch_size=cfg.batch_size)["teacher_nll"]}

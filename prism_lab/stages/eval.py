@@ -1,4 +1,4 @@
-"""The `eval` stage: evaluate the input checkpoint on the configured benchmarks (prism_spec.md section 8).
+"""The `eval` stage: evaluate the input checkpoint on the configured benchmarks (docs/prism_method.md §8).
 
 Inputs: ``checkpoint`` (an artifact whose HF checkpoint is ``<path>/model``) and ``data`` (a data run;
 its catalog's ``bench_dir`` holds the benchmark TSVs). Writes ``predictions/<benchmark>.jsonl`` and
@@ -17,7 +17,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from prism_lab.config.eval import EvalConfig
-from prism_lab.stages.artifacts import PREDICTION_CACHE, checkpoint_dir_of, checkpoint_identity
+from prism_lab.stages.artifacts import (
+    PREDICTION_CACHE,
+    checkpoint_dir_of,
+    checkpoint_identity,
+)
 
 if TYPE_CHECKING:  # the harness hands every runner its context; stages never import the harness
     from prism_lab.harness.context import StageContext

@@ -19,10 +19,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-__all__ = ["BASE_SUBDIR", "Origin", "chain_discriminator", "chain_start"]
+from prism_lab.stages.artifacts import BASE_SUBDIR, DISC_SUBDIR, MODEL_SUBDIR, model_dir
+
+__all__ = ["Origin", "chain_discriminator", "chain_start"]
 
 #: Subdirectory of a run's artifact holding the checkpoint the run started from (when nothing else has it).
-BASE_SUBDIR = "base"
 #: Inputs that carry the policy checkpoint down a chain, in the order they are followed.
 _UPSTREAM = ("checkpoint", "policy")
 
@@ -67,14 +68,14 @@ def chain_start(ledger: Any, key: str) -> Origin | None:
             return Origin(resolve_checkpoint_dir(str(model)), f"model:{model}")
         except CheckpointError:
             return None
-    if art is not None and (art / "model" / "config.json").is_file():
-        return Origin(art / "model", f"{top.key}:model")
+    if art is not None and (model_dir(art) / "config.json").is_file():
+        return Origin(model_dir(art), f"{top.key}:{MODEL_SUBDIR}")
     return None
 
 
 def chain_discriminator(ledger: Any, key: str) -> Path | None:
     """The nearest discriminator directory up the chain of run ``key`` (None when the chain has none)."""
     for run in _upstream(ledger, key):
-        if run.artifact_path and (Path(run.artifact_path) / "discriminator" / "discriminator.json").is_file():
-            return Path(run.artifact_path) / "discriminator"
+        if run.artifact_path and (Path(run.artifact_path) / DISC_SUBDIR / "discriminator.json").is_file():
+            return Path(run.artifact_path) / DISC_SUBDIR
     return None

@@ -26,9 +26,8 @@ from prism_lab.config.sft import SFTConfig
 from prism_lab.data.catalog import DataCatalog
 from prism_lab.data.sft_json import SFTExample, read_sft_json
 from prism_lab.errors import ConfigError, DataError
-from prism_lab.stages.lineage import BASE_SUBDIR
 from prism_lab.prompts import SYSTEM_PROMPT
-from prism_lab.stages.artifacts import MODEL_SUBDIR, model_dir, resume_dir
+from prism_lab.stages.artifacts import BASE_SUBDIR, MODEL_SUBDIR, model_dir, resume_dir
 
 if TYPE_CHECKING:  # the harness hands every runner its context; stages never import the harness
     from prism_lab.harness.context import StageContext

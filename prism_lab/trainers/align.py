@@ -1,6 +1,6 @@
-"""Stage 2: PRISM on-policy adversarial distillation against the MoE discriminator (prism_spec.md §6).
+"""Stage 2: PRISM on-policy adversarial distillation against the MoE discriminator (docs/prism_method.md §6).
 
-:func:`run_align` is the loop, callable without a StageContext. One step, in the original's order (§6.2):
+:func:`run_align` is the loop, callable without a StageContext. One step, in the original's order (docs/prism_method.md §6.2):
 
 1. pick ``prompts_per_step`` prompts (:class:`~prism_lab.trainers.sampling.EpochSampler`, repositioned from the step on resume)
    and roll out ``n`` responses each with the policy (T = ``cfg.temperature``, top_p, log-probs returned);
@@ -227,6 +227,8 @@ def run_align(
     state lives (``out_dir/resume``; restored when present, saved every ``cfg.save_every`` steps, removed at the
     end unless ``keep_resume``). Final weights are NOT written here (the stage saves them). Returns a summary.
     """
+    # One function on purpose: the step reads top to bottom in the original's order (about 100 lines of body);
+    # what differs between variants lives in align_variants.py.
     n_given = len(examples)
     _check_teacher_segments(examples)
     set_seed(cfg.seed)

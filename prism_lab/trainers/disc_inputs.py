@@ -1,10 +1,10 @@
-"""The discriminator's scored sequences (prism_spec.md §4.3, §5.2, §6.1-§6.3, §10.3-§10.4).
+"""The discriminator's scored sequences (docs/prism_method.md §4.3, §5.2, §6.1-§6.3, §10.3-§10.4).
 
 Every score is the head output at the last valid token of ``prompt ⊕ segment``, where ``prompt`` is the
 chat-templated prompt with the generation prompt (``...<|im_start|>assistant\\n``, images included) and
 ``segment`` a token list: a caption segment, a cot segment (think + answer, the caption removed, positions
 continuing from the prompt), or a whole response (GAD variant). Warmup and alignment build their batches
-with the same functions here, so only the *terminator convention* (§10.3) differs between them:
+with the same functions here, so only the *terminator convention* (docs/prism_method.md §10.3) differs between them:
 
 ``terminator="original"`` (reproduces the paper):
   * warmup: each segment is rendered as a full assistant turn, i.e. followed by the chat template's
@@ -14,10 +14,10 @@ with the same functions here, so only the *terminator convention* (§10.3) diffe
   * online teacher caption/cot: the plain tokenisation of the parquet string followed by the first pad token
     (``<|endoftext|>``), because verl's EOS-based mask includes the first pad (Qwen3-VL's eos set contains the
     pad id). So, online, teacher and student segments end on different tokens, as in the original.
-``terminator="uniform"`` (the recommendation of §10.3): every segment, teacher or student, warmup or online,
+``terminator="uniform"`` (the recommendation of docs/prism_method.md §10.3): every segment, teacher or student, warmup or online,
   is its content tokens (trailing eos/pad removed) followed by exactly one ``<|im_end|>``.
 
-Positions (§10.4): ``"mrope"`` lets Qwen3-VL compute its 3-D M-RoPE ids (what a plain HF forward does, as in the
+Positions (docs/prism_method.md §10.4): ``"mrope"`` lets Qwen3-VL compute its 3-D M-RoPE ids (what a plain HF forward does, as in the
 original warmup); ``"text_1d"`` feeds 1-D text positions ``cumsum(mask) - 1`` to every token, image tokens
 included (the original stage-2 critic).
 
@@ -139,7 +139,7 @@ def online_teacher_segment(ids: Sequence[int], toks: DiscTokens, terminator: Ter
 # ------------------------------------------------------------------------------------------ rollout split
 @dataclass(frozen=True)
 class RolloutSplit:
-    """Caption/cot split of one response (§6.2b-c, §6.3)."""
+    """Caption/cot split of one response (docs/prism_method.md §6.2b-c, §6.3)."""
 
     valid: bool  # format-valid (SPLIT_RE matched and a boundary b > 0 was found)
     boundary: int  # b (the fallback max(1, L // 2) when invalid)
@@ -164,7 +164,7 @@ def split_rollout(processor: Any, token_ids: Sequence[int]) -> RolloutSplit:
 
 # ------------------------------------------------------------------------------------------ images
 def limit_pixels(image: Image.Image, max_pixels: int | None) -> Image.Image:
-    """Downscale (LANCZOS, aspect kept) so that ``w * h <= max_pixels`` (§5.2); smaller images unchanged."""
+    """Downscale (LANCZOS, aspect kept) so that ``w * h <= max_pixels`` (docs/prism_method.md §5.2); smaller images unchanged."""
     if max_pixels is None:
         return image
     w, h = image.size

@@ -1,4 +1,4 @@
-"""Offline pairwise warmup of the discriminator (prism_spec.md §5), callable without a StageContext.
+"""Offline pairwise warmup of the discriminator (docs/prism_method.md §5), callable without a StageContext.
 
 Pipeline:
 

@@ -6,7 +6,7 @@ sequences may share a prompt) and the completion token ids of each sequence:
 
     input_ids       = [left-padded prompt | completion, right-padded]
     attention_mask  = [prompt mask        | 1 on completion tokens, 0 on padding]
-    mm_token_type_ids = [prompt types     | zeros]            (cpu_facts section 7, item 8)
+    mm_token_type_ids = [prompt types     | zeros]            (docs/cpu_notes.md §6)
     pixel_values / image_grid_thw: the images of each sequence's prompt, in sequence order
 
 Columns that are padding in every row are trimmed (left side of the prompt, right side of the

@@ -1,6 +1,6 @@
 """RLVR training loop (stage 3): GRPO / DAPO / GSPO on a Qwen3-VL policy with the rule reward.
 
-One training step (prism_spec.md section 7.2, anchors Part A)::
+One training step (docs/prism_method.md §7.2, docs/rl_objectives.md)::
 
     prompts  <- next `prompts_per_step` examples of a seeded per-epoch permutation of the RL data
                 (x gen_batch_multiplier when DAPO dynamic sampling is on)

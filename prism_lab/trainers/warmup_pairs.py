@@ -49,7 +49,7 @@ class Comparison:
 
 
 def warmup_prompt(text: str, image: Any, *, system_prompt: str | None = None, max_pixels: int | None = None) -> Prompt:
-    """messages = [system?, user: [image?, text]] (§5.2) as a rollout :class:`Prompt`."""
+    """messages = [system?, user: [image?, text]] (docs/prism_method.md §5.2) as a rollout :class:`Prompt`."""
     from PIL import Image
 
     msgs: list[dict] = [{"role": "system", "content": system_prompt}] if system_prompt else []
