@@ -19,5 +19,9 @@ class CheckpointError(PrismError):
     """A checkpoint directory is missing, incomplete or incompatible."""
 
 
+class LedgerError(PrismError):
+    """A ledger file that cannot be read, is empty, or has a newer schema (names the file)."""
+
+
 class StageFailed(PrismError):
     """A stage run failed; the message says which run and where its log is."""

@@ -16,6 +16,7 @@ from typing import Annotated, Optional
 import typer
 
 from prism_lab.cli.options import Format, FormatOpt
+from prism_lab.config.base import SEED_MAX
 from prism_lab.errors import CheckpointError, PrismError
 
 
@@ -31,7 +32,7 @@ def eval_command(
     top_p: Annotated[Optional[float], typer.Option(help="Override the benchmarks' top-p.")] = None,
     max_new_tokens: Annotated[Optional[int], typer.Option(help="Override the benchmarks' max_new_tokens.")] = None,
     limit: Annotated[Optional[int], typer.Option(help="Only the first N items of each benchmark.")] = None,
-    seed: Annotated[int, typer.Option(help="Sampling seed.")] = 0,
+    seed: Annotated[int, typer.Option(min=0, max=SEED_MAX, help="Sampling seed.")] = 0,
     format: FormatOpt = Format.table,
 ) -> None:
     """Evaluate one checkpoint on benchmarks; writes the same ledger record as the `eval` stage.

@@ -13,6 +13,8 @@ from typing import Annotated, Optional
 import typer
 from rich.console import Console
 
+from prism_lab.errors import PrismError
+
 out = Console(width=None if sys.stdout.isatty() else 160)
 err = Console(stderr=True, soft_wrap=True)
 
@@ -58,4 +60,9 @@ def stdout_to_stderr() -> Iterator[None]:
 
 
 def resolve_root(root: Path | None) -> Path:
-    return Path(root or os.environ.get("PRISM_LAB_ROOT") or "runs")
+    """The ledger root: ``--root``, else $PRISM_LAB_ROOT, else ./runs. It may be absent (created when
+    something is written) but never a file."""
+    path = Path(root or os.environ.get("PRISM_LAB_ROOT") or "runs")
+    if path.exists() and not path.is_dir():
+        raise PrismError(f"--root {path}: expected a directory (for ledger.sqlite and runs/), found a file")
+    return path

@@ -47,7 +47,7 @@ KLTypeName = registered_name("prism_lab.algos.kl", "KL_ESTIMATORS", "KL estimato
 class OverlongBufferConfig(BaseModel):
     """DAPO soft overlong punishment: ``r += min(-(L - (L_max - L_buf)) / L_buf * factor, 0)``."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     enabled: bool = Field(False, description="Add the overlong penalty to the reward (DAPO reward manager).")
     len: int = Field(
@@ -80,7 +80,7 @@ class OverlongBufferConfig(BaseModel):
 class FilterGroupsConfig(BaseModel):
     """DAPO dynamic sampling: drop groups whose metric has zero population std; refill from new batches."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     enabled: bool = Field(False, description="Filter zero-variance groups and resample (DAPO dynamic sampling).")
     metric: Literal["acc", "score"] = Field(
@@ -102,7 +102,7 @@ class FilterGroupsConfig(BaseModel):
 class AlgorithmConfig(BaseModel):
     """Everything the RL trainer needs to know about the algorithm (not the model, data or rollout)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     adv_estimator: AdvEstimatorName = Field(
         "grpo", description="Advantage estimator (prism_lab.algos.advantages.ADV_ESTIMATORS)."

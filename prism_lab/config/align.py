@@ -12,7 +12,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from prism_lab.config.algorithms import AggModeName
-from prism_lab.config.base import registered_name
+from prism_lab.config.base import Seed, registered_name
 from prism_lab.config.resources import ResourcesConfig, resources_field
 
 __all__ = ["AdvantageModeName", "AlignVariantName", "AlignConfig", "DiscWarmupConfig", "DiscriminatorConfig"]
@@ -22,7 +22,7 @@ AlignVariantName = registered_name("prism_lab.trainers.align_variants", "ALIGN_V
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
 class DiscriminatorConfig(_Strict):
@@ -58,7 +58,7 @@ class DiscriminatorConfig(_Strict):
             "on CPU, which copies expert weights per token (30-80x slower)."
         ),
     )
-    seed: int = Field(0, description="Seed of the upcycling noise, the router init and the head init.")
+    seed: Seed = Field(0, description="Seed of the upcycling noise, the router init and the head init.")
 
     @model_validator(mode="after")
     def _check(self) -> DiscriminatorConfig:
@@ -81,7 +81,7 @@ class DiscWarmupConfig(_Strict):
     grad_accum: int = Field(4, ge=1, description="Gradient accumulation steps per optimiser step.")
     grad_clip: float = Field(1.0, gt=0, description="Max global grad norm.")
     aux_coef: float = Field(0.01, ge=0, description="Coefficient of the MoE load-balancing aux loss.")
-    seed: int = Field(42, description="Shuffle/init seed.")
+    seed: Seed = Field(42, description="Shuffle/init seed.")
     heldout_fraction: float = Field(
         0.05, ge=0, lt=1, description="Fraction of comparisons held out to measure pairwise accuracy (not in the paper)."
     )
@@ -186,7 +186,7 @@ class AlignConfig(_Strict):
         ),
     )
     save_every: int = Field(500, ge=0, description="Checkpoint every this many steps; 0 = only at the end.")
-    seed: int = Field(0, description="Rollout sampling and data-order seed.")
+    seed: Seed = Field(0, description="Rollout sampling and data-order seed.")
 
     resources: ResourcesConfig = resources_field("(This stage runs in one process for now.)")
 

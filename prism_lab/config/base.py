@@ -6,15 +6,22 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Annotated, Any
 
-from pydantic import AfterValidator, BaseModel, ConfigDict
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from prism_lab.registry import known_names
 
+#: The largest seed: every seed fits a signed 64-bit integer (SQLite, numpy, torch all take it).
+SEED_MAX = 2**63 - 1
+
+#: A seed field: an integer in [0, 2**63 - 1].
+Seed = Annotated[int, Field(ge=0, le=SEED_MAX)]
+
 
 class StrictModel(BaseModel):
-    """A pydantic model that forbids unknown fields and validates assignments."""
+    """A pydantic model that forbids unknown fields, validates assignments and refuses inf and NaN
+    (an infinite learning rate or epoch count is never meant)."""
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
 @dataclass(frozen=True)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pydantic import Field
 
-from prism_lab.config.base import StrictModel, registered_name
+from prism_lab.config.base import Seed, StrictModel, registered_name
 
 EvalBackendName = registered_name("prism_lab.eval.backends", "EVAL_BACKENDS", "eval backend", ("register_backend",))
 
@@ -29,7 +29,7 @@ class EvalConfig(StrictModel):
         None, description="Directory of benchmark TSVs; None = the data run's catalog, else $LMUData."
     )
     threads: int | None = Field(None, ge=1, description="torch CPU threads (None = torch default).")
-    seed: int = Field(0, description="Seed for sampled generation.")
+    seed: Seed = Field(0, description="Seed for sampled generation.")
     drift: bool = Field(
         True, description="Measure drift on the data's held-out teacher rows: teacher NLL, KL from the chain's base, "
         "discriminator gaps (stages/drift.py).")

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 
-from prism_lab.config.base import StrictModel
+from prism_lab.config.base import Seed, StrictModel
 from prism_lab.config.resources import ResourcesConfig, check_covers_processes, resources_field
 
 
@@ -36,7 +36,7 @@ class RLConfig(StrictModel):
     max_minutes: float | None = Field(None, gt=0, description="Wall-clock budget for the stage; a run it stops is marked truncated "
                                         "(its result depends on the machine). Budgets to compare are steps.")
     threads: int | None = Field(None, ge=1, description="torch CPU threads (None = torch default).")
-    seed: int = Field(0, description="Seed for sampling, data order and dropout.")
+    seed: Seed = Field(0, description="Seed for sampling, data order and dropout.")
     resources: ResourcesConfig = resources_field(
         "`prompts_per_step` stays global: each process rolls out its share of the prompts.")
 
@@ -44,3 +44,18 @@ class RLConfig(StrictModel):
     def _prompts_cover_processes(self) -> RLConfig:
         check_covers_processes(self.prompts_per_step, "prompts_per_step", self.resources)
         return self
+
+    @field_validator("algorithm_overrides")
+    @classmethod
+    def _check_overrides(cls, value: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
+        """The preset with the overrides applied must be valid now, not when the RL stage starts."""
+        from prism_lab.config.algorithms import ALGORITHM_PRESETS, resolve_algorithm
+        from prism_lab.errors import ConfigError
+
+        name = info.data.get("algorithm")
+        if name in ALGORITHM_PRESETS:
+            try:
+                resolve_algorithm(name, value)
+            except ConfigError as exc:
+                raise ValueError(str(exc)) from None
+        return value

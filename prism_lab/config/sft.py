@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from prism_lab.config.base import StrictModel
+from prism_lab.config.base import Seed, StrictModel
 from prism_lab.config.resources import ResourcesConfig, check_covers_processes, resources_field
 
 
@@ -52,7 +52,7 @@ class SFTConfig(StrictModel):
     save_every: int = Field(200, ge=1, description="Write a resumable checkpoint every N steps.")
     log_every: int = Field(10, ge=1, description="Log metrics every N steps.")
     threads: int | None = Field(None, ge=1, description="torch CPU threads (None = torch default).")
-    seed: int = Field(0, description="Seed for init (tiny presets), data order and dropout.")
+    seed: Seed = Field(0, description="Seed for init (tiny presets), data order and dropout.")
     resources: ResourcesConfig = resources_field(
         "`batch_size` and `grad_accum` stay global: each micro-batch is split over the processes.")
 

@@ -6,6 +6,8 @@ Every error is a ConfigError with one line: ``file:line: field.path: what was ex
 from __future__ import annotations
 
 import copy
+import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -119,23 +121,41 @@ def validation_error(exc: ValidationError, lines: LineMap, fname: str, prefix: t
     elif first["type"] == "missing":
         msg = "field required"
     got = first.get("input")
-    if first["type"] not in ("missing", "extra_forbidden") and not isinstance(got, (dict, list)):
+    if first["type"] not in ("missing", "extra_forbidden") and not isinstance(got, (dict, list)) and "got " not in msg:
         msg += f" (got {got!r})"
     more = f" (and {len(errors) - 1} more error(s))" if len(errors) > 1 else ""
     return ConfigError(f"{locate(lines, loc, fname)}: {dotted(loc)}: {msg}{more}")
 
 
+#: Most cells a grid may have (the product of its axis lengths), unless $PRISM_LAB_MAX_CELLS says more.
+#: The toy grid has 12; 10,000 cells is already days of compute for the smallest real model.
+MAX_CELLS = 10_000
+
+
+def max_cells() -> int:
+    raw = os.environ.get("PRISM_LAB_MAX_CELLS", "")
+    return int(raw) if raw.isdigit() and int(raw) > 0 else MAX_CELLS
+
+
 def check_axes(grid: Grid) -> None:
     if not grid.spec.axes:
         raise grid.error(("axes",), "expected at least one axis")
+    cells = 1
     for name, values in grid.spec.axes.items():
         if not values:
             raise grid.error(("axes", name), "expected a non-empty list of values, got []")
-        seen: list[Any] = []
+        cells *= len(values)
+    if cells > max_cells():
+        sizes = " x ".join(str(len(v)) for v in grid.spec.axes.values())
+        raise grid.error(("axes",), f"{sizes} = {cells:,} cells, more than the limit of {max_cells():,} (split the "
+                                    "grid, or raise $PRISM_LAB_MAX_CELLS)")
+    for name, values in grid.spec.axes.items():
+        seen: dict[str, int] = {}
         for i, v in enumerate(values):
-            if v in seen:
+            token = json.dumps(v, sort_keys=True, default=repr)
+            if token in seen:
                 raise grid.error(("axes", name, i), f"duplicate value {v!r} in axis {name!r}")
-            seen.append(v)
+            seen[token] = i
 
 
 def validate_config(grid: Grid, model: type, raw: dict, path: tuple) -> Any:

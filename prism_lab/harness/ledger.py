@@ -17,6 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from prism_lab.errors import LedgerError
+
 SCHEMA_VERSION = 1
 
 _SCHEMA = """
@@ -88,13 +90,68 @@ class Ledger:
         self.path = self.root / "ledger.sqlite"
         if not create and not self.path.exists():
             raise FileNotFoundError(self.path)
+        self._check_file()
         self.root.mkdir(parents=True, exist_ok=True)
-        self.conn = sqlite3.connect(self.path, timeout=60.0, isolation_level=None, check_same_thread=False)
-        self.conn.row_factory = sqlite3.Row
-        self.conn.execute("PRAGMA busy_timeout=60000")
-        self.conn.execute("PRAGMA journal_mode=WAL")
-        self.conn.execute("PRAGMA synchronous=NORMAL")
-        self._migrate()
+        if not self.path.exists():
+            self._create()
+        try:
+            self.conn = sqlite3.connect(self.path, timeout=60.0, isolation_level=None, check_same_thread=False)
+            self.conn.row_factory = sqlite3.Row
+            self.conn.execute("PRAGMA busy_timeout=60000")
+            self._check_version()  # before anything is written: a ledger we cannot read stays as it was
+            self.conn.execute("PRAGMA journal_mode=WAL")
+            self.conn.execute("PRAGMA synchronous=NORMAL")
+            self._migrate()
+        except sqlite3.DatabaseError as exc:
+            raise LedgerError(f"{self.path}: not a readable prism-lab ledger ({exc}); move it away to start a new "
+                              "ledger, or pass another --root") from None
+
+    def _create(self) -> None:
+        """Write a new ledger with its schema under a temporary name and link it into place, so that no
+        process ever sees a half-created (empty) ledger; when another process wins the race, use its."""
+        tmp = self.root / f".ledger.sqlite.new-{os.getpid()}-{time.time_ns()}"
+        try:
+            conn = sqlite3.connect(tmp, isolation_level=None)
+            conn.execute("PRAGMA journal_mode=WAL")
+            for stmt in filter(None, (s.strip() for s in _SCHEMA.split(";"))):
+                conn.execute(stmt)
+            conn.execute("INSERT INTO meta(key, value) VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
+            conn.close()
+            try:
+                os.link(tmp, self.path)
+            except FileExistsError:
+                pass
+        finally:
+            for leftover in (tmp, tmp.with_name(tmp.name + "-wal"), tmp.with_name(tmp.name + "-shm")):
+                leftover.unlink(missing_ok=True)
+
+    def _check_file(self) -> None:
+        """A path that exists must be a non-empty SQLite file (an empty one is a ledger that was lost)."""
+        if not self.path.exists():
+            if self.root.exists() and not self.root.is_dir():
+                raise LedgerError(f"{self.root}: expected a directory for the ledger and runs, found a file")
+            return
+        if not self.path.is_file():
+            raise LedgerError(f"{self.path}: expected the ledger file, found a directory or special file")
+        if self.path.stat().st_size == 0:
+            raise LedgerError(f"{self.path}: the ledger file is empty (0 bytes), its records are lost; move it "
+                              "away to start a new ledger")
+
+    def _check_version(self) -> None:
+        tables = {r[0] for r in self.conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        if not tables:
+            return
+        row = self.conn.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone() \
+            if "meta" in tables else None
+        if row is None:
+            raise LedgerError(f"{self.path}: an SQLite file without a prism-lab schema version (not a ledger)")
+        try:
+            version = int(row["value"])
+        except ValueError:
+            raise LedgerError(f"{self.path}: meta.schema_version: expected an integer, got {row['value']!r}") from None
+        if version > SCHEMA_VERSION:
+            raise LedgerError(f"{self.path}: meta.schema_version: ledger schema version {version} is newer than "
+                              f"this prism-lab's ({SCHEMA_VERSION}); upgrade prism-lab")
 
     @classmethod
     def open_existing(cls, root: str | Path) -> "Ledger | None":
@@ -134,7 +191,7 @@ class Ledger:
             if row is None:
                 c.execute("INSERT INTO meta(key, value) VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
             elif int(row["value"]) > SCHEMA_VERSION:
-                raise RuntimeError(
+                raise LedgerError(
                     f"{self.path}: ledger schema version {row['value']} is newer than this prism-lab "
                     f"({SCHEMA_VERSION}); upgrade prism-lab"
                 )

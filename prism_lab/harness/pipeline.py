@@ -10,6 +10,7 @@ import hashlib
 from pathlib import Path
 from typing import Any, Protocol
 
+from prism_lab.config.base import SEED_MAX
 from prism_lab.harness.grid import CORE_AXES, Grid, validate_config
 from prism_lab.harness.plan import Cell, PlanBuilder
 from prism_lab.harness.stage_kinds import STAGE_KINDS
@@ -122,8 +123,8 @@ class PrismPipeline:
             if v not in ALIGNMENT_VALUES:
                 raise grid.error(("axes", "alignment", i), f"expected one of {', '.join(ALIGNMENT_VALUES)}, got {v!r}")
         for i, v in enumerate(axes["seed"]):
-            if not isinstance(v, int) or isinstance(v, bool):
-                raise grid.error(("axes", "seed", i), f"expected an integer seed, got {v!r}")
+            if not isinstance(v, int) or isinstance(v, bool) or not 0 <= v <= SEED_MAX:
+                raise grid.error(("axes", "seed", i), f"expected an integer seed from 0 to 2**63-1, got {v!r}")
         from prism_lab.config.algorithms import ALGORITHM_PRESETS
 
         for i, v in enumerate(axes["algorithm"]):

@@ -13,11 +13,23 @@ from prism_lab.errors import ConfigError
 LineMap = dict[tuple, tuple[str, int]]
 
 
-def _construct(loader: yaml.SafeLoader, node: yaml.Node, path: tuple, lines: LineMap, fname: str) -> Any:
+#: Most values one YAML file may expand to. Aliases (``*name``) re-use a node, so a few lines of nested
+#: aliases can stand for billions of values (the "billion laughs"); a grid has at most thousands.
+MAX_YAML_VALUES = 100_000
+
+
+def _construct(loader: yaml.SafeLoader, node: yaml.Node, path: tuple, lines: LineMap, fname: str,
+               budget: list[int]) -> Any:
+    budget[0] -= 1
+    if budget[0] < 0:
+        raise ConfigError(f"{fname}:{node.start_mark.line + 1}: {'.'.join(map(str, path)) or '(top level)'}: the "
+                          f"file expands to more than {MAX_YAML_VALUES:,} values (nested aliases?)")
     lines[path] = (fname, node.start_mark.line + 1)
     if isinstance(node, yaml.MappingNode):
         out: dict[Any, Any] = {}
         for key_node, value_node in node.value:
+            if not isinstance(key_node, yaml.ScalarNode):
+                raise ConfigError(f"{fname}:{key_node.start_mark.line + 1}: mapping keys must be scalars")
             key = loader.construct_object(key_node, deep=True)
             if not isinstance(key, (str, int, float, bool)):
                 raise ConfigError(f"{fname}:{key_node.start_mark.line + 1}: mapping keys must be scalars")
@@ -28,12 +40,12 @@ def _construct(loader: yaml.SafeLoader, node: yaml.Node, path: tuple, lines: Lin
                     f"(first defined on line {lines[path + (key,)][1]})"
                 )
             lines[path + (key,)] = (fname, key_node.start_mark.line + 1)
-            out[key] = _construct(loader, value_node, path + (key,), lines, fname)
+            out[key] = _construct(loader, value_node, path + (key,), lines, fname, budget)
             # keep the key's line: it is where a reader looks for the field
             lines[path + (key,)] = (fname, key_node.start_mark.line + 1)
         return out
     if isinstance(node, yaml.SequenceNode):
-        return [_construct(loader, child, path + (i,), lines, fname) for i, child in enumerate(node.value)]
+        return [_construct(loader, child, path + (i,), lines, fname, budget) for i, child in enumerate(node.value)]
     return loader.construct_object(node, deep=True)
 
 
@@ -55,7 +67,7 @@ def load_yaml(path: str | Path) -> tuple[Any, LineMap]:
     try:
         node = loader.get_single_node()
         lines: LineMap = {}
-        data = {} if node is None else _construct(loader, node, (), lines, fname)
+        data = {} if node is None else _construct(loader, node, (), lines, fname, [MAX_YAML_VALUES])
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line = mark.line + 1 if mark is not None else 0

@@ -14,19 +14,24 @@ from pydantic import (
     model_validator,
 )
 
+from prism_lab.config.base import Seed
 from prism_lab.data.synth.questions import FAMILIES
 from prism_lab.data.synth.scenes import PALETTE, SHAPES, capacity
 from prism_lab.errors import ConfigError
 
 
+#: Largest synthetic image side: 2048 px is 12 MB per RGB image; 100,000 px would be 30 GB.
+MAX_IMAGE_SIZE = 2048
+
+
 class SynthConfig(BaseModel):
     """Options of the synthetic generator. Defaults give the CPU toy task (64 px images, 3 colours)."""
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
-    seed: int = Field(0, description="Master seed; every split and benchmark derives its own stream from it.")
+    seed: Seed = Field(0, description="Master seed; every split and benchmark derives its own stream from it.")
     image_size: int = Field(
-        64, description="Image side in pixels; a multiple of 32 (Qwen3-VL patch 16 x merge 2), at least 32."
+        64, description="Image side in pixels; a multiple of 32 (Qwen3-VL patch 16 x merge 2), from 32 to 2048."
     )
     n_sft_public: int = Field(2000, ge=0, description="Rows of the public SFT mixture (sft_public.json).")
     n_teacher: int = Field(300, ge=0, description="Rows of teacher demonstrations (sft_teacher.json).")
@@ -82,8 +87,8 @@ class SynthConfig(BaseModel):
     @field_validator("image_size")
     @classmethod
     def _size(cls, v: int) -> int:
-        if v < 32 or v % 32:
-            raise ValueError(f"expected a multiple of 32 that is >= 32, got {v}")
+        if v < 32 or v % 32 or v > MAX_IMAGE_SIZE:
+            raise ValueError(f"expected a multiple of 32 from 32 to {MAX_IMAGE_SIZE}, got {v}")
         return v
 
     @field_validator("colours")
