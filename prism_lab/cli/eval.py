@@ -43,7 +43,7 @@ def eval_command(
     from prism_lab.config.eval import EvalConfig
     from prism_lab.eval.backends import EVAL_BACKENDS
     from prism_lab.eval.run import checkpoint_fingerprint
-    from prism_lab.harness.ledger import Ledger
+    from prism_lab.harness.ledger import Ledger, run_is_stale
     from prism_lab.harness.plan import content_key
     from prism_lab.harness.run_stage import execute
     from prism_lab.harness.stage_kinds import STAGE_KINDS
@@ -61,11 +61,19 @@ def eval_command(
         raise PrismError("--bench-dir is required (or set $LMUData to the directory of the benchmark TSVs)")
     from prism_lab.eval.benchmarks import load_benchmark
 
+    from prism_lab.data.bench_tsv import read_benchmark_tsv
+    from prism_lab.eval.run import benchmark_tsv
+
     for name in benchmark:
         try:
-            load_benchmark(name)
+            spec = load_benchmark(name)
         except Exception as exc:  # ConfigError with the known names
             raise PrismError(f"--benchmark: {exc}") from None
+        read_benchmark_tsv(benchmark_tsv(spec, bdir))  # a missing or malformed TSV fails before anything is written
+    from prism_lab.models.checkpoint import inspect_checkpoint, verify_weights
+
+    inspect_checkpoint(model_dir)
+    verify_weights(model_dir)
     cfg = EvalConfig(benchmarks=list(benchmark), backend=backend, batch_size=batch_size, temperature=temperature,
                      top_p=top_p, max_new_tokens=max_new_tokens, limit=limit, seed=seed,
                      bench_dir=str(bdir.resolve()))
@@ -79,6 +87,9 @@ def eval_command(
     key = content_key("eval", STAGE_KINDS.get("eval").version, config, inputs)
     ledger.add_run(key, "eval", f"eval {checkpoint.name}", config, inputs)
     row = ledger.get_run(key)
+    if row.status == "running" and run_is_stale(row):  # left by an eval that was killed
+        if ledger.set_status(key, "pending", only_if=("running",)):
+            ledger.event("restarted", f"stale eval claim (pid {row.owner_pid}) released", run_key=key)
     if row.status != "done":
         if not ledger.claim(key, owner_pid=os.getpid(), allowed=("pending", "failed", "blocked")):
             raise PrismError(f"evaluation {key[:12]} is already running in another process")

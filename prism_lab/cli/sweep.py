@@ -26,10 +26,15 @@ from prism_lab.errors import PrismError
 sweep_app = typer.Typer(help="Plan, run and inspect grids (experiments/*.yaml).", no_args_is_help=True)
 
 
-def _load_plan(grid_path: Path):
-    from prism_lab.harness.planning import build_plan, load_grid
+def _load_plan(grid_path: Path, *, check_inputs: bool = False):
+    """Load and plan a grid; ``check_inputs``: first read its datasets and check its checkpoints
+    (`plan` and `run` do, so that no stage ever starts on bad input)."""
+    from prism_lab.harness import planning
 
-    return build_plan(load_grid(grid_path))
+    grid = planning.load_grid(grid_path)
+    if check_inputs:
+        planning.check_inputs(grid)
+    return planning.build_plan(grid)
 
 
 def _run_records(plan, root: Path, *, with_metrics: bool) -> list[dict]:
@@ -161,7 +166,7 @@ def sweep_plan(
         "meta device: imports torch).")] = False,
 ) -> None:
     """Expand a grid into cells and deduplicated stage runs (nothing is run or written)."""
-    plan = _load_plan(grid)
+    plan = _load_plan(grid, check_inputs=True)
     if resources:
         _print_resources(plan, grid, format)
         return
@@ -224,7 +229,7 @@ def sweep_run(
     from prism_lab.harness.executors.local import LocalExecutor, select_runs
     from prism_lab.harness.executors.placement import launch_command, run_resources
 
-    plan = _load_plan(grid)
+    plan = _load_plan(grid, check_inputs=True)
     root_dir = resolve_root(root).resolve()
     kinds = {s.strip() for s in stages.split(",")} if stages else None
     if kinds:

@@ -10,6 +10,8 @@ from __future__ import annotations
 import base64
 import binascii
 import io
+import os
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -49,13 +51,46 @@ def decode_base64(text: str, *, where: str = "image") -> bytes:
         raise DataError(f"{where}: expected base64-encoded image data, got invalid base64 ({e})") from None
 
 
-def check_image_bytes(data: bytes, *, where: str = "image") -> None:
-    """Cheap validity check: PIL can identify the format (header only, no full decode)."""
+#: Most pixels an image may have. The header says the size before anything is decoded, so a small file
+#: that would decode to gigabytes (a "decompression bomb") is refused up front. 50 M pixels is a 7K x 7K
+#: photo; Qwen3-VL's processor downsizes far below that anyway.
+MAX_IMAGE_PIXELS = 50_000_000
+
+
+def _check_size(im: Image.Image, where: str, what: str) -> None:
+    w, h = im.size
+    if w * h > MAX_IMAGE_PIXELS:
+        raise DataError(f"{where}: {what} is {w} x {h} = {w * h:,} pixels, more than the limit of "
+                        f"{MAX_IMAGE_PIXELS:,} (a decompression bomb, or an image to downsize first)")
+
+
+def _open(src: Any) -> Image.Image:
+    """Image.open without PIL's bomb warning: the size is checked against MAX_IMAGE_PIXELS right after."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        return Image.open(src)
+
+
+def _check_opened(open_it: Any, where: str, what: str) -> None:
     try:
-        with Image.open(io.BytesIO(data)) as im:
+        with open_it() as im:
+            _check_size(im, where, what)
             im.verify()
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
-        raise DataError(f"{where}: expected encoded image bytes (PNG/JPEG/...), could not be read ({e})") from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+        raise DataError(f"{where}: {what} is not a readable image ({e})") from None
+
+
+def check_image_bytes(data: bytes, *, where: str = "image") -> None:
+    """Cheap validity check: PIL identifies the format and the size is within MAX_IMAGE_PIXELS (header
+    and chunk checksums only, no full decode)."""
+    _check_opened(lambda: _open(io.BytesIO(data)), where, "the image data")
+
+
+def check_image_file(path: Path, *, where: str = "image") -> None:
+    """The file exists and passes the same checks as :func:`check_image_bytes`."""
+    if not _is_file(path):
+        raise DataError(f"{where}: expected an existing image file, not found: {path}")
+    _check_opened(lambda: _open(path), where, f"image file {path}")
 
 
 def looks_like_base64(text: str) -> bool:
@@ -63,18 +98,26 @@ def looks_like_base64(text: str) -> bool:
     return len(text) > 64 and set(text[:256]) <= _B64_CHARS
 
 
-def resolve_path(ref: str | Path, base_dir: str | Path | None) -> Path:
+def resolve_path(ref: str | Path, base_dir: str | Path | None, *, where: str = "image") -> Path:
+    """``ref`` joined to ``base_dir`` (its root), which it must stay inside: a row naming
+    ``../../etc/passwd`` or an absolute path elsewhere is a DataError, never a file that is read."""
     p = Path(ref).expanduser()
-    if not p.is_absolute() and base_dir is not None:
+    if base_dir is None:
+        return p
+    if not p.is_absolute():
         p = Path(base_dir) / p
+    root = os.path.realpath(base_dir)
+    if os.path.commonpath([root, os.path.realpath(p)]) != root:
+        raise DataError(f"{where}: image path {str(ref)[:120]!r} leads outside its root directory {root}")
     return p
 
 
 def _open_bytes(data: bytes, where: str) -> Image.Image:
     try:
-        with Image.open(io.BytesIO(data)) as im:
+        with _open(io.BytesIO(data)) as im:
+            _check_size(im, where, "the image data")
             return im.convert("RGB")
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
         raise DataError(f"{where}: expected encoded image bytes, could not be decoded ({e})") from None
 
 
@@ -82,9 +125,10 @@ def _open_path(p: Path, where: str) -> Image.Image:
     if not p.is_file():
         raise DataError(f"{where}: image file not found: {p}")
     try:
-        with Image.open(p) as im:
+        with _open(p) as im:
+            _check_size(im, where, f"image file {p}")
             return im.convert("RGB")
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
         raise DataError(f"{where}: image file {p} could not be decoded ({e})") from None
 
 
@@ -112,14 +156,20 @@ def load_image(ref: ImageRef, *, base_dir: str | Path | None = None, where: str 
         if data:
             return _open_bytes(bytes(data), where)
         if path:
-            return _open_path(resolve_path(path, base_dir), where)
+            return _open_path(resolve_path(path, base_dir, where=where), where)
         raise DataError(f"{where}: image struct has neither 'bytes' nor 'path'")
     if isinstance(ref, Path):
-        return _open_path(resolve_path(ref, base_dir), where)
+        return _open_path(resolve_path(ref, base_dir, where=where), where)
     if isinstance(ref, str):
         if ref.startswith(("http://", "https://")):
             raise DataError(f"{where}: image URLs are not supported offline ({ref[:80]}); download it first")
-        p = resolve_path(ref, base_dir) if len(ref) < 4096 else None
+        p = None
+        if len(ref) < 4096:
+            try:
+                p = resolve_path(ref, base_dir, where=where)
+            except DataError:
+                if not looks_like_base64(ref):  # base64 text may start with "/" (JPEG: "/9j/")
+                    raise
         if p is not None and _is_file(p):
             return _open_path(p, where)
         if looks_like_base64(ref):

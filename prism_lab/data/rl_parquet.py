@@ -18,7 +18,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image
 
-from prism_lab.data.images import check_image_bytes, load_image, resolve_path
+from prism_lab.data.images import check_image_bytes, check_image_file, load_image, resolve_path
 from prism_lab.errors import DataError
 
 IMAGE_TOKEN = "<image>"
@@ -134,9 +134,8 @@ def _parse_row(path: Path, i: int, row: dict[str, Any], require_teacher: bool, b
             check_image_bytes(bytes(im), where=where)
             refs.append(bytes(im))
         elif isinstance(im, str):
-            rp = resolve_path(im, base)
-            if not rp.is_file():
-                raise DataError(f"{path}: row {i}: field 'images[{j}]': expected an existing image file, not found: {rp}")
+            rp = resolve_path(im, base, where=where)
+            check_image_file(rp, where=where)
             refs.append(rp)
         else:
             raise _fail(path, i, f"images[{j}]", "image bytes, a path or a {bytes, path} struct", type(im).__name__)

@@ -17,7 +17,7 @@ from typing import Any
 
 from PIL import Image
 
-from prism_lab.data.images import load_image, resolve_path
+from prism_lab.data.images import check_image_file, load_image, resolve_path
 from prism_lab.errors import DataError
 
 IMAGE_TOKEN = "<image>"
@@ -125,11 +125,11 @@ def read_sft_json(path: str | Path, *, image_root: str | Path | None = None, che
         n_tok = sum(m["content"].count(IMAGE_TOKEN) for m in msgs)
         if n_tok != len(imgs):
             raise _fail(path, i, "images", f"as many images as '{IMAGE_TOKEN}' placeholders ({n_tok})", len(imgs))
-        paths = [resolve_path(p, base) for p in imgs]
+        where = f"{path}: row {i}: field 'images'"
+        paths = [resolve_path(p, base, where=where) for p in imgs]
         if check_images:
             for p in paths:
-                if not p.is_file():
-                    raise DataError(f"{path}: row {i}: field 'images': expected an existing image file, not found: {p}")
+                check_image_file(p, where=where)
         meta = row.get("meta", {})
         if not isinstance(meta, dict):
             raise _fail(path, i, "meta", "an object", meta)

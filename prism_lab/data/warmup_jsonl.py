@@ -19,7 +19,7 @@ from typing import Any
 
 from PIL import Image
 
-from prism_lab.data.images import load_image, resolve_path
+from prism_lab.data.images import check_image_file, load_image, resolve_path
 from prism_lab.errors import DataError
 
 SEGMENT_FIELDS = ("teacher_caption", "student_caption", "teacher_cot", "student_cot")
@@ -82,9 +82,10 @@ def read_warmup_jsonl(
                     raise _fail(path, ln, "image", "an image path (string)", img)
                 if img.startswith(("http://", "https://")):
                     raise _fail(path, ln, "image", "a local path (URLs are not fetched offline)", img)
-                img_path = resolve_path(img, base)
-                if check_images and not img_path.is_file():
-                    raise DataError(f"{path}: line {ln}: field 'image': expected an existing image file, not found: {img_path}")
+                where = f"{path}: line {ln}: field 'image'"
+                img_path = resolve_path(img, base, where=where)
+                if check_images:
+                    check_image_file(img_path, where=where)
             for fld in (*SEGMENT_FIELDS, *LEGACY_FIELDS):
                 v = obj.get(fld)
                 if v is not None and not isinstance(v, str):

@@ -6,6 +6,7 @@ Every error is a ConfigError with one line: ``file:line: field.path: what was ex
 from __future__ import annotations
 
 import copy
+import re
 import json
 import os
 from dataclasses import dataclass, field
@@ -33,10 +34,17 @@ class ReportSpec(StrictModel):
     )
 
 
+#: What a sweep name may be: it becomes a directory name (reports/<name>), so no `/`, no `..`.
+SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
+SAFE_NAME_RULE = "letters, digits, '_', '.', '-', starting with a letter or digit, at most 128"
+
+
 class GridSpec(StrictModel):
     """A sweep: axes (cartesian product = cells), per-stage configs, model map, benchmarks, report."""
 
-    name: str = Field("", description="Sweep name (defaults to the file name).")
+    name: str = Field("", description="Sweep name (defaults to the file's name; never inherited through "
+                      "`extends:`). Letters, digits, `_`, `.`, `-`, starting with a letter or digit: it names "
+                      "report directories.")
     description: str = Field("", description="Free text shown in reports.")
     pipeline: str = Field("prism", description="Stage chain to expand each cell into.")
     axes: dict[str, list[Any]] = Field(description="Axis name -> values. Cells are their product.")
@@ -53,6 +61,13 @@ class GridSpec(StrictModel):
         description="Stage kinds whose `seed` is set from the `seed` axis.",
     )
     report: ReportSpec = Field(default_factory=ReportSpec, description="Report comparison.")
+
+    @field_validator("name")
+    @classmethod
+    def _safe_name(cls, value: str) -> str:
+        if not SAFE_NAME.fullmatch(value):
+            raise ValueError(f"expected a safe file name ({SAFE_NAME_RULE}), got {value!r}")
+        return value
 
     @field_validator("stages", mode="before")
     @classmethod

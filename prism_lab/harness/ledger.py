@@ -201,12 +201,17 @@ class Ledger:
         """Insert the sweep, its cells and every stage run (existing runs keep their status)."""
         now = time.time()
         grid = plan.grid
+        grid_file = str(Path(grid.path).resolve())
         with self.tx() as c:
+            known = c.execute("SELECT grid_path FROM sweeps WHERE name=?", (grid.name,)).fetchone()
+            if known is not None and Path(known[0]).is_absolute() and known[0] != grid_file:
+                raise LedgerError(f"{grid.path}: name: sweep {grid.name!r} is already recorded in {self.path} from "
+                                  f"another grid file ({known[0]}); give this grid its own `name:`")
             c.execute(
                 "INSERT INTO sweeps(name, grid_path, grid_json, created_at, updated_at) VALUES (?,?,?,?,?) "
                 "ON CONFLICT(name) DO UPDATE SET grid_path=excluded.grid_path, grid_json=excluded.grid_json, "
                 "updated_at=excluded.updated_at",
-                (grid.name, str(grid.path), grid.spec.model_dump_json(), now, now),
+                (grid.name, grid_file, grid.spec.model_dump_json(), now, now),
             )
             c.execute("DELETE FROM cells WHERE sweep=?", (grid.name,))
             c.execute("DELETE FROM cell_runs WHERE sweep=?", (grid.name,))
@@ -352,6 +357,16 @@ class Ledger:
             roles.setdefault(r["cell_id"], {})[r["role"]] = r["run_key"]
         return [(r["cell_id"], json.loads(r["axes_json"]), roles.get(r["cell_id"], {}))
                 for r in self.conn.execute("SELECT * FROM cells WHERE sweep=? ORDER BY ordinal", (sweep,))]
+
+
+def run_is_stale(row: RunRow, *, host: str | None = None, stale_after: float = 120.0) -> bool:
+    """Whether a `running` run's claim is left over from a process that died (kill -9, a crash).
+
+    On the claiming host: neither the owner nor the stage process is alive. Elsewhere: no heartbeat
+    for ``stale_after`` seconds."""
+    if row.host == (host or socket.gethostname()):
+        return not pid_alive(row.owner_pid) and not pid_alive(row.pid)
+    return row.heartbeat_at is None or time.time() - row.heartbeat_at > stale_after
 
 
 def pid_alive(pid: int | None) -> bool:

@@ -6,13 +6,12 @@
 from __future__ import annotations
 
 import copy
-import hashlib
-from pathlib import Path
 from typing import Any, Protocol
 
 from prism_lab.config.base import SEED_MAX
 from prism_lab.harness.grid import CORE_AXES, Grid, validate_config
-from prism_lab.harness.plan import Cell, PlanBuilder
+from prism_lab.harness.inputs import check_inputs, data_fingerprint, resolve_paths
+from prism_lab.harness.plan import Cell, PlanBuilder, canonical_json
 from prism_lab.harness.stage_kinds import STAGE_KINDS
 from prism_lab.registry import Registry
 
@@ -44,24 +43,17 @@ def set_path(cfg: dict, path: list[str], value: Any) -> None:
     node[path[-1]] = value
 
 
-def fingerprint_local_files(paths: list[str], base: Path) -> str:
-    """sha256 over the named files' contents (directories: every file below, sorted)."""
-    digest = hashlib.sha256()
-    for ref in sorted(paths):
-        p = Path(ref) if Path(ref).is_absolute() else base / ref
-        files = sorted(x for x in p.rglob("*") if x.is_file()) if p.is_dir() else [p]
-        for f in files:
-            digest.update(str(f.name).encode())
-            if f.is_file():
-                with f.open("rb") as fh:
-                    for chunk in iter(lambda: fh.read(1 << 20), b""):
-                        digest.update(chunk)
-            else:
-                digest.update(b"<missing>")
-    return digest.hexdigest()
-
-
 ALIGNMENT_VALUES = ("none", "prism", "gad")
+
+#: Stage config fields the PRISM pipeline sets itself, and from what. An axis or a stage section that
+#: sets one would be silently overridden (or would silently override a core axis): both are refused.
+#: ``<stage>.seed`` is different: as an axis it is honoured (it wins over the `seed` axis for that stage).
+PIPELINE_SET = {
+    ("sft", "model"): "the `models` map, by the `size` axis",
+    ("rl", "algorithm"): "the `algorithm` axis",
+    ("align", "variant"): "the `alignment` axis",
+    ("eval", "benchmarks"): "the grid's `benchmarks` list",
+}
 
 
 class PrismPipeline:
@@ -71,9 +63,14 @@ class PrismPipeline:
     always = ("data", "sft", "rl", "eval")
     aligned = ("disc_warmup", "align")
 
+    def check_inputs(self, grid: Grid) -> None:
+        """Read every local dataset and check every local checkpoint (harness/inputs.py)."""
+        check_inputs(grid)
+
     # ---- validation -------------------------------------------------------------------------------
     def validate(self, grid: Grid) -> None:
         spec = grid.spec
+        resolve_paths(grid)
         for axis in CORE_AXES:
             if axis not in spec.axes:
                 raise grid.error(("axes",), f"missing required axis {axis!r} (a PRISM grid has {', '.join(CORE_AXES)})")
@@ -98,11 +95,29 @@ class PrismPipeline:
         for kind in used:
             if kind != "data":
                 validate_config(grid, STAGE_KINDS.get(kind).config_model(), spec.stages[kind], ("stages", kind))
+        self._validate_pipeline_fields(grid)
         self._validate_sizes(grid)
         self._validate_values(grid)
         self._validate_path_axes(grid, used)
         self._validate_report(grid)
         self._validate_benchmarks(grid)
+
+    def _validate_pipeline_fields(self, grid: Grid) -> None:
+        spec = grid.spec
+        for name in spec.axes:
+            kind, _, field = name.partition(".")
+            if (kind, field) in PIPELINE_SET:
+                raise grid.error(("axes", name), f"{name} is set by the pipeline from {PIPELINE_SET[kind, field]}; "
+                                                 "vary that instead")
+        for kind, section in spec.stages.items():
+            for field in section:
+                if (kind, field) in PIPELINE_SET:
+                    raise grid.error(("stages", kind, field),
+                                     f"set by the pipeline from {PIPELINE_SET[kind, field]}; remove it here")
+                if field == "seed" and kind in spec.seed_scope:
+                    raise grid.error(("stages", kind, "seed"),
+                                     f"set from the `seed` axis (`{kind}` is in seed_scope); remove it here, make "
+                                     f"`{kind}.seed` an axis, or drop `{kind}` from seed_scope")
 
     def _validate_sizes(self, grid: Grid) -> None:
         from prism_lab.models.refs import classify_model_ref
@@ -188,10 +203,10 @@ class PrismPipeline:
             out = copy.deepcopy(spec.data if kind == "data" else spec.stages.get(kind, {}))
             for k, v in fixed.items():
                 out[k] = v
-            for path, v in overrides.get(kind, {}).items():
-                set_path(out, path.split("."), v)
             if kind in spec.seed_scope and kind != "data":
                 out["seed"] = ax["seed"]
+            for path, v in overrides.get(kind, {}).items():  # after the seed: a `<stage>.seed` axis wins
+                set_path(out, path.split("."), v)
             return out
 
         def label(kind: str, *parts: str) -> str:
@@ -202,8 +217,10 @@ class PrismPipeline:
         fp = ""
         if data_cfg.get("source") == "local":
             local = data_cfg.get("local") or {}
-            files = [*local.get("sft", []), *[local[k] for k in ("rl", "warmup", "heldout") if local.get(k)]]
-            fp = fingerprint_local_files(files, grid.path.parent)
+            memo_key = "data-fingerprint:" + canonical_json(local)
+            if memo_key not in builder.memo:
+                builder.memo[memo_key] = data_fingerprint(grid, local)
+            fp = builder.memo[memo_key]
         data = builder.add("data", data_cfg, {}, label="data", cell=cell, role="data", fingerprint=fp,
                            where=("data",))
         up = ["size", "seed", "sft", "data"]

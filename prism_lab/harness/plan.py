@@ -95,6 +95,7 @@ class PlanBuilder:
         self.grid = grid
         self.runs: dict[str, StageRun] = {}
         self._validated: dict[tuple[str, str], dict] = {}
+        self.memo: dict[str, Any] = {}  # what a pipeline computes once per plan (e.g. data fingerprints)
 
     def resolve_config(self, kind: str, raw: dict, where: tuple) -> dict:
         """Validate ``raw`` against the kind's config model; returns the full config with defaults."""

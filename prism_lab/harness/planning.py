@@ -11,7 +11,10 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
+from prism_lab.errors import ConfigError
 from prism_lab.harness.grid import (
+    SAFE_NAME,
+    SAFE_NAME_RULE,
     Grid,
     GridSpec,
     check_axes,
@@ -28,11 +31,16 @@ def load_grid(path: str | Path) -> Grid:
     load_plugins()
     path = Path(path)
     raw, lines = load_raw(path, ())
+    if "name" in raw and lines.get(("name",), (str(path), 0))[0] != str(path):
+        del raw["name"]  # a sweep's name is its own file's: a grid that extends another never takes over its sweep
     try:
         spec = GridSpec.model_validate(raw)
     except ValidationError as exc:
         raise validation_error(exc, lines, str(path)) from None
     if not spec.name:
+        if not SAFE_NAME.fullmatch(path.stem):
+            raise ConfigError(f"{path}: name: the file name {path.stem!r} is not a safe sweep name ({SAFE_NAME_RULE}); "
+                              "set `name:` in the grid")
         spec.name = path.stem
     grid = Grid(spec=spec, path=path, lines=lines)
     check_axes(grid)
@@ -51,3 +59,11 @@ def build_plan(grid: Grid) -> Plan:
     for cell in cells:
         pipeline.expand(grid, cell, builder)
     return Plan(grid=grid, cells=cells, runs=builder.runs)
+
+
+def check_inputs(grid: Grid) -> None:
+    """Check the grid's files on disk (datasets, checkpoints) before any stage runs: `sweep plan` and
+    `sweep run` both call this. A pipeline without such inputs has nothing to check."""
+    check = getattr(get_pipeline(grid.spec.pipeline), "check_inputs", None)
+    if check is not None:
+        check(grid)

@@ -6,7 +6,6 @@ The same ``load_policy`` loads a tiny policy saved by ``save_policy`` and a real
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
@@ -19,6 +18,7 @@ from transformers import (
 from prism_lab.errors import CheckpointError, ConfigError
 from prism_lab.models.attention import choose_attn_implementation, pick_dtype
 from prism_lab.models.portable import make_portable
+from prism_lab.models.checkpoint import check_loading_info, inspect_checkpoint, model_class
 from prism_lab.models.presets import PRESETS, ModelPreset, resolve_model_ref
 from prism_lab.models.processor import (
     TinyQwen3VLProcessor,
@@ -27,7 +27,6 @@ from prism_lab.models.processor import (
 )
 from prism_lab.models.tokenizer import special_token_ids
 
-SUPPORTED_MODEL_TYPES = ("qwen3_vl", "qwen3_vl_moe")
 
 
 def _get_preset(preset: str | ModelPreset) -> ModelPreset:
@@ -150,33 +149,9 @@ def save_policy(model, processor, out_dir: str | Path) -> Path:
     return out
 
 
-def _weights_present(d: Path) -> bool:
-    return any(d.glob("*.safetensors")) or (d / "model.safetensors.index.json").is_file()
-
-
 def _check_checkpoint_dir(d: Path) -> str:
-    """Validate a local checkpoint directory and return its model_type."""
-    if not d.exists():
-        raise CheckpointError(f"checkpoint directory {d} does not exist")
-    if not d.is_dir():
-        raise CheckpointError(f"checkpoint path {d} is not a directory")
-    cfg_path = d / "config.json"
-    if not cfg_path.is_file():
-        raise CheckpointError(f"checkpoint directory {d} has no config.json")
-    try:
-        cfg = json.loads(cfg_path.read_text(encoding="utf-8"))
-    except ValueError as exc:
-        raise CheckpointError(f"{cfg_path} is not valid JSON ({exc})") from None
-    model_type = cfg.get("model_type") if isinstance(cfg, dict) else None
-    if model_type not in SUPPORTED_MODEL_TYPES:
-        raise CheckpointError(
-            f"{cfg_path} has model_type {model_type!r}; expected a Qwen3-VL checkpoint (model_type qwen3_vl or qwen3_vl_moe)"
-        )
-    if not _weights_present(d):
-        pickled = sorted(x.name for x in d.iterdir() if x.suffix in (".bin", ".pt", ".pth", ".ckpt"))
-        hint = f" (found {', '.join(pickled)}; pickle weights are never loaded, convert them to safetensors)" if pickled else ""
-        raise CheckpointError(f"checkpoint directory {d} has no safetensors weights{hint}")
-    return model_type
+    """Validate a local checkpoint directory (models.checkpoint.inspect_checkpoint) and return its model_type."""
+    return inspect_checkpoint(d)["model_type"]
 
 
 def _hub_snapshot(hub_id: str, *, local_files_only: bool) -> Path:
@@ -238,27 +213,26 @@ def load_policy(
     ``attn_implementation`` None uses ``choose_attn_implementation(device)``.
     """
     d = resolve_checkpoint_dir(ref, local_files_only=local_files_only)
-    model_type = _check_checkpoint_dir(d)
-    if model_type == "qwen3_vl_moe":
-        from transformers import Qwen3VLMoeForConditionalGeneration as cls
-    else:
-        cls = Qwen3VLForConditionalGeneration
+    cls = model_class(_check_checkpoint_dir(d))
     if dtype is None:
         dtype = pick_dtype(device, "auto")
     elif isinstance(dtype, str):
         dtype = getattr(torch, dtype) if dtype != "auto" else pick_dtype(device, "auto")
     attn = attn_implementation or choose_attn_implementation(str(device))
     try:
-        model = cls.from_pretrained(
+        model, info = cls.from_pretrained(
             str(d),
             dtype=dtype,
             attn_implementation=attn,
             use_safetensors=True,
             local_files_only=True,
             trust_remote_code=trust_remote_code,
+            output_loading_info=True,
         )
     except (OSError, ValueError, RuntimeError) as exc:
-        raise CheckpointError(f"could not load the model from {d}: {type(exc).__name__}: {exc}") from None
+        raise CheckpointError(f"could not load the model from {d}: {type(exc).__name__}: "
+                              f"{' '.join(str(exc).split())[:300]}") from None
+    check_loading_info(d, info)  # strict: nothing missing, unexpected or mis-shaped is ever random-initialised
     model.to(device)
     model.eval()
     processor = load_processor(d)

@@ -73,7 +73,9 @@ class Report:
 
 
 def _safe(name: Any) -> str:
-    return re.sub(r"[^A-Za-z0-9_.-]+", "_", str(name)) or "_"
+    """A file name made of ``name``: other characters become ``_``, and never ``.``, ``..`` or a hidden name."""
+    out = re.sub(r"[^A-Za-z0-9_.-]+", "_", str(name))
+    return out if out and not out.startswith(".") else "_" + out
 
 
 def _specs(benchmarks: list[str]) -> dict[str, Any]:

@@ -137,8 +137,9 @@ def resolve_sweep(ledger: Ledger, target: str | Path) -> str:
                      f"run `prism-lab sweep plan/run` first")
 
 
-def _grid_file_name(path: Path, depth: int = 0) -> str:
-    """The sweep name a grid file declares (following `extends:`), else its file stem."""
+def _grid_file_name(path: Path) -> str:
+    """The sweep name a grid file declares, else its file stem (a name is never inherited through
+    `extends:`, as in harness.planning.load_grid)."""
     import yaml
 
     try:
@@ -149,13 +150,6 @@ def _grid_file_name(path: Path, depth: int = 0) -> str:
         return path.stem
     if data.get("name"):
         return str(data["name"])
-    parent = data.get("extends")
-    if isinstance(parent, str) and depth < 20:
-        parent_path = path.parent / parent
-        if parent_path.is_file():
-            inherited = _grid_file_name(parent_path, depth + 1)
-            if inherited != parent_path.stem:
-                return inherited
     return path.stem
 
 

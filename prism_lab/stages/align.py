@@ -43,7 +43,7 @@ def run(ctx: StageContext) -> dict:
     catalog = DataCatalog.load(ctx.input("data").path)
     if not catalog.rl:
         raise DataError(f"{ctx.input('data').path}: the data catalog names no RL parquet")
-    examples = align_examples_from_rl(read_rl_parquet(catalog.rl, require_teacher=True))
+    examples = align_examples_from_rl(read_rl_parquet(catalog.rl, require_teacher=True, image_root=catalog.image_root))
     policy, processor = load_policy(checkpoint_dir_of(ctx.input("policy").path), dtype=torch.float32)
     disc = load_discriminator(discriminator_dir_of(ctx.input("discriminator").path), policy_processor=processor,
                               dtype=torch.float32)

@@ -66,7 +66,7 @@ def run_eval(ws: Workspace, ckpt: Path, **kw):
 
 
 # ---- item 1: silent random init --------------------------------------------------------------------
-@pytest.mark.parametrize("how,needle", [("empty", "missing"), ("renamed", "missing"), ("misshaped", "shape")])
+@pytest.mark.parametrize("how,needle", [("empty", "no tensors"), ("renamed", "missing"), ("misshaped", "shape")])
 def test_eval_refuses_weights_that_do_not_fit(session, ws, how, needle):
     ckpt = bad_checkpoint(session.checkpoint, ws.dir / f"ckpt-{how}", how)
     res = run_eval(ws, ckpt, mem_gb=8)

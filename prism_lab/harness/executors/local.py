@@ -23,7 +23,7 @@ from rich.progress import (
 )
 
 from prism_lab.harness.context import partial_dir
-from prism_lab.harness.ledger import Ledger, RunRow, pid_alive
+from prism_lab.harness.ledger import Ledger, RunRow, run_is_stale
 from prism_lab.harness.plan import Plan
 from prism_lab.harness.executors.placement import (
     GpuAllocator,
@@ -104,9 +104,7 @@ class LocalExecutor:
 
     # ---- helpers ------------------------------------------------------------------------------------
     def _is_stale(self, row: RunRow) -> bool:
-        if row.host == self.host:
-            return not pid_alive(row.owner_pid) and not pid_alive(row.pid)
-        return row.heartbeat_at is None or time.time() - row.heartbeat_at > self.stale_after
+        return run_is_stale(row, host=self.host, stale_after=self.stale_after)
 
     def _reset_for_this_invocation(self, ledger: Ledger, keys: list[str], summary: ExecutionSummary) -> None:
         rows = ledger.get_runs(keys)

@@ -1,0 +1,130 @@
+"""A PRISM grid's inputs on disk: where its paths point, whether its files are sound, and their fingerprint.
+
+One rule for every path a grid names (``data.local.*`` and local model directories): a relative path
+is relative to the directory of the grid file that wrote it (an `extends:` parent's paths to the
+parent's directory), never to the current directory or to a run's artifact directory. ``resolve_paths``
+applies it once, when the grid is loaded, so the plan, the keys and every stage see absolute paths.
+
+``check_inputs`` reads every local dataset and checks every local checkpoint before any stage runs
+(`sweep plan` and `sweep run` both call it); each error is one line naming the grid field and the file.
+``data_fingerprint`` hashes the contents of everything a `source: local` data run stands for.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from prism_lab.errors import PrismError
+from prism_lab.harness.grid import Grid
+
+#: data.local fields that hold one path, and the one that holds a list.
+_LOCAL_ONE = ("rl", "warmup", "heldout", "bench_dir", "image_root")
+
+
+def _declared_dir(grid: Grid, path: tuple) -> Path:
+    for n in range(len(path), -1, -1):
+        hit = grid.lines.get(tuple(path[:n]))
+        if hit is not None:
+            return Path(hit[0]).resolve().parent
+    return grid.path.resolve().parent
+
+
+def _absolute(grid: Grid, ref: str, where: tuple) -> str:
+    p = Path(ref).expanduser()
+    return str(p if p.is_absolute() else (_declared_dir(grid, where) / p).resolve())
+
+
+def resolve_paths(grid: Grid) -> None:
+    """Make every local path of the grid absolute (see the module doc). Idempotent."""
+    spec = grid.spec
+    local = spec.data.get("local") if isinstance(spec.data, dict) else None
+    if isinstance(local, dict):
+        if isinstance(local.get("sft"), list):
+            local["sft"] = [_absolute(grid, p, ("data", "local", "sft", i)) if isinstance(p, str) else p
+                            for i, p in enumerate(local["sft"])]
+        for field in _LOCAL_ONE:
+            if isinstance(local.get(field), str) and local[field]:
+                local[field] = _absolute(grid, local[field], ("data", "local", field))
+    from prism_lab.models.presets import PRESETS
+
+    for size, ref in list(spec.models.items()):
+        if not isinstance(ref, str) or not ref or ref in PRESETS:
+            continue
+        p = Path(ref).expanduser()
+        candidate = p if p.is_absolute() else _declared_dir(grid, ("models", size)) / p
+        if ref.startswith((".", "/", "~")) or candidate.exists():
+            spec.models[size] = str(candidate.resolve())
+
+
+def bench_files(grid: Grid, bench_dir: str | None) -> list[Path]:
+    """The TSV file each of the grid's benchmarks resolves to (a missing one raises DataError)."""
+    from prism_lab.eval.benchmarks import load_benchmark
+    from prism_lab.eval.run import benchmark_tsv
+
+    return [benchmark_tsv(load_benchmark(name), bench_dir) for name in grid.spec.benchmarks]
+
+
+def _bench_dir(local: dict[str, Any]) -> str | None:
+    return local.get("bench_dir") or os.environ.get("LMUData") or None
+
+
+def data_fingerprint(grid: Grid, local: dict[str, Any]) -> str:
+    """Fingerprint of every file a `source: local` data run names: the SFT, RL and warm-up files, the
+    image root and the grid's benchmark TSVs."""
+    from prism_lab.harness.fingerprint import fingerprint_paths
+
+    paths: list[str | Path] = [*(local.get("sft") or []), *(local[k] for k in ("rl", "warmup", "heldout", "image_root")
+                                                             if local.get(k))]
+    bench_dir = _bench_dir(local)
+    if bench_dir:
+        from prism_lab.eval.benchmarks import load_benchmark
+
+        paths += [Path(bench_dir) / load_benchmark(name).file for name in grid.spec.benchmarks]
+    return fingerprint_paths(paths)
+
+
+def _relocated(grid: Grid, where: tuple, exc: PrismError) -> PrismError:
+    return grid.error(where, " ".join(str(exc).split()))
+
+
+def check_inputs(grid: Grid) -> None:
+    """Read every local dataset and check every local checkpoint of the grid (see the module doc)."""
+    from prism_lab.models.refs import classify_model_ref
+
+    spec = grid.spec
+    aligned = any(v != "none" for v in spec.axes.get("alignment", []))
+    local = spec.data.get("local") if spec.data.get("source") == "local" else None
+    if isinstance(local, dict):
+        from prism_lab.data.validate import local_data_checks
+
+        try:
+            files = bench_files(grid, _bench_dir(local))
+        except PrismError as exc:
+            raise _relocated(grid, ("data", "local", "bench_dir"), exc) from None
+        for field, check in local_data_checks(local, files, require_teacher=aligned):
+            try:
+                check()
+            except PrismError as exc:
+                raise _relocated(grid, ("data", "local", *_split(field)), exc) from None
+    local_models = {size: ref for size, ref in spec.models.items() if size in spec.axes.get("size", [])
+                    and classify_model_ref(ref, base=grid.path.parent).kind == "local"}
+    if local_models:
+        from prism_lab.models.checkpoint import inspect_checkpoint, verify_weights
+
+        for size, ref in local_models.items():
+            try:
+                inspect_checkpoint(ref)
+            except PrismError as exc:
+                raise _relocated(grid, ("models", size), exc) from None
+        for size, ref in local_models.items():
+            try:
+                verify_weights(ref)
+            except PrismError as exc:
+                raise _relocated(grid, ("models", size), exc) from None
+
+
+def _split(field: str) -> tuple:
+    name, _, index = field.partition("[")
+    return (name, int(index.rstrip("]"))) if index else (name,)
