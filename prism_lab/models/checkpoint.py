@@ -55,8 +55,8 @@ def read_config(d: Path) -> dict[str, Any]:
     if not isinstance(cfg, dict):
         raise CheckpointError(f"{path}: expected a JSON object, got {type(cfg).__name__}")
     if cfg.get("model_type") not in SUPPORTED_MODEL_TYPES:
-        raise CheckpointError(f"{path}: model_type: expected one of {', '.join(SUPPORTED_MODEL_TYPES)}, got "
-                              f"{cfg.get('model_type')!r}")
+        raise CheckpointError(f"{path}: model_type: expected a Qwen3-VL checkpoint (model_type qwen3_vl or "
+                              f"qwen3_vl_moe), got {cfg.get('model_type')!r}")
     for section, keys in REQUIRED_DIMS.items():
         sub = cfg.get(section)
         missing = [k for k in keys if not isinstance(sub, dict) or not isinstance(sub.get(k), int)]
@@ -122,7 +122,8 @@ def inspect_checkpoint(d: str | Path) -> dict[str, Any]:
     """The torch-free checks (see the module doc); returns the parsed config.json."""
     d = Path(d)
     if not d.is_dir():
-        raise CheckpointError(f"{d}: no such checkpoint directory" if not d.exists() else f"{d}: not a directory")
+        raise CheckpointError(f"checkpoint directory {d} does not exist" if not d.exists()
+                              else f"checkpoint path {d} is not a directory")
     cfg = read_config(d)
     n = sum(len(safetensors_header(f)) for f in weight_files(d))
     if n == 0:
