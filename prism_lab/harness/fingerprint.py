@@ -15,6 +15,8 @@ import sqlite3
 from collections.abc import Iterable
 from pathlib import Path
 
+from prism_lab.eval.predictions import file_sha256
+
 
 def cache_path() -> Path:
     base = os.environ.get("PRISM_LAB_CACHE_DIR") or os.path.join(
@@ -57,14 +59,6 @@ class _DigestCache:
             self.conn.close()
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def fingerprint_paths(paths: Iterable[str | Path]) -> str:
     """sha256 over each path's name and content digest (a directory: every file below it, sorted by
     relative path; a missing path: a marker), in the order given."""
@@ -89,7 +83,7 @@ def fingerprint_paths(paths: Iterable[str | Path]) -> str:
                 key = str(f.resolve())
                 sha = cache.get(key, stamp)
                 if sha is None:
-                    sha = _sha256(f)
+                    sha = file_sha256(f)
                     cache.put(key, stamp, sha)
                 digest.update(f"{sha}\0".encode())
     finally:
