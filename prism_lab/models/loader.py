@@ -228,6 +228,7 @@ def load_policy(
             local_files_only=True,
             trust_remote_code=trust_remote_code,
             output_loading_info=True,
+            ignore_mismatched_sizes=True,  # reported in `info` and refused by check_loading_info
         )
     except (OSError, ValueError, RuntimeError) as exc:
         raise CheckpointError(f"could not load the model from {d}: {type(exc).__name__}: "
