@@ -15,6 +15,9 @@ from typing import Any, Callable
 
 from prism_lab.errors import DataError
 
+#: Bump when the checks change: data that passed older checks is read again.
+VALIDATION_VERSION = 1
+
 
 def local_data_checks(local: dict[str, Any], bench_files: list[Path], *, require_teacher: bool
                       ) -> Iterator[tuple[str, Callable[[], Any]]]:

@@ -34,6 +34,7 @@ class _DigestCache:
             self.conn.execute("PRAGMA journal_mode=WAL")
             self.conn.execute("CREATE TABLE IF NOT EXISTS digests (path TEXT PRIMARY KEY, stamp TEXT NOT NULL, "
                               "sha256 TEXT NOT NULL)")
+            self.conn.execute("CREATE TABLE IF NOT EXISTS marks (tag TEXT PRIMARY KEY)")
         except (OSError, sqlite3.Error):
             self.conn = None
 
@@ -53,6 +54,19 @@ class _DigestCache:
             self.conn.execute("INSERT OR REPLACE INTO digests(path, stamp, sha256) VALUES (?,?,?)", (path, stamp, sha))
         except sqlite3.Error:
             pass
+
+    def has_mark(self, tag: str) -> bool:
+        try:
+            return self.conn is not None and self.conn.execute("SELECT 1 FROM marks WHERE tag=?", (tag,)).fetchone() is not None
+        except sqlite3.Error:
+            return False
+
+    def mark(self, tag: str) -> None:
+        if self.conn is not None:
+            try:
+                self.conn.execute("INSERT OR IGNORE INTO marks(tag) VALUES (?)", (tag,))
+            except sqlite3.Error:
+                pass
 
     def close(self) -> None:
         if self.conn is not None:
@@ -89,3 +103,20 @@ def fingerprint_paths(paths: Iterable[str | Path]) -> str:
     finally:
         cache.close()
     return digest.hexdigest()
+
+
+def already_checked(tag: str) -> bool:
+    """Whether :func:`mark_checked` recorded ``tag`` (e.g. "these exact file contents passed validation")."""
+    cache = _DigestCache()
+    try:
+        return cache.has_mark(tag)
+    finally:
+        cache.close()
+
+
+def mark_checked(tag: str) -> None:
+    cache = _DigestCache()
+    try:
+        cache.mark(tag)
+    finally:
+        cache.close()

@@ -75,8 +75,10 @@ def data_fingerprint(grid: Grid, local: dict[str, Any]) -> str:
     image root and the grid's benchmark TSVs."""
     from prism_lab.harness.fingerprint import fingerprint_paths
 
-    paths: list[str | Path] = [*(local.get("sft") or []), *(local[k] for k in ("rl", "warmup", "heldout", "image_root")
-                                                             if local.get(k))]
+    files = [*(local.get("sft") or []), *(local[k] for k in ("rl", "warmup", "heldout") if local.get(k))]
+    # images resolve against image_root, else against each file's own directory: hash what they can be
+    roots = [local["image_root"]] if local.get("image_root") else sorted({str(Path(f).parent) for f in files})
+    paths: list[str | Path] = [*files, *roots]
     bench_dir = _bench_dir(local)
     if bench_dir:
         from prism_lab.eval.benchmarks import load_benchmark
@@ -97,17 +99,22 @@ def check_inputs(grid: Grid) -> None:
     aligned = any(v != "none" for v in spec.axes.get("alignment", []))
     local = spec.data.get("local") if spec.data.get("source") == "local" else None
     if isinstance(local, dict):
-        from prism_lab.data.validate import local_data_checks
+        from prism_lab.data.validate import VALIDATION_VERSION, local_data_checks
+        from prism_lab.harness.fingerprint import already_checked, mark_checked
 
         try:
             files = bench_files(grid, _bench_dir(local))
         except PrismError as exc:
             raise _relocated(grid, ("data", "local", "bench_dir"), exc) from None
-        for field, check in local_data_checks(local, files, require_teacher=aligned):
-            try:
-                check()
-            except PrismError as exc:
-                raise _relocated(grid, ("data", "local", *_split(field)), exc) from None
+        # the same file contents pass the same checks: a large dataset is read once, not at every plan
+        tag = f"valid-data:{VALIDATION_VERSION}:{aligned}:{data_fingerprint(grid, local)}"
+        if not already_checked(tag):
+            for field, check in local_data_checks(local, files, require_teacher=aligned):
+                try:
+                    check()
+                except PrismError as exc:
+                    raise _relocated(grid, ("data", "local", *_split(field)), exc) from None
+            mark_checked(tag)
     local_models = {size: ref for size, ref in spec.models.items() if size in spec.axes.get("size", [])
                     and classify_model_ref(ref, base=grid.path.parent).kind == "local"}
     if local_models:
