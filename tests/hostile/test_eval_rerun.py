@@ -15,7 +15,7 @@ from tests.hostile.conftest import cli
 
 def test_a_killed_eval_can_be_rerun(session, ws):
     args = ["eval", session.checkpoint, "-b", "synth-reasoning", "--bench-dir", ws.data / "bench", "--root", ws.root,
-            "--limit", "2", "--max-new-tokens", "4"]
+            "--limit", "2", "--max-new-tokens", "4", "--format", "json"]
     proc = subprocess.Popen([sys.executable, "-m", "prism_lab.cli", *map(str, args)], cwd=ws.dir, env=cli_env(),
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     try:
@@ -31,5 +31,5 @@ def test_a_killed_eval_can_be_rerun(session, ws):
         proc.wait()
     res = cli(*args, cwd=ws.dir, timeout=300)
     assert res.returncode == 0, res.stderr[-2000:]
-    out = json.loads(res.stdout[res.stdout.index("{"):])
+    out = json.loads(res.stdout)
     assert out["metrics"]["eval/synth-reasoning/n"] == 2
