@@ -66,6 +66,9 @@ def tune(
     from prism_lab.tune.study import tune as run_tune
 
     spec = load_space(space)
+    from prism_lab.harness.planning import check_inputs
+
+    check_inputs(spec.base)  # the base grid's datasets and checkpoints, before any trial starts
     root_dir = Path(root or os.environ.get("PRISM_LAB_ROOT") or "runs")
     os.environ["PRISM_LAB_WANDB"] = wandb.value
     options = TuneOptions(root=root_dir, trials=trials, workers=workers, storage=storage, study_name=study,
