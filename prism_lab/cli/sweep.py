@@ -162,11 +162,12 @@ def _print_resources(plan, grid: Path, format: Format) -> None:
 def sweep_plan(
     grid: GridArg, format: FormatOpt = Format.table, root: RootOpt = None,
     resources: Annotated[bool, typer.Option(
-        "--resources", help="Also estimate every training run's peak memory per device (models counted on the "
-        "meta device: imports torch).")] = False,
+        "--resources", help="Instead, estimate every training run's peak memory per device (models counted on "
+        "the meta device: imports torch; the datasets need not be on this machine).")] = False,
 ) -> None:
-    """Expand a grid into cells and deduplicated stage runs (nothing is run or written)."""
-    plan = _load_plan(grid, check_inputs=True)
+    """Expand a grid into cells and deduplicated stage runs (nothing is run or written). The grid's local
+    datasets and checkpoints are read and checked first (not with --resources)."""
+    plan = _load_plan(grid, check_inputs=not resources)
     if resources:
         _print_resources(plan, grid, format)
         return
