@@ -19,10 +19,11 @@ from prism_lab.errors import DataError
 VALIDATION_VERSION = 1
 
 
-def local_data_checks(local: dict[str, Any], bench_files: list[Path], *, require_teacher: bool
+def local_data_checks(local: dict[str, Any], bench_files: list[tuple[Path, bool]], *, require_teacher: bool
                       ) -> Iterator[tuple[str, Callable[[], Any]]]:
     """(grid field, check) pairs for the `data.local` section ``local`` (absolute paths) and the
-    benchmark TSVs the grid's benchmarks resolve to."""
+    benchmark files the grid's benchmarks resolve to: (path, is a VLMEvalKit TSV); other benchmark
+    files (lm-eval data) are checked to exist, their task reads them."""
     from prism_lab.data.bench_tsv import read_benchmark_tsv
     from prism_lab.data.rl_parquet import read_rl_parquet
     from prism_lab.data.sft_json import read_sft_json
@@ -40,8 +41,11 @@ def local_data_checks(local: dict[str, Any], bench_files: list[Path], *, require
                                             require_teacher=require_teacher)
     if local.get("warmup"):
         yield "warmup", lambda: read_warmup_jsonl(_existing(local["warmup"], "warmup file"), image_root=root)
-    for tsv in bench_files:
-        yield "bench_dir", lambda tsv=tsv: read_benchmark_tsv(_existing(tsv, "benchmark TSV"))
+    for path, is_tsv in bench_files:
+        if is_tsv:
+            yield "bench_dir", lambda path=path: read_benchmark_tsv(_existing(path, "benchmark TSV"))
+        else:
+            yield "bench_dir", lambda path=path: _existing(path, "benchmark data file")
 
 
 def _existing(path: str | Path, what: str) -> Path:

@@ -58,12 +58,14 @@ def resolve_paths(grid: Grid) -> None:
             spec.models[size] = str(candidate.resolve())
 
 
-def bench_files(grid: Grid, bench_dir: str | None) -> list[Path]:
-    """The TSV file each of the grid's benchmarks resolves to (a missing one raises DataError)."""
+def bench_files(grid: Grid, bench_dir: str | None) -> list[tuple[Path, bool]]:
+    """(file, is a VLMEvalKit TSV) for each of the grid's benchmarks that reads a file (an lm-eval hub
+    task reads none); a missing file raises DataError."""
     from prism_lab.eval.benchmarks import load_benchmark
     from prism_lab.eval.run import benchmark_tsv
 
-    return [benchmark_tsv(load_benchmark(name), bench_dir) for name in grid.spec.benchmarks]
+    specs = [load_benchmark(name) for name in grid.spec.benchmarks]
+    return [(benchmark_tsv(s, bench_dir), s.kind != "lmeval") for s in specs if s.file]
 
 
 def _bench_dir(local: dict[str, Any]) -> str | None:
@@ -83,7 +85,8 @@ def data_fingerprint(grid: Grid, local: dict[str, Any]) -> str:
     if bench_dir:
         from prism_lab.eval.benchmarks import load_benchmark
 
-        paths += [Path(bench_dir) / load_benchmark(name).file for name in grid.spec.benchmarks]
+        specs = [load_benchmark(name) for name in grid.spec.benchmarks]
+        paths += [Path(bench_dir) / s.file for s in specs if s.file]
     return fingerprint_paths(paths)
 
 
