@@ -147,3 +147,63 @@ def test_planning_and_the_cli_import_no_torch_pandas_or_pil(code):
     if code == "import prism_lab.report":
         heavy = ",".join(m for m in heavy.split(",") if m and m != "pandas")  # the report is built on pandas
     assert heavy == "", f"{code!r} imported {heavy}"
+
+
+def _top_level_names(path: Path) -> set[str]:
+    names: set[str] = set()
+    for node in ast.parse(path.read_text()).body:
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            names.add(node.name)
+        elif isinstance(node, (ast.Assign, ast.AnnAssign)):
+            for t in node.targets if isinstance(node, ast.Assign) else [node.target]:
+                names.update(n.id for n in ast.walk(t) if isinstance(n, ast.Name))
+        elif isinstance(node, (ast.Import, ast.ImportFrom)):
+            names.update((a.asname or a.name).split(".")[0] for a in node.names)
+        elif isinstance(node, (ast.If, ast.Try)):
+            for sub in ast.walk(node):
+                if isinstance(sub, (ast.FunctionDef, ast.ClassDef)):
+                    names.add(sub.name)
+                elif isinstance(sub, (ast.Import, ast.ImportFrom)):
+                    names.update((a.asname or a.name).split(".")[0] for a in sub.names)
+    if "__getattr__" in names:  # lazy exports (PEP 562): the string keys of the module's top-level dicts
+        for node in ast.parse(path.read_text()).body:
+            if isinstance(node, ast.Assign) and isinstance(node.value, ast.Dict):
+                names.update(k.value for k in node.value.keys if isinstance(k, ast.Constant))
+    return names
+
+
+def unresolved_imports(pkg_root: Path, extra_roots: tuple[Path, ...] = ()) -> list[str]:
+    """``from prism_lab.x import name`` statements (function-level ones too) whose module or name does not
+    exist: a lazy import inside a function only fails when that code path runs, so check them all here."""
+    found = []
+    for path in sorted([*pkg_root.rglob("*.py"), *(p for r in extra_roots for p in r.rglob("*.py"))]):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if not (isinstance(node, ast.ImportFrom) and not node.level and (node.module or "").startswith("prism_lab")):
+                continue
+            rel = Path(*node.module.split(".")[1:])
+            target = pkg_root / rel
+            src = target / "__init__.py" if target.is_dir() else target.with_suffix(".py")
+            if not src.is_file():
+                found.append(f"{path}:{node.lineno}: no module {node.module}")
+                continue
+            defined = _top_level_names(src)
+            for alias in node.names:
+                sub = target / alias.name
+                if alias.name != "*" and alias.name not in defined and not (sub.is_dir() or sub.with_suffix(".py").is_file()):
+                    found.append(f"{path}:{node.lineno}: {node.module} has no {alias.name}")
+    return found
+
+
+def test_every_prism_lab_import_names_something_that_exists():
+    tests_dir = PKG.parent / "tests"
+    assert unresolved_imports(PKG, (tests_dir, PKG.parent / "benchmarks")) == []
+
+
+def test_a_stale_lazy_import_is_caught(tmp_path):
+    import shutil
+
+    copy = tmp_path / "prism_lab"
+    shutil.copytree(PKG, copy, ignore=shutil.ignore_patterns("__pycache__"))
+    (copy / "trainers" / "planted.py").write_text("def f():\n    from prism_lab.trainers.disc_warmup import nothing_here\n")
+    found = unresolved_imports(copy)
+    assert len(found) == 1 and "prism_lab.trainers.disc_warmup has no nothing_here" in found[0]

@@ -131,7 +131,8 @@ def disc_gaps(disc, policy, processor, examples: Sequence[Any], *, max_new_token
     from prism_lab.data.warmup_jsonl import WarmupPair
     from prism_lab.prompts import IMAGE_PLACEHOLDER, SPLIT_RE
     from prism_lab.trainers.disc_inputs import disc_tokens
-    from prism_lab.trainers.disc_warmup import build_comparisons, evaluate_pairs
+    from prism_lab.trainers.disc_warmup import evaluate_pairs
+    from prism_lab.trainers.warmup_pairs import build_comparisons
 
     pairs = []
     for line, ex in enumerate(examples):
