@@ -58,6 +58,12 @@ def test_sft_two_processes_match_one(sft_runs):
     assert max_diff(one, two) < ATOL
 
 
+def test_gradient_checkpointing_under_fsdp_changes_no_weight(sft_runs, tmp_path):
+    _ok(torchrun(2, "sft", str(tmp_path), "--resources", json.dumps({"gradient_checkpointing": True})))
+    one = load_file(str(sft_runs[1] / "weights.safetensors"))
+    assert max_diff(one, load_file(str(tmp_path / "weights.safetensors"))) < ATOL
+
+
 def test_sharded_state_gathers_into_an_ordinary_hf_checkpoint(sft_runs):
     from transformers import AutoModelForImageTextToText
 
