@@ -90,6 +90,18 @@ def test_rl_two_processes_match_one(tmp_path):
     assert max_diff(one, two) < ATOL
 
 
+def test_disc_warmup_two_processes_match_one(tmp_path):
+    for n in (1, 2):
+        _ok(torchrun(n, "disc", str(tmp_path / f"d{n}")))
+    one = load_file(str(tmp_path / "d1" / "weights.safetensors"))
+    two = load_file(str(tmp_path / "d2" / "weights.safetensors"))
+    policy_init = load_file(str(tmp_path / "d1" / "init.safetensors"))
+    key = "backbone.language_model.embed_tokens.weight"  # upcycling copies the policy's embeddings as they are
+    assert float((one[key] - policy_init["model.language_model.embed_tokens.weight"]).abs().max()) > 20 * ATOL
+    assert any(k.startswith("head.") for k in one)  # the score head is part of the gathered state
+    assert max_diff(one, two) < ATOL
+
+
 def test_a_killed_two_process_run_resumes_to_the_same_weights(sft_runs, tmp_path):
     killed = torchrun(2, "sft", str(tmp_path), "--kill-after", "3")
     assert killed.returncode != 0  # rank 1 SIGKILLed itself after step 3 (state saved at step 2)
@@ -123,10 +135,22 @@ def test_sweep_runs_sft_and_rl_stages_with_two_processes(tmp_path):
 
     grid = tmp_path / "smoke2.yaml"
     grid.write_text(f"extends: {REPO / 'experiments' / 'smoke.yaml'}\nname: smoke2\n"
-                    "stages:\n  sft:\n    resources: {processes: 2}\n  rl:\n    resources: {processes: 2}\n")
+                    "stages:\n  sft:\n    resources: {processes: 2}\n  rl:\n    resources: {processes: 2}\n"
+                    "  disc_warmup:\n    resources: {processes: 2}\n")
     root = tmp_path / "root"
-    res = run_cli("sweep", "run", str(grid), "--root", str(root), "-q", "--stages", "sft,rl", env=cli_env(), timeout=900)
+    res = run_cli("sweep", "run", str(grid), "--root", str(root), "-q", "--stages", "sft,disc_warmup,rl", env=cli_env(),
+                  timeout=900)
     assert res.returncode == 0, res.stderr
+    (disc_dir,) = [d for d in (root / "runs" / "disc_warmup").iterdir() if not d.name.startswith(".")]
+    assert json.loads((disc_dir / "run.json").read_text())["summary"]["processes"] == 2
+    assert (disc_dir / "discriminator" / "score_head.safetensors").is_file()
+    from prism_lab.models import load_policy
+    from prism_lab.models.discriminator import load_discriminator
+
+    (sft_dir,) = [d for d in (root / "runs" / "sft").iterdir() if not d.name.startswith(".")]
+    _, processor = load_policy(sft_dir / "model")
+    disc = load_discriminator(disc_dir / "discriminator", policy_processor=processor)  # the gathered files load
+    assert disc.is_moe and sum(p.numel() for p in disc.parameters()) > 0
     for kind in ("sft", "rl"):
         (run_dir,) = [d for d in (root / "runs" / kind).iterdir() if not d.name.startswith(".")]
         record = json.loads((run_dir / "run.json").read_text())

@@ -13,7 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from prism_lab.config.algorithms import AggModeName
 from prism_lab.config.base import Seed, registered_name
-from prism_lab.config.resources import ResourcesConfig, resources_field
+from prism_lab.config.resources import ResourcesConfig, check_covers_processes, resources_field
 
 __all__ = ["AdvantageModeName", "AlignVariantName", "AlignConfig", "DiscWarmupConfig", "DiscriminatorConfig"]
 
@@ -113,7 +113,13 @@ class DiscWarmupConfig(_Strict):
         None, ge=1, description="Length cap of the student responses generated from the SFT policy "
         "(None = twice the longest teacher response)."
     )
-    resources: ResourcesConfig = resources_field("(This stage runs in one process for now.)")
+    resources: ResourcesConfig = resources_field(
+        "`batch_size` and `grad_accum` stay global: each micro-batch of comparisons is split over the processes.")
+
+    @model_validator(mode="after")
+    def _batch_covers_processes(self) -> DiscWarmupConfig:
+        check_covers_processes(self.batch_size, "batch_size", self.resources)
+        return self
 
 
 class AlignConfig(_Strict):

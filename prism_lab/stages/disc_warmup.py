@@ -71,11 +71,12 @@ def run(ctx: StageContext) -> dict:
     from prism_lab.models.discriminator import save_discriminator
     from prism_lab.trainers.common import remove_resume_state
     from prism_lab.trainers.disc_warmup import run_disc_warmup
-    from prism_lab.trainers.distributed import single_process_only
+    from prism_lab.trainers import distributed as dist_
     from prism_lab.trainers.warmup_pairs import build_comparisons
 
     cfg = ctx.config
-    single_process_only("disc_warmup", getattr(cfg, "resources", None))
+    res = getattr(cfg, "resources", None)
+    env = dist_.init_distributed(res.processes if res is not None else None)  # one process, or this rank
     t0 = time.monotonic()
     dcfg = getattr(cfg, "discriminator", None) or DiscriminatorConfig()
     terminator = getattr(cfg, "terminator_convention", "original")
@@ -88,21 +89,28 @@ def run(ctx: StageContext) -> dict:
     if not pairs:
         raise DataError(f"{catalog.warmup}: no usable warmup pairs ({skipped} lines skipped)")
     system_prompt = rl_system_prompt(catalog.rl)
-    comps, stats = build_comparisons(
-        pairs, processor, student_source=cfg.student_source, system_prompt=system_prompt, policy=policy,
-        max_new_tokens=getattr(cfg, "max_new_tokens", None), seed=cfg.seed,
-        cache_path=ctx.out_dir / STUDENTS_CACHE, max_pixels=cfg.max_pixels, heartbeat=ctx.heartbeat,
-    )
+    with dist_.main_first(env):  # rank 0 generates and caches the students; the other ranks read the cache
+        comps, stats = build_comparisons(
+            pairs, processor, student_source=cfg.student_source, system_prompt=system_prompt, policy=policy,
+            max_new_tokens=getattr(cfg, "max_new_tokens", None), seed=cfg.seed,
+            cache_path=ctx.out_dir / STUDENTS_CACHE, max_pixels=cfg.max_pixels, heartbeat=ctx.heartbeat,
+        )
     disc = build_disc_from_policy(policy, processor, dcfg)
     del policy
     n_params = sum(p.numel() for p in disc.parameters())
-    print(f"[disc_warmup] {dcfg.kind} discriminator, {n_params:,} parameters; {len(comps)} comparisons "
-          f"({cfg.student_source} students, {skipped} warmup lines skipped)", flush=True)
+    if env.is_main:
+        print(f"[disc_warmup] {dcfg.kind} discriminator, {n_params:,} parameters; {len(comps)} comparisons "
+              f"({cfg.student_source} students, {skipped} warmup lines skipped)", flush=True)
     summary = run_disc_warmup(disc, processor, comps, cfg, out_dir=ctx.out_dir, log=ctx.log_metrics,
                               heartbeat=ctx.heartbeat, terminator=terminator, positions=positions)
-    save_discriminator(disc, processor, ctx.out_dir / DISC_SUBDIR)
+    full = dist_.full_state_dict(disc, env) if env.sharded else None  # gathered on rank 0
+    if not env.is_main:
+        dist_.finish(env)
+        return {}
+    save_discriminator(disc, processor, ctx.out_dir / DISC_SUBDIR, state_dict=full)
     remove_resume_state(resume_dir(ctx.out_dir))
     (ctx.out_dir / "warmup_history.json").write_text(json.dumps(summary.get("heldout_curve", []), indent=1))
+    dist_.finish(env)
     return {
         **{k: v for k, v in summary.items() if k != "heldout_curve"},
         **{f"data/{k}": v for k, v in stats.items()},
@@ -111,4 +119,5 @@ def run(ctx: StageContext) -> dict:
         "params": n_params,
         "discriminator_dir": DISC_SUBDIR,
         "stage_wall_s": round(time.monotonic() - t0, 2),
+        "processes": env.world_size,
     }

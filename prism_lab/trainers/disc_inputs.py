@@ -232,7 +232,7 @@ def forward_scores(
     device = next(disc.parameters()).device
     inputs = _to(inputs, device)
     want = with_aux and disc.is_moe
-    per_token, router = disc.forward(output_router_logits=want, **inputs)
+    per_token, router = disc(output_router_logits=want, **inputs)  # __call__: module hooks (FSDP2) run
     scores = score_at_last_valid_token(per_token, inputs["attention_mask"]).float()
     aux = None
     if want and router:

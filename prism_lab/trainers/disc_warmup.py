@@ -32,12 +32,11 @@ from torch.optim.lr_scheduler import LambdaLR
 from prism_lab.algos.disc_loss import warmup_pairwise_loss
 from prism_lab.models.discriminator import Discriminator
 from prism_lab.seeds import derive_seed
+from prism_lab.trainers import distributed as dist_
 from prism_lab.trainers.common import (
     RESUME_DIR,
-    load_resume_state,
     make_cosine_scheduler,
     remove_resume_state,
-    save_resume_state,
     set_seed,
     warmup_steps_for,
 )
@@ -129,6 +128,20 @@ def _split_comparisons(comparisons: Sequence[Comparison], cfg: Any) -> tuple[lis
     return train, held
 
 
+def _shard(disc: Discriminator, resources: Any) -> tuple[dist_.DistEnv, Any]:
+    """(this rank's env, the sharded accelerator or None): under torchrun the discriminator is FSDP2-sharded
+    over its backbone's blocks (in place, before the optimizer is built)."""
+    env = dist_.init_distributed(resources.processes if resources is not None else None)
+    if not env.sharded:
+        if resources is not None and resources.gradient_checkpointing:
+            dist_.enable_gradient_checkpointing(disc)
+        return env, None
+    mp = "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
+    acc = dist_.ShardedAccelerator(env, resources, mp)
+    acc.prepare_model(disc)
+    return env, acc
+
+
 def _optimizer(disc: Discriminator, cfg: Any, total: int) -> tuple[torch.optim.Optimizer, Any]:
     opt = torch.optim.AdamW([p for p in disc.parameters() if p.requires_grad], lr=cfg.lr, weight_decay=cfg.weight_decay)
     if cfg.lr_schedule == "cosine":
@@ -136,9 +149,10 @@ def _optimizer(disc: Discriminator, cfg: Any, total: int) -> tuple[torch.optim.O
     return opt, LambdaLR(opt, ConstantWithWarmup(warmup_steps_for(total, cfg.warmup_ratio)))
 
 
-def _restore(resume_dir: Path | None, disc, opt, sched, *, total: int, n_train: int) -> tuple[int, list[dict]]:
+def _restore(resume_dir: Path | None, disc, opt, sched, *, total: int, n_train: int,
+             env: dist_.DistEnv = dist_.SINGLE) -> tuple[int, list[dict]]:
     """(first step, history) from the resumable state; a state of another run shape is discarded."""
-    meta = load_resume_state(resume_dir, model=disc, optimizer=opt, scheduler=sched) if resume_dir else None
+    meta = dist_.load_resume(resume_dir, model=disc, optimizer=opt, scheduler=sched, env=env) if resume_dir else None
     if meta is None:
         return 0, []
     if meta.get("total_steps") != total or meta.get("n_train") != n_train:
@@ -150,16 +164,27 @@ def _restore(resume_dir: Path | None, disc, opt, sched, *, total: int, n_train: 
 
 
 def _warmup_step(disc: Discriminator, processor: Any, batches: Sequence[Sequence[Comparison]], opt, sched, cfg: Any,
-                 **score_kw: Any) -> dict[str, float]:
-    """One optimizer step over ``batches`` (gradient accumulation); a non-finite grad norm skips the update."""
+                 env: dist_.DistEnv = dist_.SINGLE, acc: Any = None, **score_kw: Any) -> dict[str, float]:
+    """One optimizer step over ``batches`` (gradient accumulation); a non-finite grad norm skips the update.
+
+    Sharded (``acc`` a :class:`~prism_lab.trainers.distributed.ShardedAccelerator`): each rank scores its
+    share of every micro-batch and backpropagates that share of the batch mean."""
     opt.zero_grad(set_to_none=True)
     sums = {"loss": 0.0, "bt_loss": 0.0, "aux": 0.0, "acc": 0.0}
     for batch in batches:
-        out, _, _ = _micro_batch_loss(disc, processor, batch, aux_coef=cfg.aux_coef, **score_kw)
-        (out.loss / len(batches)).backward()
+        mine = dist_.shard_slice(batch, env)  # all of it in one process
+        out, _, _ = _micro_batch_loss(disc, processor, mine, aux_coef=cfg.aux_coef, **score_kw)
+        share = len(mine) / len(batch) / len(batches)
+        if acc is not None:
+            acc.backward(out.loss * share)
+        else:
+            (out.loss * share).backward()
         for k, v in (("loss", out.loss.detach()), ("bt_loss", out.bt_loss), ("aux", out.aux_loss), ("acc", out.acc)):
-            sums[k] += float(v) / len(batches)
-    gn = torch.nn.utils.clip_grad_norm_([p for p in disc.parameters() if p.requires_grad], cfg.grad_clip)
+            sums[k] += float(v) * share
+    if env.sharded:  # the batch means over every rank's rows
+        sums = {k: dist_.all_reduce_sum(v, env) for k, v in sums.items()}
+    gn = dist_.local_tensor(torch.nn.utils.clip_grad_norm_([p for p in disc.parameters() if p.requires_grad],
+                                                           cfg.grad_clip))
     lr = float(opt.param_groups[0]["lr"])
     finite = bool(torch.isfinite(gn))
     if finite:
@@ -201,9 +226,10 @@ def run_disc_warmup(
     per_step = cfg.batch_size * cfg.grad_accum
     total = int(math.ceil(len(train) * cfg.epochs / per_step))
     total = max(1, min(total, int(max_steps)) if max_steps is not None else total)
+    env, acc = _shard(disc, getattr(cfg, "resources", None))
     opt, sched = _optimizer(disc, cfg, total)
     resume_dir = Path(out_dir) / RESUME_DIR if out_dir is not None else None
-    start, history = _restore(resume_dir, disc, opt, sched, total=total, n_train=len(train))
+    start, history = _restore(resume_dir, disc, opt, sched, total=total, n_train=len(train), env=env)
     sampler = EpochSampler(len(train), cfg.seed, "warmup/pairs", what="warmup comparisons")
     sampler.seek(start * per_step)
     save_every = save_every if save_every is not None else max(1, total // 10)
@@ -230,7 +256,7 @@ def run_disc_warmup(
     skipped = 0
     for step in range(start, total):
         batches = [[train[i] for i in sampler.take(cfg.batch_size)] for _ in range(cfg.grad_accum)]
-        metrics = _warmup_step(disc, processor, batches, opt, sched, cfg, **score_kw)
+        metrics = _warmup_step(disc, processor, batches, opt, sched, cfg, env, acc, **score_kw)
         skipped += int(metrics["warmup/skipped"])
         recent_acc.append(metrics["warmup/acc"])
         if log is not None:
@@ -241,7 +267,7 @@ def run_disc_warmup(
             last_eval = do_eval(step + 1)
             disc.train()
         if resume_dir is not None and (step + 1) % save_every == 0 and step + 1 < total:
-            save_resume_state(resume_dir, model=disc, optimizer=opt, scheduler=sched,
+            dist_.save_resume(resume_dir, model=disc, optimizer=opt, scheduler=sched, env=env,
                               meta={"step": step + 1, "total_steps": total, "n_train": len(train), "history": history})
     disc.eval()
     tail = recent_acc[-max(1, len(recent_acc) // 10):] if recent_acc else []

@@ -24,16 +24,25 @@ _FORMAT_TAG = "prism_lab.discriminator"
 _FORMAT_VERSION = 1
 
 
-def save_discriminator(disc: Discriminator, processor: Any, out_dir: str | Path) -> Path:
+def save_discriminator(disc: Discriminator, processor: Any, out_dir: str | Path,
+                       state_dict: dict[str, Any] | None = None) -> Path:
     """Write ``out_dir``: the backbone as an HF model (``config.json`` + ``model.safetensors``), the head as
     ``score_head.safetensors`` (key ``v_head.1.weight``, shape ``[1, d]``), the processor files, and
-    ``discriminator.json`` (kind, head config, backbone class). Safetensors only, never pickle."""
+    ``discriminator.json`` (kind, head config, backbone class). Safetensors only, never pickle.
+
+    ``state_dict``: the discriminator's full weights (``backbone.*``, ``head.*``) when ``disc`` itself holds
+    only a shard of them (a multi-process run gathers them on rank 0)."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     if processor is None:
         raise CheckpointError(f"{out}: a processor is required so that loading can check compatibility")
-    disc.backbone.save_pretrained(out, safe_serialization=True)
-    head_sd = {k: v.detach().to("cpu").contiguous() for k, v in disc.head.state_dict().items()}
+    if state_dict is None:
+        disc.backbone.save_pretrained(out, safe_serialization=True)
+        head_sd = {k: v.detach().to("cpu").contiguous() for k, v in disc.head.state_dict().items()}
+    else:
+        part = {p: {k[len(p) + 1:]: v for k, v in state_dict.items() if k.startswith(p + ".")} for p in ("backbone", "head")}
+        disc.backbone.save_pretrained(out, safe_serialization=True, state_dict=part["backbone"])
+        head_sd = {k: v.detach().to("cpu").contiguous() for k, v in part["head"].items()}
     save_file(head_sd, str(out / HEAD_FILE_NAME), metadata={"format": "pt"})
     if hasattr(processor, "save_pretrained"):
         processor.save_pretrained(out)
