@@ -126,7 +126,7 @@ def disc_gaps(disc, policy, processor, examples: Sequence[Any], *, max_new_token
     """Mean discriminator margin teacher − ``policy`` per segment (caption, cot) on the held-out examples.
 
     The policy answers each held-out prompt once (T=1, as the alignment stage's rollouts); its response is
-    split at the caption boundary like the stage's (``disc_warmup.build_comparisons``). Teacher responses
+    split at the caption boundary like the stage's (``warmup_pairs.build_comparisons``). Teacher responses
     that do not follow the caption/think/answer format are left out."""
     from prism_lab.data.warmup_jsonl import WarmupPair
     from prism_lab.prompts import IMAGE_PLACEHOLDER, SPLIT_RE
