@@ -43,6 +43,7 @@ def test_every_stage_ran_once_and_is_done(smoke_root):
 def test_wandb_offline_runs_match_the_ledger(smoke_root):
     led = Ledger(smoke_root)
     checked = 0
+    tables: set[str] = set()
     for row in led.conn.execute("SELECT key, artifact_path FROM runs WHERE kind IN ('sft', 'rl', 'align', 'eval')"):
         files = list((smoke_root / "runs").glob(f"*/{row['key'][:16]}/wandb/offline-run-*/run-*.wandb"))
         assert len(files) == 1, row["key"]
@@ -50,8 +51,10 @@ def test_wandb_offline_runs_match_the_ledger(smoke_root):
         for rec in history(files[0]):
             step = int(rec["_step"])
             for k, v in rec.items():
-                if not k.startswith("_") and not k.startswith("samples/"):  # sample tables are W&B-only
+                if not k.startswith("_") and not k.startswith("eval_samples/"):  # sample tables are W&B-only
                     logged[(step, k)] = v
+                elif k.startswith("eval_samples/") and k.endswith("/_type"):
+                    tables.add(k.split("/")[1])
         ledger_values = {(s, n): v for s, n, v in led.metrics(row["key"]) if v is not None and math.isfinite(v)}
         assert ledger_values, row["key"]
         assert set(ledger_values) == set(logged), row["key"]
@@ -60,6 +63,7 @@ def test_wandb_offline_runs_match_the_ledger(smoke_root):
         checked += 1
     led.close()
     assert checked == 8  # 1 sft, 1 align, 2 rl, 4 eval
+    assert tables == {"synth-perception", "synth-reasoning", "synth-hallusion", "synth-text"}  # sample generations
 
 
 def test_report_from_the_smoke_ledger(smoke_root, tmp_path):

@@ -431,5 +431,5 @@ def test_stage_runner(bench_dir, tmp_path, monkeypatch):
     scores = ctx.ledger.item_scores([ctx.key])[ctx.key]["t-open"]  # per-item scores for the item bootstrap
     assert sorted(scores.values()) == [0.0, 1.0] and len(scores) == 2
     [(name, columns, rows)] = ctx.tables  # the W&B table of sample generations
-    assert name == "samples/t-open" and columns == ["index", "prompt", "image", "response", "score"]
+    assert name == "eval_samples/t-open" and columns == ["index", "prompt", "image", "response", "score"]
     assert len(rows) == 2 and rows[0][2].size == (32, 32) and {r[4] for r in rows} == {0.0, 1.0}

@@ -65,6 +65,6 @@ def run(ctx: StageContext) -> dict:
     for bench, scores in results["items"].items():
         ctx.ledger.log_item_scores(ctx.key, bench, scores)
     for bench, rows in results["samples"].items():
-        ctx.tracker.log_table(f"samples/{bench}", ["index", "prompt", "image", "response", "score"],
+        ctx.tracker.log_table(f"eval_samples/{bench}", ["index", "prompt", "image", "response", "score"],
                               [[r["index"], r["prompt"], r["image"], r["response"], r["score"]] for r in rows])
     return metrics
