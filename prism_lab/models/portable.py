@@ -18,9 +18,9 @@ from the saved config (the PIL Qwen2-VL one without torchvision).
 Two more files make the checkpoint complete for other consumers:
 
 - ``tokenizer_config.json`` names the vision tokens (``image_token``, ``video_token``,
-  ``vision_start_token``, ``vision_end_token``, plus ``im_start_token``) as named extra special
-  tokens: PaddleOCRVLProcessor reads ``tokenizer.image_token`` / ``image_token_id``, and Qwen3VLProcessor
-  prefers them when present. The token ids do not change.
+  ``vision_start_token``, ``vision_end_token``, top-level keys that transformers reads as named special
+  tokens): PaddleOCRVLProcessor reads ``tokenizer.image_token`` / ``image_token_id``, and Qwen3VLProcessor
+  prefers them when present. The token ids and the ``extra_special_tokens`` list do not change.
 - ``generation_config.json`` lists the vision placeholder tokens in ``suppress_tokens``: prism-lab's
   rollout engines never sample them, and with the list plain ``generate`` does not either, so greedy
   generations agree token for token.
@@ -48,7 +48,6 @@ VISION_TOKENS = {
     "video_token": "<|video_pad|>",
     "vision_start_token": "<|vision_start|>",
     "vision_end_token": "<|vision_end|>",
-    "im_start_token": "<|im_start|>",
 }
 
 
@@ -71,17 +70,10 @@ def _write(path: Path, data: dict[str, Any]) -> None:
 
 
 def _named_tokens(tokenizer_cfg: dict[str, Any], vocab: set[str]) -> dict[str, str]:
-    """The ``extra_special_tokens`` mapping: named vision tokens (those in the vocabulary) plus any other
-    extra special token of the saved list, under its own text as name."""
-    old = tokenizer_cfg.get("extra_special_tokens") or {}
-    named: dict[str, str] = {k: v for k, v in VISION_TOKENS.items() if v in vocab}
-    if isinstance(old, dict):
-        named.update({k: v for k, v in old.items() if isinstance(v, str)})
-    else:
-        missing = [t for t in old if isinstance(t, str) and t not in named.values()]
-        if missing:
-            raise ValueError(f"extra special tokens without a name: {missing}")
-    return named
+    """Top-level ``<name>_token`` entries for the vision tokens the vocabulary has and the config does not
+    name yet. transformers 5 reads such keys as named model-specific special tokens
+    (tokenization_utils_base.py, ``from_pretrained``); the ``extra_special_tokens`` list stays as saved."""
+    return {k: v for k, v in VISION_TOKENS.items() if v in vocab and k not in tokenizer_cfg}
 
 
 def _video_config(image_cfg: dict[str, Any]) -> dict[str, Any]:
@@ -107,7 +99,7 @@ def make_portable(out_dir: str | Path, tokenizer: Any, config: Any) -> None:
         _write(proc_path, proc_cfg)
     if tok_cfg:
         tok_cfg["processor_class"] = PORTABLE_PROCESSOR_CLASS
-        tok_cfg["extra_special_tokens"] = _named_tokens(tok_cfg, vocab)
+        tok_cfg.update(_named_tokens(tok_cfg, vocab))
         _write(tok_path, tok_cfg)
     image_cfg = proc_cfg.get("image_processor") or _read(d / "preprocessor_config.json")
     if image_cfg and not (d / VIDEO_CONFIG_FILE).is_file():
