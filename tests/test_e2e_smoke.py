@@ -11,7 +11,9 @@ from prism_lab.harness.ledger import Ledger
 from tests.conftest import REPO, cli_env, run_cli
 from tests.wandb_offline import history
 
-pytestmark = pytest.mark.slow
+# the smoke grid (every stage, 4 evals with lm-eval and drift) takes ~9 min on 2 loaded cores: past the
+# suite's default 600 s per test, which would also count the module fixture's set-up
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(2400)]
 
 
 @pytest.fixture(scope="module")
