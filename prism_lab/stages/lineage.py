@@ -23,7 +23,6 @@ from prism_lab.stages.artifacts import BASE_SUBDIR, DISC_SUBDIR, MODEL_SUBDIR, m
 
 __all__ = ["Origin", "chain_discriminator", "chain_start"]
 
-#: Subdirectory of a run's artifact holding the checkpoint the run started from (when nothing else has it).
 #: Inputs that carry the policy checkpoint down a chain, in the order they are followed.
 _UPSTREAM = ("checkpoint", "policy")
 
