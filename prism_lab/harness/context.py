@@ -11,7 +11,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from prism_lab.harness.ledger import Ledger
+from prism_lab.harness.run_reports import RunReports
 from prism_lab.harness.tracking import Tracker
 
 
@@ -34,7 +34,7 @@ class StageContext:
     inputs: dict[str, InputArtifact]
     out_dir: Path  # the in-progress directory; renamed to the final one when the runner returns
     root: Path
-    ledger: Ledger
+    ledger: RunReports  # the ledger (local executor) or the run's events file (Ray executor)
     tracker: Tracker
     attempt: int = 1
     log: logging.Logger = field(default_factory=lambda: logging.getLogger("prism_lab.stage"))

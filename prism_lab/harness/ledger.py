@@ -282,7 +282,7 @@ class Ledger:
         with self.tx() as c:
             return c.execute(sql, args).rowcount == 1
 
-    def set_process(self, key: str, *, pid: int, log_path: str) -> None:
+    def set_process(self, key: str, *, pid: int | None, log_path: str) -> None:
         with self.tx() as c:
             c.execute("UPDATE runs SET pid=?, log_path=?, heartbeat_at=? WHERE key=?",
                       (pid, log_path, time.time(), key))
@@ -298,6 +298,37 @@ class Ledger:
                 "log_path=COALESCE(?, log_path) WHERE key=?",
                 (artifact_path, time.time(), log_path, key),
             )
+
+    def adopt(self, key: str, *, owner_pid: int) -> bool:
+        """A running run changes owner (a driver re-attaching to a stage its killed predecessor started)."""
+        with self.tx() as c:
+            return c.execute("UPDATE runs SET owner_pid=?, host=? WHERE key=? AND status='running'",
+                             (owner_pid, socket.gethostname(), key)).rowcount == 1
+
+    # ---- reports of stage processes that do not write the ledger (harness/run_reports.py) ------------
+    def reports_offset(self, key: str) -> int:
+        """How far the run's events file has been taken in (bytes)."""
+        row = self.conn.execute("SELECT value FROM meta WHERE key=?", (f"reports_offset:{key}",)).fetchone()
+        return int(row["value"]) if row else 0
+
+    def ingest_reports(self, key: str, offset: int, *, metrics: list[tuple[int, dict[str, float]]],
+                       events: list[tuple[str, str]], heartbeat: float | None,
+                       item_scores: list[tuple[str, dict[str, float]]] = ()) -> None:
+        """Metrics, item scores, events and a heartbeat read from a run's events file, with the new read
+        offset, in one transaction."""
+        now = time.time()
+        with self.tx() as c:
+            c.executemany("INSERT INTO metrics(run_key, step, name, value, ts) VALUES (?,?,?,?,?)",
+                          [(key, int(step), name, None if v is None else float(v), now)
+                           for step, values in metrics for name, v in values.items()])
+            c.executemany("INSERT INTO events(ts, run_key, kind, message) VALUES (?,?,?,?)",
+                          [(now, key, kind, message) for kind, message in events])
+            for benchmark, scores in item_scores:
+                _put_item_scores(c, key, benchmark, scores)
+            if heartbeat is not None:
+                c.execute("UPDATE runs SET heartbeat_at=? WHERE key=? AND status='running'", (heartbeat, key))
+            c.execute("INSERT INTO meta(key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value=excluded.value",
+                      (f"reports_offset:{key}", str(offset)))
 
     # ---- metrics and events -------------------------------------------------------------------------
     def log_metrics(self, key: str, step: int, values: dict[str, float]) -> None:
@@ -321,9 +352,7 @@ class Ledger:
         """Per-item scores of one benchmark of an eval run (replacing earlier ones: a retried run rewrites
         them); the report's paired item bootstrap reads them."""
         with self.tx() as c:
-            c.execute("DELETE FROM item_scores WHERE run_key=? AND benchmark=?", (key, benchmark))
-            c.executemany("INSERT INTO item_scores(run_key, benchmark, item, score) VALUES (?,?,?,?)",
-                          [(key, benchmark, str(i), float(v)) for i, v in scores.items()])
+            _put_item_scores(c, key, benchmark, scores)
 
     def item_scores(self, keys: Iterable[str]) -> dict[str, dict[str, dict[str, float]]]:
         """run key -> benchmark -> item -> score, for the runs that have item scores."""
@@ -357,6 +386,12 @@ class Ledger:
             roles.setdefault(r["cell_id"], {})[r["role"]] = r["run_key"]
         return [(r["cell_id"], json.loads(r["axes_json"]), roles.get(r["cell_id"], {}))
                 for r in self.conn.execute("SELECT * FROM cells WHERE sweep=? ORDER BY ordinal", (sweep,))]
+
+
+def _put_item_scores(c: sqlite3.Connection, key: str, benchmark: str, scores: dict[str, float]) -> None:
+    c.execute("DELETE FROM item_scores WHERE run_key=? AND benchmark=?", (key, benchmark))
+    c.executemany("INSERT INTO item_scores(run_key, benchmark, item, score) VALUES (?,?,?,?)",
+                  [(key, benchmark, str(i), float(v)) for i, v in scores.items()])
 
 
 def run_is_stale(row: RunRow, *, host: str | None = None, stale_after: float = 120.0) -> bool:

@@ -1,8 +1,17 @@
-"""Entry point of one stage run in its own process: ``python -m prism_lab.harness.run_stage --root R KEY``.
+"""Entry point of one stage run in its own process.
 
-It reads the run from the ledger, runs the stage kind's runner with a StageContext, writes run.json,
-renames the in-progress directory to the final one, and marks the run done. On error it records a
-one-line error in the ledger and exits 1 (the traceback is in the run's log).
+``python -m prism_lab.harness.run_stage --root R [--grid G] KEY`` (local executor, or by hand): the run
+comes from the ledger under R and the process reports into it. With ``--grid`` a run that is not in the
+ledger yet is planned from that grid first, so the commands ``sweep run --dry-run`` prints work on a fresh
+root.
+
+``python -m prism_lab.harness.run_stage --spec DIR/spec.json`` (Ray executor): the run comes from the spec
+file and the process never opens the ledger; it appends its reports to DIR/events.jsonl, which the
+executor takes in (see harness/run_reports.py).
+
+Either way it runs the stage kind's runner with a StageContext, writes run.json, renames the in-progress
+directory to the final one, and reports the run done. On error it reports a one-line error and exits 1
+(the traceback is in the run's log).
 
 Under torchrun (a stage whose ``resources.processes`` > 1) every rank runs this module: rank 0 does
 all of the above, the other ranks only run the runner with a :class:`FollowerContext`.
@@ -26,16 +35,12 @@ from pathlib import Path
 from typing import Any
 
 from prism_lab.errors import PrismError
-from prism_lab.harness.context import (
-    InputArtifact,
-    StageContext,
-    artifact_dir,
-    partial_dir,
-)
+from prism_lab.harness.context import InputArtifact, StageContext, artifact_dir, partial_dir
 from prism_lab.harness.freshness import CODE_EVENT, code_fingerprint
 from prism_lab.harness.ledger import Ledger
 from prism_lab.harness.plugins import load_plugins
 from prism_lab.harness.provenance import git_commit, host_info, package_versions
+from prism_lab.harness.run_reports import EventFile, RunReports, RunSpec
 from prism_lab.harness.stage_kinds import STAGE_KINDS
 from prism_lab.harness.tracking import Tracker
 
@@ -51,8 +56,13 @@ def _die_with_parent() -> None:
             pass
 
 
-def _heartbeat_loop(ledger_root: Path, key: str, stop: threading.Event) -> None:
-    ledger = Ledger(ledger_root)
+def _heartbeat_loop(target: Path | EventFile, key: str, stop: threading.Event) -> None:
+    """Heartbeats every few seconds: into the events file, or through a ledger connection of its own."""
+    if isinstance(target, EventFile):
+        while not stop.wait(HEARTBEAT_SECONDS):
+            target.heartbeat(key)
+        return
+    ledger = Ledger(target)
     try:
         while not stop.wait(HEARTBEAT_SECONDS):
             ledger.heartbeat(key)
@@ -85,51 +95,76 @@ def axis_tags(axes: dict[str, Any]) -> list[str]:
     return [f"{k}={v}"[:64] for k, v in axes.items()]
 
 
-def execute(root: Path, key: str) -> int:
-    ledger = Ledger(root)
+def spec_from_ledger(ledger: Ledger, root: Path, key: str) -> RunSpec | None:
+    """The spec of a run recorded in the ledger (an input that is not done has no path)."""
     run = ledger.get_run(key)
     if run is None:
-        print(f"prism-lab: no run {key} in {ledger.path}", file=sys.stderr)
-        return 2
-    final = artifact_dir(root, run.kind, key)
+        return None
+    inputs = {}
+    for role, dep in run.inputs.items():
+        row = ledger.get_run(dep)
+        done = row is not None and row.status == "done" and bool(row.artifact_path)
+        inputs[role] = {"key": dep, "kind": row.kind if row else "?", "config": row.config if row else {},
+                        "path": row.artifact_path if done else None}
+    memberships = list(ledger.conn.execute("SELECT DISTINCT sweep, cell_id FROM cell_runs WHERE run_key=?", (key,)))
+    return RunSpec(key=key, kind=run.kind, label=run.label, config=run.config, attempt=run.attempts, root=str(root),
+                   inputs=inputs, sweeps=sorted({r["sweep"] for r in memberships}),
+                   cells=list(dict.fromkeys(r["cell_id"] for r in memberships)), axes=run_axes(ledger, key))
+
+
+def _report_failure(reports: RunReports, key: str, message: str) -> None:
+    if isinstance(reports, EventFile):
+        reports.failed(message)
+    else:
+        reports.set_status(key, "failed", error=message, only_if=("running",))
+        reports.event("failed", message, run_key=key)
+
+
+def _inputs(spec: RunSpec) -> dict[str, InputArtifact]:
+    inputs = {}
+    for role, inp in spec.inputs.items():
+        if not inp.get("path"):
+            raise PrismError(f"input {role!r} ({inp['key'][:12]}) of {spec.label} is not done")
+        inputs[role] = InputArtifact(inp["key"], inp["kind"], Path(inp["path"]), inp["config"])
+    return inputs
+
+
+def run_spec(spec: RunSpec, reports: RunReports, beat_target: Path | EventFile) -> int:
+    """Run one stage run described by ``spec``, reporting to ``reports``; the process exit code."""
+    root, key = Path(spec.root), spec.key
+    final = artifact_dir(root, spec.kind, key)
     if complete_run_json(final, key):  # finished before a crash could record it
+        if isinstance(reports, EventFile):
+            reports.move_to(final)
         code = json.loads((final / "run.json").read_text()).get("code")
         if code is not None:
-            ledger.event(CODE_EVENT, json.dumps(code, sort_keys=True), run_key=key)
-        ledger.mark_done(key, str(final), log_path=str(final / "stage.log"))
+            reports.event(CODE_EVENT, json.dumps(code, sort_keys=True), run_key=key)
+        reports.mark_done(key, str(final), log_path=str(final / "stage.log"))
         return 0
-    work = partial_dir(root, run.kind, key)
+    work = partial_dir(root, spec.kind, key)
     work.mkdir(parents=True, exist_ok=True)
     stop = threading.Event()
-    beat = threading.Thread(target=_heartbeat_loop, args=(root, key, stop), daemon=True)
-    beat.start()
+    threading.Thread(target=_heartbeat_loop, args=(beat_target, key, stop), daemon=True).start()
     started = time.time()
     tracker = None
     try:
-        kind = STAGE_KINDS.get(run.kind)
-        config = kind.config_model().model_validate(run.config)
-        inputs = {}
-        for role, dep in run.inputs.items():
-            dep_run = ledger.get_run(dep)
-            if dep_run is None or dep_run.status != "done" or not dep_run.artifact_path:
-                raise PrismError(f"input {role!r} ({dep[:12]}) of {run.label} is not done")
-            inputs[role] = InputArtifact(dep, dep_run.kind, Path(dep_run.artifact_path), dep_run.config)
-        sweeps = [r["sweep"] for r in ledger.conn.execute("SELECT DISTINCT sweep FROM cell_runs WHERE run_key=?", (key,))]
-        axes = run_axes(ledger, key)
-        tracker = Tracker(ledger, key, kind=run.kind, label=run.label, config={"axes": axes, **run.config},
-                          run_dir=work, group=sweeps[0] if sweeps else None, tags=axis_tags(axes))
-        ctx = StageContext(key=key, kind=run.kind, label=run.label, config=config, inputs=inputs, out_dir=work,
-                           root=root, ledger=ledger, tracker=tracker, attempt=run.attempts)
-        print(f"[prism-lab] {run.label} ({key[:12]}) attempt {run.attempts} started", flush=True)
+        kind = STAGE_KINDS.get(spec.kind)
+        config = kind.config_model().model_validate(spec.config)
+        inputs = _inputs(spec)
+        tracker = Tracker(reports, key, kind=spec.kind, label=spec.label, config={"axes": spec.axes, **spec.config},
+                          run_dir=work, group=spec.sweeps[0] if spec.sweeps else None, tags=axis_tags(spec.axes))
+        ctx = StageContext(key=key, kind=spec.kind, label=spec.label, config=config, inputs=inputs, out_dir=work,
+                           root=root, ledger=reports, tracker=tracker, attempt=spec.attempt)
+        print(f"[prism-lab] {spec.label} ({key[:12]}) attempt {spec.attempt} started", flush=True)
         summary = kind.load_runner()(ctx) or {}
         tracker.summary(summary)
         tracker.finish()
         tracker = None
         code = code_fingerprint()  # every module the runner imported is loaded by now
         record = {
-            "key": key, "kind": run.kind, "label": run.label, "config": run.config,
+            "key": key, "kind": spec.kind, "label": spec.label, "config": spec.config,
             "inputs": {r: {"key": a.key, "path": str(a.path)} for r, a in inputs.items()},
-            "summary": summary, "attempts": run.attempts, "started_at": started, "finished_at": time.time(),
+            "summary": summary, "attempts": spec.attempt, "started_at": started, "finished_at": time.time(),
             "git_commit": git_commit(), "packages": package_versions(), "host": host_info(),
             "stage_version": kind.version, "code": code,
         }
@@ -137,17 +172,18 @@ def execute(root: Path, key: str) -> int:
         if final.exists():
             shutil.rmtree(final)
         os.replace(work, final)
-        ledger.event(CODE_EVENT, json.dumps(code, sort_keys=True), run_key=key)
-        ledger.mark_done(key, str(final), log_path=str(final / "stage.log"))
-        print(f"[prism-lab] {run.label} done in {time.time() - started:.1f}s -> {final}", flush=True)
+        if isinstance(reports, EventFile):
+            reports.move_to(final)
+        reports.event(CODE_EVENT, json.dumps(code, sort_keys=True), run_key=key)
+        reports.mark_done(key, str(final), log_path=str(final / "stage.log"))
+        print(f"[prism-lab] {spec.label} done in {time.time() - started:.1f}s -> {final}", flush=True)
         return 0
-    except BaseException as exc:  # noqa: BLE001 - every failure must reach the ledger
+    except BaseException as exc:  # noqa: BLE001 - every failure must be reported
         traceback.print_exc()
         msg = str(exc) if isinstance(exc, PrismError) else f"{type(exc).__name__}: {exc}"
         msg = " ".join(msg.split())[:500]
         try:
-            ledger.set_status(key, "failed", error=msg, only_if=("running",))
-            ledger.event("failed", msg, run_key=key)
+            _report_failure(reports, key, msg)
         except Exception:  # noqa: BLE001
             pass
         return 130 if isinstance(exc, KeyboardInterrupt) else 1
@@ -179,48 +215,81 @@ class FollowerContext(StageContext):
         pass
 
 
-def follow(root: Path, key: str) -> int:
+def follow(spec: RunSpec, reports: RunReports) -> int:
     """Run the stage's runner as a follower rank (torchrun ``RANK`` > 0): it shares the work with rank 0
     through the process group; rank 0 records the outcome."""
-    ledger = Ledger(root)
+    root = Path(spec.root)
+    if complete_run_json(artifact_dir(root, spec.kind, spec.key), spec.key):
+        return 0  # rank 0 sees the same and returns without running
     try:
-        run = ledger.get_run(key)
-        if run is None:
-            print(f"prism-lab: no run {key} in {ledger.path}", file=sys.stderr)
-            return 2
-        if complete_run_json(artifact_dir(root, run.kind, key), key):
-            return 0  # rank 0 sees the same and returns without running
-        kind = STAGE_KINDS.get(run.kind)
-        config = kind.config_model().model_validate(run.config)
-        inputs = {}
-        for role, dep in run.inputs.items():
-            dep_run = ledger.get_run(dep)
-            if dep_run is None or not dep_run.artifact_path:
-                raise PrismError(f"input {role!r} ({dep[:12]}) of {run.label} is not done")
-            inputs[role] = InputArtifact(dep, dep_run.kind, Path(dep_run.artifact_path), dep_run.config)
-        ctx = FollowerContext(key=key, kind=run.kind, label=run.label, config=config, inputs=inputs,
-                              out_dir=partial_dir(root, run.kind, key), root=root, ledger=ledger, tracker=None,
-                              attempt=run.attempts)
+        kind = STAGE_KINDS.get(spec.kind)
+        config = kind.config_model().model_validate(spec.config)
+        ctx = FollowerContext(key=spec.key, kind=spec.kind, label=spec.label, config=config, inputs=_inputs(spec),
+                              out_dir=partial_dir(root, spec.kind, spec.key), root=root, ledger=reports, tracker=None,
+                              attempt=spec.attempt)
         kind.load_runner()(ctx)
         return 0
     except BaseException:  # noqa: BLE001 - rank 0 records the failure; torchrun stops the others
         traceback.print_exc()
         return 1
     finally:
-        ledger.close()
         sys.stdout.flush()
         sys.stderr.flush()
 
 
+def execute(root: Path, key: str, *, grid: Path | None = None) -> int:
+    """Ledger mode: the run's row comes from the ledger under ``root`` and the reports go into it."""
+    ledger = Ledger(root)
+    try:
+        if grid is not None and ledger.get_run(key) is None:
+            from prism_lab.harness.planning import build_plan, load_grid
+
+            ledger.record_plan(build_plan(load_grid(grid)))
+        spec = spec_from_ledger(ledger, root, key)
+        if spec is None:
+            print(f"prism-lab: no run {key} in {ledger.path}" + ("" if grid else " (pass --grid to plan it)"),
+                  file=sys.stderr)
+            return 2
+        if _rank() != 0:
+            return follow(spec, ledger)
+        if ledger.get_run(key).status in ("pending", "failed", "blocked"):  # started by hand, not by an executor
+            ledger.claim(key, owner_pid=os.getpid(), allowed=("pending", "failed", "blocked"))
+            spec.attempt = ledger.get_run(key).attempts
+        return run_spec(spec, ledger, Path(root))
+    finally:
+        ledger.close()
+
+
+def execute_spec(path: Path) -> int:
+    """Spec mode: the run comes from ``path``; the reports go to events.jsonl next to it."""
+    spec = RunSpec.read(path)
+    events = EventFile(Path(path).parent / "events.jsonl")
+    if _rank() != 0:
+        return follow(spec, events)
+    events.started(spec.attempt)
+    return run_spec(spec, events, events)
+
+
 def main(argv: list[str] | None = None) -> int:
     _die_with_parent()
-    parser = argparse.ArgumentParser(prog="python -m prism_lab.harness.run_stage", description=__doc__)
-    parser.add_argument("--root", required=True, type=Path)
-    parser.add_argument("key")
+    parser = argparse.ArgumentParser(prog="python -m prism_lab.harness.run_stage", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--root", type=Path, help="ledger mode: the root holding ledger.sqlite and runs/")
+    parser.add_argument("--grid", type=Path, help="ledger mode: plan this grid first if KEY is not in the ledger")
+    parser.add_argument("--spec", type=Path, help="spec mode: the run's spec.json (no ledger access)")
+    parser.add_argument("key", nargs="?")
     args = parser.parse_args(argv)
+    if (args.spec is None) == (args.root is None or args.key is None):
+        parser.error("give either --root ROOT KEY or --spec SPEC")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stdout)
-    load_plugins()
-    return execute(args.root, args.key) if _rank() == 0 else follow(args.root, args.key)
+    try:
+        load_plugins()
+        if args.spec is not None:
+            return execute_spec(args.spec)
+        return execute(args.root, args.key, grid=args.grid)
+    except PrismError as exc:
+        print(f"prism-lab: {exc}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""Metrics go to the ledger and, unless disabled, to a W&B run (offline by default).
+"""Metrics go to the ledger (or, for a Ray stage run, to its events file) and, unless disabled, to a W&B run (offline by default).
 
 One W&B run per stage run: its group is the sweep, its config carries the grid axes the run depends
 on (``axes``, the values shared by every cell that uses it) next to the stage config, and its tags are
@@ -14,7 +14,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from prism_lab.harness.ledger import Ledger
+from prism_lab.harness.run_reports import RunReports
 
 
 def wandb_mode() -> str:
@@ -24,7 +24,7 @@ def wandb_mode() -> str:
 
 
 class Tracker:
-    def __init__(self, ledger: Ledger, run_key: str, *, kind: str, label: str, config: dict[str, Any],
+    def __init__(self, ledger: RunReports, run_key: str, *, kind: str, label: str, config: dict[str, Any],
                  run_dir: Path, group: str | None = None, tags: list[str] | None = None) -> None:
         self.ledger = ledger
         self.run_key = run_key

@@ -27,9 +27,10 @@ def run_resources(config: Mapping[str, Any]) -> ResourcesConfig | None:
     return ResourcesConfig.model_validate(res) if res is not None else None
 
 
-def launch_command(root: Path, key: str, processes: int) -> list[str]:
-    """The command line of one stage run: the run_stage module, under torchrun when ``processes > 1``."""
-    stage = ["-m", "prism_lab.harness.run_stage", "--root", str(root), key]
+def launch_command(root: Path, key: str, processes: int, *, grid: Path | None = None) -> list[str]:
+    """The command line of one stage run: the run_stage module, under torchrun when ``processes > 1``
+    (with ``grid``, the stage process plans that grid first if the run is not in the ledger)."""
+    stage = ["-m", "prism_lab.harness.run_stage", "--root", str(root), *(["--grid", str(grid)] if grid else []), key]
     if processes <= 1:
         return [sys.executable, *stage]
     return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}", *stage]
