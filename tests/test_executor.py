@@ -162,6 +162,15 @@ def test_dry_run_prints_commands_and_runs_nothing(tmp_path):
     assert res.returncode == 0
     assert res.stdout.count("prism_lab.harness.run_stage") == 5
     assert not executions(tmp_path) and not (root / "ledger.sqlite").exists()
+    # run by hand, one after another, on the fresh root, the printed commands do the whole sweep
+    for line in res.stdout.splitlines():
+        cmd = line.split("   # ")[0]
+        ran = subprocess.run(cmd, shell=True, env=cli_env(**PLUGIN), cwd=REPO, capture_output=True, text=True)
+        assert ran.returncode == 0, (cmd, ran.stderr[-2000:])
+    assert sorted(executions(tmp_path)) == sorted(["first:None", "middle:1", "middle:2", "last:1", "last:2"])
+    assert set(statuses(root).values()) == {"done"}
+    again = run_cli("sweep", "run", str(grid), "--root", str(root), "-q", env=cli_env(**PLUGIN))
+    assert again.returncode == 0 and "0 run(s) finished, 5 already done" in again.stderr
 
 
 def test_workers_share_the_cores_instead_of_oversubscribing():

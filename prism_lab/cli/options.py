@@ -66,3 +66,20 @@ def resolve_root(root: Path | None) -> Path:
     if path.exists() and not path.is_dir():
         raise PrismError(f"--root {path}: expected a directory (for ledger.sqlite and runs/), found a file")
     return path
+
+
+class ExecutorName(str, Enum):
+    local = "local"
+    ray = "ray"
+
+
+ExecutorOpt = Annotated[ExecutorName, typer.Option(
+    "--executor", help="`local`: subprocesses on this machine; `ray`: a Ray cluster (needs the `ray` extra).")]
+AddressOpt = Annotated[Optional[str], typer.Option(
+    "--address", help="Ray: HOST:PORT of the head node (`ray start --head` prints it) or `auto`; default: "
+    "$RAY_ADDRESS, else a Ray instance started for this command only.")]
+SharedRootOpt = Annotated[Optional[Path], typer.Option(
+    "--shared-root", help="Ray: where runs/ goes, a directory mounted at the same path on every node and here "
+    "(default: --root). The ledger stays in --root: keep that on this machine's own disk.")]
+WorkerRetriesOpt = Annotated[int, typer.Option(
+    "--worker-retries", min=0, help="Ray: times a stage run is restarted after its Ray worker or node died.")]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import time
 from pathlib import Path
 from typing import Annotated, Optional
@@ -12,11 +13,16 @@ import typer
 from rich.table import Table
 
 from prism_lab.cli.options import (
+    AddressOpt,
+    ExecutorName,
+    ExecutorOpt,
     Format,
     FormatOpt,
     GridArg,
     RootOpt,
+    SharedRootOpt,
     WandbMode,
+    WorkerRetriesOpt,
     err,
     out,
     resolve_root,
@@ -214,7 +220,8 @@ def sweep_run(
     retry_failed: Annotated[bool, typer.Option("--retry-failed/--no-retry-failed",
                                                help="Run failed runs again (default) or leave them failed.")] = True,
     wandb: Annotated[WandbMode, typer.Option("--wandb", help="W&B mode for every stage run.")] = WandbMode.offline,
-    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the commands that would run, run nothing.")] = False,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the stage commands in dependency order and run nothing; run by hand "
+                  "one after another they do the sweep (each plans the grid into the ledger if needed).")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress display.")] = False,
     gpus: Annotated[Optional[str], typer.Option(
         "--gpus", help="GPU ids stage runs may use (e.g. 0,1,2,3; default: CUDA_VISIBLE_DEVICES, else every GPU "
@@ -224,12 +231,20 @@ def sweep_run(
     rerun_stale: Annotated[bool, typer.Option(
         "--rerun-stale", help="Run again the done runs made by other code than the code installed now (another "
         "prism-lab source or torch/transformers version), and every run downstream of them.")] = False,
+    executor: ExecutorOpt = ExecutorName.local,
+    address: AddressOpt = None,
+    shared_root: SharedRootOpt = None,
+    worker_retries: WorkerRetriesOpt = 2,
 ) -> None:
     """Run every pending stage run of a grid in dependency order; re-running resumes where it stopped."""
     from prism_lab.harness.devices import gpu_pool
-    from prism_lab.harness.executors.local import LocalExecutor, select_runs
+    from prism_lab.harness.executors import ExecutorOptions, make_executor
+    from prism_lab.harness.executors.local import select_runs
     from prism_lab.harness.executors.placement import launch_command, run_resources
 
+    if executor is ExecutorName.ray and (gpus or share_gpus):
+        raise PrismError("--gpus and --share-gpus apply to --executor local; on Ray, Ray places each run's "
+                         "resources.gpus")
     plan = _load_plan(grid, check_inputs=True)
     root_dir = resolve_root(root).resolve()
     kinds = {s.strip() for s in stages.split(",")} if stages else None
@@ -243,8 +258,8 @@ def sweep_run(
         for key in select_runs(plan, kinds):
             run = plan.runs[key]
             res = run_resources(run.config)
-            cmd = " ".join(launch_command(root_dir, key, res.processes if res is not None else 1))
-            print(f"{cmd}   # {run.label}")
+            cmd = launch_command(root_dir, key, res.processes if res is not None else 1, grid=grid.resolve())
+            print(f"{shlex.join(cmd)}   # {run.label}")
         return
     os.environ["PRISM_LAB_WANDB"] = wandb.value
     _handle_stale(plan, root_dir, select_runs(plan, kinds), rerun=rerun_stale)
@@ -253,14 +268,15 @@ def sweep_run(
     from prism_lab.cli.memory import check_fit
 
     targets = _not_done(select_runs(plan, kinds), root_dir)
-    if any(plan.runs[k].config.get("resources") is not None for k in targets):
+    if executor is ExecutorName.local and any(plan.runs[k].config.get("resources") is not None for k in targets):
         from prism_lab.harness.devices import Gpu, detect_gpus
 
         found = detect_gpus()
         visible = [g for g in found if pool is None or g.id in pool] or [Gpu(i) for i in (pool or [])]
         check_fit(plan, targets, visible)
-    summary = LocalExecutor(root_dir, workers=workers, retry_failed=retry_failed, show_progress=not quiet,
-                            gpus=pool, share_gpus=share_gpus).run(plan, kinds=kinds)
+    options = ExecutorOptions(executor.value, workers=workers, gpus=pool, share_gpus=share_gpus, address=address,
+                              worker_retries=worker_retries, shared_root=shared_root.resolve() if shared_root else None)
+    summary = make_executor(root_dir, options, retry_failed=retry_failed, show_progress=not quiet).run(plan, kinds=kinds)
     elapsed = time.time() - t0
     err.print(
         f"sweep {plan.grid.name}: {len(summary.done)} run(s) finished, {len(summary.skipped)} already done, "
@@ -272,7 +288,7 @@ def sweep_run(
         missing = sorted({plan.runs[k].kind for k in summary.unavailable})
         err.print(f"not run: stage kind(s) {', '.join(missing)} are not available in this build "
                   f"({len(summary.unavailable)} run(s) and their dependents wait for them)")
-    err.print(f"ledger: {root_dir / 'ledger.sqlite'}   artifacts: {root_dir / 'runs'}")
+    err.print(f"ledger: {root_dir / 'ledger.sqlite'}   artifacts: {(options.shared_root or root_dir) / 'runs'}")
     err.print(f"next: prism-lab sweep status {grid} --root {root_dir}   |   prism-lab report {grid} --root {root_dir}")
     if not summary.ok:
         raise typer.Exit(1)

@@ -12,7 +12,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from prism_lab.cli.options import WandbMode
+from prism_lab.cli.options import AddressOpt, ExecutorName, ExecutorOpt, SharedRootOpt, WandbMode, WorkerRetriesOpt
 
 
 def tune(
@@ -56,11 +56,16 @@ def tune(
     stage_workers: Annotated[int, typer.Option(
         "--stage-workers", min=1, help="Stage runs executed in parallel inside one trial.")] = 1,
     wandb: Annotated[WandbMode, typer.Option("--wandb", help="W&B mode of every stage run.")] = WandbMode.offline,
+    executor: ExecutorOpt = ExecutorName.local,
+    address: AddressOpt = None,
+    shared_root: SharedRootOpt = None,
+    worker_retries: WorkerRetriesOpt = 2,
 ) -> None:
     """Tune a grid cell with Optuna (ask-and-tell): every trial is a one-cell sweep run through the planner, the ledger and the executor, so runs shared between trials are computed once.
 
     Resumable and parallel: re-running the command continues the study; trials of killed workers are marked FAIL and retried. Writes the best parameters as a grid for `prism-lab sweep run`, a Markdown summary with parameter importances, and a plot.
     """  # noqa: E501
+    from prism_lab.harness.executors import ExecutorOptions
     from prism_lab.tune.space import load_space
     from prism_lab.tune.study import TuneOptions
     from prism_lab.tune.study import tune as run_tune
@@ -74,7 +79,9 @@ def tune(
     options = TuneOptions(root=root_dir, trials=trials, workers=workers, storage=storage, study_name=study,
                           out_dir=out, enqueue_defaults=enqueue_defaults, max_retries=max_retries,
                           grace_period=grace_period, heartbeat_interval=heartbeat_interval,
-                          stage_workers=stage_workers)
+                          stage_workers=stage_workers,
+                          executor=ExecutorOptions(executor.value, address=address, worker_retries=worker_retries,
+                                                   shared_root=shared_root.resolve() if shared_root else None))
     result = run_tune(spec, options)
     c = result.counts
     print(f"study {result.study_name}: " + ", ".join(f"{n} {s.lower()}" for s, n in sorted(c.items()))

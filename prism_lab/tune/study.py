@@ -1,7 +1,7 @@
 """The ask-and-tell loop: every Optuna trial is one harness cell.
 
 A trial's parameters are written into the base grid's stage configs; the resulting one-cell grid
-(sweep ``<study>-trial-<n>``) is planned, recorded in the ledger and run by the local executor. Stage
+(sweep ``<study>-trial-<n>``) is planned, recorded in the ledger and run by the executor (local, or Ray with `--executor ray`). Stage
 runs are content-addressed, so the runs a trial shares with earlier trials (data, SFT, and any stage
 whose config the parameters do not touch) are found done in the ledger and never run twice; several
 tuner processes on one root claim runs atomically. The objective(s) are read from the ledger.
@@ -32,10 +32,11 @@ import sys
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from prism_lab.harness.executors import ExecutorOptions
 from prism_lab.tune.optuna_study import make_sampler, open_study
 from prism_lab.tune.recovery import (
     ERROR_ATTR,
@@ -71,6 +72,7 @@ class TuneOptions:
     heartbeat_interval: float = 30.0
     grace_period: float = 600.0
     stage_workers: int = 1
+    executor: ExecutorOptions = field(default_factory=ExecutorOptions)  # which executor runs a trial's stages
     max_consecutive_failures: int = 5
     poll_seconds: float = 1.0
     write_outputs: bool = True
@@ -275,7 +277,8 @@ class Tuner:
 
     def _execute_trial(self, trial: Any, params: dict[str, Any]) -> tuple[str, Any]:
         return execute_trial(trial, params, space=self.space, root=self.root,
-                             sweep=f"{self.study_name}-trial-{trial.number}", stage_workers=self.opt.stage_workers)
+                             sweep=f"{self.study_name}-trial-{trial.number}",
+                             executor=replace(self.opt.executor, workers=self.opt.stage_workers))
 
 def _fmt(v: Any) -> str:
     return f"{v:.4g}" if isinstance(v, float) else str(v)

@@ -1,5 +1,5 @@
 """One trial as a one-cell sweep: plan the trial's grid, run the stage runs each objective and report
-needs with the local executor, and read the objective values from the ledger."""
+needs with the chosen executor (local or Ray), and read the objective values from the ledger."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from prism_lab.errors import ConfigError, PrismError
+from prism_lab.harness.executors import ExecutorOptions, make_executor
 from prism_lab.tune.recovery import RUNS_ATTR, SWEEP_ATTR
 from prism_lab.tune.space import SearchSpace
 from prism_lab.tune.space_spec import ObjectiveSpec, ReportSpec
@@ -73,9 +74,8 @@ def run_roles(executor: Any, ledger: Any, plan: Any, cell: Any, roles: list[str]
 
 
 def execute_trial(trial: Any, params: dict[str, Any], *, space: SearchSpace, root: Path, sweep: str,
-                  stage_workers: int) -> tuple[str, Any]:
+                  executor: ExecutorOptions) -> tuple[str, Any]:
     """Plan and run ``trial`` as sweep ``sweep``: ``("pruned", step)`` or ``("complete", objective values)``."""
-    from prism_lab.harness.executors.local import LocalExecutor
     from prism_lab.harness.ledger import Ledger
     from prism_lab.harness.planning import build_plan
 
@@ -90,9 +90,9 @@ def execute_trial(trial: Any, params: dict[str, Any], *, space: SearchSpace, roo
     ledger = Ledger(root)
     try:
         ledger.record_plan(plan)
-        executor = LocalExecutor(root, workers=stage_workers, show_progress=False)
+        runner = make_executor(root, executor, show_progress=False)
         for step, rep in enumerate(space.reports):
-            run_roles(executor, ledger, plan, cell, [rep.role])
+            run_roles(runner, ledger, plan, cell, [rep.role])
             key = cell.runs[rep.role]
             value = read_metric(ledger, key, plan.runs[key].label, rep)
             if (rep.direction or space.spec.objective.direction) != space.spec.objective.direction:
@@ -100,7 +100,7 @@ def execute_trial(trial: Any, params: dict[str, Any], *, space: SearchSpace, roo
             trial.report(value, step)
             if trial.should_prune():
                 return "pruned", step
-        run_roles(executor, ledger, plan, cell, [o.role for o in space.objectives])
+        run_roles(runner, ledger, plan, cell, [o.role for o in space.objectives])
         values = []
         for obj in space.objectives:
             key = cell.runs[obj.role]
