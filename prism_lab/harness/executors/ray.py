@@ -96,6 +96,7 @@ def connect(address: str | None, namespace: str) -> Any:
         import ray
     except ImportError:
         raise PrismError("--executor ray needs the `ray` extra: pip install -e \".[ray]\"") from None
+    address = address or os.environ.get("RAY_ADDRESS") or None
     with _connect_lock:
         if not ray.is_initialized():
             if address:
@@ -129,6 +130,8 @@ class _Attempt:
 
 
 class RayExecutor(LocalExecutor):
+    """The local executor's scheduling rules with each stage run in a Ray actor (see the module doc)."""
+
     def __init__(self, root: Path, *, address: str | None = None, storage: Path | None = None, max_retries: int = 2,
                  retry_failed: bool = True, stale_after: float = 120.0, poll_seconds: float = 0.5,
                  console: Console | None = None, show_progress: bool = True) -> None:
