@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from prism_lab.harness.freshness import CODE_EVENT
 from prism_lab.harness.ledger import Ledger, pid_alive
 from tests.conftest import REPO, cli_env, run_cli
 from tests.ray_cluster import DRIVER_ENV, LocalRayCluster
@@ -93,13 +94,14 @@ def test_chain_on_ray_one_ledger_writer_and_shared_storage(cluster, tmp_path):
         spec = json.loads((final / "spec.json").read_text())
         assert spec["root"] == str(storage.resolve())
         lines = [json.loads(x) for x in (final / "events.jsonl").read_text().splitlines()]
-        assert [ev["type"] for ev in lines] == ["started", "metrics", "done"]
+        assert [ev["type"] for ev in lines] == ["started", "metrics", "event", "done"]
+        assert lines[2]["kind"] == CODE_EVENT  # the code fingerprint, for `sweep status`'s freshness check
     # every metric line was taken into the ledger exactly once, with the driver's events around it
     led = Ledger(root)
     try:
         for row in led.conn.execute("SELECT key, artifact_path, log_path, attempts FROM runs"):
             assert led.metrics(row["key"]) == [(0, "value_seen", 1.0)]
-            assert [e["kind"] for e in led.events(row["key"])] == ["submitted", "started"]
+            assert [e["kind"] for e in led.events(row["key"])] == ["submitted", "started", CODE_EVENT]
             assert row["artifact_path"].startswith(str(storage.resolve())) and row["attempts"] == 1
             assert Path(row["log_path"]).is_file()
     finally:

@@ -11,6 +11,7 @@ import pytest
 
 from prism_lab.errors import PrismError
 from prism_lab.harness.context import artifact_dir, partial_dir
+from prism_lab.harness.freshness import CODE_EVENT
 from prism_lab.harness.ledger import Ledger
 from prism_lab.harness.run_reports import EventFile, RunSpec, ingest, read_events
 from tests.conftest import REPO, cli_env
@@ -69,9 +70,11 @@ def test_spec_mode_stage_run_never_opens_a_ledger(tmp_path):
     final = artifact_dir(storage, "test_step", KEY)
     assert not work.exists() and json.loads((final / "run.json").read_text())["attempts"] == 3
     lines = [json.loads(x) for x in (final / "events.jsonl").read_text().splitlines()]
-    assert [ev["type"] for ev in lines] == ["started", "metrics", "done"]
+    assert [ev["type"] for ev in lines] == ["started", "metrics", "event", "done"]
     assert lines[0]["attempt"] == 3 and lines[1]["values"] == {"value_seen": 1.0}
-    assert lines[2]["artifact_path"] == str(final)
+    assert lines[2]["kind"] == CODE_EVENT and json.loads(lines[2]["message"]) == json.loads(
+        (final / "run.json").read_text())["code"]
+    assert lines[3]["artifact_path"] == str(final)
     assert counter.read_text() == "solo:None\n"
     assert not list(tmp_path.rglob("*.sqlite*"))
     # a second start finds the finished artifact and only reports it done again
