@@ -118,3 +118,21 @@ def test_a_bad_or_silent_address_is_one_error_not_a_hang():
     with pytest.raises(PrismError, match="no Ray head node answers"):
         check_address(f"127.0.0.1:{port}", timeout=2)
     check_address("auto")
+
+
+def test_a_spec_carries_the_ancestors_rows_a_stage_reads_of_the_ledger(tmp_path):
+    from prism_lab.harness.run_stage import spec_from_ledger
+    from prism_lab.stages.lineage import _upstream
+
+    led = Ledger(tmp_path / "root")
+    led.add_run("d" * 64, "data", "data", {"n": 1}, {}, status="done", artifact_path="/shared/data")
+    led.add_run("s" * 64, "sft", "sft", {"lr": 1.0}, {"data": "d" * 64}, status="done", artifact_path="/shared/sft")
+    led.add_run(KEY, "eval", "eval", {}, {"checkpoint": "s" * 64})
+    spec = spec_from_ledger(led, tmp_path / "shared", KEY)
+    led.close()
+    spec.write(tmp_path / "spec.json")
+    events = EventFile(tmp_path / "events.jsonl", RunSpec.read(tmp_path / "spec.json").upstream)
+    chain = _upstream(events, KEY)
+    assert [r.kind for r in chain] == ["eval", "sft"]
+    assert chain[1].artifact_path == "/shared/sft" and chain[1].config == {"lr": 1.0}
+    assert events.get_run("d" * 64).inputs == {} and events.get_run("nope") is None

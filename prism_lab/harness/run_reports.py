@@ -52,6 +52,7 @@ class RunSpec:
     sweeps: list[str] = field(default_factory=list)
     cells: list[str] = field(default_factory=list)
     axes: dict[str, Any] = field(default_factory=dict)  # the grid axes shared by every cell using the run
+    upstream: dict[str, dict[str, Any]] = field(default_factory=dict)  # this run and its ancestors' ledger rows
 
     def write(self, path: Path) -> None:
         tmp = path.with_name(path.name + ".tmp")
@@ -63,6 +64,17 @@ class RunSpec:
         return cls(**json.loads(Path(path).read_text()))
 
 
+@dataclass(frozen=True)
+class UpstreamRun:
+    key: str
+    kind: str
+    label: str
+    config: dict[str, Any]
+    inputs: dict[str, str]
+    status: str
+    artifact_path: str | None
+
+
 class EventFile:
     """Appends one JSON object per line to a run's events file; safe from several threads.
 
@@ -70,9 +82,16 @@ class EventFile:
     a reader on another host (NFS close-to-open consistency) sees whole lines or nothing of the line.
     """
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, upstream: dict[str, dict[str, Any]] | None = None) -> None:
         self.path = Path(path)
+        self.upstream = upstream or {}
         self._lock = threading.Lock()
+
+    def get_run(self, key: str) -> UpstreamRun | None:
+        """The ledger row of this run or one of its ancestors, as the driver wrote it into the spec
+        (stages/lineage.py walks a chain with it)."""
+        row = self.upstream.get(key)
+        return None if row is None else UpstreamRun(key=key, **row)
 
     def move_to(self, directory: Path) -> None:
         """The run directory was renamed: keep appending to the same file at its new place."""

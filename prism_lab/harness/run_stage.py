@@ -109,7 +109,22 @@ def spec_from_ledger(ledger: Ledger, root: Path, key: str) -> RunSpec | None:
     memberships = list(ledger.conn.execute("SELECT DISTINCT sweep, cell_id FROM cell_runs WHERE run_key=?", (key,)))
     return RunSpec(key=key, kind=run.kind, label=run.label, config=run.config, attempt=run.attempts, root=str(root),
                    inputs=inputs, sweeps=sorted({r["sweep"] for r in memberships}),
-                   cells=list(dict.fromkeys(r["cell_id"] for r in memberships)), axes=run_axes(ledger, key))
+                   cells=list(dict.fromkeys(r["cell_id"] for r in memberships)), axes=run_axes(ledger, key),
+                   upstream=_upstream_rows(ledger, key))
+
+
+def _upstream_rows(ledger: Ledger, key: str) -> dict[str, dict[str, Any]]:
+    """The ledger rows of a run and all its ancestors (what a stage may read of the ledger)."""
+    rows, stack = {}, [key]
+    while stack:
+        k = stack.pop()
+        row = ledger.get_run(k)
+        if row is None or k in rows:
+            continue
+        rows[k] = {"kind": row.kind, "label": row.label, "config": row.config, "inputs": row.inputs,
+                   "status": row.status, "artifact_path": row.artifact_path}
+        stack.extend(row.inputs.values())
+    return rows
 
 
 def _report_failure(reports: RunReports, key: str, message: str) -> None:
@@ -263,7 +278,7 @@ def execute(root: Path, key: str, *, grid: Path | None = None) -> int:
 def execute_spec(path: Path) -> int:
     """Spec mode: the run comes from ``path``; the reports go to events.jsonl next to it."""
     spec = RunSpec.read(path)
-    events = EventFile(Path(path).parent / "events.jsonl")
+    events = EventFile(Path(path).parent / "events.jsonl", spec.upstream)
     if _rank() != 0:
         return follow(spec, events)
     events.started(spec.attempt)
