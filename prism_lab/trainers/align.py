@@ -62,7 +62,7 @@ from prism_lab.trainers.actor import (
     ppo_update,
     recompute_logprobs,
 )
-from prism_lab.trainers.align_variants import ALIGN_VARIANTS, AlignStep, AlignVariant
+from prism_lab.trainers.align_variants import ALIGN_VARIANTS, AlignStep, AlignVariant, mean_or_nan
 from prism_lab.trainers.common import (
     RESUME_DIR,
     fresh_temp_dir,
@@ -160,10 +160,6 @@ def load_align_resume(out_dir: str | Path, *, policy: torch.nn.Module, disc: tor
 
 
 # ------------------------------------------------------------------------------------------ loop
-def _mean(x: torch.Tensor) -> float:
-    return float(x.float().mean()) if x.numel() else float("nan")
-
-
 def _check_teacher_segments(examples: Sequence[AlignExample]) -> None:
     if not examples:
         raise DataError("no alignment prompts")
@@ -288,7 +284,7 @@ def run_align(
         with torch.no_grad():
             adv, nonfinite, m = variant.advantages(disc, st, cfg)
         adv, n_bad_adv = replace_nonfinite(adv.float())
-        metrics.update(m, **{"adv/mean": _mean(adv), "adv/std": float(adv.std()) if adv.numel() > 1 else 0.0})
+        metrics.update(m, **{"adv/mean": mean_or_nan(adv), "adv/std": float(adv.std()) if adv.numel() > 1 else 0.0})
         if n_bad_adv:
             metrics["nonfinite_advantages"] = float(n_bad_adv)
         # 5. discriminator update (train mode, critic_epochs passes over one mini-batch of every rollout)

@@ -101,7 +101,8 @@ class AlignVariant(Protocol):
 ALIGN_VARIANTS: Registry[type] = Registry("alignment variant")
 
 
-def _mean(x: Tensor) -> float:
+def mean_or_nan(x: Tensor) -> float:
+    """Mean of a tensor as a float (nan when it is empty): the per-step metric of both variants and the loop."""
     return float(x.float().mean()) if x.numel() else float("nan")
 
 
@@ -138,8 +139,8 @@ class PrismVariant:
                                 wrong_penalty=cfg.wrong_penalty, w_acc=cfg.w_acc, w_fmt=cfg.w_fmt, eps=cfg.adv_eps)
         adv = grpo_multi_reward(cfg.advantage_mode, s_cap, s_cot, st.fmt, list(st.rows), acc=acc, cfg=mrc)
         if bool(st.valid.any()):
-            metrics["pre/student_caption"] = _mean(s_cap[st.valid])
-            metrics["pre/student_cot"] = _mean(s_cot[st.valid])
+            metrics["pre/student_caption"] = mean_or_nan(s_cap[st.valid])
+            metrics["pre/student_cot"] = mean_or_nan(s_cot[st.valid])
         return adv, n1 + n2, metrics
 
     def disc_loss(self, disc: Any, st: AlignStep, cfg: Any) -> tuple[Tensor, int, dict[str, float]]:
@@ -175,7 +176,7 @@ class GadVariant:
     def advantages(self, disc: Any, st: AlignStep, cfg: Any) -> tuple[Tensor, int, dict[str, float]]:
         s_resp, n = replace_nonfinite(st.scores(disc, st.student([r.token_ids for r in st.rollouts])).cpu())
         adv = gad_whole_response_advantage(s_resp, list(st.rows), score_clip=None, eps=cfg.adv_eps)
-        return adv, n, {"pre/student_response": _mean(s_resp)}
+        return adv, n, {"pre/student_response": mean_or_nan(s_resp)}
 
     def disc_loss(self, disc: Any, st: AlignStep, cfg: Any) -> tuple[Tensor, int, dict[str, float]]:
         S = st.scores(disc, st.student([r.token_ids for r in st.rollouts]))
@@ -184,6 +185,6 @@ class GadVariant:
         Sc, _ = replace_nonfinite(S.detach().cpu())
         Tc, _ = replace_nonfinite(T.detach().cpu())
         m = {"d_loss": float(g.loss.detach()), "d_acc": float(g.acc), "d_has_valid": 1.0,
-             "score/teacher_response": _mean(Tc), "score/student_response": _mean(Sc),
-             "gap/response": _mean(Tc) - _mean(Sc)}
+             "score/teacher_response": mean_or_nan(Tc), "score/student_response": mean_or_nan(Sc),
+             "gap/response": mean_or_nan(Tc) - mean_or_nan(Sc)}
         return g.loss, g.n_nonfinite, m
