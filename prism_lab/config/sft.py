@@ -10,6 +10,10 @@ from prism_lab.config.base import Seed, StrictModel
 from prism_lab.config.resources import ResourcesConfig, check_covers_processes, resources_field
 
 
+#: The SFT sets a data catalog can name (prism_lab.data.catalog.DataCatalog.sft_files).
+SFTDataset = Literal["public", "teacher", "caption", "instruct"]
+
+
 class SFTConfig(StrictModel):
     """Supervised fine-tuning on the public mixture plus the teacher demonstrations."""
 
@@ -18,7 +22,7 @@ class SFTConfig(StrictModel):
         description="Model preset name (tiny-s, qwen3-vl-4b, ...), local checkpoint directory or hub id. "
         "Filled from the grid's `models` map by the `size` axis.",
     )
-    datasets: list[Literal["public", "teacher", "caption"]] = Field(
+    datasets: list[SFTDataset] = Field(
         default_factory=lambda: ["public", "teacher"],
         description="Which SFT sets to mix (the paper uses public + teacher: 1.26M + 113K). `caption` "
         "(synthetic data only) adds image -> dense caption rows: perception pre-training for a "

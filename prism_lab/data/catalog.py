@@ -22,6 +22,7 @@ class DataCatalog:
     sft_public: list[str] = field(default_factory=list)  # ShareGPT multimodal JSON files (public mixture)
     sft_teacher: list[str] = field(default_factory=list)  # ShareGPT multimodal JSON files (teacher demos)
     sft_caption: list[str] = field(default_factory=list)  # ShareGPT multimodal JSON files (image -> caption)
+    sft_instruct: list[str] = field(default_factory=list)  # question -> answer rows of the `base` stage
     sft_heldout: list[str] = field(default_factory=list)  # held-out teacher rows (drift measurements only)
     rl: str | None = None  # RL parquet (verl schema + teacher fields)
     warmup: str | None = None  # discriminator warmup pairs (JSONL)
@@ -30,20 +31,21 @@ class DataCatalog:
     source: str = "synth"
 
     def sft_files(self, which: list[str]) -> list[Path]:
-        """The files of the named SFT datasets (public, teacher, caption), in the order named.
+        """The files of the named SFT datasets (public, teacher, caption, instruct), in the order named.
 
         A synthetic catalog must have every named set (asking for captions from data generated with
         ``n_caption: 0`` is an error); a local catalog lists all its SFT files as public.
         """
-        by_name = {"public": self.sft_public, "teacher": self.sft_teacher, "caption": self.sft_caption}
+        by_name = {"public": self.sft_public, "teacher": self.sft_teacher, "caption": self.sft_caption,
+                   "instruct": self.sft_instruct}
         out: list[Path] = []
         for name in which:
             if name not in by_name:
                 raise DataError(f"unknown SFT dataset {name!r}; expected one of {sorted(by_name)}")
             if not by_name[name] and self.source == "synth":
                 raise DataError(f"the data catalog has no {name!r} SFT files (source {self.source!r}); "
-                                f"drop {name!r} from sft.datasets" + (" or set data.synth.n_caption > 0"
-                                                                       if name == "caption" else ""))
+                                f"drop {name!r} from the stage's datasets"
+                                + (f" or set data.synth.n_{name} > 0" if name in ("caption", "instruct") else ""))
             out += [Path(p) for p in by_name[name]]
         return out
 
@@ -70,20 +72,23 @@ class DataCatalog:
         cat.sft_public = [absolute(p) for p in cat.sft_public]
         cat.sft_teacher = [absolute(p) for p in cat.sft_teacher]
         cat.sft_caption = [absolute(p) for p in cat.sft_caption]
+        cat.sft_instruct = [absolute(p) for p in cat.sft_instruct]
         cat.sft_heldout = [absolute(p) for p in cat.sft_heldout]
         cat.rl, cat.warmup = absolute(cat.rl), absolute(cat.warmup)
         cat.bench_dir, cat.image_root = absolute(cat.bench_dir), absolute(cat.image_root)
         return cat
 
 
-def synth_catalog(subdir: str = "data", *, caption: bool = False, heldout: bool = False) -> DataCatalog:
+def synth_catalog(subdir: str = "data", *, caption: bool = False, heldout: bool = False,
+                  instruct: bool = False) -> DataCatalog:
     """Catalog of a synth.generate output at ``<artifact>/<subdir>`` (paths relative to the artifact,
     so the catalog stays valid when the in-progress directory is renamed). ``caption``: the output
-    has an sft_caption.json (``n_caption > 0``); ``heldout``: an sft_heldout.json (``n_heldout > 0``)."""
+    has an sft_caption.json (``n_caption > 0``); ``instruct``: a base_instruct.json (``n_instruct > 0``); ``heldout``: an sft_heldout.json (``n_heldout > 0``)."""
     d = subdir
     return DataCatalog(
         sft_public=[f"{d}/sft_public.json"], sft_teacher=[f"{d}/sft_teacher.json"],
         sft_caption=[f"{d}/sft_caption.json"] if caption else [],
+        sft_instruct=[f"{d}/base_instruct.json"] if instruct else [],
         sft_heldout=[f"{d}/sft_heldout.json"] if heldout else [], rl=f"{d}/rl_train.parquet",
         warmup=f"{d}/warmup_pairs.jsonl", bench_dir=f"{d}/bench", image_root=d, source="synth",
     )

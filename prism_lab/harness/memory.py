@@ -121,7 +121,7 @@ def kv_cache_bytes(shape: Mapping[str, Any], seqs: int, length: int, nbytes: int
 def _train_tokens(kind: str, cfg: Mapping[str, Any], world: int) -> tuple[int, int]:
     """(tokens, images) of one rank's micro-batch: the padded upper bound. SFT and warm-up batches are
     global (split over the ranks); the RL micro-batch is per rank."""
-    if kind == "sft":
+    if kind in ("base", "sft"):
         rows = math.ceil(cfg.get("batch_size", 2) / world)
         return rows * cfg.get("max_length", 8192), rows
     if kind == "disc_warmup":
@@ -200,7 +200,7 @@ def fits(est: MemoryEstimate, device_bytes: float, margin: float = DEFAULT_MARGI
 
 
 # ------------------------------------------------------------------------------------------ plans
-TRAINING_KINDS = ("sft", "disc_warmup", "align", "rl")
+TRAINING_KINDS = ("base", "sft", "disc_warmup", "align", "rl")
 
 
 @dataclass(frozen=True)
@@ -213,10 +213,10 @@ class ModelSpec:
 
 
 def _policy_spec(plan: Any, key: str) -> ModelSpec:
-    """The SFT model the run ``key`` descends from (its ``policy`` inputs lead back to an sft run)."""
+    """The model the run ``key`` descends from (its ``policy`` inputs lead back to an sft or base run)."""
     run = plan.runs[key]
     seen = set()
-    while run.kind != "sft":
+    while run.kind not in ("base", "sft"):
         nxt = run.inputs.get("policy")
         if nxt is None or nxt in seen:
             raise ValueError(f"{run.label}: no sft run upstream of it to take the model from")
@@ -242,7 +242,7 @@ def model_specs(plan: Any, key: str) -> dict[str, ModelSpec]:
     if kind not in TRAINING_KINDS:
         return {}
     out = {}
-    if kind in ("sft", "align", "rl"):
+    if kind in ("base", "sft", "align", "rl"):
         out["policy"] = _policy_spec(plan, key)
     if kind in ("disc_warmup", "align"):
         out["discriminator"] = _discriminator_spec(plan, key)

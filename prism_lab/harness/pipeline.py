@@ -1,6 +1,9 @@
 """Pipelines turn one cell into its chain of stage runs. The default is PRISM's:
 
-    data -> sft -> [disc_warmup -> align] -> rl, with an `eval` run for the SFT, aligned and RL checkpoints.
+    data -> [base] -> sft -> [disc_warmup -> align] -> rl, with an `eval` run of every checkpoint.
+
+`base` runs when the grid declares it: one run per size, shared by every cell and seed (the tiny presets'
+stand-in for Qwen3-VL-Instruct); SFT then starts from its checkpoint.
 """
 
 from __future__ import annotations
@@ -49,6 +52,7 @@ ALIGNMENT_VALUES = ("none", "prism", "gad")
 #: sets one would be silently overridden (or would silently override a core axis): both are refused.
 #: ``<stage>.seed`` is different: as an axis it is honoured (it wins over the `seed` axis for that stage).
 PIPELINE_SET = {
+    ("base", "model"): "the `models` map, by the `size` axis",
     ("sft", "model"): "the `models` map, by the `size` axis",
     ("rl", "algorithm"): "the `algorithm` axis",
     ("align", "variant"): "the `alignment` axis",
@@ -62,6 +66,7 @@ class PrismPipeline:
     name = "prism"
     always = ("data", "sft", "rl", "eval")
     aligned = ("disc_warmup", "align")
+    optional = ("base",)  # used when the grid declares it
 
     def check_inputs(self, grid: Grid) -> None:
         """Read every local dataset and check every local checkpoint (harness/inputs.py)."""
@@ -74,7 +79,7 @@ class PrismPipeline:
         for axis in CORE_AXES:
             if axis not in spec.axes:
                 raise grid.error(("axes",), f"missing required axis {axis!r} (a PRISM grid has {', '.join(CORE_AXES)})")
-        used = list(self.always)
+        used = list(self.always) + [k for k in self.optional if k in spec.stages]
         if any(v != "none" for v in spec.axes["alignment"]):
             used += list(self.aligned)
         for kind in spec.stages:
@@ -199,11 +204,11 @@ class PrismPipeline:
                 kind, _, rest = name.partition(".")
                 overrides.setdefault(kind, {})[rest] = value
 
-        def cfg(kind: str, **fixed: Any) -> dict:
+        def cfg(kind: str, seeded: bool = True, **fixed: Any) -> dict:
             out = copy.deepcopy(spec.data if kind == "data" else spec.stages.get(kind, {}))
             for k, v in fixed.items():
                 out[k] = v
-            if kind in spec.seed_scope and kind != "data":
+            if seeded and kind in spec.seed_scope and kind != "data":
                 out["seed"] = ax["seed"]
             for path, v in overrides.get(kind, {}).items():  # after the seed: a `<stage>.seed` axis wins
                 set_path(out, path.split("."), v)
@@ -223,8 +228,18 @@ class PrismPipeline:
             fp = builder.memo[memo_key]
         data = builder.add("data", data_cfg, {}, label="data", cell=cell, role="data", fingerprint=fp,
                            where=("data",))
-        up = ["size", "seed", "sft", "data"]
-        sft = builder.add("sft", cfg("sft", model=spec.models[ax["size"]]), {"data": data},
+        sft_inputs = {"data": data}
+        if "base" in spec.stages:
+            seeded = "base" in spec.seed_scope  # else one base run (and one eval of it) per size, for every seed
+            base_up = ["size", "data", "base"] + (["seed"] if seeded else [])
+            base = builder.add("base", cfg("base", model=spec.models[ax["size"]]), {"data": data},
+                               label=label("base", *base_up), cell=cell, role="base")
+            builder.add("eval", cfg("eval", seeded=seeded, benchmarks=list(spec.benchmarks)),
+                        {"checkpoint": base, "data": data}, label=label("eval:base", *base_up, "eval"), cell=cell,
+                        role="eval/base")
+            sft_inputs["policy"] = base
+        up = ["size", "seed", "sft", "data"] + (["base"] if "base" in spec.stages else [])
+        sft = builder.add("sft", cfg("sft", model=spec.models[ax["size"]]), sft_inputs,
                           label=label("sft", *up), cell=cell, role="sft")
         self._eval(builder, cfg, cell, sft, data, "sft", label("eval:sft", *up, "eval"))
         policy = sft

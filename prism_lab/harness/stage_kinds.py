@@ -66,6 +66,10 @@ for _kind in (
         "generate the synthetic task or fingerprint local datasets",
     ),
     StageKind(
+        "base", "prism_lab.config.pretrain:BaseStageConfig", "prism_lab.stages.base:run",
+        "train the model a chain starts from (plays Qwen3-VL-Instruct for the tiny presets)", produces_checkpoint=True,
+    ),
+    StageKind(
         "sft", "prism_lab.config.sft:SFTConfig", "prism_lab.stages.sft:run",
         "supervised fine-tuning (stage 1)", produces_checkpoint=True, version=2,
     ),

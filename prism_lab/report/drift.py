@@ -83,7 +83,7 @@ def drift_chains(data: SweepData) -> dict[str, list[DriftPoint]]:
 
 def _stage_label(stage: str, alignment: Any, chain: str) -> str:
     if stage == "base":
-        return "Base"
+        return "Instruct"
     if stage == "sft":
         return "+SFT"
     if stage == "align":

@@ -104,7 +104,7 @@ def paper_size(size: object) -> str | None:
 
 
 def paper_row(size: object, label: str) -> dict[str, float] | None:
-    """The paper's row for one of our row labels ("Base" maps to "Instruct"), or None."""
+    """The paper's row for one of our row labels ("Instruct", "+SFT", ...; "Base" also maps to "Instruct"), or None."""
     key = paper_size(size)
     if key is None:
         return None

@@ -65,7 +65,7 @@ class Row:
     @property
     def base_label(self) -> str:
         if self.stage == "base":
-            return "Base"
+            return "Instruct"  # the paper's row of the model a chain starts from
         if self.stage == "sft":
             return "+SFT"
         if self.stage == "align":
@@ -193,7 +193,7 @@ def _relevant_extras(data: SweepData, role: str) -> dict[str, list[str]]:
 
 
 def build_rows(data: SweepData, benchmarks: list[str] | None = None) -> dict[Any, list[Row]]:
-    """size -> its rows, in the paper's order (Base, +SFT, SFT+X..., then per alignment: ALIGN, ALIGN+X...).
+    """size -> its rows, in the paper's order (Instruct, +SFT, SFT+X..., then per alignment: ALIGN, ALIGN+X...).
 
     ``benchmarks``: the columns (and what ``Avg`` averages); default every benchmark of the grid."""
     benchmarks = list(data.benchmarks if benchmarks is None else benchmarks)

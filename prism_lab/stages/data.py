@@ -39,12 +39,13 @@ def run(ctx: StageContext) -> dict:
     cfg: DataConfig = ctx.config  # type: ignore[assignment]
     if cfg.source == "synth":
         from prism_lab.data.synth.config import SynthConfig
-        from prism_lab.data.synth.generate import SFT_CAPTION, SFT_HELDOUT, generate
+        from prism_lab.data.synth.files import SFT_CAPTION, SFT_HELDOUT, SFT_INSTRUCT
+        from prism_lab.data.synth.generate import generate
 
         target = ctx.out_dir / "data"
         manifest = generate(SynthConfig.model_validate(cfg.synth), target, progress=True, overwrite=True)
         catalog = synth_catalog("data", caption=SFT_CAPTION in manifest["files"],
-                                heldout=SFT_HELDOUT in manifest["files"])
+                                heldout=SFT_HELDOUT in manifest["files"], instruct=SFT_INSTRUCT in manifest["files"])
         summary = {"source": "synth", "files": sorted(manifest.get("files", {}))}
     else:
         catalog = _local_catalog(cfg)

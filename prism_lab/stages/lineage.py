@@ -4,11 +4,11 @@ The single definition of "the base" for the drift measurements (``stages/drift.p
 from a run up through its ``checkpoint`` / ``policy`` inputs to the first checkpoint-producing run of
 the chain; the base is what that run started from:
 
-- ``<artifact>/base`` when the run saved its starting point there (the SFT stage does for a tiny preset,
-  which it builds at random init: nothing else holds that model);
-- else the model its config names (``model``: a hub id or a local checkpoint, as SFT fine-tunes it);
-- else the run's own ``model/`` (a stage that *produces* the starting checkpoint, e.g. a future base
-  pre-training stage whose output SFT takes as its ``policy`` input).
+- the run's own ``model/`` when it is a `base` run (it *produces* the chain's starting checkpoint; SFT
+  takes it as its ``policy`` input);
+- ``<artifact>/base`` when the run saved its starting point there (the SFT stage does for a tiny preset
+  it builds at random init without a `base` stage: nothing else holds that model);
+- else the model its config names (``model``: a hub id or a local checkpoint, as SFT fine-tunes it).
 
 The discriminator is the nearest one up the same walk (an align run's ``discriminator/``).
 """
@@ -56,6 +56,10 @@ def chain_start(ledger: Any, key: str) -> Origin | None:
         return None
     top = producers[-1]
     art = Path(top.artifact_path) if top.artifact_path else None
+    if top.kind == "base":
+        if art is not None and (model_dir(art) / "config.json").is_file():
+            return Origin(model_dir(art), f"{top.key}:{MODEL_SUBDIR}")
+        return None
     if art is not None and (art / BASE_SUBDIR / "config.json").is_file():
         return Origin(art / BASE_SUBDIR, f"{top.key}:{BASE_SUBDIR}")
     model = top.config.get("model") if isinstance(top.config, dict) else None
@@ -67,8 +71,6 @@ def chain_start(ledger: Any, key: str) -> Origin | None:
             return Origin(resolve_checkpoint_dir(str(model)), f"model:{model}")
         except CheckpointError:
             return None
-    if art is not None and (model_dir(art) / "config.json").is_file():
-        return Origin(model_dir(art), f"{top.key}:{MODEL_SUBDIR}")
     return None
 
 

@@ -1,8 +1,9 @@
 """The `sft` stage: supervised fine-tuning of the policy (stage 1).
 
-Inputs: ``data`` (a `data` run's artifact with catalog.json). Output: ``<artifact>/model``, an HF
+Inputs: ``data`` (a `data` run's artifact with catalog.json) and, after a `base` stage, ``policy`` (the
+checkpoint SFT starts from). Output: ``<artifact>/model``, an HF
 checkpoint directory (weights, config, processor, tokenizer, chat template) that later stages load
-with ``load_policy``. For a tiny preset the tokenizer is trained here on the task corpus and the
+with ``load_policy``. Without a ``policy`` input, for a tiny preset the tokenizer is trained here on the task corpus and the
 policy is built from random init, and that initial model is also saved to ``<artifact>/base`` (the
 chain's base for the drift measurements, see ``stages/lineage.py``); for a local directory or hub id the
 checkpoint is fine-tuned.
@@ -107,6 +108,31 @@ def build_policy(cfg: SFTConfig, catalog: DataCatalog):
     return model, processor, {"model_source": ref.kind}
 
 
+def save_trained(model, processor, directory: Path, env) -> Path | None:
+    """Write a trained policy as an ordinary HF checkpoint; a sharded model is gathered on rank 0 into the same
+    files one process writes. Returns the directory on rank 0, None on the other ranks."""
+    from prism_lab.models import save_policy
+    from prism_lab.trainers import distributed as dist_
+
+    if env.sharded:
+        dist_.save_hf_checkpoint(model, processor, directory, env)
+        return directory if env.is_main else None
+    return save_policy(model, processor, directory)
+
+
+def starting_policy(ctx: StageContext, cfg: SFTConfig, catalog: DataCatalog):
+    """(model, processor, info) a training stage starts from: its ``policy`` input's checkpoint when it has one
+    (SFT after a `base` stage), else ``cfg.model`` (build_policy)."""
+    if "policy" not in ctx.inputs:
+        return build_policy(cfg, catalog)
+    from prism_lab.models import load_policy
+    from prism_lab.stages.artifacts import checkpoint_dir_of
+
+    start = checkpoint_dir_of(ctx.input("policy").path)
+    model, processor = load_policy(start, dtype=torch.float32)
+    return model, processor, {"model_source": ctx.input("policy").kind}
+
+
 def run(ctx: StageContext) -> dict:
     from prism_lab.models import count_parameters, save_policy
     from prism_lab.trainers import distributed as dist_
@@ -118,7 +144,7 @@ def run(ctx: StageContext) -> dict:
     t0 = time.monotonic()
     catalog = DataCatalog.load(ctx.input("data").path)
     examples = load_examples(catalog, cfg.datasets)
-    model, processor, info = build_policy(cfg, catalog)
+    model, processor, info = starting_policy(ctx, cfg, catalog)
     if env.is_main and info["model_source"] == "preset" and not (ctx.out_dir / BASE_SUBDIR / "config.json").is_file():
         # a random-init preset exists nowhere else: keep it as the chain's base (stages/lineage.py); every
         # rank builds the same seeded model before any sharding, so rank 0's copy is the base
@@ -133,14 +159,10 @@ def run(ctx: StageContext) -> dict:
                        heartbeat=ctx.heartbeat)
     if result.stopped_by == "time":  # the wall-clock budget (max_minutes) stopped it: the result depends on the machine
         ctx.log_metrics(result.steps, {"truncated": 1.0})
-    if env.sharded:  # gathered on rank 0 into the same HF files one process writes
-        dist_.save_hf_checkpoint(model, processor, model_dir(ctx.out_dir), env)
-        if not env.is_main:
-            dist_.finish(env)
-            return {}
-        saved = model_dir(ctx.out_dir)
-    else:
-        saved = save_policy(model, processor, model_dir(ctx.out_dir))
+    saved = save_trained(model, processor, model_dir(ctx.out_dir), env)
+    if saved is None:  # a rank other than 0 of a sharded run: rank 0 writes everything
+        dist_.finish(env)
+        return {}
     # the prompt convention the model was trained with; evaluation and later stages follow it
     from prism_lab.prompts import Prompting
 

@@ -39,6 +39,11 @@ class SynthConfig(BaseModel):
         0, ge=0,
         description="Rows of perception pre-training, image -> dense caption (sft_caption.json; 0 = no file).",
     )
+    n_instruct: int = Field(
+        0, ge=0,
+        description="Rows of instruction data for the `base` stage (base_instruct.json; 0 = no file): a question "
+        "and its correct answer alone, as an instruction-tuned model answers before any PRISM-format SFT.",
+    )
     n_rl: int = Field(500, ge=0, description="Rows of the RL parquet (rl_train.parquet).")
     n_warmup: int = Field(300, ge=0, description="Lines of discriminator warmup pairs (2 comparisons each).")
     n_heldout: int = Field(

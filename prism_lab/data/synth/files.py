@@ -14,6 +14,7 @@ from prism_lab.prompts import SYSTEM_PROMPT
 SFT_PUBLIC = "sft_public.json"
 SFT_TEACHER = "sft_teacher.json"
 SFT_CAPTION = "sft_caption.json"
+SFT_INSTRUCT = "base_instruct.json"  # the base stage's question -> answer rows
 SFT_HELDOUT = "sft_heldout.json"  # held-out teacher rows: drift measurements only, never trained on
 RL_TRAIN = "rl_train.parquet"
 WARMUP = "warmup_pairs.jsonl"
@@ -55,7 +56,7 @@ def corpus_texts(data_dir: str | Path) -> Iterator[str]:
             seen_system.add(t)
             yield t
 
-    for name in (SFT_PUBLIC, SFT_TEACHER, SFT_CAPTION):
+    for name in (SFT_PUBLIC, SFT_TEACHER, SFT_CAPTION, SFT_INSTRUCT):
         p = d / name
         if p.is_file():
             for row in json.loads(p.read_text(encoding="utf-8")):

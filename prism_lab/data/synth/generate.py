@@ -47,6 +47,7 @@ from prism_lab.data.synth.files import (
     RL_TRAIN,
     SFT_CAPTION,
     SFT_HELDOUT,
+    SFT_INSTRUCT,
     SFT_PUBLIC,
     SFT_TEACHER,
     WARMUP,
@@ -55,6 +56,7 @@ from prism_lab.data.synth.sampling import Progress
 from prism_lab.data.synth.splits import (
     write_caption,
     write_heldout,
+    write_instruct,
     write_public,
     write_rl,
     write_teacher,
@@ -96,6 +98,8 @@ def _write_files(cfg: SynthConfig, tmp: Path, progress: bool) -> tuple[dict[str,
     writers = [(SFT_PUBLIC, write_public), (SFT_TEACHER, write_teacher)]
     if cfg.n_caption:
         writers.append((SFT_CAPTION, write_caption))
+    if cfg.n_instruct:
+        writers.append((SFT_INSTRUCT, write_instruct))
     if cfg.n_heldout:
         writers.append((SFT_HELDOUT, write_heldout))
     for fname, fn in (*writers, (RL_TRAIN, write_rl), (WARMUP, write_warmup)):

@@ -18,6 +18,7 @@ from prism_lab.data.synth.files import (
     RL_TRAIN,
     SFT_CAPTION,
     SFT_HELDOUT,
+    SFT_INSTRUCT,
     SFT_PUBLIC,
     SFT_TEACHER,
     WARMUP,
@@ -41,6 +42,9 @@ from prism_lab.data.warmup_jsonl import write_warmup_jsonl
 from prism_lab.seeds import derive_seed
 
 _TRAIN_EASY = {"count": 3, "presence": 2, "mcq_count": 1, "mcq_most": 1, "mcq_colour": 1, "mcq_shape": 1, "arith": 3}
+#: The base stage's instruction rows lean on what an instruction-tuned model knows of a scene: what is in it
+#: (presence), how many (counting), which colour and which shape.
+_INSTRUCT = {"count": 3, "presence": 4, "mcq_count": 1, "mcq_most": 1, "mcq_colour": 2, "mcq_shape": 2, "arith": 1}
 _TRAIN_HARD = {"count": 2, "presence": 1, "mcq_count": 1, "mcq_most": 2, "mcq_colour": 0, "mcq_shape": 0, "arith": 5}
 
 
@@ -127,6 +131,26 @@ def write_caption(cfg, tmp, seen, prog) -> tuple[int, Counter]:
         kinds["caption"] += 1
         prog("caption", i + 1, cfg.n_caption)
     return write_sft_json(tmp / SFT_CAPTION, rows), kinds
+
+
+def write_instruct(cfg, tmp, seen, prog) -> tuple[int, Counter]:
+    """Question -> its correct answer alone (a letter, a number, Yes/No): the base stage's instruction data,
+    with no system prompt and no caption/think/answer format (that is what SFT teaches)."""
+    rows, fam = [], Counter()
+    weights = family_weights(_INSTRUCT, cfg.families)
+    for i in range(cfg.n_instruct):
+        rng = random.Random(derive_seed(cfg.seed, "instruct", i))
+        hard = rng.random() < cfg.hard_share
+        scene, item = draw_item(rng, cfg, weights, hard)
+        seen.add((scene.signature(), item.question))
+        item_id = f"instruct-{i:05d}"
+        (tmp / "images" / f"{item_id}.png").write_bytes(encode_png(draw(scene)))
+        plain = [{"role": "user", "content": user_text(item)}, {"role": "assistant", "content": item.answer}]
+        rows.append({"messages": plain, "images": [f"images/{item_id}.png"],
+                     "meta": item_meta(item_id, item, scene, "hard" if hard else "easy")})
+        fam[item.family] += 1
+        prog("instruct", i + 1, cfg.n_instruct)
+    return write_sft_json(tmp / SFT_INSTRUCT, rows), fam
 
 
 def write_rl(cfg, tmp, seen, prog) -> tuple[int, Counter]:

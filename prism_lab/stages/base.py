@@ -1,0 +1,88 @@
+"""The `base` stage: the model a chain starts from, playing Qwen3-VL-Instruct for the tiny presets.
+
+Inputs: ``data``. Output: ``<artifact>/model``, an HF checkpoint that SFT takes as its ``policy`` input and that
+the drift measurements use as the chain's base (``stages/lineage.py``). It trains in two phases with the SFT
+loop (``trainers/sft.py``): the caption rows alone for ``caption_steps``, then ``datasets`` mixed for
+``max_steps``. The caption phase's result is kept in ``<artifact>/captions`` until the run ends, so a run
+killed in the mixed phase resumes there and not from scratch; each phase has its own resumable state under
+``<artifact>/resume``.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from typing import TYPE_CHECKING
+
+from prism_lab.config.pretrain import BaseStageConfig
+from prism_lab.data.catalog import DataCatalog
+from prism_lab.stages.artifacts import MODEL_SUBDIR, model_dir, resume_dir
+from prism_lab.stages.sft import build_policy, load_examples, save_trained
+
+if TYPE_CHECKING:  # the harness hands every runner its context; stages never import the harness
+    from prism_lab.harness.context import StageContext
+
+#: The caption phase's checkpoint inside the run directory (removed when the run ends).
+CAPTIONS_SUBDIR = "captions"
+
+
+def run(ctx: StageContext) -> dict:
+    import torch
+
+    from prism_lab.models import count_parameters, load_policy
+    from prism_lab.prompts import Prompting
+    from prism_lab.trainers import distributed as dist_
+    from prism_lab.trainers.common import remove_resume_state
+    from prism_lab.trainers.sft import train_sft
+
+    cfg: BaseStageConfig = ctx.config  # type: ignore[assignment]
+    env = dist_.init_distributed(cfg.resources.processes)
+    t0 = time.monotonic()
+    catalog = DataCatalog.load(ctx.input("data").path)
+    mixed = load_examples(catalog, cfg.datasets)
+    captions_dir = ctx.out_dir / CAPTIONS_SUBDIR
+    phases: dict[str, dict] = {}
+    if cfg.caption_steps and (captions_dir / "config.json").is_file():  # a restart after the caption phase
+        model, processor = load_policy(captions_dir, dtype=torch.float32)
+        info = {"model_source": "preset", "caption_phase": "reused"}
+    else:
+        model, processor, info = build_policy(cfg, catalog)
+    if env.is_main:
+        params = count_parameters(model)
+        print(f"[base] {cfg.model}: {params['total']:,} parameters; {cfg.caption_steps} caption steps, then "
+              f"{cfg.max_steps} steps on {len(mixed)} rows of {', '.join(cfg.datasets)}", flush=True)
+
+    if cfg.caption_steps and info.get("caption_phase") != "reused":
+        phase_cfg = cfg.model_copy(update={"datasets": ["caption"], "max_steps": cfg.caption_steps})
+        res = train_sft(model, processor, load_examples(catalog, ["caption"]), phase_cfg,
+                        resume_dir=resume_dir(ctx.out_dir) / "captions", log_metrics=ctx.log_metrics,
+                        heartbeat=ctx.heartbeat)
+        phases["captions"] = res.summary()
+        save_trained(model, processor, captions_dir, env)
+        remove_resume_state(resume_dir(ctx.out_dir) / "captions")
+
+    def log_mixed(step: int, values: dict[str, float]) -> None:  # one step axis over both phases
+        ctx.log_metrics(cfg.caption_steps + step, values)
+
+    res = train_sft(model, processor, mixed, cfg, resume_dir=resume_dir(ctx.out_dir) / "mixed", log_metrics=log_mixed,
+                    heartbeat=ctx.heartbeat)
+    phases["mixed"] = res.summary()
+    if res.stopped_by == "time":
+        ctx.log_metrics(cfg.caption_steps + res.steps, {"truncated": 1.0})
+    saved = save_trained(model, processor, model_dir(ctx.out_dir), env)
+    if saved is None:
+        dist_.finish(env)
+        return {}
+    has_system = any(m.get("role") == "system" for ex in mixed[:50] for m in ex.messages)
+    Prompting(system_prompt=has_system, yesno_instruction=False).write(saved)
+    remove_resume_state(resume_dir(ctx.out_dir) / "mixed")
+    shutil.rmtree(resume_dir(ctx.out_dir), ignore_errors=True)
+    shutil.rmtree(captions_dir, ignore_errors=True)
+    (ctx.out_dir / "train_history.json").write_text(json.dumps(res.history, indent=1))
+    dist_.finish(env)
+    return {
+        "steps": cfg.caption_steps + res.steps, "final_loss": res.final_loss, "stopped_by": res.stopped_by,
+        "phases": phases, "n_examples": len(mixed), "model_dir": MODEL_SUBDIR,
+        "stage_wall_s": round(time.monotonic() - t0, 2), "processes": env.world_size, **info,
+    }
