@@ -89,5 +89,5 @@ def test_sweep_run_refuses_a_stage_that_cannot_fit(tmp_path):
     res = run_cli("sweep", "run", str(grid), "--root", str(root), "-q", timeout=600)
     assert res.returncode == 2
     lines = res.stderr.strip().splitlines()
-    assert len(lines) == 1 and "stage run sft size=4b seed=0" in lines[0] and "GB per device" in lines[0]
+    assert len(lines) == 1 and "stage run base size=4b" in lines[0] and "GB per device" in lines[0]
     assert not (root / "ledger.sqlite").exists()

@@ -529,7 +529,7 @@ def test_text_retention_group_and_drift_picture(tmp_path):
     rd = {r["Δ"]: r for r in md_rows(md_section(text, "### Retention deltas"))}
     assert rd["PRISM+GRPO − SFT+GRPO"]["Avg"] == "+6.0"
     dr = {r["Checkpoint"]: r for r in md_rows(md_section(text, "## Drift"))}
-    assert dr["4b Base"]["KL from base"] == "0.000" and dr["4b Base"]["teacher NLL"] == "3.000"
+    assert dr["4b Instruct"]["KL from base"] == "0.000" and dr["4b Instruct"]["teacher NLL"] == "3.000"
     assert dr["4b +SFT"]["KL from base"] == "0.800" and dr["4b +SFT"]["disc gap caption"] == "–"
     assert dr["4b PRISM+GRPO"]["teacher NLL"] == "1.000" and dr["4b PRISM+GRPO"]["disc gap cot"] == "0.250"
     png = tmp_path / "out" / "plots" / "drift.png"

@@ -1,4 +1,4 @@
-"""The `base` stage: trains the tiny policy that plays Qwen3-VL-Instruct (docs/cpu_notes.md §9)."""
+"""The `base` stage: trains the tiny policy that plays Qwen3-VL-Instruct (docs/cpu_notes.md §5)."""
 
 from __future__ import annotations
 
@@ -26,10 +26,10 @@ class BaseStageConfig(SFTConfig):
     caption_steps: int = Field(
         400, ge=0, description="Optimizer steps on the caption rows alone before the mixed phase (0 = none). "
         "A random-init tower is ignored by a language model that only ever has to emit one answer token; a "
-        "caption phase first makes it use the image (docs/cpu_notes.md §9).",
+        "caption phase first makes it use the image (docs/cpu_notes.md §5).",
     )
     lr: float = Field(1e-3, gt=0, description="Peak AdamW learning rate of both phases (2e-3 stalls tiny-s: "
-                      "docs/cpu_notes.md §9).")
+                      "docs/cpu_notes.md §5).")
     max_steps: int | None = Field(1600, ge=1, description="Optimizer steps of the mixed phase.")
     epochs: float = Field(50.0, gt=0, description="Passes over the data (max_steps stops earlier).")
     warmup_ratio: float = Field(0.05, ge=0, le=1, description="Linear warmup share of each phase's steps.")

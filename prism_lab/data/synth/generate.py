@@ -65,7 +65,7 @@ from prism_lab.data.synth.splits import (
 from prism_lab.data.synth.text_task import TEXT_TASK_FILE, write_text_task
 from prism_lab.errors import ConfigError
 
-GENERATOR_VERSION = "3"
+GENERATOR_VERSION = "4"  # 4: counting asks mostly about present kinds; mcq_count letters balanced
 
 
 def _validated(cfg: SynthConfig | Mapping[str, Any]) -> SynthConfig:

@@ -116,8 +116,25 @@ def _extra_colours(colours: Sequence[str]) -> list[str]:
     return [c for c in PALETTE if c not in colours]
 
 
-def _make_count(rng, scene, colours, shapes, hard) -> Item:
+#: Share of counting questions asked about a kind the scene has. Descriptions drawn blindly are absent more often
+#: than not, and "0" would be the answer of over half the items: a constant answer would score that much.
+PRESENT_COUNT_SHARE = 0.75
+
+
+def _count_desc(rng: random.Random, scene: Scene, colours, shapes, hard: bool) -> Desc:
+    """A description to count: one the scene has with probability PRESENT_COUNT_SHARE (when one is drawn in 20
+    tries), else any."""
     d = _random_desc(rng, colours, shapes, hard=hard)
+    if rng.random() < PRESENT_COUNT_SHARE:
+        for _ in range(20):
+            if scene.count(*d) > 0:
+                break
+            d = _random_desc(rng, colours, shapes, hard=hard)
+    return d
+
+
+def _make_count(rng, scene, colours, shapes, hard) -> Item:
+    d = _count_desc(rng, scene, colours, shapes, hard)
     line, n = derive_count_line(scene, d, colours, shapes)
     return Item("count", "count", f"How many {desc_text(d)} are there?", {}, str(n), "integer", line,
                 {"terms": [[1, d[0], d[1]]], "k": 0})
@@ -147,10 +164,13 @@ def _make_presence(rng, scene, colours, shapes, hard, *, target: bool | None = N
 
 
 def _make_mcq_count(rng, scene, colours, shapes, hard) -> Item:
-    d = _random_desc(rng, colours, shapes, hard=hard)
+    d = _count_desc(rng, scene, colours, shapes, hard)
     line, n = derive_count_line(scene, d, colours, shapes)
-    start = max(0, n - rng.randint(0, 3))
-    values = [str(v) for v in range(start, start + 4)]
+    # three distractors near the count, shuffled with it: every letter is the answer equally often (consecutive
+    # options from max(0, n - k) made "A" the answer of most small counts)
+    near = [v for v in range(max(0, n - 3), n + 4) if v != n]
+    values = [str(v) for v in [n, *rng.sample(near, 3)]]
+    rng.shuffle(values)
     options = {LETTERS[i]: v for i, v in enumerate(values)}
     letter = LETTERS[values.index(str(n))]
     return Item("mcq_count", "count", f"How many {desc_text(d)} are there?", options, letter, "letter",
