@@ -241,6 +241,7 @@ def test_report_tables_every_number(ledger_root, tmp_path):
     paths = build_report(ledger_root, "rep", out)
     text = paths.markdown.read_text()
     assert "paired t-interval" in text and "95%" in text  # the method is stated
+    assert "`Instruct` = the `base` stage's checkpoint" in text
     # runs that logged no baselines: no baseline rows, no marks, no words about them
     assert "majority answer" not in text and "~" not in text and "varies" not in text
 

@@ -224,7 +224,8 @@ def render_report(
         "`n` = seeds.",
         f"- `{AVG}` = mean over this grid's benchmarks ({', '.join(benchmarks)}) per seed, then mean ± std "
         f"over seeds.",
-        "- Rows: `+SFT` = SFT checkpoint; `SFT+X` = SFT → RLVR with algorithm X; `PRISM` = SFT → PRISM "
+        "- Rows: `Instruct` = the `base` stage's checkpoint, the chain's starting model (one run per size, "
+        "shared by all seeds); `+SFT` = SFT checkpoint; `SFT+X` = SFT → RLVR with algorithm X; `PRISM` = SFT → PRISM "
         "alignment; `PRISM+X` = SFT → PRISM → RLVR. `[axis=value]` marks further (non-core) axes.",
         f"- Deltas: `{rep['treatment']}` − `{rep['baseline']}` of axis `{rep['compare_axis']}`, paired by "
         f"seed, in points.",
