@@ -225,6 +225,14 @@ def test_scoring_on_fixed_predictions(bench_dir, tmp_path, monkeypatch):
     assert b["t-mcq"]["by_category"] == {"colour": {"n": 1, "accuracy": 1.0}, "count": {"n": 1, "accuracy": 0.0},
                                          "shape": {"n": 1, "accuracy": 1.0}}
     assert res["metrics"]["eval/avg/accuracy"] == pytest.approx((2 / 3 + 1 + 1) / 3)
+    # baselines of the files, by hand: t-mcq has 4, 4 and 2 options in three one-item categories; t-yesno
+    # one Yes and one No; t-open two distinct answers (no category: one group), a tie for the majority
+    hand = {"t-mcq": ((1 / 4 + 1 / 4 + 1 / 2) / 3, 1.0), "t-yesno": (0.5, 0.5), "t-open": (0.5, 0.5)}
+    for name, (ch, maj) in hand.items():
+        assert b[name]["chance"] == pytest.approx(ch) and b[name]["majority"] == pytest.approx(maj)
+        assert res["metrics"][f"eval/{name}/chance"] == pytest.approx(ch)
+        assert res["metrics"][f"eval/{name}/majority"] == pytest.approx(maj)
+    assert not [k for k in res["metrics"] if k.startswith("eval/avg/") and k.split("/")[-1] in ("chance", "majority")]
     rows = {r["index"]: r for r in read_jsonl(tmp_path / "predictions" / "t-yesno.jsonl")}
     assert rows[11]["has_answer_tag"] is False and rows[11]["extracted"] == "No, I think it is 3"
     assert rows[10]["extracted"] == "yes" and rows[10]["correct"] is True
@@ -348,9 +356,13 @@ def test_limit_and_seed_enter_the_key_and_sampling_passes_seed(bench_dir, tmp_pa
     kw = dict(bench_dir=bench_dir, cache_dir=tmp_path / "c", checkpoint_key="k")
     r = evaluate_checkpoint("x", [spec], EvalConfig(limit=1, seed=5), **kw)
     assert r["benchmarks"]["t-open"]["n"] == 1
+    # baselines of the one item evaluated: one answer, so chance and majority are both 1
+    assert r["metrics"]["eval/t-open/chance"] == 1.0 and r["metrics"]["eval/t-open/majority"] == 1.0
     assert eng.calls[-1]["seed"] == 5 and eng.calls[-1]["do_sample"] is True and eng.calls[-1]["top_p"] == 0.7
     n = len(eng.calls)
-    assert evaluate_checkpoint("x", [spec], EvalConfig(limit=1, seed=5), **kw)["benchmarks"]["t-open"]["cache_hit"]
+    cached = evaluate_checkpoint("x", [spec], EvalConfig(limit=1, seed=5), **kw)
+    assert cached["benchmarks"]["t-open"]["cache_hit"]
+    assert cached["benchmarks"]["t-open"]["majority"] == 1.0 and cached["metrics"] == r["metrics"]
     assert len(eng.calls) == n
     assert not evaluate_checkpoint("x", [spec], EvalConfig(limit=1, seed=6), **kw)["benchmarks"]["t-open"]["cache_hit"]
     assert not evaluate_checkpoint("x", [spec], EvalConfig(seed=5), **kw)["benchmarks"]["t-open"]["cache_hit"]

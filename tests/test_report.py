@@ -241,6 +241,9 @@ def test_report_tables_every_number(ledger_root, tmp_path):
     paths = build_report(ledger_root, "rep", out)
     text = paths.markdown.read_text()
     assert "paired t-interval" in text and "95%" in text  # the method is stated
+    assert "`Instruct` = the `base` stage's checkpoint" in text
+    # runs that logged no baselines: no baseline rows, no marks, no words about them
+    assert "majority answer" not in text and "~" not in text and "varies" not in text
 
     for size in ("4b", "8b"):
         rows = md_rows(md_section(text, f"## Results: size {size}"))
@@ -437,9 +440,9 @@ def test_report_imports_no_trainers_and_cli(ledger_root, tmp_path):
 
 
 # ---- paper side by side, item intervals, text retention and drift ----------------------------------
-def _one_size_ledger(tmp_path, benchmarks, values, *, seeds=(0,), items=None, drift=None):
+def _one_size_ledger(tmp_path, benchmarks, values, *, seeds=(0,), items=None, drift=None, extra=None):
     """4b x grpo x {none, prism} ledger; values(role_row, seed) -> {bench: accuracy %}; items(row, seed) ->
-    {bench: {item: score}}; drift(row, seed) -> {metric: value}."""
+    {bench: {item: score}}; drift(row, seed) and extra(row, seed) -> {metric: value}."""
     root = tmp_path / "root"
     ledger = Ledger(root)
     spec = spec_for(name="one", benchmarks=benchmarks, size=["4b"], algorithm=["grpo"], seed=list(seeds))
@@ -456,6 +459,8 @@ def _one_size_ledger(tmp_path, benchmarks, values, *, seeds=(0,), items=None, dr
                     ledger.log_item_scores(key, b, sc)
                 if drift:
                     ledger.log_metrics(key, 0, drift(row, seed))
+                if extra:
+                    ledger.log_metrics(key, 0, extra(row, seed))
             ledger.mark_done(key, "x")
     ledger.close()
     return root
@@ -546,3 +551,82 @@ def test_text_retention_group_and_drift_picture(tmp_path):
     led.close()
     assert [p.stage for p in chains["4b PRISM+GRPO"]] == ["base", "sft", "align", "rl"]  # the arrows' order
     assert [p.stage for p in chains["4b SFT+GRPO"]] == ["base", "sft", "rl"]
+
+
+# ---- chance / majority-answer baselines and the within-noise mark ----------------------------------
+#: Baselines as the eval runs log them (fractions, n items). Noise bands by hand: perception
+#: 2 * sqrt(0.4 * 0.6 / 100) = 0.09798 -> marked up to 49.80%; hallusion 2 * sqrt(0.6 * 0.4 / 400) = 0.04899
+#: -> marked up to 64.90%.
+BASELINES = {"synth-perception": (0.3, 0.4, 100), "synth-hallusion": (0.5, 0.6, 400)}
+#: row -> (perception %, hallusion %, text %); the same for both seeds (std 0).
+BASE_ACC = {"+SFT": (45.0, 62.5, 40.0), "SFT+GRPO": (49.7, 70.0, 41.0), "PRISM": (50.0, 64.8, 42.0),
+            "PRISM+GRPO": (80.0, 30.0, 43.0)}
+#: row -> the result cells that carry the `~` mark (within noise of, or below, the majority baseline)
+MARKED = {"+SFT": {"synth-perception", "synth-hallusion"}, "SFT+GRPO": {"synth-perception"},
+          "PRISM": {"synth-hallusion"}, "PRISM+GRPO": {"synth-hallusion"}}
+
+
+def _baseline_ledger(tmp_path, majority_of=lambda row, seed, bench, p: p):
+    def values(row, seed):
+        return dict(zip(["synth-perception", "synth-hallusion", "synth-text"], BASE_ACC[row]))
+
+    def extra(row, seed):
+        out = {}
+        for b, (ch, maj, n) in BASELINES.items():
+            out |= {f"eval/{b}/chance": ch, f"eval/{b}/majority": majority_of(row, seed, b, maj), f"eval/{b}/n": n}
+        return out
+
+    return _one_size_ledger(tmp_path, ["synth-perception", "synth-hallusion", "synth-text"], values, seeds=(0, 1),
+                            extra=extra)
+
+
+def test_baseline_rows_and_within_noise_marks(tmp_path):
+    paths = build_report(_baseline_ledger(tmp_path), "one", tmp_path / "out")
+    text = paths.markdown.read_text()
+    rows = {r["Method"]: r for r in md_rows(md_section(text, "## Results: size 4b"))}
+    assert list(rows) == ["+SFT", "SFT+GRPO", "PRISM", "PRISM+GRPO", "chance", "majority answer"]
+    for label, accs in BASE_ACC.items():
+        for b, acc in zip(["synth-perception", "synth-hallusion"], accs):
+            want = f"{acc:.1f} ± 0.0" + ("~" if b in MARKED[label] else "")
+            assert rows[label][b] == want, (label, b)
+        assert not rows[label]["Avg"].endswith("~")  # Avg is never marked
+    assert rows["chance"] == {"Method": "chance", "synth-perception": "30.0", "synth-hallusion": "50.0",
+                              "Avg": "40.0", "n": "–"}
+    assert rows["majority answer"] == {"Method": "majority answer", "synth-perception": "40.0",
+                                       "synth-hallusion": "60.0", "Avg": "50.0", "n": "–"}
+    # the retention table (lm-eval: no baselines) has neither rows nor marks
+    ret = md_rows(md_section(text, "### Retention: size 4b"))
+    assert [r["Method"] for r in ret] == ["+SFT", "SFT+GRPO", "PRISM", "PRISM+GRPO"]
+    assert not any("~" in c for r in ret for c in r.values())
+    # the Method section explains the rows, the mark and the band
+    method = md_section(text, "## Method")
+    assert "`~` after a result" in method and "2 binomial standard errors" in method and "2·sqrt(p(1−p)/n)" in method
+    assert "`majority answer`" in method and "`chance`" in method
+    # the CSV has the baselines as rows, in %
+    wide = pd.read_csv(paths.tables["4b"]).set_index("method")
+    assert list(wide.index) == ["+SFT", "SFT+GRPO", "PRISM", "PRISM+GRPO", "chance", "majority answer"]
+    assert wide.loc["chance", "synth-perception"] == pytest.approx(30.0)
+    assert wide.loc["majority answer", "synth-hallusion"] == pytest.approx(60.0)
+    assert wide.loc["majority answer", "Avg"] == pytest.approx(50.0)
+    assert wide.loc["chance", "status"] == "baseline" and math.isnan(wide.loc["chance", "Avg_std"])
+    assert list(pd.read_csv(tmp_path / "out" / "retention_4b.csv")["method"]) == list(BASE_ACC)
+    # results.csv carries them as metrics of every eval run
+    res = pd.read_csv(paths.results_csv)
+    assert set(res[res["benchmark"] == "synth-hallusion"]["metric"]) == {"accuracy", "chance", "majority", "n"}
+
+
+def test_baselines_that_disagree_show_varies_and_mark_nothing(tmp_path):
+    # one run (PRISM+GRPO seed 1) read another perception file: its majority baseline differs
+    def majority_of(row, seed, bench, p):
+        return 0.45 if (row, seed, bench) == ("PRISM+GRPO", 1, "synth-perception") else p
+
+    paths = build_report(_baseline_ledger(tmp_path, majority_of), "one", tmp_path / "out")
+    rows = {r["Method"]: r for r in md_rows(md_section(paths.markdown.read_text(), "## Results: size 4b"))}
+    assert rows["majority answer"]["synth-perception"] == "varies" and rows["majority answer"]["Avg"] == "varies"
+    assert rows["majority answer"]["synth-hallusion"] == "60.0" and rows["chance"]["synth-perception"] == "30.0"
+    assert not any(rows[r]["synth-perception"].endswith("~") for r in BASE_ACC)  # no single band to mark by
+    assert rows["+SFT"]["synth-hallusion"] == "62.5 ± 0.0~"
+    wide = pd.read_csv(paths.tables["4b"]).set_index("method")
+    assert wide.loc["majority answer", "status"] == "varies: synth-perception"
+    assert math.isnan(wide.loc["majority answer", "synth-perception"])
+    assert wide.loc["chance", "status"] == "baseline"

@@ -8,11 +8,13 @@ settings and cache keys; the returned dict has the same content, with flat ledge
 ``"metrics"``::
 
     eval/<bench>/accuracy, eval/<bench>/format_rate, eval/<bench>/n, eval/<bench>/mean_response_tokens,
+    eval/<bench>/chance, eval/<bench>/majority         (TSV benchmarks: baselines of the items evaluated)
     eval/avg/accuracy, eval/avg/format_rate              (the vision benchmarks: the paper's Avg)
     eval/avg_retention/accuracy                          (the text-retention lm-eval tasks, if any)
 
 Accuracy and format rate are fractions in [0, 1]; a metric a benchmark does not have (format rate of an
-lm-eval task) is not logged.
+lm-eval task) is not logged. ``chance`` and ``majority`` (``prism_lab.eval.baselines``) are properties of the
+benchmark file and ``limit``, the same for every checkpoint, cached or not; they never enter ``eval/avg/*``.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from typing import Any
 from prism_lab.config.eval import EvalConfig
 from prism_lab.errors import ConfigError, DataError, PrismError
 from prism_lab.eval.backends import BenchmarkResult, get_backend_class, resolve_settings
+from prism_lab.eval.baselines import chance, majority
 from prism_lab.prompts import Prompting
 from prism_lab.eval.benchmarks import RETENTION_GROUP, BenchmarkSpec, load_benchmark
 from prism_lab.eval.predictions import PredictionCache, cache_key, file_sha256, write_json_atomic, write_jsonl_atomic
@@ -168,6 +171,14 @@ def _ledger_metrics(name: str, m: dict[str, Any]) -> dict[str, float]:
     return out
 
 
+def _baselines(spec: BenchmarkSpec, items: Sequence[Any]) -> dict[str, float]:
+    """``{"chance", "majority"}`` of the items evaluated (after ``limit``); empty for lm-eval tasks, whose
+    items the harness never sees (and for no items)."""
+    if spec.kind == "lmeval" or not items:
+        return {}
+    return {"chance": chance(items, spec.kind), "majority": majority(items)}
+
+
 def _averages(specs: Sequence[BenchmarkSpec], per_bench: dict[str, Any]) -> dict[str, float]:
     """``eval/avg/*`` over the vision benchmarks and ``eval/avg_retention/*`` over the text-retention group."""
     groups = {s.name: s.group for s in specs}
@@ -239,7 +250,7 @@ def evaluate_checkpoint(
         for spec in specs:
             path, sha = sources[spec.name]
             try:
-                result, key, n_noimg, head = _run_one(spec, cfg, path, sha, ckpt_key, checkpoint_dir, prompting,
+                result, key, n_noimg, items = _run_one(spec, cfg, path, sha, ckpt_key, checkpoint_dir, prompting,
                                                       backend_for(_backend_name(spec, cfg)), cache, log)
             except _Skip as e:
                 skipped[spec.name] = str(e)
@@ -254,9 +265,12 @@ def evaluate_checkpoint(
                 "settings": result.settings.to_dict(), "cache_key": key, "cache_hit": result.cached,
                 "skipped_noimg": n_noimg, **({"info": result.info} if result.info else {}),
             }
+            base = _baselines(spec, items)
+            per_bench[spec.name].update(base)
             items_out[spec.name] = item_scores(result.rows)
             metrics.update(_ledger_metrics(spec.name, m))
-            samples[spec.name] = sample_rows(result.rows, head)
+            metrics.update({f"eval/{spec.name}/{k}": v for k, v in base.items()})
+            samples[spec.name] = sample_rows(result.rows, items[:SAMPLE_ROWS])
             fmt = "n/a" if m["format_rate"] is None or math.isnan(m["format_rate"]) else f"{m['format_rate']:.4f}"
             _emit(log, f"eval {spec.name}: accuracy {m['accuracy']:.4f}, format rate {fmt}, n {m['n']}")
     finally:
@@ -291,8 +305,8 @@ class _Skip(Exception):
 def _run_one(spec: BenchmarkSpec, cfg: EvalConfig, path: Path | None, sha: str, ckpt_key: str,
              checkpoint_dir: str | Path, prompting: Prompting, backend: Any, cache: PredictionCache | None,
              log: Log) -> tuple[BenchmarkResult, str, int, list[Any]]:
-    """(result, cache key, rows dropped for having no image, the first SAMPLE_ROWS items) of one benchmark:
-    from the cache or generated."""
+    """(result, cache key, rows dropped for having no image, the items evaluated: after ``limit``, empty for
+    lm-eval) of one benchmark: from the cache or generated."""
     from prism_lab.data.bench_tsv import read_benchmark_tsv
 
     noimg: list[Any] = []
@@ -313,8 +327,7 @@ def _run_one(spec: BenchmarkSpec, cfg: EvalConfig, path: Path | None, sha: str, 
         try:
             rows = backend.rescore(spec, items, cached_rows)
             _emit(log, f"eval {spec.name}: {len(rows)} predictions from the cache ({key[:12]})")
-            return (BenchmarkResult(spec.name, rows, settings, backend.name, cached=True), key, len(noimg),
-                    items[:SAMPLE_ROWS])
+            return BenchmarkResult(spec.name, rows, settings, backend.name, cached=True), key, len(noimg), items
         except (KeyError, ValueError) as e:
             _emit(log, f"eval {spec.name}: cache entry {key[:12]} does not fit the benchmark ({e}); regenerating")
     _emit(log, f"eval {spec.name}: generating {len(items) or 'lm-eval'} items ({settings.to_dict()})")
@@ -333,7 +346,7 @@ def _run_one(spec: BenchmarkSpec, cfg: EvalConfig, path: Path | None, sha: str, 
             "file_sha256": sha, "settings": settings.to_dict(), "prompting": prompting.to_dict(),
             "backend": backend.name, "n": len(result.rows), "created_at": time.time(),
         })
-    return result, key, len(noimg), items[:SAMPLE_ROWS]
+    return result, key, len(noimg), items
 
 
 # ----------------------------------------------------------------------------------------------- CLI

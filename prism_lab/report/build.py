@@ -28,6 +28,7 @@ from prism_lab.report.paper import canonical_column
 from prism_lab.report.drift import DriftPoint, drift_chains, plot_drift
 from prism_lab.report.plots import plot_curves, plot_deltas
 from prism_lab.report.tables import (
+    Baseline,
     Delta,
     Row,
     build_deltas,
@@ -35,6 +36,7 @@ from prism_lab.report.tables import (
     deltas_frame,
     failed_runs,
     status_counts,
+    table_baselines,
     wide_frame,
 )
 
@@ -60,7 +62,9 @@ class Report:
     """The computed report (what the files are rendered from).
 
     ``rows``/``deltas`` cover the vision benchmarks (their Avg is the paper's); ``retention_rows`` /
-    ``retention_deltas`` the text-retention (lm-eval) benchmarks, with their own Avg."""
+    ``retention_deltas`` the text-retention (lm-eval) benchmarks, with their own Avg. ``baselines`` /
+    ``retention_baselines``: benchmark -> its chance and majority-answer baselines, from any done eval run of
+    the sweep (lm-eval tasks have none)."""
 
     data: SweepData
     rows: dict[Any, list[Row]]
@@ -70,6 +74,8 @@ class Report:
     retention_rows: dict[Any, list[Row]] = field(default_factory=dict)
     retention_deltas: list[Delta] = field(default_factory=list)
     drift: dict[str, list[DriftPoint]] = field(default_factory=dict)
+    baselines: dict[str, Baseline] = field(default_factory=dict)
+    retention_baselines: dict[str, Baseline] = field(default_factory=dict)
 
 
 def _safe(name: Any) -> str:
@@ -116,10 +122,12 @@ def compute_report(ledger: Ledger, target: str | Path) -> Report:
     rows = build_rows(data, vision)
     deltas = build_deltas(data, rows, vision)
     rep = Report(data=data, rows=rows, deltas=deltas, bench_columns=benchmark_paper_columns(vision),
-                 retention=retention, drift=drift_chains(data))
+                 retention=retention, drift=drift_chains(data),
+                 baselines=table_baselines([r for rs in rows.values() for r in rs], vision))
     if retention:
         rep.retention_rows = build_rows(data, retention)
         rep.retention_deltas = build_deltas(data, rep.retention_rows, retention)
+        rep.retention_baselines = table_baselines([r for rs in rep.retention_rows.values() for r in rs], retention)
     return rep
 
 
@@ -147,12 +155,12 @@ def build_report(ledger_root: str | Path, sweep_name_or_grid_path: str | Path,
     vision = [b for b in data.benchmarks if b not in rep.retention]
     for size, rows in rep.rows.items():
         path = out / f"table_{_safe(size)}.csv"
-        wide_frame(rows, vision, data.extra_axes).to_csv(path, index=False)
+        wide_frame(rows, vision, data.extra_axes, rep.baselines).to_csv(path, index=False)
         paths.tables[str(size)] = path
         files[f"table_{size}"] = path
     for size, rows in rep.retention_rows.items():
         path = out / f"retention_{_safe(size)}.csv"
-        wide_frame(rows, rep.retention, data.extra_axes).to_csv(path, index=False)
+        wide_frame(rows, rep.retention, data.extra_axes, rep.retention_baselines).to_csv(path, index=False)
         files[f"retention_{size}"] = path
     frames = [deltas_frame(rep.deltas, vision)]
     if rep.retention_deltas:

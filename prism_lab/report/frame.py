@@ -23,6 +23,9 @@ EVAL_ROLES: dict[str, str] = {"eval/base": "base", "eval/sft": "sft", "eval/alig
 #: Order used when several seeds of a row have different statuses: the first one found is shown.
 STATUS_PRIORITY = ("failed", "running", "blocked", "pending", "missing", "done")
 
+#: Per-benchmark baseline metrics an eval run logs (``eval/<benchmark>/<metric>``, fractions).
+BASELINE_METRICS = ("chance", "majority")
+
 #: Columns of results.csv before and after the axis columns.
 RESULT_HEAD = ("sweep", "cell_id")
 RESULT_TAIL = ("role", "run_key", "status", "benchmark", "metric", "value")
@@ -106,6 +109,19 @@ class SweepData:
     def accuracies(self, key: str) -> dict[str, float]:
         """Benchmark -> accuracy fraction of an eval run (only benchmarks with a value)."""
         return {b: v for (b, m), v in self.eval_values(key).items() if m == "accuracy" and v is not None}
+
+    def baselines(self, key: str) -> dict[str, dict[str, float]]:
+        """Benchmark -> ``{"chance", "majority", "n"}`` (fractions; n = items) an eval run logged: the
+        benchmark's baselines (prism_lab.eval.baselines), only for benchmarks that have one."""
+        vals = self.eval_values(key)
+        out: dict[str, dict[str, float]] = {}
+        for (b, m), v in vals.items():
+            if m in BASELINE_METRICS and v is not None:
+                out.setdefault(b, {})[m] = v
+        for b, got in out.items():
+            if vals.get((b, "n")) is not None:
+                got["n"] = vals[(b, "n")]
+        return out
 
     def run_status(self, key: str) -> str:
         """The ledger status of a run (`missing` if the ledger has no such run)."""

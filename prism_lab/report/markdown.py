@@ -17,11 +17,21 @@ from prism_lab.report.paper import (
     paper_size,
 )
 from prism_lab.report.stats import method_description
-from prism_lab.report.tables import AVG, Delta, Row
+from prism_lab.report.tables import (
+    AVG,
+    BASELINE_LABELS,
+    VARIES,
+    Baseline,
+    Delta,
+    Row,
+    baseline_avg,
+    noise_note,
+)
 
 DASH = "–"
 SIG_MARK = "*"  # significant over seeds (the grid's method)
 ITEM_MARK = "†"  # significant over benchmark items (paired item bootstrap)
+NOISE_MARK = "~"  # within noise of (or below) the benchmark's majority-answer baseline
 
 
 # ---- cell formatting -------------------------------------------------------------------------------
@@ -65,18 +75,44 @@ def md_table(headers: list[str], rows: list[list[Any]]) -> str:
 
 
 # ---- table bodies ----------------------------------------------------------------------------------
-def result_table(rows: list[Row], benchmarks: list[str]) -> tuple[list[str], list[list[str]]]:
+def fmt_baseline(value: float | str | None) -> str:
+    """A baseline cell: "50.0" (%), "varies" when the sweep's runs disagree, "–" when none was logged."""
+    if value is None:
+        return DASH
+    return value if isinstance(value, str) else f"{value:.1f}"
+
+
+def _result_cell(row: Row, col: str, baseline: Baseline | None) -> str:
+    """"mean ± std", with NOISE_MARK when the mean is within noise of the benchmark's majority baseline."""
+    mean, std, _n = row.stat(col)
+    mark = NOISE_MARK if baseline is not None and baseline.within_noise(mean) else ""
+    return fmt_mean_std(mean, std) + mark
+
+
+def baseline_rows(baselines: dict[str, Baseline], benchmarks: list[str]) -> list[list[str]]:
+    """The `chance` and `majority answer` rows under a results table (none when no benchmark has one)."""
+    if not any(b in baselines for b in benchmarks):
+        return []
+    return [[label, *(fmt_baseline(baselines[b].percent(m) if b in baselines else None) for b in benchmarks),
+             fmt_baseline(baseline_avg(baselines, benchmarks, m)), DASH] for m, label in BASELINE_LABELS.items()]
+
+
+def result_table(rows: list[Row], benchmarks: list[str],
+                 baselines: dict[str, Baseline] | None = None) -> tuple[list[str], list[list[str]]]:
+    """Rows x (benchmarks, Avg, n), then the baseline rows; cells within noise of the majority answer get
+    NOISE_MARK (Avg cells are never marked: the baselines are per benchmark)."""
+    baselines = baselines or {}
     headers = ["Method", *benchmarks, AVG, "n"]
     body = []
     for row in rows:
         if row.done:
-            cells = [fmt_mean_std(*row.stat(col)[:2]) for col in [*benchmarks, AVG]]
+            cells = [_result_cell(row, col, baselines.get(col)) for col in [*benchmarks, AVG]]
             n = str(row.n_done)
         else:
             cells = [row.status] * (len(benchmarks) + 1)
             n = f"{row.n_done}/{row.n_total} done"
         body.append([row.label, *cells, n])
-    return headers, body
+    return headers, body + baseline_rows(baselines, benchmarks)
 
 
 def delta_table(deltas: list[Delta], benchmarks: list[str]) -> tuple[list[str], list[list[str]]]:
@@ -188,7 +224,8 @@ def render_report(
         "`n` = seeds.",
         f"- `{AVG}` = mean over this grid's benchmarks ({', '.join(benchmarks)}) per seed, then mean ± std "
         f"over seeds.",
-        "- Rows: `+SFT` = SFT checkpoint; `SFT+X` = SFT → RLVR with algorithm X; `PRISM` = SFT → PRISM "
+        "- Rows: `Instruct` = the `base` stage's checkpoint, the chain's starting model (one run per size, "
+        "shared by all seeds); `+SFT` = SFT checkpoint; `SFT+X` = SFT → RLVR with algorithm X; `PRISM` = SFT → PRISM "
         "alignment; `PRISM+X` = SFT → PRISM → RLVR. `[axis=value]` marks further (non-core) axes.",
         f"- Deltas: `{rep['treatment']}` − `{rep['baseline']}` of axis `{rep['compare_axis']}`, paired by "
         f"seed, in points.",
@@ -197,10 +234,11 @@ def render_report(
         f"- Significance over items (mark `{ITEM_MARK}`, columns `(items)`): {item_bootstrap.describe()}",
         "- A row or delta whose runs are not all done shows the status (`failed`, `running`, `pending`, "
         "`blocked`) instead of a number; nothing is dropped.",
+        *_baseline_method(report),
         "",
     ]
     for size, size_rows in rows.items():
-        headers, body = result_table(size_rows, benchmarks)
+        headers, body = result_table(size_rows, benchmarks, report.baselines)
         lines += [f"## Results: size {size}", "", md_table(headers, body), ""]
         if f"table_{size}" in files:
             lines += [f"CSV: [{files[f'table_{size}'].name}]({_rel(files[f'table_{size}'], out_dir)})", ""]
@@ -257,6 +295,23 @@ def render_report(
     return "\n".join(lines)
 
 
+def _baseline_method(report: Any) -> list[str]:
+    """Method bullets on the baseline rows and NOISE_MARK (none when no benchmark has a baseline)."""
+    if not report.baselines and not report.retention_baselines:
+        return []
+    return [
+        (f"- Baselines (rows `{BASELINE_LABELS['chance']}`, `{BASELINE_LABELS['majority']}`, in %, computed on "
+         "the items evaluated): `chance` = expected accuracy of a uniform random guess (1/options for a "
+         "multiple-choice item, 1/2 for Yes/No, 1/(distinct answers of its category) for an open item); "
+         "`majority answer` = accuracy of answering every item with its category's most frequent answer. "
+         f"They are properties of the benchmark file, the same for every run; `{VARIES}` = the sweep's eval runs "
+         "logged different values (a different file or limit). Their `Avg` is the mean over the benchmarks."),
+        (f"- `{NOISE_MARK}` after a result: its mean is within noise of the majority-answer baseline, i.e. "
+         f"{noise_note()}: a model that answers by question type alone could score it. `{AVG}` cells are not "
+         "marked."),
+    ]
+
+
 def _retention_section(report: Any, files: dict[str, Path], out_dir: Path) -> list[str]:
     """Text retention: the lm-eval benchmarks, same rows and deltas, their own Avg (not in the paper's)."""
     if not report.retention:
@@ -266,7 +321,7 @@ def _retention_section(report: Any, files: dict[str, Path], out_dir: Path) -> li
              f"capability each stage keeps. `{AVG}` here is over {', '.join(report.retention)} only; the results "
              "tables above exclude them.", ""]
     for size, size_rows in report.retention_rows.items():
-        headers, body = result_table(size_rows, report.retention)
+        headers, body = result_table(size_rows, report.retention, report.retention_baselines)
         lines += [f"### Retention: size {size}", "", md_table(headers, body), ""]
     if report.retention_deltas:
         headers, body = delta_table(report.retention_deltas, report.retention)

@@ -5,6 +5,9 @@ Row identity: (size, stage, alignment, algorithm, extras), where ``stage`` is th
 (``base``, ``sft``, ``align``, ``rl``) and ``extras`` are the non-core axes that change that stage's runs
 (found from the ledger: an axis splits a row only when cells differing in it have different runs).
 Replicates of a row are its seeds. Accuracies are reported in percent.
+
+Baselines: each benchmark's chance and majority-answer accuracy, as its eval runs logged them (the same for
+every checkpoint); a result within the noise band of the majority baseline is marked (see :class:`Baseline`).
 """
 
 from __future__ import annotations
@@ -16,7 +19,13 @@ from typing import Any
 
 import pandas as pd
 
-from prism_lab.report.frame import EVAL_ROLES, STATUS_PRIORITY, SweepData
+from prism_lab.eval.baselines import NOISE_SE, noise_band
+from prism_lab.report.frame import (
+    BASELINE_METRICS,
+    EVAL_ROLES,
+    STATUS_PRIORITY,
+    SweepData,
+)
 from prism_lab.report.item_bootstrap import item_bootstrap_interval, item_differences
 from prism_lab.report.stats import Interval, mean_std, paired_interval
 
@@ -24,6 +33,10 @@ AVG = "Avg"
 STAGE_ORDER = ("base", "sft", "align", "rl")
 #: Labels of alignment values (others are upper-cased).
 ALIGN_LABELS = {"none": "SFT", "prism": "PRISM", "gad": "GAD"}
+#: Baseline metric -> the label of its table row.
+BASELINE_LABELS = {"chance": "chance", "majority": "majority answer"}
+#: A baseline the sweep's eval runs disagree on (a different benchmark file or limit): shown, never picked.
+VARIES = "varies"
 
 
 def alignment_label(value: Any) -> str:
@@ -60,6 +73,7 @@ class Row:
     rep_status: dict[Any, str] = field(default_factory=dict)
     values: dict[Any, dict[str, float]] = field(default_factory=dict)  # done seeds -> benchmark -> %
     items: dict[Any, dict[str, dict[str, float]]] = field(default_factory=dict)  # done seeds -> bench -> item -> score
+    baselines: dict[Any, dict[str, dict[str, float]]] = field(default_factory=dict)  # done seeds -> bench -> chance...
 
     # ---- identity ---------------------------------------------------------------------------------
     @property
@@ -223,6 +237,7 @@ def build_rows(data: SweepData, benchmarks: list[str] | None = None) -> dict[Any
             if status == "done":
                 row.values[seed] = {b: 100.0 * v for b, v in data.accuracies(key).items()}
                 row.items[seed] = data.items.get(key, {})
+                row.baselines[seed] = {b: v for b, v in data.baselines(key).items() if b in benchmarks}
 
     def order(row: Row) -> tuple:
         if row.stage in ("base", "sft"):
@@ -239,6 +254,77 @@ def build_rows(data: SweepData, benchmarks: list[str] | None = None) -> dict[Any
     for row in sorted(rows.values(), key=order):
         by_size.setdefault(row.size, []).append(row)
     return by_size
+
+
+# ---- baselines -------------------------------------------------------------------------------------
+@dataclass
+class Baseline:
+    """One benchmark's chance and majority-answer accuracy (fractions) and item count, as the done eval runs
+    logged them; ``VARIES`` where runs disagree, None where none logged it.
+
+    "Within noise": a mean accuracy below ``majority + noise_band(majority, n)`` (NOISE_SE binomial standard
+    errors of the majority baseline on the benchmark's n items) is indistinguishable from, or worse than,
+    answering every question of a type with its most frequent answer."""
+
+    chance: float | str | None = None
+    majority: float | str | None = None
+    n: float | str | None = None
+
+    def band(self) -> float | None:
+        """The noise band in points of accuracy; None without a single majority value and item count."""
+        if not isinstance(self.majority, float) or not isinstance(self.n, float):
+            return None
+        half = noise_band(self.majority, int(self.n))
+        return None if math.isnan(half) else 100.0 * half
+
+    def within_noise(self, mean: float | None) -> bool:
+        """True when a mean accuracy (%) is at most majority + band (also in %)."""
+        band = self.band()
+        if mean is None or band is None:
+            return False
+        return mean <= 100.0 * float(self.majority) + band + 1e-9  # type: ignore[arg-type]
+
+    def percent(self, metric: str) -> float | str | None:
+        """chance / majority in % (VARIES and None as they are)."""
+        v = getattr(self, metric)
+        return 100.0 * v if isinstance(v, float) else v
+
+
+def _agreed(values: list[float]) -> float | str | None:
+    """The one value every run logged (compared to 9 decimals), VARIES if they differ, None if none."""
+    distinct = {round(v, 9) for v in values}
+    if not distinct:
+        return None
+    return float(values[0]) if len(distinct) == 1 else VARIES
+
+
+def table_baselines(rows: list[Row], benchmarks: list[str]) -> dict[str, Baseline]:
+    """benchmark -> its Baseline from every done eval run of ``rows`` (any size: a property of the file);
+    benchmarks without a logged baseline (lm-eval tasks, runs from before baselines) are left out."""
+    out: dict[str, Baseline] = {}
+    for b in benchmarks:
+        logged = [rb[b] for row in rows for rb in row.baselines.values() if b in rb]
+        if not logged:
+            continue
+        out[b] = Baseline(*(_agreed([x[m] for x in logged if m in x]) for m in (*BASELINE_METRICS, "n")))
+    return out
+
+
+def baseline_avg(baselines: dict[str, Baseline], benchmarks: list[str], metric: str) -> float | str | None:
+    """The Avg column of a baseline row (%): the mean over the benchmarks, as Avg is for result rows; None
+    when a benchmark has no baseline, VARIES when one varies."""
+    vals = [baselines[b].percent(metric) if b in baselines else None for b in benchmarks]
+    if not vals or any(v is None for v in vals):
+        return None
+    if any(v == VARIES for v in vals):
+        return VARIES
+    return sum(vals) / len(vals)  # type: ignore[arg-type]
+
+
+def noise_note() -> str:
+    """How "within noise" is decided (the Method section's words)."""
+    return (f"below the benchmark's majority-answer baseline + {NOISE_SE:g} binomial standard errors of it "
+            f"(2·sqrt(p(1−p)/n), p = majority baseline, n = the benchmark's items)")
 
 
 # ---- deltas ----------------------------------------------------------------------------------------
@@ -306,8 +392,11 @@ def _num(x: float | None) -> float:
     return math.nan if x is None else round(float(x), 6)
 
 
-def wide_frame(rows: list[Row], benchmarks: list[str], extra_axes: list[str]) -> pd.DataFrame:
-    """One size's table as numbers: mean and sample std per benchmark and Avg (blank when not done)."""
+def wide_frame(rows: list[Row], benchmarks: list[str], extra_axes: list[str],
+               baselines: dict[str, Baseline] | None = None) -> pd.DataFrame:
+    """One size's table as numbers: mean and sample std per benchmark and Avg (blank when not done), then the
+    baseline rows (``chance``, ``majority answer`` in %; status ``baseline``, or ``varies: <benchmarks>``
+    with those cells blank) when a benchmark has baselines."""
     records = []
     for row in rows:
         rec: dict[str, Any] = {"method": row.label, "stage": row.stage, "alignment": row.alignment,
@@ -321,10 +410,31 @@ def wide_frame(rows: list[Row], benchmarks: list[str], extra_axes: list[str]) ->
             rec[col] = _num(mean)
             rec[f"{col}_std"] = _num(std)
         records.append(rec)
+    records += _baseline_records(baselines or {}, benchmarks)
     cols = ["method", "stage", "alignment", "algorithm", *extra_axes, "status", "n_done", "n_total"]
     for col in [*benchmarks, AVG]:
         cols += [col, f"{col}_std"]
-    return pd.DataFrame.from_records(records, columns=cols)
+    frame = pd.DataFrame.from_records(records, columns=cols)
+    # seed counts stay integers (blank on the baseline rows), not floats
+    return frame.astype({"n_done": "Int64", "n_total": "Int64"})
+
+
+def _baseline_records(baselines: dict[str, Baseline], benchmarks: list[str]) -> list[dict[str, Any]]:
+    """The wide CSV's baseline rows (none when no benchmark has a baseline)."""
+    if not any(b in baselines for b in benchmarks):
+        return []
+    out = []
+    for metric, label in BASELINE_LABELS.items():
+        rec: dict[str, Any] = {"method": label}
+        values = {b: baselines[b].percent(metric) if b in baselines else None for b in benchmarks}
+        values[AVG] = baseline_avg(baselines, benchmarks, metric)
+        varies = [b for b in benchmarks if values[b] == VARIES]
+        rec["status"] = f"{VARIES}: {', '.join(varies)}" if varies else "baseline"
+        for col, v in values.items():
+            rec[col] = _num(v if isinstance(v, float) else None)
+            rec[f"{col}_std"] = math.nan
+        out.append(rec)
+    return out
 
 
 def deltas_frame(deltas: list[Delta], benchmarks: list[str]) -> pd.DataFrame:
