@@ -1,0 +1,142 @@
+"""The `base` stage: planned once per size for every seed, trained in two phases (captions, then captions and
+instruction rows), resumable across the phase boundary, and the chain's base for SFT and the drift measurements."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from prism_lab.harness.planning import build_plan, load_grid
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _grid(tmp_path: Path, extra: str = "") -> Path:
+    g = tmp_path / "g.yaml"
+    g.write_text(f"extends: {REPO / 'experiments' / 'smoke.yaml'}\nname: g\naxes:\n  size: [4b]\n  algorithm: [grpo]\n"
+                 f"  alignment: [none, prism]\n  seed: [0, 1, 2]\n{extra}")
+    return g
+
+
+def test_one_base_run_per_size_shared_by_every_seed_and_sft_starts_from_it(tmp_path):
+    plan = build_plan(load_grid(_grid(tmp_path)))
+    bases = [r for r in plan.runs.values() if r.kind == "base"]
+    assert len(bases) == 1 and bases[0].config["seed"] == 0  # its own seed, not the axis
+    base_evals = [r for r in plan.runs.values() if r.kind == "eval" and r.inputs.get("checkpoint") == bases[0].key]
+    assert len(base_evals) == 1
+    sfts = [r for r in plan.runs.values() if r.kind == "sft"]
+    assert len(sfts) == 3 and {r.inputs["policy"] for r in sfts} == {bases[0].key}
+    assert len({r.key for r in sfts}) == 3  # the seeds still differ downstream of the base
+
+
+def test_base_in_seed_scope_gives_one_base_per_seed(tmp_path):
+    scope = "seed_scope: [base, sft, disc_warmup, align, rl, eval]\n"
+    plan = build_plan(load_grid(_grid(tmp_path, scope)))
+    bases = [r for r in plan.runs.values() if r.kind == "base"]
+    assert sorted(r.config["seed"] for r in bases) == [0, 1, 2]
+
+
+def test_base_model_is_set_by_the_pipeline(tmp_path):
+    from prism_lab.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="stages.base.model"):
+        load_grid(_grid(tmp_path, "stages:\n  base:\n    model: tiny-s\n"))
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    from prism_lab.data.catalog import synth_catalog
+    from prism_lab.data.synth.config import SynthConfig
+    from prism_lab.data.synth.generate import generate
+
+    d = tmp_path_factory.mktemp("base_data")
+    generate(SynthConfig(n_sft_public=8, n_teacher=4, n_caption=12, n_instruct=12, n_rl=4, n_warmup=4, n_bench=4,
+                         n_heldout=0, n_text=0, include_system_prompt=False), d / "data")
+    synth_catalog("data", caption=True, instruct=True).save(d)
+    return d
+
+
+def _ctx(data: Path, out: Path, cfg, on_metrics=None):
+    from prism_lab.harness.context import InputArtifact
+
+    logged: list[tuple[int, dict]] = []
+
+    def log_metrics(step, values):
+        logged.append((step, values))
+        if on_metrics is not None:
+            on_metrics(step)
+
+    inputs = {"data": InputArtifact("data", "data", data, {})}
+    out.mkdir(parents=True, exist_ok=True)
+    return SimpleNamespace(config=cfg, inputs=inputs, input=inputs.__getitem__, out_dir=out, log_metrics=log_metrics,
+                           heartbeat=lambda: None, logged=logged)
+
+
+def _cfg(**kw):
+    from prism_lab.config.pretrain import BaseStageConfig
+
+    return BaseStageConfig(model="tiny-xs", caption_steps=3, max_steps=4, batch_size=4, log_every=1, save_every=1,
+                           tokenizer_vocab_size=300, threads=1, **kw)
+
+
+def test_base_trains_captions_then_the_mix_and_resumes_after_the_caption_phase(data_dir, tmp_path):
+    import torch
+
+    from prism_lab.models import load_policy
+    from prism_lab.prompts import Prompting
+    from prism_lab.stages import base
+
+    whole = _ctx(data_dir, tmp_path / "whole", _cfg())
+    summary = base.run(whole)
+    assert summary["steps"] == 7 and summary["phases"]["captions"]["steps"] == 3
+    assert [s for s, v in whole.logged if "loss" in v] == list(range(1, 8))  # one step axis over both phases
+    assert not (tmp_path / "whole" / base.CAPTIONS_SUBDIR).exists() and not (tmp_path / "whole" / "resume").exists()
+    assert Prompting.from_checkpoint(tmp_path / "whole" / "model") == Prompting(system_prompt=False,
+                                                                                 yesno_instruction=False)
+
+    class Killed(RuntimeError):
+        pass
+
+    def kill_at_5(step):
+        if step == 5:
+            raise Killed
+
+    with pytest.raises(Killed):
+        base.run(_ctx(data_dir, tmp_path / "killed", _cfg(), on_metrics=kill_at_5))
+    assert (tmp_path / "killed" / base.CAPTIONS_SUBDIR / "config.json").is_file()
+    again = _ctx(data_dir, tmp_path / "killed", _cfg())
+    resumed = base.run(again)
+    assert resumed["caption_phase"] == "reused" and "captions" not in resumed["phases"]
+    assert min(s for s, _ in again.logged) > 3  # the caption phase was not trained again
+    a, _ = load_policy(tmp_path / "whole" / "model")
+    b, _ = load_policy(tmp_path / "killed" / "model")
+    sa, sb = a.state_dict(), b.state_dict()
+    assert sa.keys() == sb.keys()
+    worst = max(float((sa[k].float() - sb[k].float()).abs().max()) for k in sa)
+    assert worst <= 1e-6, worst  # same weights as the uninterrupted run (same thread count)
+    from prism_lab.data.catalog import DataCatalog
+    from prism_lab.stages.sft import build_policy
+
+    init = build_policy(_cfg(), DataCatalog.load(data_dir))[0].state_dict()
+    assert any(not torch.equal(sa[k], init[k]) for k in sa if k in init)  # it trained
+
+
+def test_chain_start_of_a_chain_with_a_base_run(tmp_path):
+    from prism_lab.harness.ledger import Ledger
+    from prism_lab.stages.lineage import chain_start
+
+    (tmp_path / "base" / "model").mkdir(parents=True)
+    (tmp_path / "base" / "model" / "config.json").write_text("{}")
+    led = Ledger(tmp_path / "root")
+    for key, kind, inputs, cfg in [("data", "data", {}, {}), ("base", "base", {"data": "data"}, {"model": "tiny-xs"}),
+                                   ("sft", "sft", {"data": "data", "policy": "base"}, {"model": "tiny-xs"}),
+                                   ("ev", "eval", {"checkpoint": "sft", "data": "data"}, {}),
+                                   ("evb", "eval", {"checkpoint": "base", "data": "data"}, {})]:
+        led.add_run(key, kind, key, cfg, inputs)
+        if kind != "eval":
+            led.mark_done(key, str(tmp_path / key))
+    for key in ("ev", "evb", "sft"):
+        origin = chain_start(led, key)
+        assert origin is not None and origin.path == tmp_path / "base" / "model"
