@@ -137,7 +137,11 @@ def ppo_update(model: Any, optimizer: torch.optim.Optimizer, mini: Sequence[Sequ
     micro-batches of :func:`micro_batches`): the token and sequence totals are summed over ranks, ``backward``
     is the sharded one, and the metrics cover every rank's samples."""
     backward = backward or (lambda loss: loss.backward())
-    params = [p for p in model.parameters() if p.requires_grad]
+    # The optimizer's parameters, not ``model.parameters()``: after a no-grad forward (rollout, old log-probs)
+    # an FSDP2 root keeps its unsharded parameters registered on the module until the next backward, so a
+    # list taken from the module here would hold tensors that never get a gradient and the norm (and the
+    # clipping) would miss them.
+    params = [p for group in optimizer.param_groups for p in group["params"] if p.requires_grad]
     device = next(model.parameters()).device
     acc: dict[str, float] = {}
     sums: dict[str, float] = {}
