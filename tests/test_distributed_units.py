@@ -1,5 +1,5 @@
 """The single-process parts of prism_lab.trainers.distributed: batch sharding, dtypes, block discovery,
-and the one-line refusals of what does not shard yet."""
+the align config's even split of prompts, and the one-line refusals of what does not shard yet."""
 
 from __future__ import annotations
 
@@ -38,10 +38,15 @@ def test_blocks_are_the_decoder_layers_and_vision_blocks():
     assert dist_.enable_gradient_checkpointing(model) == 1 and model.is_gradient_checkpointing
 
 
+def test_align_prompts_must_split_evenly_over_the_processes():
+    from prism_lab.config.align import AlignConfig
+
+    with pytest.raises(ValueError, match=r"prompts_per_step \(3\) must be a multiple of resources.processes \(2\)"):
+        AlignConfig(prompts_per_step=3, resources={"processes": 2})
+    assert AlignConfig(prompts_per_step=4, resources={"processes": 2}).resources.processes == 2
+
+
 def test_what_does_not_shard_yet_is_refused_in_one_line():
-    with pytest.raises(ConfigError, match="align: resources.processes is 2 but the align trainer runs in one process"):
-        dist_.single_process_only("align", ResourcesConfig(processes=2))
-    dist_.single_process_only("align", ResourcesConfig())  # one process: fine
     two = dist_.DistEnv(rank=0, world_size=2)
     with pytest.raises(ConfigError, match="rollout engine 'vllm' with resources.processes > 1"):
         dist_.sync_engine(SimpleNamespace(kind="vllm"), two)

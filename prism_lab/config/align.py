@@ -194,7 +194,18 @@ class AlignConfig(_Strict):
     save_every: int = Field(500, ge=0, description="Checkpoint every this many steps; 0 = only at the end.")
     seed: Seed = Field(0, description="Rollout sampling and data-order seed.")
 
-    resources: ResourcesConfig = resources_field("(This stage runs in one process for now.)")
+    resources: ResourcesConfig = resources_field(
+        "`prompts_per_step` stays global and must be a multiple of `processes`: each process rolls out the "
+        "same number of prompts (all `n` responses of each), and the discriminator and actor updates run on "
+        "the gathered global batch (both models FSDP2-sharded).")
+
+    @model_validator(mode="after")
+    def _prompts_split_evenly(self) -> AlignConfig:
+        if self.prompts_per_step % self.resources.processes:
+            raise ValueError(f"prompts_per_step ({self.prompts_per_step}) must be a multiple of resources.processes "
+                             f"({self.resources.processes}): every process rolls out as many prompts (their "
+                             "generation passes run in step)")
+        return self
 
     @property
     def batch_size(self) -> int:

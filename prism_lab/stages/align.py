@@ -6,7 +6,8 @@ artifact, ``<path>/discriminator``) and ``data`` (its catalog's RL parquet, whic
 preprocessing; checked before loading). Outputs: ``<out_dir>/model`` (the aligned policy) and
 ``<out_dir>/discriminator`` (the updated discriminator). The resumable state lives in ``<out_dir>/resume`` and
 is removed at the end. Rollouts use the HF engine (its weights are the trained ones; a vLLM engine would need
-weight syncing after every actor update).
+weight syncing after every actor update). With ``resources.processes`` > 1 every rank runs this under torchrun
+(trainers/align.py shards the work); rank 0 alone writes the gathered policy and discriminator.
 """
 
 from __future__ import annotations
@@ -34,11 +35,12 @@ def run(ctx: StageContext) -> dict:
     from prism_lab.data.rl_parquet import read_rl_parquet
     from prism_lab.models import load_policy, save_policy
     from prism_lab.models.discriminator import load_discriminator, save_discriminator
+    from prism_lab.trainers import distributed as dist_
     from prism_lab.trainers.align import align_examples_from_rl, run_align
-    from prism_lab.trainers.distributed import single_process_only
 
     cfg = ctx.config
-    single_process_only("align", getattr(cfg, "resources", None))
+    res = getattr(cfg, "resources", None)
+    env = dist_.init_distributed(res.processes if res is not None else None)  # one process, or this rank
     t0 = time.monotonic()
     catalog = DataCatalog.load(ctx.input("data").path)
     if not catalog.rl:
@@ -47,19 +49,29 @@ def run(ctx: StageContext) -> dict:
     policy, processor = load_policy(checkpoint_dir_of(ctx.input("policy").path), dtype=torch.float32)
     disc = load_discriminator(discriminator_dir_of(ctx.input("discriminator").path), policy_processor=processor,
                               dtype=torch.float32)
-    print(f"[align] variant={cfg.variant}: {len(examples)} prompts, {cfg.steps} steps x "
-          f"{cfg.prompts_per_step} prompts x n={cfg.n}", flush=True)
+    if env.is_main:
+        print(f"[align] variant={cfg.variant}: {len(examples)} prompts, {cfg.steps} steps x "
+              f"{cfg.prompts_per_step} prompts x n={cfg.n}, {env.world_size} process(es)", flush=True)
     summary = run_align(policy, processor, disc, examples, cfg, out_dir=ctx.out_dir, log=ctx.log_metrics,
                         heartbeat=ctx.heartbeat)
-    save_policy(policy, processor, model_dir(ctx.out_dir))
+    if env.sharded:  # gathered on rank 0 into the files one process writes (collective)
+        dist_.save_hf_checkpoint(policy, processor, model_dir(ctx.out_dir), env)
+    full_disc = dist_.full_state_dict(disc, env) if env.sharded else None
+    if not env.is_main:
+        dist_.finish(env)
+        return {}
+    if not env.sharded:
+        save_policy(policy, processor, model_dir(ctx.out_dir))
     from prism_lab.prompts import Prompting
 
     Prompting.carry_over(checkpoint_dir_of(ctx.input("policy").path), model_dir(ctx.out_dir))
-    save_discriminator(disc, processor, ctx.out_dir / DISC_SUBDIR)
+    save_discriminator(disc, processor, ctx.out_dir / DISC_SUBDIR, state_dict=full_disc)
     (ctx.out_dir / "align_curves.json").write_text(json.dumps(summary.get("curves", {}), indent=1))
+    dist_.finish(env)
     return {
         **{k: v for k, v in summary.items() if k != "curves"},
         "model_dir": MODEL_SUBDIR,
         "discriminator_dir": DISC_SUBDIR,
         "stage_wall_s": round(time.monotonic() - t0, 2),
+        "processes": env.world_size,
     }

@@ -33,10 +33,22 @@ logs them), ``pre/student_{caption,cot}`` (the eval-mode scores used for the adv
 ``score/teacher_response``, ``score/student_response``, ``gap/response`` instead of the caption/cot ones.
 
 Resumable: ``out_dir/"resume"`` holds policy + discriminator weights, both optimizers, the RNG state and the step.
+
+Multi-process (``cfg.resources.processes`` = N > 1, under torchrun): each rank rolls out all ``n`` responses of
+its share of the step's prompts (every N-th one) and the rollouts are gathered, in prompt order, on every rank,
+so the per-prompt groups of the advantage are whole. Policy and discriminator are both FSDP2-sharded
+(:class:`~prism_lab.trainers.distributed.ShardedAccelerator`): the upcycled MoE discriminator is the largest
+model of the recipe (the policy's backbone with ``num_experts`` copies of every MLP) and carries its own AdamW
+state, so replicating it on every rank would cost more memory than the policy itself; sharding it also keeps its
+resumable state in the same DCP format as ``disc_warmup``'s. Scoring is split over the ranks and gathered
+(:class:`~prism_lab.trainers.align_variants.AlignStep`), so the discriminator loss and the advantages are the
+single-process ones on the global batch; the actor update is the shared sharded PPO update. Rank 0 alone writes
+the resumable state's metadata; each rank writes its DCP shard.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -51,11 +63,12 @@ import torch
 from prism_lab.algos.disc_loss import (
     replace_nonfinite,
 )
-from prism_lab.errors import DataError
+from prism_lab.errors import ConfigError, DataError
 from prism_lab.models.discriminator import Discriminator
 from prism_lab.prompts import is_format_valid
 from prism_lab.rollout import Prompt, make_engine, vision_token_ids
 from prism_lab.seeds import derive_seed
+from prism_lab.trainers import distributed as dist_
 from prism_lab.trainers.actor import (
     PPOSettings,
     micro_batches,
@@ -66,10 +79,8 @@ from prism_lab.trainers.align_variants import ALIGN_VARIANTS, AlignStep, AlignVa
 from prism_lab.trainers.common import (
     RESUME_DIR,
     fresh_temp_dir,
-    load_resume_state,
     remove_resume_state,
     resume_candidates,
-    save_resume_state,
     set_seed,
     swap_into_place,
 )
@@ -133,30 +144,69 @@ def align_examples_from_rl(rows: Sequence[Any]) -> list[AlignExample]:
 
 # ------------------------------------------------------------------------------------------ resume
 def save_align_resume(out_dir: str | Path, *, policy: torch.nn.Module, disc: torch.nn.Module,
-                      actor_opt: torch.optim.Optimizer, disc_opt: torch.optim.Optimizer, meta: dict) -> Path:
-    """Atomically replace ``out_dir/resume`` with ``policy/`` and ``discriminator/`` resumable states."""
+                      actor_opt: torch.optim.Optimizer, disc_opt: torch.optim.Optimizer, meta: dict,
+                      env: dist_.DistEnv = dist_.SINGLE) -> Path:
+    """Atomically replace ``out_dir/resume`` with ``policy/`` and ``discriminator/`` resumable states
+    (collective when sharded: each is a DCP checkpoint, every rank writes its shard; rank 0 swaps)."""
     final = Path(out_dir) / RESUME_DIR
-    tmp = fresh_temp_dir(final)
-    save_resume_state(tmp / "policy", model=policy, optimizer=actor_opt, scheduler=None, meta=meta)
-    save_resume_state(tmp / "discriminator", model=disc, optimizer=disc_opt, scheduler=None, meta=meta)
-    (tmp / "state.json").write_text(json.dumps(meta, indent=1, sort_keys=True, default=str))
-    return swap_into_place(tmp, final)
+    tmp = Path(dist_.broadcast_object(str(fresh_temp_dir(final)) if env.is_main else None, env))
+    for sub, model, opt in (("policy", policy, actor_opt), ("discriminator", disc, disc_opt)):
+        dist_.save_resume(tmp / sub, model=model, optimizer=opt, scheduler=None, meta=meta, env=env)
+    if env.is_main:
+        (tmp / "state.json").write_text(json.dumps(meta, indent=1, sort_keys=True, default=str))
+        swap_into_place(tmp, final)
+    dist_.barrier(env)
+    return final
 
 
 def load_align_resume(out_dir: str | Path, *, policy: torch.nn.Module, disc: torch.nn.Module,
-                      actor_opt: torch.optim.Optimizer, disc_opt: torch.optim.Optimizer) -> dict | None:
-    """Restore what :func:`save_align_resume` wrote (or its ``.old`` twin); None when there is nothing."""
+                      actor_opt: torch.optim.Optimizer, disc_opt: torch.optim.Optimizer,
+                      env: dist_.DistEnv = dist_.SINGLE) -> dict | None:
+    """Restore what :func:`save_align_resume` wrote (or its ``.old`` twin); None when there is nothing.
+
+    A state written by N processes loads at any world size (DCP reshards); one written by a single process
+    cannot be resumed by several (a CheckpointError naming both sizes, from ``distributed.load_resume``)."""
     for cand in resume_candidates(Path(out_dir) / RESUME_DIR):
-        if (cand / "state.json").is_file():
-            meta = load_resume_state(cand / "policy", model=policy, optimizer=actor_opt, scheduler=None,
-                                     restore_rng=True)
-            dmeta = load_resume_state(cand / "discriminator", model=disc, optimizer=disc_opt, scheduler=None,
-                                      restore_rng=False)
+        if dist_.broadcast_object((cand / "state.json").is_file() if env.is_main else None, env):
+            meta = dist_.load_resume(cand / "policy", model=policy, optimizer=actor_opt, scheduler=None, env=env)
+            dmeta = dist_.load_resume(cand / "discriminator", model=disc, optimizer=disc_opt, scheduler=None,
+                                      env=env)
             if meta is None or dmeta is None or meta.get("step") != dmeta.get("step"):
                 log_.warning("incomplete alignment resume state in %s; ignoring it", cand)
                 continue
             return meta
     return None
+
+
+def _check_shardable(cfg: Any, env: dist_.DistEnv) -> None:
+    """ConfigError unless every rank gets the same number of prompts: their generate calls (one FSDP
+    all-gather per forward) must run in step."""
+    if cfg.prompts_per_step % env.world_size:
+        raise ConfigError(f"align.prompts_per_step ({cfg.prompts_per_step}) must be a multiple of "
+                          f"resources.processes ({env.world_size}): every process rolls out as many prompts")
+
+
+def _shard_models(policy: Any, disc: Any, cfg: Any, env: dist_.DistEnv) -> Any:
+    """FSDP2-shard policy and discriminator in place (sharded runs only); returns the accelerator whose
+    ``backward`` scales this rank's share of a loss (None in one process). fp32 unless
+    ``resources.param_dtype`` says otherwise: the alignment loop has no autocast of its own."""
+    if not env.sharded:
+        return None
+    _check_shardable(cfg, env)
+    acc = dist_.ShardedAccelerator(env, cfg.resources, "no")
+    acc.prepare_model(policy)
+    acc.prepare_model(disc)
+    return acc
+
+
+def global_rollouts(rolls: Sequence[Any], mine: Sequence[int], env: dist_.DistEnv) -> list[Any]:
+    """Every rank's rollouts, in prompt order, with ``prompt_index`` made global (``mine[j]`` is the
+    step position of this rank's ``j``-th prompt): the list one process makes from the whole batch."""
+    local = [dataclasses.replace(r, prompt_index=mine[r.prompt_index]) for r in rolls]
+    if not env.sharded:
+        return local
+    gathered = [r for part in dist_.all_gather_objects(local, env) for r in part]
+    return sorted(gathered, key=lambda r: r.prompt_index)  # stable: each prompt's n rollouts keep their order
 
 
 # ------------------------------------------------------------------------------------------ loop
@@ -230,7 +280,11 @@ def run_align(
     set_seed(cfg.seed)
     variant: AlignVariant = ALIGN_VARIANTS.get(cfg.variant)()
     toks: DiscTokens = disc_tokens(processor)
+    res = getattr(cfg, "resources", None)
+    env = dist_.init_distributed(res.processes if res is not None else None)
+    acc = _shard_models(policy, disc, cfg, env)  # before the optimizers: FSDP2 replaces the parameters
     engine = engine if engine is not None else make_engine(policy, processor, kind=engine_kind)
+    dist_.sync_engine(engine, env)
     actor_opt = torch.optim.AdamW([p for p in policy.parameters() if p.requires_grad], lr=cfg.actor_lr,
                                   weight_decay=cfg.weight_decay)
     disc_params = [p for p in disc.parameters() if p.requires_grad]
@@ -244,7 +298,7 @@ def run_align(
     teacher_ids = [None] * len(examples)  # token ids of the teacher's caption, cot, whole response, on demand
     total = cfg.steps if max_steps is None else min(cfg.steps, int(max_steps))
     out_path = Path(out_dir) if out_dir is not None else None
-    meta = load_align_resume(out_path, policy=policy, disc=disc, actor_opt=actor_opt, disc_opt=disc_opt) \
+    meta = load_align_resume(out_path, policy=policy, disc=disc, actor_opt=actor_opt, disc_opt=disc_opt, env=env) \
         if out_path is not None else None
     start, history = (int(meta["step"]), list(meta.get("history", []))) if meta else (0, [])
     if meta:
@@ -260,10 +314,13 @@ def run_align(
                 teacher_ids[i] = (plain_ids(processor, ex.teacher_caption, R), plain_ids(processor, ex.teacher_cot, R),
                                   plain_ids(processor, ex.teacher_caption + "\n" + ex.teacher_cot, R))
         prompts = [examples[i].prompt() for i in idx]
-        # 1. rollouts; 2. split at the caption boundary
-        rolls = engine.generate(prompts, n=cfg.n, max_new_tokens=R, temperature=cfg.temperature, top_p=cfg.top_p,
-                                do_sample=True, seed=derive_seed(cfg.seed, "align/rollout", step), return_logprobs=True,
-                                batch_size=max(cfg.n, rollout_batch_size))
+        # 1. rollouts (this rank's share of the prompts, then every rank's); 2. split at the caption boundary
+        mine = dist_.shard_slice(list(range(len(prompts))), env)
+        ranked = (env.rank,) if env.sharded else ()  # each rank samples its own share
+        rolls = engine.generate([prompts[j] for j in mine], n=cfg.n, max_new_tokens=R, temperature=cfg.temperature,
+                                top_p=cfg.top_p, do_sample=True, seed=derive_seed(cfg.seed, "align/rollout", step, *ranked),
+                                return_logprobs=True, batch_size=max(cfg.n, rollout_batch_size))
+        rolls = global_rollouts(rolls, mine, env)
         t_roll = time.monotonic() - t0
         splits = [split_rollout(processor, r.token_ids) for r in rolls]
         st = AlignStep(pb=PromptBatch.build(processor, prompts), rows=[r.prompt_index for r in rolls], rollouts=rolls,
@@ -271,7 +328,8 @@ def run_align(
                        teacher_ids=[teacher_ids[i] for i in idx],
                        answers=[(examples[i].ground_truth, examples[i].equivalent_answers) for i in idx], toks=toks,
                        terminator=cfg.terminator_convention,
-                       score_kw=dict(pad_token_id=toks.pad, positions=cfg.critic_positions, micro_batch=disc_micro_batch))
+                       score_kw=dict(pad_token_id=toks.pad, positions=cfg.critic_positions, micro_batch=disc_micro_batch),
+                       env=env)
         B = len(rolls)
         metrics: dict[str, float] = {
             "valid_ratio": float(st.fmt.mean()),
@@ -294,8 +352,8 @@ def run_align(
             disc_opt.zero_grad(set_to_none=True)
             loss, n_bad, dm = variant.disc_loss(disc, st, cfg)
             nonfinite += n_bad
-            loss.backward()
-            gn = torch.nn.utils.clip_grad_norm_(disc_params, cfg.grad_clip)
+            st.backward(loss, scale=env.world_size)
+            gn = dist_.local_tensor(torch.nn.utils.clip_grad_norm_(disc_params, cfg.grad_clip))
             if torch.isfinite(gn):
                 disc_opt.step()
                 dm["d_grad_norm"] = float(gn)
@@ -304,19 +362,20 @@ def run_align(
                 disc_opt.zero_grad(set_to_none=True)
         disc.eval()
         metrics.update(dm, d_skipped=float(d_skipped), nonfinite_scores=float(nonfinite))
-        if nonfinite:
+        if nonfinite and env.is_main:
             log_.warning("alignment step %d: %d non-finite discriminator scores replaced by 0", step + 1, nonfinite)
         # 6. actor update: PPO-clip, on-policy (the rollout's log-probs are the old ones when it returned them)
         comps = [r.token_ids for r in rolls]
         mini = [micro_batches(st.pb.batch, st.rows, comps, list(range(B)), size=actor_micro_batch,
                               pad_token_id=toks.pad, image_chunks=st.pb.image_chunks,
-                              device=next(policy.parameters()).device)]
+                              device=next(policy.parameters()).device, env=env)]
         from_rollout = all(r.logprobs is not None for r in rolls)
         old = {i: torch.as_tensor(list(r.logprobs), dtype=torch.float32) for i, r in enumerate(rolls)} if from_rollout \
             else recompute_logprobs(policy, mini[0], [len(c) for c in comps], temperature=cfg.temperature,
                                     suppress_token_ids=suppress)
         metrics.update(ppo_update(policy, actor_opt, mini, old, adv.tolist(), ppo, suppress_token_ids=suppress,
-                                  old_from_rollout=from_rollout))
+                                  old_from_rollout=from_rollout, env=env,
+                                  backward=acc.backward if acc is not None else None))
         policy.eval()
         metrics.update({"time/rollout_s": t_roll, "time/step_s": time.monotonic() - t0})
         if log is not None:
@@ -326,8 +385,9 @@ def run_align(
             heartbeat()
         if out_path is not None and cfg.save_every > 0 and (step + 1) % cfg.save_every == 0 and step + 1 < total:
             save_align_resume(out_path, policy=policy, disc=disc, actor_opt=actor_opt, disc_opt=disc_opt,
-                              meta={"step": step + 1, "total_steps": total, "history": history})
-    if out_path is not None and not keep_resume:
+                              meta={"step": step + 1, "total_steps": total, "history": history}, env=env)
+    dist_.barrier(env)
+    if out_path is not None and not keep_resume and env.is_main:
         remove_resume_state(out_path / RESUME_DIR)
     keys = ["format_rate", "valid_ratio", "d_acc", "d_loss", "response_length", *variant.summary_keys]
     return _summary(history, keys, steps=total, resumed_from=start, variant=cfg.variant, prompts=len(examples),

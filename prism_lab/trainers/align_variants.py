@@ -14,12 +14,19 @@ eval mode without grad, and (b) the discriminator's loss, from train-mode scores
 Each rollout is paired with its own prompt's teacher segments. Each prompt's teacher segment is scored
 once per forward pass and shared by its ``n`` rollouts (exact in eval mode; in train mode the copies
 share one head-dropout mask).
+
+Scoring is sharded the same way in one process and in N (:meth:`AlignStep.scores`): each rank scores its
+share of the segments and every rank gets the full score vector; the variants compute their advantages and
+losses on that whole vector, so group statistics, valid counts and the fallback switch are the global ones.
+With gradients the vector is a leaf: :meth:`AlignStep.backward` takes the loss's gradient with respect to
+every score and sends each rank's part of it back through that rank's own forwards.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import torch
@@ -37,6 +44,7 @@ from prism_lab.algos.multi_reward import (
     grpo_multi_reward,
 )
 from prism_lab.registry import Registry
+from prism_lab.trainers import distributed as dist_
 from prism_lab.trainers.disc_inputs import (
     online_student_segment,
     online_teacher_segment,
@@ -61,6 +69,9 @@ class AlignStep:
     toks: Any  # trainers.disc_inputs.DiscTokens
     terminator: str
     score_kw: dict[str, Any]  # pad_token_id, positions, micro_batch
+    env: dist_.DistEnv = dist_.SINGLE  # whose share of the scoring this process does
+    #: (full score leaf, [(its positions this rank scored, the forward's scores)]) per scoring with grad
+    pending: list[tuple[Tensor, list[tuple[list[int], Tensor]]]] = field(default_factory=list)
 
     @property
     def fmt(self) -> Tensor:
@@ -80,9 +91,51 @@ class AlignStep:
         """Scores of student segments (one per rollout), or of teacher segments (one per prompt row,
         broadcast to the rollouts of that prompt) when ``per_prompt``."""
         if not per_prompt:
-            return score_segments(disc, self.pb, self.rows, segments, **self.score_kw)
-        s = score_segments(disc, self.pb, list(range(len(self.teacher_ids))), segments, **self.score_kw)
+            return self._score_all(disc, self.rows, segments)
+        s = self._score_all(disc, list(range(len(self.teacher_ids))), segments)
         return s[self.rows_t.to(s.device)]
+
+    def _score_all(self, disc: Any, rows: Sequence[int], segments: Sequence[Sequence[int]]) -> Tensor:
+        """``[len(rows)]`` scores of ``prompt row ⊕ segment``: this rank scores every ``world_size``-th one
+        and the values are gathered. Every rank runs the same number of forwards (FSDP gathers parameters in
+        each; a rank with a smaller share re-scores row 0 as padding). With grad enabled the result is a
+        leaf, remembered with the forwards behind it for :meth:`backward`."""
+        n, env = len(rows), self.env
+        mb = max(1, int(self.score_kw.get("micro_batch", 16)))
+        kw = {**self.score_kw, "micro_batch": mb}
+        mine = dist_.shard_slice(list(range(n)), env)
+        pieces: list[tuple[list[int], Tensor]] = []
+        for k in range(math.ceil(math.ceil(n / env.world_size) / mb)):
+            idx = mine[k * mb:(k + 1) * mb]
+            pick = idx or [0]
+            pieces.append((idx, score_segments(disc, self.pb, [rows[i] for i in pick], [segments[i] for i in pick],
+                                               **kw)))
+        device = pieces[0][1].device if pieces else torch.device("cpu")
+        full = torch.zeros(n, dtype=torch.float32, device=device)
+        local = [(idx, s.detach().float().cpu()) for idx, s in pieces if idx]
+        for part in dist_.all_gather_objects(local, env):
+            for idx, vals in part:
+                full[idx] = vals.to(device)
+        if torch.is_grad_enabled():
+            full.requires_grad_(True)
+            self.pending.append((full, pieces))
+        return full
+
+    def backward(self, loss: Tensor, *, scale: float = 1.0) -> None:
+        """Backpropagate ``loss`` (computed from :meth:`scores` leaves) into the discriminator.
+
+        ``loss.backward()`` gives d loss / d score for every score of the global batch (the same on every
+        rank); each rank then sends its own scores' part, times ``scale``, back through its forwards. The
+        ranks' parameter gradients sum to the single-process gradient, so ``scale`` is the world size under
+        FSDP2 (which averages over ranks) and 1 in one process. Padding forwards get a zero gradient: every
+        rank runs the same backward passes."""
+        loss.backward()
+        for full, pieces in reversed(self.pending):
+            g = full.grad if full.grad is not None else torch.zeros_like(full)
+            for idx, s in reversed(pieces):
+                grad = g[idx] * scale if idx else torch.zeros(s.shape, device=s.device)
+                s.backward(grad.to(device=s.device, dtype=s.dtype))
+        self.pending.clear()
 
 
 class AlignVariant(Protocol):

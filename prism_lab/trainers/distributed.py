@@ -432,9 +432,3 @@ def finish(env: DistEnv) -> None:
         dist.barrier()
         dist.destroy_process_group()
 
-
-def single_process_only(stage: str, resources: Any) -> None:
-    """ConfigError for a stage whose trainer does not shard yet, when its resources ask for ranks."""
-    if resources is not None and resources.processes > 1:
-        raise ConfigError(f"{stage}: resources.processes is {resources.processes} but the {stage} trainer runs in one "
-                          "process only (multi-process training exists for sft and rl); set processes: 1")
