@@ -1,9 +1,10 @@
 """A torchrun worker for the multi-process tests: train tiny-xs for a few steps, write the gathered weights.
 
-    torchrun --nproc_per_node N tests/dist/worker.py sft|rl OUT_DIR [--kill-after K]
+    torchrun --nproc_per_node N tests/dist/worker.py sft|rl|disc|align OUT_DIR [--kill-after K]
 
 Writes ``OUT_DIR/weights.safetensors`` (the full state dict, from rank 0) and ``OUT_DIR/hf/`` (the HF
-checkpoint rank 0 saves). The same script at N=1 is the single-process reference.
+checkpoint rank 0 saves); ``align`` also writes ``OUT_DIR/disc.safetensors`` (the gathered discriminator).
+The same script at N=1 is the single-process reference.
 """
 
 from __future__ import annotations
@@ -153,9 +154,84 @@ def run_disc(model, processor, out: Path, kill_after: int | None, steps: int):
     return disc
 
 
+def _half_valid_engine(model, processor, examples):
+    """The per-prompt-seeded engine, with the first of every two rollouts of a prompt replaced by the
+    prompt's teacher response (format-valid, without log-probs: the trainer recomputes them), so that
+    the caption/cot losses and advantages have valid samples; chosen per prompt, so the same at any
+    world size."""
+    import dataclasses
+
+    from prism_lab.trainers.disc_inputs import disc_tokens, plain_ids
+
+    inner = _per_prompt_engine(model, processor)
+    by_text = {ex.messages[-1]["content"]: ex for ex in examples}
+    im_end = disc_tokens(processor).im_end
+
+    class HalfValid:
+        kind = "hf"
+
+        def __setattr__(self, name, value):  # sync_engine sets all_finished / synced: the inner engine runs
+            setattr(inner, name, value)
+
+        def generate(self, prompts, **kw):
+            out = []
+            for r in inner.generate(prompts, **kw):
+                k = sum(1 for o in out if o.prompt_index == r.prompt_index)
+                if k % 2 == 0:
+                    ex = by_text[prompts[r.prompt_index].messages[-1]["content"]]
+                    text = ex.teacher_caption + "\n" + ex.teacher_cot
+                    r = dataclasses.replace(r, token_ids=plain_ids(processor, text) + [im_end], text=text,
+                                            logprobs=None, finish_reason="stop")
+                out.append(r)
+            return out
+
+    return HalfValid()
+
+
+def run_align(model, processor, out: Path, kill_after: int | None, steps: int):
+    """Two alignment steps (prism variant) of tiny-xs against an upcycled MoE discriminator built from it.
+
+    Head dropout is off (its draws differ between 1 and 2 processes)."""
+    from prism_lab.config.align import AlignConfig, DiscriminatorConfig
+    from prism_lab.models.discriminator import build_discriminator
+    from prism_lab.trainers.align import AlignExample
+    from prism_lab.trainers.align import run_align as align
+
+    world = dist_.env_world_size()
+    disc = build_discriminator(model, DiscriminatorConfig(num_experts=2, top_k=2, head_dropout=0.0, seed=0))
+    examples = [AlignExample(index=i, messages=[{"role": "user",
+                                                 "content": f"<image>how many red circles are there ? add {i % 10} ."}],
+                             load_images=Row(i).load_images, teacher_caption=f"<caption>\n- {i % 6} red circles\n</caption>",
+                             teacher_cot=f"<think>\n{i % 6} plus {i % 10}\n</think>\n<answer>\n{i % 16}\n</answer>",
+                             ground_truth=str(i % 16))
+                for i in range(16)]
+    cfg = AlignConfig(steps=steps, prompts_per_step=4, n=4, max_new_tokens=12, actor_lr=1e-3, critic_lr=1e-3,
+                      save_every=1, seed=0, resources={"processes": world})
+    env = dist_.init_distributed(world)
+    hook = _kill_hook(kill_after, env)
+    logged: list[dict] = []
+
+    def log(step: int, m: dict) -> None:
+        logged.append({"step": step, **m})
+        hook(step, m)
+
+    summary = align(model, processor, disc, examples, cfg, out_dir=out, disc_micro_batch=3, actor_micro_batch=3,
+                    engine=_half_valid_engine(model, processor, examples), log=log)
+    if env.is_main:
+        (out / "metrics.json").write_text(json.dumps(logged, indent=1))
+    if env.is_main:
+        print(f"align: resumed from step {summary['resumed_from']}/{steps}, final d_loss {summary['final']['d_loss']}",
+              flush=True)
+    sd = dist_.full_state_dict(disc, env)
+    if env.is_main:
+        from safetensors.torch import save_file
+
+        save_file({k: v.detach().clone().contiguous() for k, v in sd.items()}, str(out / "disc.safetensors"))
+
+
 def main() -> int:
     ap = argparse.ArgumentParser()
-    ap.add_argument("mode", choices=["sft", "rl", "disc"])
+    ap.add_argument("mode", choices=["sft", "rl", "disc", "align"])
     ap.add_argument("out", type=Path)
     ap.add_argument("--kill-after", type=int, default=None)
     ap.add_argument("--steps", type=int, default=4)
@@ -173,6 +249,8 @@ def main() -> int:
         run_sft(model, processor, args.out, args.kill_after, args.steps, json.loads(args.resources))
     elif args.mode == "rl":
         run_rl(model, processor, args.out, args.kill_after, args.steps)
+    elif args.mode == "align":
+        run_align(model, processor, args.out, args.kill_after, args.steps)
     else:
         model = run_disc(model, processor, args.out, args.kill_after, args.steps)
     env = dist_.init_distributed()
@@ -181,7 +259,7 @@ def main() -> int:
         from safetensors.torch import save_file
 
         save_file({k: v.detach().clone().contiguous() for k, v in sd.items()}, str(args.out / "weights.safetensors"))
-    if args.mode != "disc":
+    if args.mode in ("sft", "rl"):
         dist_.save_hf_checkpoint(model, processor, args.out / "hf", env)
     if env.sharded:
         torch.distributed.destroy_process_group()
