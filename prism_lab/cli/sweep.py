@@ -32,14 +32,16 @@ from prism_lab.errors import PrismError
 sweep_app = typer.Typer(help="Plan, run and inspect grids (experiments/*.yaml).", no_args_is_help=True)
 
 
-def _load_plan(grid_path: Path, *, check_inputs: bool = False):
+def _load_plan(grid_path: Path, *, check_inputs: bool = False, strict_benchmarks: bool = True):
     """Load and plan a grid; ``check_inputs``: first read its datasets and check its checkpoints
-    (`plan` and `run` do, so that no stage ever starts on bad input)."""
+    (`plan` and `run` do, so that no stage ever starts on bad input). ``strict_benchmarks`` False
+    (`plan`): a missing official/hub benchmark file is a warning line on stderr, not an error."""
     from prism_lab.harness import planning
 
     grid = planning.load_grid(grid_path)
     if check_inputs:
-        planning.check_inputs(grid)
+        for line in planning.check_inputs(grid, strict_benchmarks=strict_benchmarks):
+            err.print(f"warning: {line}", markup=False, highlight=False)
     return planning.build_plan(grid)
 
 
@@ -172,8 +174,9 @@ def sweep_plan(
         "the meta device: imports torch; the datasets need not be on this machine).")] = False,
 ) -> None:
     """Expand a grid into cells and deduplicated stage runs (nothing is run or written). The grid's local
-    datasets and checkpoints are read and checked first (not with --resources)."""
-    plan = _load_plan(grid, check_inputs=not resources)
+    datasets and checkpoints are read and checked first (not with --resources); an official benchmark
+    file not on this machine is a warning here (`sweep run` refuses it)."""
+    plan = _load_plan(grid, check_inputs=not resources, strict_benchmarks=False)
     if resources:
         _print_resources(plan, grid, format)
         return

@@ -7,6 +7,8 @@ applies it once, when the grid is loaded, so the plan, the keys and every stage 
 
 ``check_inputs`` reads every local dataset and checks every local checkpoint before any stage runs
 (`sweep plan` and `sweep run` both call it); each error is one line naming the grid field and the file.
+`sweep plan` only warns about official/hub benchmark files and dataset directories not on this machine;
+`sweep run` refuses them.
 ``data_fingerprint`` hashes the contents of everything a `source: local` data run stands for.
 """
 
@@ -58,14 +60,41 @@ def resolve_paths(grid: Grid) -> None:
             spec.models[size] = str(candidate.resolve())
 
 
-def bench_files(grid: Grid, bench_dir: str | None) -> list[tuple[Path, bool]]:
+#: Benchmark sources whose files come from outside the grid (released VLMEvalKit TSVs, hub task data),
+#: not from its data run: `sweep plan` may only warn that one is missing (see :func:`check_inputs`).
+_OUTSIDE_SOURCES = ("vlmevalkit", "hf")
+
+
+def bench_files_and_gaps(grid: Grid, bench_dir: str | None) -> tuple[list[tuple[Path, bool]], list[str]]:
     """(file, is a VLMEvalKit TSV) for each of the grid's benchmarks that reads a file (an lm-eval hub
-    task reads none); a missing file raises DataError."""
+    task reads none), and one message per missing file of an outside source (an official TSV not yet
+    copied to this machine). A missing file of the data run's own benchmarks raises DataError."""
+    from prism_lab.errors import DataError
     from prism_lab.eval.benchmarks import load_benchmark
     from prism_lab.eval.run import benchmark_tsv
 
-    specs = [load_benchmark(name) for name in grid.spec.benchmarks]
-    return [(benchmark_tsv(s, bench_dir), s.kind != "lmeval") for s in specs if s.file]
+    found: list[tuple[Path, bool]] = []
+    gaps: list[str] = []
+    for spec in (load_benchmark(name) for name in grid.spec.benchmarks):
+        if not spec.file:
+            continue
+        try:
+            found.append((benchmark_tsv(spec, bench_dir), spec.kind != "lmeval"))
+        except DataError as exc:
+            if spec.source not in _OUTSIDE_SOURCES:
+                raise
+            gaps.append(str(exc))
+    return found, gaps
+
+
+def bench_files(grid: Grid, bench_dir: str | None) -> list[tuple[Path, bool]]:
+    """:func:`bench_files_and_gaps`, where any missing file raises DataError."""
+    from prism_lab.errors import DataError
+
+    found, gaps = bench_files_and_gaps(grid, bench_dir)
+    if gaps:
+        raise DataError(gaps[0])
+    return found
 
 
 def _bench_dir(local: dict[str, Any]) -> str | None:
@@ -90,34 +119,69 @@ def data_fingerprint(grid: Grid, local: dict[str, Any]) -> str:
     return fingerprint_paths(paths)
 
 
+def absent_local_inputs(local: dict[str, Any]) -> dict[str, str]:
+    """Grid field (as :func:`prism_lab.data.validate.local_data_checks` names it) -> why it is absent, for
+    each `data.local` path whose directory is not on this machine: a file whose parent directory does
+    not exist, an ``image_root`` that does not exist. That is data not copied here yet, which `sweep plan`
+    reports as a warning; a file missing from a directory that exists stays an error (a typo, a
+    deleted file)."""
+    out: dict[str, str] = {}
+    named = [(f"sft[{i}]", p) for i, p in enumerate(local.get("sft") or [])]
+    named += [(f, local[f]) for f in ("heldout", "rl", "warmup") if isinstance(local.get(f), str) and local[f]]
+    for field, path in named:
+        parent = Path(path).parent
+        if not parent.exists():
+            out[field] = f"{path}: not on this machine (directory {parent} does not exist)"
+    root = local.get("image_root")
+    if isinstance(root, str) and root and not Path(root).exists():
+        out["image_root"] = f"{root}: not on this machine (the directory does not exist)"
+    return out
+
+
 def _relocated(grid: Grid, where: tuple, exc: PrismError) -> PrismError:
     return grid.error(where, " ".join(str(exc).split()))
 
 
-def check_inputs(grid: Grid) -> None:
-    """Read every local dataset and check every local checkpoint of the grid (see the module doc)."""
+def check_inputs(grid: Grid, *, strict_benchmarks: bool = True) -> list[str]:
+    """Read every local dataset and check every local checkpoint of the grid (see the module doc).
+
+    Returns warnings, one line each. ``strict_benchmarks`` False (`sweep plan`): a missing official or
+    hub benchmark file, and a local dataset whose directory is not on this machine
+    (:func:`absent_local_inputs`), are such warnings instead of errors, so that a grid can be planned on a
+    machine that has not been given the released files yet; `sweep run` stays strict (its stages could
+    not run). The files that are there are still read and checked."""
     from prism_lab.models.refs import classify_model_ref
 
     spec = grid.spec
+    warnings: list[str] = []
     aligned = any(v != "none" for v in spec.axes.get("alignment", []))
     local = spec.data.get("local") if spec.data.get("source") == "local" else None
     if isinstance(local, dict):
         from prism_lab.data.validate import VALIDATION_VERSION, local_data_checks
         from prism_lab.harness.fingerprint import already_checked, mark_checked
 
+        bench_where = ("data", "local", "bench_dir")
         try:
-            files = bench_files(grid, _bench_dir(local))
+            files, gaps = bench_files_and_gaps(grid, _bench_dir(local))
         except PrismError as exc:
-            raise _relocated(grid, ("data", "local", "bench_dir"), exc) from None
+            raise _relocated(grid, bench_where, exc) from None
+        if gaps and strict_benchmarks:
+            raise _relocated(grid, bench_where, PrismError(gaps[0]))
+        warnings += [str(_relocated(grid, bench_where, PrismError(g))) for g in gaps]
+        absent = {} if strict_benchmarks else absent_local_inputs(local)
+        warnings += [str(_relocated(grid, ("data", "local", *_split(f)), PrismError(m))) for f, m in absent.items()]
         # the same file contents pass the same checks: a large dataset is read once, not at every plan
         tag = f"valid-data:{VALIDATION_VERSION}:{aligned}:{data_fingerprint(grid, local)}"
         if not already_checked(tag):
             for field, check in local_data_checks(local, files, require_teacher=aligned):
+                if field in absent:
+                    continue
                 try:
                     check()
                 except PrismError as exc:
                     raise _relocated(grid, ("data", "local", *_split(field)), exc) from None
-            mark_checked(tag)
+            if not gaps and not absent:  # a check that skipped missing files is not the full check
+                mark_checked(tag)
     local_models = {size: ref for size, ref in spec.models.items() if size in spec.axes.get("size", [])
                     and classify_model_ref(ref, base=grid.path.parent).kind == "local"}
     if local_models:
@@ -133,6 +197,7 @@ def check_inputs(grid: Grid) -> None:
                 verify_weights(ref)
             except PrismError as exc:
                 raise _relocated(grid, ("models", size), exc) from None
+    return warnings
 
 
 def _split(field: str) -> tuple:

@@ -68,9 +68,9 @@ class PrismPipeline:
     aligned = ("disc_warmup", "align")
     optional = ("base",)  # used when the grid declares it
 
-    def check_inputs(self, grid: Grid) -> None:
-        """Read every local dataset and check every local checkpoint (harness/inputs.py)."""
-        check_inputs(grid)
+    def check_inputs(self, grid: Grid, *, strict_benchmarks: bool = True) -> list[str]:
+        """Read every local dataset and check every local checkpoint (harness/inputs.py); returns warnings."""
+        return check_inputs(grid, strict_benchmarks=strict_benchmarks)
 
     # ---- validation -------------------------------------------------------------------------------
     def validate(self, grid: Grid) -> None:

@@ -61,9 +61,11 @@ def build_plan(grid: Grid) -> Plan:
     return Plan(grid=grid, cells=cells, runs=builder.runs)
 
 
-def check_inputs(grid: Grid) -> None:
+def check_inputs(grid: Grid, *, strict_benchmarks: bool = True) -> list[str]:
     """Check the grid's files on disk (datasets, checkpoints) before any stage runs: `sweep plan` and
-    `sweep run` both call this. A pipeline without such inputs has nothing to check."""
+    `sweep run` both call this. A pipeline without such inputs has nothing to check. Returns warnings
+    (one line each); ``strict_benchmarks`` False turns a missing official/hub benchmark file into one."""
     check = getattr(get_pipeline(grid.spec.pipeline), "check_inputs", None)
-    if check is not None:
-        check(grid)
+    if check is None:
+        return []
+    return list(check(grid, strict_benchmarks=strict_benchmarks) or [])
