@@ -165,8 +165,8 @@ def test_align_two_processes_match_one(align_runs):
     assert not (align_runs[2] / "resume").exists()  # removed at the end, by rank 0
 
 
-@pytest.mark.slow  # four torchrun launches of the alignment loop: about a minute on 2 cores
-def test_a_killed_two_process_align_run_resumes(align_runs, tmp_path):
+@pytest.mark.slow  # six torchrun launches of the alignment loop: about a minute on 2 cores
+def test_a_killed_two_process_align_run_resumes_and_a_one_process_state_is_refused(align_runs, tmp_path):
     killed = torchrun(2, "align", str(tmp_path / "a"), "--steps", "2", "--kill-after", "2")
     assert killed.returncode != 0  # rank 1 SIGKILLed itself at step 2 (state saved at step 1)
     assert (tmp_path / "a" / "resume" / "policy" / "sharded.json").is_file()
@@ -177,23 +177,30 @@ def test_a_killed_two_process_align_run_resumes(align_runs, tmp_path):
     for name in ("weights", "disc"):  # same world size: bit for bit
         assert max_diff(load_file(str(tmp_path / "a" / f"{name}.safetensors")),
                         load_file(str(align_runs[2] / f"{name}.safetensors"))) == 0.0, name
+    _ = torchrun(2, "align", str(tmp_path / "c"), "--steps", "2", "--kill-after", "2")
+    in_one = torchrun(1, "align", str(tmp_path / "c"), "--steps", "2")  # DCP reshards the 2-process state
+    _ok(in_one)
+    assert "align: resumed from step 1/2" in in_one.stdout
+    for name in ("weights", "disc"):
+        assert max_diff(load_file(str(tmp_path / "c" / f"{name}.safetensors")),
+                        load_file(str(align_runs[1] / f"{name}.safetensors"))) < ATOL, name
     _ = torchrun(1, "align", str(tmp_path / "b"), "--steps", "2", "--kill-after", "2")
     refused = torchrun(2, "align", str(tmp_path / "b"), "--steps", "2")
     assert refused.returncode != 0
     assert "written by 1 process and this run has 2" in refused.stdout + refused.stderr
 
 
-@pytest.mark.slow  # data + 2-process SFT + 2-process RL through the executor: ~2 minutes on 2 cores
-def test_sweep_runs_sft_and_rl_stages_with_two_processes(tmp_path):
+@pytest.mark.slow  # data, base, then 2-process SFT, warm-up, align and RL through the executor: ~3 minutes on 2 cores
+def test_sweep_runs_sft_align_and_rl_stages_with_two_processes(tmp_path):
     from tests.conftest import cli_env, run_cli
 
     grid = tmp_path / "smoke2.yaml"
     grid.write_text(f"extends: {REPO / 'experiments' / 'smoke.yaml'}\nname: smoke2\n"
                     "stages:\n  sft:\n    resources: {processes: 2}\n  rl:\n    resources: {processes: 2}\n"
-                    "  disc_warmup:\n    resources: {processes: 2}\n")
+                    "  disc_warmup:\n    resources: {processes: 2}\n  align:\n    resources: {processes: 2}\n")
     root = tmp_path / "root"
-    res = run_cli("sweep", "run", str(grid), "--root", str(root), "-q", "--stages", "sft,disc_warmup,rl", env=cli_env(),
-                  timeout=900)
+    res = run_cli("sweep", "run", str(grid), "--root", str(root), "-q", "--stages", "base,sft,disc_warmup,align,rl",
+                  env=cli_env(), timeout=1200)
     assert res.returncode == 0, res.stderr
     (disc_dir,) = [d for d in (root / "runs" / "disc_warmup").iterdir() if not d.name.startswith(".")]
     assert json.loads((disc_dir / "run.json").read_text())["summary"]["processes"] == 2
@@ -205,8 +212,12 @@ def test_sweep_runs_sft_and_rl_stages_with_two_processes(tmp_path):
     _, processor = load_policy(sft_dir / "model")
     disc = load_discriminator(disc_dir / "discriminator", policy_processor=processor)  # the gathered files load
     assert disc.is_moe and sum(p.numel() for p in disc.parameters()) > 0
-    for kind in ("sft", "rl"):
-        (run_dir,) = [d for d in (root / "runs" / kind).iterdir() if not d.name.startswith(".")]
-        record = json.loads((run_dir / "run.json").read_text())
-        assert record["summary"]["processes"] == 2
-        assert (run_dir / "model" / "model.safetensors").is_file() and not (run_dir / "resume").exists()
+    (align_dir,) = [d for d in (root / "runs" / "align").iterdir() if not d.name.startswith(".")]
+    aligned = load_discriminator(align_dir / "discriminator", policy_processor=processor)  # rank 0's gathered files
+    assert aligned.is_moe
+    for kind in ("sft", "align", "rl"):
+        for run_dir in [d for d in (root / "runs" / kind).iterdir() if not d.name.startswith(".")]:
+            record = json.loads((run_dir / "run.json").read_text())
+            assert record["summary"]["processes"] == 2
+            assert (run_dir / "model" / "model.safetensors").is_file() and not (run_dir / "resume").exists()
+    assert len([d for d in (root / "runs" / "rl").iterdir() if not d.name.startswith(".")]) == 2  # with and without
