@@ -93,19 +93,36 @@ class PrismPipeline:
             if kind not in STAGE_KINDS:
                 raise grid.error(("seed_scope",), f"unknown stage kind {kind!r}")
         data = validate_config(grid, STAGE_KINDS.get("data").config_model(), spec.data, ("data",))
+        synth = None
         if data.source == "synth":
             from prism_lab.data.synth.config import SynthConfig
 
-            validate_config(grid, SynthConfig, data.synth, ("data", "synth"))
+            synth = validate_config(grid, SynthConfig, data.synth, ("data", "synth"))
         for kind in used:
             if kind != "data":
-                validate_config(grid, STAGE_KINDS.get(kind).config_model(), spec.stages[kind], ("stages", kind))
+                cfg = validate_config(grid, STAGE_KINDS.get(kind).config_model(), spec.stages[kind], ("stages", kind))
+                self._check_sft_sets(grid, kind, getattr(cfg, "datasets", None), synth)
         self._validate_pipeline_fields(grid)
         self._validate_sizes(grid)
         self._validate_values(grid)
         self._validate_path_axes(grid, used)
         self._validate_report(grid)
         self._validate_benchmarks(grid)
+
+    @staticmethod
+    def _check_sft_sets(grid: Grid, kind: str, datasets: list[str] | None, synth: Any) -> None:
+        """The SFT sets a base or sft stage names exist in the data it will read (else it fails after the data
+        stage, not before anything runs). Local data has one SFT set, its files (all read as `public`)."""
+        if not datasets or kind not in ("base", "sft"):
+            return
+        for i, name in enumerate(datasets):
+            if synth is None and name in ("caption", "instruct"):
+                raise grid.error(("stages", kind, "datasets", i),
+                                 f"{name!r} rows exist only in synthetic data; local data (data.source: local) "
+                                 "gives all its SFT files as `public`")
+            if synth is not None and name in ("caption", "instruct") and getattr(synth, f"n_{name}") == 0:
+                raise grid.error(("stages", kind, "datasets", i),
+                                 f"the synthetic data has no {name!r} rows: set data.synth.n_{name} > 0 or drop it")
 
     def _validate_pipeline_fields(self, grid: Grid) -> None:
         spec = grid.spec

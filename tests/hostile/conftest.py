@@ -8,7 +8,7 @@ files, dataset files, checkpoint directories, the root directory), never prism_l
 they survive moves inside the package.
 
 Expensive inputs are made once per session: a tiny synthetic dataset (``prism-lab data synth``) and
-a tiny SFT checkpoint (``prism-lab sweep run --stages sft`` on a one-step grid).
+a tiny SFT checkpoint (``prism-lab sweep run --stages base,sft`` on a one-step grid).
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ import yaml
 from tests.conftest import REPO, cli_env
 
 #: Rows of the tiny synthetic dataset every probe copies.
-SYNTH = {"n_sft_public": 8, "n_teacher": 4, "n_caption": 4, "n_rl": 4, "n_warmup": 4, "n_bench": 4,
+SYNTH = {"n_sft_public": 8, "n_teacher": 4, "n_caption": 4, "n_instruct": 4, "n_rl": 4, "n_warmup": 4, "n_bench": 4,
          "include_system_prompt": False}
 
 #: A smoke-sized grid with one SFT step: what every probe grid extends.
@@ -37,7 +37,8 @@ BASE_GRID = {
     "extends": "smoke.yaml",
     "name": "hostile",
     "data": {"synth": dict(SYNTH)},
-    "stages": {"sft": {"max_steps": 1, "batch_size": 4, "save_every": 1}},
+    "stages": {"base": {"caption_steps": 1, "max_steps": 1, "batch_size": 4, "save_every": 1},
+               "sft": {"max_steps": 1, "batch_size": 4, "save_every": 1}},
 }
 
 #: The same grid reading the session's synthetic files as local data (paths relative to the grid).
@@ -124,7 +125,7 @@ def session(tmp_path_factory) -> Session:
     res = cli("data", "synth", "--out", d / "data", "--config", d / "synth.yaml", timeout=300)
     assert res.returncode == 0, res.stderr[-2000:]
     root = d / "root"
-    res = cli("sweep", "run", d / "base.yaml", "--root", root, "--stages", "sft", "-q", timeout=600)
+    res = cli("sweep", "run", d / "base.yaml", "--root", root, "--stages", "base,sft", "-q", timeout=600)
     assert res.returncode == 0, res.stderr[-3000:]
     models = sorted((root / "runs" / "sft").glob("*/model"))
     assert len(models) == 1 and (models[0] / "model.safetensors").is_file(), models
@@ -146,7 +147,8 @@ class Workspace:
     def local_grid(self, filename: str = "probe.yaml", **fields: Any) -> Path:
         """A grid reading this workspace's data files as `source: local` data."""
         data = {**LOCAL_DATA, **fields.pop("data", {})}
-        return self.grid(filename, data=data, **fields)
+        stages = {"base": {"datasets": ["public"], "caption_steps": 0}, **fields.pop("stages", {})}
+        return self.grid(filename, data=data, stages=stages, **fields)
 
     def plan(self, grid: Path, *args: str, cwd: Path | None = None, **kw: Any) -> subprocess.CompletedProcess:
         return cli("sweep", "plan", grid, "--root", self.root, *args, cwd=cwd or self.dir, **kw)
