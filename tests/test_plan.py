@@ -30,30 +30,40 @@ def keys_by_kind(plan):
 
 def test_toy_plan_counts():
     plan = build_plan(load_grid(TOY))
-    assert len(plan.cells) == 12
+    assert len(plan.cells) == 12  # 2 sizes x 1 algorithm x 2 alignments x 3 seeds
     assert plan.count("data") == 1
-    assert plan.count("sft") == 2
-    assert plan.count("disc_warmup") == 2
-    assert plan.count("align") == 2
+    assert plan.count("base") == 2  # one per size, shared by every seed
+    assert plan.count("sft") == 6
+    assert plan.count("disc_warmup") == 6
+    assert plan.count("align") == 6
     assert plan.count("rl") == 12
-    # eval of every checkpoint: 2 sft + 2 align + 12 rl
-    assert plan.count("eval") == 16
+    # eval of every checkpoint: 2 base + 6 sft + 6 align + 12 rl
+    assert plan.count("eval") == 26
     evaluated = {r.inputs["checkpoint"] for r in plan.runs.values() if r.kind == "eval"}
-    assert evaluated == {r.key for r in plan.runs.values() if r.kind in ("sft", "align", "rl")}
+    assert evaluated == {r.key for r in plan.runs.values() if r.kind in ("base", "sft", "align", "rl")}
+
+
+def test_toy_algos_adds_only_rl_runs_to_the_toy_grid():
+    toy = keys_by_kind(build_plan(load_grid(TOY)))
+    algos = keys_by_kind(build_plan(load_grid(TOY.parent / "toy-algos.yaml")))
+    for kind in ("data", "base", "sft", "disc_warmup", "align"):
+        assert toy[kind] == algos[kind], kind
+    assert toy["rl"] < algos["rl"] and len(algos["rl"]) == 36
 
 
 def test_shared_runs_belong_to_their_cells():
     plan = build_plan(load_grid(TOY))
     for run in plan.runs.values():
+        if run.kind == "base":
+            assert len(run.cells) == 6  # 3 seeds x 2 alignments
         if run.kind == "sft":
-            assert len(run.cells) == 6  # 3 algorithms x 2 alignment
-        if run.kind in ("disc_warmup", "align"):
-            assert len(run.cells) == 3  # 3 algorithms
-        if run.kind == "rl":
+            assert len(run.cells) == 2  # 2 alignments
+        if run.kind in ("disc_warmup", "align", "rl"):
             assert len(run.cells) == 1
     # every cell's roles point at runs with the right kind
     for cell in plan.cells:
         assert plan.runs[cell.runs["sft"]].kind == "sft"
+        assert plan.runs[cell.runs["sft"]].inputs["policy"] == cell.runs["base"]
         assert ("align" in cell.runs) == (cell.axes["alignment"] != "none")
         rl = plan.runs[cell.runs["rl"]]
         assert rl.config["algorithm"] == cell.axes["algorithm"]
@@ -72,19 +82,20 @@ def test_topological_order():
 def test_rl_only_change_keeps_sft_and_align_keys(tmp_path):
     base = keys_by_kind(build_plan(load_grid(TOY)))
     changed = keys_by_kind(build_plan(load_grid(toy_variant(tmp_path, rl={"steps": 21, "temperature": 0.9}))))
-    for kind in ("data", "sft", "disc_warmup", "align"):
+    for kind in ("data", "base", "sft", "disc_warmup", "align"):
         assert base[kind] == changed[kind], kind
     assert base["rl"].isdisjoint(changed["rl"])
-    # evals of sft/align checkpoints are unchanged, evals of rl checkpoints are new
-    assert len(base["eval"] & changed["eval"]) == 4
+    # evals of base/sft/align checkpoints are unchanged, evals of rl checkpoints are new
+    assert len(base["eval"] & changed["eval"]) == 2 + 6 + 6
 
 
 def test_sft_change_propagates_downstream(tmp_path):
     base = keys_by_kind(build_plan(load_grid(TOY)))
     changed = keys_by_kind(build_plan(load_grid(toy_variant(tmp_path, sft={"lr": 1e-3}))))
-    assert base["data"] == changed["data"]
-    for kind in ("sft", "disc_warmup", "align", "rl", "eval"):
+    assert base["data"] == changed["data"] and base["base"] == changed["base"]
+    for kind in ("sft", "disc_warmup", "align", "rl"):
         assert base[kind].isdisjoint(changed[kind]), kind
+    assert len(base["eval"] & changed["eval"]) == 2  # only the evals of the base runs stay
 
 
 def test_keys_are_stable_and_defaults_are_resolved(tmp_path):
@@ -105,10 +116,10 @@ def test_path_axis_and_seed_axis(tmp_path):
     p = tmp_path / "g.yaml"
     p.write_text(yaml.safe_dump(d))
     plan = build_plan(load_grid(p))
-    assert len(plan.cells) == 12 * 2 * 2
+    assert len(plan.cells) == 2 * 1 * 2 * 2 * 2  # size x algorithm x alignment x seed x rl.temperature
     assert plan.count("sft") == 4  # per size and seed; the rl-only axis does not multiply sft
     assert plan.count("align") == 4
-    assert plan.count("rl") == 48
+    assert plan.count("rl") == 16
     temps = {r.config["temperature"] for r in plan.runs.values() if r.kind == "rl"}
     assert temps == {0.7, 1.0}
     seeds = {r.config["seed"] for r in plan.runs.values() if r.kind == "sft"}
@@ -122,9 +133,9 @@ def test_extends_inherits_and_overrides(tmp_path):
     assert grid.name == "child"
     assert grid.spec.axes["algorithm"] == ["grpo"] and grid.spec.axes["size"] == ["4b", "8b"]
     assert grid.spec.stages["rl"]["steps"] == 3 and grid.spec.stages["rl"]["n"] == 8
-    assert grid.spec.stages["sft"]["lr"] == 2e-3
+    assert grid.spec.stages["sft"]["lr"] == 5e-4
     plan = build_plan(grid)
-    assert plan.count("rl") == 4
+    assert plan.count("rl") == 12  # 2 sizes x 2 alignments x 3 seeds
 
 
 def test_plan_json_output():
@@ -132,7 +143,7 @@ def test_plan_json_output():
     assert res.returncode == 0, res.stderr
     runs = json.loads(res.stdout)
     kinds = [r["kind"] for r in runs]
-    assert kinds.count("sft") == 2 and kinds.count("align") == 2 and kinds.count("rl") == 12
+    assert kinds.count("sft") == 6 and kinds.count("align") == 6 and kinds.count("rl") == 12
     for r in runs:
         assert set(r) == {"key", "kind", "label", "inputs", "cells", "status"}
         assert r["status"] == "new" and len(r["key"]) == 64

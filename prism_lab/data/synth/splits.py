@@ -134,8 +134,10 @@ def write_caption(cfg, tmp, seen, prog) -> tuple[int, Counter]:
 
 
 def write_instruct(cfg, tmp, seen, prog) -> tuple[int, Counter]:
-    """Question -> its correct answer alone (a letter, a number, Yes/No): the base stage's instruction data,
-    with no system prompt and no caption/think/answer format (that is what SFT teaches)."""
+    """Question -> the reasoning and the correct answer (``<think>`` and ``<answer>`` blocks, no caption, no system
+    prompt): the base stage's instruction data. It answers as an instruction-tuned model does before PRISM's
+    caption-first format (which SFT teaches), and it learns to restate what the question asks about right after
+    the question, which the caption-first format then needs across a whole caption (docs/cpu_notes.md §8)."""
     rows, fam = [], Counter()
     weights = family_weights(_INSTRUCT, cfg.families)
     for i in range(cfg.n_instruct):
@@ -145,7 +147,8 @@ def write_instruct(cfg, tmp, seen, prog) -> tuple[int, Counter]:
         seen.add((scene.signature(), item.question))
         item_id = f"instruct-{i:05d}"
         (tmp / "images" / f"{item_id}.png").write_bytes(encode_png(draw(scene)))
-        plain = [{"role": "user", "content": user_text(item)}, {"role": "assistant", "content": item.answer}]
+        reply = f"<think>\n{item.teacher_think}\n</think>\n<answer>\n{item.answer}\n</answer>"
+        plain = [{"role": "user", "content": user_text(item)}, {"role": "assistant", "content": reply}]
         rows.append({"messages": plain, "images": [f"images/{item_id}.png"],
                      "meta": item_meta(item_id, item, scene, "hard" if hard else "easy")})
         fam[item.family] += 1
