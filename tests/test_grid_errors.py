@@ -64,7 +64,7 @@ CASES = [
     ("report_bad_axis", edit(report__compare_axis="colour"), r"report\.compare_axis: 'colour' is not an axis"),
     ("unknown_pipeline", edit(pipeline="nope"), r"pipeline: unknown pipeline 'nope'"),
     ("bad_yaml", TOY.replace("axes:", "axes: [unclosed", 1), r"invalid YAML"),
-    ("duplicate_key", TOY.replace("  seed: [0]\n", "  seed: [0]\n  seed: [1]\n", 1), r"axes\.seed: duplicate key 'seed'"),
+    ("duplicate_key", TOY.replace("  seed: [0, 1, 2]\n", "  seed: [0, 1, 2]\n  seed: [1]\n", 1), r"axes\.seed: duplicate key 'seed'"),
     ("top_level_list", "- a\n- b\n", r"expected a mapping of grid fields"),
     ("data_bad_source", edit(data={"source": "s3"}), r"data\.source: .*'synth' or 'local'"),
     ("data_local_missing", edit(data={"source": "local"}), r"data: .*needs a `local:` section"),
@@ -86,7 +86,7 @@ def test_malformed_grid_raises_located_error(tmp_path, name, text, pattern):
 
 
 def test_error_line_points_at_the_field(tmp_path):
-    text = TOY.replace("algorithm: [grpo, dapo, gspo]", "algorithm: [grpo, dapo, gsp0]")
+    text = TOY.replace("algorithm: [grpo]", "algorithm: [grpo, dapo, gsp0]")
     path = tmp_path / "typo.yaml"
     path.write_text(text)
     line = next(i for i, l in enumerate(text.splitlines(), 1) if "gsp0" in l)
