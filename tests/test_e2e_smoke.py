@@ -28,10 +28,11 @@ def smoke_root(tmp_path_factory):
 def test_every_stage_ran_once_and_is_done(smoke_root):
     res = run_cli("sweep", "status", "experiments/smoke.yaml", "--root", str(smoke_root), "--format", "json")
     runs = json.loads(res.stdout)
-    assert sorted(r["kind"] for r in runs) == sorted(["data", "sft", "disc_warmup", "align", "rl", "rl"] + ["eval"] * 4)
+    assert sorted(r["kind"] for r in runs) == sorted(["data", "base", "sft", "disc_warmup", "align", "rl", "rl"]
+                                                    + ["eval"] * 5)
     assert all(r["status"] == "done" and r["attempts"] == 1 for r in runs), [(r["label"], r["status"]) for r in runs]
     for r in runs:
-        if r["kind"] in ("sft", "align", "rl"):
+        if r["kind"] in ("base", "sft", "align", "rl"):
             assert (REPO / r["artifact_path"] / "model" / "model.safetensors").is_file() or \
                 (smoke_root / r["artifact_path"] / "model" / "model.safetensors").is_file()
         if r["kind"] == "eval":
@@ -39,14 +40,14 @@ def test_every_stage_ran_once_and_is_done(smoke_root):
                     "drift/teacher_nll", "drift/kl_from_base", "drift/base_teacher_nll"} <= set(r["metrics"])
     # running again does nothing
     again = run_cli("sweep", "run", "experiments/smoke.yaml", "--root", str(smoke_root), "-q")
-    assert again.returncode == 0 and "0 run(s) finished, 10 already done" in again.stderr
+    assert again.returncode == 0 and "0 run(s) finished, 12 already done" in again.stderr
 
 
 def test_wandb_offline_runs_match_the_ledger(smoke_root):
     led = Ledger(smoke_root)
     checked = 0
     tables: set[str] = set()
-    for row in led.conn.execute("SELECT key, artifact_path FROM runs WHERE kind IN ('sft', 'rl', 'align', 'eval')"):
+    for row in led.conn.execute("SELECT key, artifact_path FROM runs WHERE kind IN ('base', 'sft', 'rl', 'align', 'eval')"):
         files = list((smoke_root / "runs").glob(f"*/{row['key'][:16]}/wandb/offline-run-*/run-*.wandb"))
         assert len(files) == 1, row["key"]
         logged = {}
@@ -64,7 +65,7 @@ def test_wandb_offline_runs_match_the_ledger(smoke_root):
             assert logged[k] == pytest.approx(v, rel=1e-6, abs=1e-9), (row["key"], k)
         checked += 1
     led.close()
-    assert checked == 8  # 1 sft, 1 align, 2 rl, 4 eval
+    assert checked == 10  # 1 base, 1 sft, 1 align, 2 rl, 5 eval
     assert tables == {"synth-perception", "synth-reasoning", "synth-hallusion", "synth-text"}  # sample generations
 
 
@@ -72,7 +73,7 @@ def test_report_from_the_smoke_ledger(smoke_root, tmp_path):
     res = run_cli("report", "experiments/smoke.yaml", "--root", str(smoke_root), "--out", str(tmp_path / "rep"))
     assert res.returncode == 0, res.stderr
     md = (tmp_path / "rep" / "report.md").read_text()
-    for row in ("+SFT", "SFT+GRPO", "PRISM", "PRISM+GRPO"):
+    for row in ("Instruct", "+SFT", "SFT+GRPO", "PRISM", "PRISM+GRPO", "majority answer"):
         assert row in md
     assert (tmp_path / "rep" / "results.csv").is_file()
     assert any(p.suffix == ".png" and p.stat().st_size > 1000 for p in (tmp_path / "rep").rglob("*.png"))

@@ -55,7 +55,7 @@ def test_smoke_grid_on_ray_matches_the_local_executor(tmp_path, repo):
         cluster.stop()
     assert on_ray.returncode == 0, on_ray.stderr[-3000:]
     want, got = results(tmp_path / "local"), results(tmp_path / "ray")
-    assert set(got) == set(want) and len(want) == 10
+    assert set(got) == set(want) and len(want) == 12
     assert item_scores(tmp_path / "ray") == item_scores(tmp_path / "local") != {}
     for key, (status, attempts, metrics, n_rows) in want.items():
         assert got[key][:2] == (status, attempts) == ("done", 1), key

@@ -42,8 +42,8 @@ def test_small_study_on_the_smoke_grid(tmp_path):
     for row in led.conn.execute("SELECT kind, attempts, status FROM runs"):
         kinds.setdefault(row["kind"], []).append((row["attempts"], row["status"]))
     led.close()
-    # data, SFT and the SFT eval are shared by both trials: one run each, executed once
-    for kind in ("data", "sft"):
+    # data, base, SFT and their evals are shared by both trials: one run each, executed once
+    for kind in ("data", "base", "sft"):
         assert kinds[kind] == [(1, "done")], kinds[kind]
     assert len(kinds["align"]) == 2  # one per trial (different caption weights)
     best = load_grid(out / "best.yaml")
