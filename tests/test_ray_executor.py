@@ -41,9 +41,17 @@ def ray_args(cluster: LocalRayCluster, grid: Path, root: Path, *extra: str) -> l
             *extra]
 
 
+def _sigint_as_in_a_terminal() -> None:  # pragma: no cover - runs in the child before exec
+    # A shell without job control starts background jobs with SIGINT ignored, and an ignored signal stays
+    # ignored across exec: under `pytest &` (or a CI runner that does that) the driver would never see the
+    # test's Ctrl-C. The test stands for a user pressing Ctrl-C in a terminal, where SIGINT is default.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def start_driver(cluster: LocalRayCluster, grid: Path, root: Path, *extra: str) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "prism_lab.cli", *ray_args(cluster, grid, root, *extra)],
-                            env=env(), cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            env=env(), cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=_sigint_as_in_a_terminal)
 
 
 def wait_for(pred, what: str, timeout: float = 90.0, proc: subprocess.Popen | None = None) -> None:
