@@ -66,6 +66,9 @@ class RunSpec:
 
 @dataclass(frozen=True)
 class UpstreamRun:
+    """The part of a ledger row (``ledger.RunRow``) a stage may read of itself and its ancestors; the driver
+    writes exactly these fields into the spec (``run_stage._upstream_rows``)."""
+
     key: str
     kind: str
     label: str

@@ -30,7 +30,7 @@ import sys
 import threading
 import time
 import traceback
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +40,7 @@ from prism_lab.harness.freshness import CODE_EVENT, code_fingerprint
 from prism_lab.harness.ledger import Ledger
 from prism_lab.harness.plugins import load_plugins
 from prism_lab.harness.provenance import git_commit, host_info, package_versions
-from prism_lab.harness.run_reports import EventFile, RunReports, RunSpec
+from prism_lab.harness.run_reports import EventFile, RunReports, RunSpec, UpstreamRun
 from prism_lab.harness.stage_kinds import STAGE_KINDS
 from prism_lab.harness.tracking import Tracker
 
@@ -121,8 +121,7 @@ def _upstream_rows(ledger: Ledger, key: str) -> dict[str, dict[str, Any]]:
         row = ledger.get_run(k)
         if row is None or k in rows:
             continue
-        rows[k] = {"kind": row.kind, "label": row.label, "config": row.config, "inputs": row.inputs,
-                   "status": row.status, "artifact_path": row.artifact_path}
+        rows[k] = {f.name: getattr(row, f.name) for f in fields(UpstreamRun) if f.name != "key"}
         stack.extend(row.inputs.values())
     return rows
 

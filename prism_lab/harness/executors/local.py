@@ -165,6 +165,24 @@ class LocalExecutor:
                 summary.blocked.append(key)
             stack.extend(deps.get(key, []))
 
+    def _ready(self, ledger: Ledger, plan: Plan, key: str, rows: dict[str, RunRow], targets: set[str],
+               summary: ExecutionSummary, unavailable_kinds: set[str]) -> bool:
+        """Whether pending run ``key`` can start now: every input done (a run outside ``rows`` counts as done)
+        and its kind installed. A failed or blocked input blocks the run and everything after it; a kind
+        this installation lacks is recorded in ``summary.unavailable``."""
+        run = plan.runs[key]
+        failed = [d for d in run.inputs.values() if d in rows and rows[d].status in ("failed", "blocked")]
+        if failed:
+            self._block_dependents(ledger, plan, failed[0], targets, summary)
+            return False
+        if not all(rows[d].status == "done" for d in run.inputs.values() if d in rows):
+            return False
+        if run.kind in unavailable_kinds:
+            if key not in summary.unavailable:
+                summary.unavailable.append(key)
+            return False
+        return True
+
     # ---- main loop ----------------------------------------------------------------------------------
     def run(self, plan: Plan, *, kinds: set[str] | None = None) -> ExecutionSummary:
         summary = ExecutionSummary()
@@ -226,17 +244,7 @@ class LocalExecutor:
                     if row.status != "pending":
                         continue
                     run = plan.runs[key]
-                    dep_status = [rows[d].status if d in rows else "done" for d in run.inputs.values()]
-                    if any(s in ("failed", "blocked") for s in dep_status):
-                        self._block_dependents(ledger, plan, next(d for d in run.inputs.values()
-                                                                  if rows.get(d) and rows[d].status in ("failed", "blocked")),
-                                               target_set, summary)
-                        continue
-                    if not all(s == "done" for s in dep_status):
-                        continue
-                    if run.kind in unavailable_kinds:
-                        if key not in summary.unavailable:
-                            summary.unavailable.append(key)
+                    if not self._ready(ledger, plan, key, rows, target_set, summary, unavailable_kinds):
                         continue
                     res = run_resources(run.config)
                     ids = gpus.take(res.gpus if res is not None else 0)

@@ -319,16 +319,7 @@ class RayExecutor(LocalExecutor):
                         summary.restarted.append(key)
                     waiting = True
                     continue
-                deps = [rows[d].status if d in rows else "done" for d in run.inputs.values()]
-                if any(s in ("failed", "blocked") for s in deps):
-                    bad = next(d for d in run.inputs.values() if d in rows and rows[d].status in ("failed", "blocked"))
-                    self._block_dependents(ledger, plan, bad, target_set, summary)
-                    continue
-                if not all(s == "done" for s in deps):
-                    continue
-                if run.kind in unavailable:
-                    if key not in summary.unavailable:
-                        summary.unavailable.append(key)
+                if not self._ready(ledger, plan, key, rows, target_set, summary, unavailable):
                     continue
                 if not ledger.claim(key, owner_pid=me):
                     waiting = True
