@@ -140,3 +140,25 @@ def test_chain_start_of_a_chain_with_a_base_run(tmp_path):
     for key in ("ev", "evb", "sft"):
         origin = chain_start(led, key)
         assert origin is not None and origin.path == tmp_path / "base" / "model"
+
+
+def test_sft_sets_missing_from_the_data_are_refused_at_plan_time(tmp_path):
+    from prism_lab.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"stages\.base\.datasets\[1\]: the synthetic data has no 'instruct' rows: "
+                                          r"set data\.synth\.n_instruct > 0"):
+        load_grid(_grid(tmp_path, "data:\n  synth:\n    n_instruct: 0\n"))
+    local = ("data:\n  source: local\n  local:\n    sft: [sft.json]\n    rl: rl.parquet\n    warmup: w.jsonl\n"
+             "    image_root: .\n")
+    with pytest.raises(ConfigError, match=r"stages\.base\.datasets\[0\]: 'caption' rows exist only in synthetic data"):
+        load_grid(_grid(tmp_path, local))
+
+
+def test_the_command_line_refuses_it_with_one_line_and_writes_nothing(tmp_path):
+    from tests.conftest import run_cli
+
+    grid = _grid(tmp_path, "data:\n  synth:\n    n_caption: 0\n")
+    res = run_cli("sweep", "run", str(grid), "--root", str(tmp_path / "root"))
+    lines = [line for line in res.stderr.splitlines() if line.strip()]
+    assert res.returncode == 2 and len(lines) == 1 and "stages.base.datasets[0]" in lines[0], res.stderr
+    assert "Traceback" not in res.stderr and not (tmp_path / "root").exists()
