@@ -1,5 +1,6 @@
-"""The `base` stage: planned once per size for every seed, trained in two phases (captions, then captions and
-instruction rows), resumable across the phase boundary, and the chain's base for SFT and the drift measurements."""
+"""The `base` stage: planned once per size for every seed, trained in three phases (the vision tower alone, captions,
+then captions and instruction rows), resumable across the phase boundaries, and the chain's base for SFT and the drift
+measurements."""
 
 from __future__ import annotations
 
@@ -108,7 +109,7 @@ def test_base_trains_captions_then_the_mix_and_resumes_after_the_caption_phase(d
     assert (tmp_path / "killed" / base.CAPTIONS_SUBDIR / "config.json").is_file()
     again = _ctx(data_dir, tmp_path / "killed", _cfg())
     resumed = base.run(again)
-    assert resumed["caption_phase"] == "reused" and "captions" not in resumed["phases"]
+    assert resumed["restarted_after"] == "captions" and "captions" not in resumed["phases"]
     assert min(s for s, _ in again.logged) > 3  # the caption phase was not trained again
     a, _ = load_policy(tmp_path / "whole" / "model")
     b, _ = load_policy(tmp_path / "killed" / "model")
@@ -121,6 +122,62 @@ def test_base_trains_captions_then_the_mix_and_resumes_after_the_caption_phase(d
 
     init = build_policy(_cfg(), DataCatalog.load(data_dir))[0].state_dict()
     assert any(not torch.equal(sa[k], init[k]) for k in sa if k in init)  # it trained
+
+
+def _max_diff(a_dir: Path, b_dir: Path) -> float:
+    from prism_lab.models import load_policy
+
+    sa, sb = load_policy(a_dir)[0].state_dict(), load_policy(b_dir)[0].state_dict()
+    assert sa.keys() == sb.keys()
+    return max(float((sa[k].float() - sb[k].float()).abs().max()) for k in sa)
+
+
+def test_the_vision_phase_trains_the_tower_first_and_a_restart_keeps_it(data_dir, tmp_path):
+    from prism_lab.stages import base
+
+    cfg = _cfg(vision_steps=3)
+    whole = _ctx(data_dir, tmp_path / "whole", cfg)
+    summary = base.run(whole)
+    assert summary["steps"] == 10 and summary["phases"]["vision"]["steps"] == 3
+    assert [s for s, v in whole.logged if "vision/loss" in v] == [3]
+    assert [s for s, v in whole.logged if "loss" in v] == list(range(4, 11))  # captions, then the mix, after it
+    assert {"vision/heldout_count_acc", "vision/heldout_presence_acc"} <= {k for _, v in whole.logged for k in v}
+    assert not (tmp_path / "whole" / base.VISION_SUBDIR).exists()
+
+    class Killed(RuntimeError):
+        pass
+
+    def kill_in_captions(step):
+        if step == 5:
+            raise Killed
+
+    with pytest.raises(Killed):
+        base.run(_ctx(data_dir, tmp_path / "killed", cfg, on_metrics=kill_in_captions))
+    assert (tmp_path / "killed" / base.VISION_SUBDIR / "config.json").is_file()
+    again = _ctx(data_dir, tmp_path / "killed", cfg)
+    resumed = base.run(again)
+    assert resumed["restarted_after"] == "vision" and "vision" not in resumed["phases"]
+    assert not any("vision/loss" in v for _, v in again.logged)
+    worst = _max_diff(tmp_path / "whole" / "model", tmp_path / "killed" / "model")
+    assert worst <= 1e-6, worst
+
+
+def test_the_vision_phase_changes_the_tower_and_nothing_else(data_dir, tmp_path):
+    import torch
+
+    from prism_lab.data.catalog import DataCatalog
+    from prism_lab.stages.sft import build_policy, load_examples
+    from prism_lab.trainers.vision_tags import VisionTagSettings, train_vision_tags
+
+    catalog = DataCatalog.load(data_dir)
+    model, processor, _ = build_policy(_cfg(), catalog)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    out = train_vision_tags(model, processor, load_examples(catalog, ["caption"]),
+                            VisionTagSettings(steps=2, lr=1e-2, batch_size=4, seed=0))
+    assert out["kinds"] >= 2 and out["heldout"] == 1 and 0.0 <= out["presence_acc"] <= 1.0
+    changed = {k for k, v in model.state_dict().items() if not torch.equal(v, before[k])}
+    assert changed and all(".visual." in f".{k}" for k in changed), sorted(changed)[:5]
+    assert any("deepstack" in k for k in changed) and any("patch_embed" in k for k in changed)
 
 
 def test_chain_start_of_a_chain_with_a_base_run(tmp_path):
@@ -152,6 +209,17 @@ def test_sft_sets_missing_from_the_data_are_refused_at_plan_time(tmp_path):
              "    image_root: .\n")
     with pytest.raises(ConfigError, match=r"stages\.base\.datasets\[0\]: 'caption' rows exist only in synthetic data"):
         load_grid(_grid(tmp_path, local))
+
+
+def test_vision_and_caption_phases_need_caption_rows(tmp_path):
+    from prism_lab.errors import ConfigError
+
+    extra = ("data:\n  synth:\n    n_caption: 0\nstages:\n  base:\n    datasets: [instruct]\n    caption_steps: 0\n"
+             "    vision_steps: 5\n")
+    with pytest.raises(ConfigError, match=r"stages\.base\.vision_steps: the vision and caption phases read the caption "
+                                          r"rows: set data\.synth\.n_caption > 0"):
+        load_grid(_grid(tmp_path, extra))
+    load_grid(_grid(tmp_path, extra.replace("vision_steps: 5", "vision_steps: 0")))  # no phase reads them
 
 
 def test_the_command_line_refuses_it_with_one_line_and_writes_nothing(tmp_path):

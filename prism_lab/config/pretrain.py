@@ -8,10 +8,11 @@ from prism_lab.config.sft import SFTConfig, SFTDataset
 
 
 class BaseStageConfig(SFTConfig):
-    """Pre-training of the chain's starting model: first the caption rows alone (a random-init vision tower
-    learns to see), then the caption and instruction rows mixed (it learns to answer). ``max_steps`` counts
-    the mixed phase; the run takes ``caption_steps + max_steps`` optimizer steps, each phase with its own
-    warmup and cosine decay.
+    """Pre-training of the chain's starting model, in three phases: the vision tower alone learns to tag every
+    caption image with its objects (``vision_steps``), then the caption rows alone teach the language model to
+    read the tower (``caption_steps``), then the caption and instruction rows mixed teach it to answer
+    (``max_steps``). The run takes ``vision_steps + caption_steps + max_steps`` optimizer steps, each phase with
+    its own warmup and cosine decay.
 
     One run per size, shared by every cell and seed of the grid (the `seed` axis does not reach it unless
     the grid puts `base` in `seed_scope`): as the paper's Qwen3-VL-Instruct is one checkpoint. A grid without
@@ -23,6 +24,13 @@ class BaseStageConfig(SFTConfig):
         description="SFT sets of the mixed phase (synthetic data: `caption` and `instruct`, the question -> answer "
         "rows data.synth.n_instruct makes).",
     )
+    vision_steps: int = Field(
+        0, ge=0, description="Optimizer steps of the vision tower alone on the caption images, before the caption "
+        "phase (0 = none): it learns to count the objects of each kind in an image through a throwaway classifier, "
+        "standing in for a real tower's pre-training. Through the caption loss alone a random-init tower learns "
+        "colours but not shapes (docs/cpu_notes.md §9).",
+    )
+    vision_lr: float = Field(1e-3, gt=0, description="Peak AdamW learning rate of the vision phase.")
     caption_steps: int = Field(
         400, ge=0, description="Optimizer steps on the caption rows alone before the mixed phase (0 = none). "
         "A random-init tower is ignored by a language model that only ever has to emit one answer token; a "

@@ -102,6 +102,7 @@ class PrismPipeline:
             if kind != "data":
                 cfg = validate_config(grid, STAGE_KINDS.get(kind).config_model(), spec.stages[kind], ("stages", kind))
                 self._check_sft_sets(grid, kind, getattr(cfg, "datasets", None), synth)
+                self._check_caption_phases(grid, kind, cfg, synth)
         self._validate_pipeline_fields(grid)
         self._validate_sizes(grid)
         self._validate_values(grid)
@@ -123,6 +124,21 @@ class PrismPipeline:
             if synth is not None and name in ("caption", "instruct") and getattr(synth, f"n_{name}") == 0:
                 raise grid.error(("stages", kind, "datasets", i),
                                  f"the synthetic data has no {name!r} rows: set data.synth.n_{name} > 0 or drop it")
+
+    @staticmethod
+    def _check_caption_phases(grid: Grid, kind: str, cfg: Any, synth: Any) -> None:
+        """A base stage's vision and caption phases read the synthetic caption rows, whatever its datasets."""
+        if kind != "base":
+            return
+        for field in ("vision_steps", "caption_steps"):
+            if not getattr(cfg, field, 0):
+                continue
+            if synth is None:
+                raise grid.error(("stages", kind, field), "the vision and caption phases read synthetic caption "
+                                 "rows; local data has none: set it to 0")
+            if synth.n_caption == 0:
+                raise grid.error(("stages", kind, field), "the vision and caption phases read the caption rows: set "
+                                 "data.synth.n_caption > 0 or set this to 0")
 
     def _validate_pipeline_fields(self, grid: Grid) -> None:
         spec = grid.spec

@@ -23,8 +23,17 @@ from prism_lab.stages.sft import build_policy, load_examples, save_trained
 if TYPE_CHECKING:  # the harness hands every runner its context; stages never import the harness
     from prism_lab.harness.context import StageContext
 
-#: The caption phase's checkpoint inside the run directory (removed when the run ends).
+#: The checkpoints of the finished phases inside the run directory (removed when the run ends), latest first.
+VISION_SUBDIR = "vision"
 CAPTIONS_SUBDIR = "captions"
+
+
+def _restart_point(cfg: BaseStageConfig, out_dir) -> tuple[str | None, object]:
+    """(the last phase a killed attempt finished, its checkpoint directory), or (None, None)."""
+    for name, steps in ((CAPTIONS_SUBDIR, cfg.caption_steps), (VISION_SUBDIR, cfg.vision_steps)):
+        if steps and (out_dir / name / "config.json").is_file():
+            return name, out_dir / name
+    return None, None
 
 
 def run(ctx: StageContext) -> dict:
@@ -33,43 +42,58 @@ def run(ctx: StageContext) -> dict:
     from prism_lab.models import count_parameters, load_policy
     from prism_lab.prompts import Prompting
     from prism_lab.trainers import distributed as dist_
-    from prism_lab.trainers.common import remove_resume_state
+    from prism_lab.trainers.common import remove_resume_state, setup_threads
     from prism_lab.trainers.sft import train_sft
+    from prism_lab.trainers.vision_tags import VisionTagSettings, train_vision_tags
 
     cfg: BaseStageConfig = ctx.config  # type: ignore[assignment]
     env = dist_.init_distributed(cfg.resources.processes)
     t0 = time.monotonic()
     catalog = DataCatalog.load(ctx.input("data").path)
     mixed = load_examples(catalog, cfg.datasets)
-    captions_dir = ctx.out_dir / CAPTIONS_SUBDIR
-    phases: dict[str, dict] = {}
-    if cfg.caption_steps and (captions_dir / "config.json").is_file():  # a restart after the caption phase
-        model, processor = load_policy(captions_dir, dtype=torch.float32)
-        info = {"model_source": "preset", "caption_phase": "reused"}
+    captions = load_examples(catalog, ["caption"]) if cfg.caption_steps or cfg.vision_steps else []
+    done, restart_dir = _restart_point(cfg, ctx.out_dir)
+    if restart_dir is not None:  # a restart after a finished phase
+        model, processor = load_policy(restart_dir, dtype=torch.float32)
+        info = {"model_source": "preset", "restarted_after": done}
     else:
         model, processor, info = build_policy(cfg, catalog)
     if env.is_main:
         params = count_parameters(model)
-        print(f"[base] {cfg.model}: {params['total']:,} parameters; {cfg.caption_steps} caption steps, then "
-              f"{cfg.max_steps} steps on {len(mixed)} rows of {', '.join(cfg.datasets)}", flush=True)
+        print(f"[base] {cfg.model}: {params['total']:,} parameters; {cfg.vision_steps} vision steps, "
+              f"{cfg.caption_steps} caption steps, then {cfg.max_steps} steps on {len(mixed)} rows of "
+              f"{', '.join(cfg.datasets)}", flush=True)
+    phases: dict[str, dict] = {}
+    offset = 0  # one step axis over the phases
 
-    if cfg.caption_steps and info.get("caption_phase") != "reused":
-        phase_cfg = cfg.model_copy(update={"datasets": ["caption"], "max_steps": cfg.caption_steps})
-        res = train_sft(model, processor, load_examples(catalog, ["caption"]), phase_cfg,
-                        resume_dir=resume_dir(ctx.out_dir) / "captions", log_metrics=ctx.log_metrics,
-                        heartbeat=ctx.heartbeat)
-        phases["captions"] = res.summary()
-        save_trained(model, processor, captions_dir, env)
-        remove_resume_state(resume_dir(ctx.out_dir) / "captions")
+    def logger_from(start: int):
+        return lambda step, values: ctx.log_metrics(start + step, values)
 
-    def log_mixed(step: int, values: dict[str, float]) -> None:  # one step axis over both phases
-        ctx.log_metrics(cfg.caption_steps + step, values)
+    if cfg.vision_steps:
+        if done is None:  # every rank trains the same unsharded tower on the same batches
+            setup_threads(cfg.threads)
+            settings = VisionTagSettings(steps=cfg.vision_steps, lr=cfg.vision_lr, batch_size=cfg.batch_size,
+                                         seed=cfg.seed)
+            phases["vision"] = train_vision_tags(model, processor, captions, settings,
+                                                 log_metrics=ctx.log_metrics if env.is_main else None,
+                                                 heartbeat=ctx.heartbeat)
+            save_trained(model, processor, ctx.out_dir / VISION_SUBDIR, env)
+        offset += cfg.vision_steps
+    if cfg.caption_steps:
+        if done != CAPTIONS_SUBDIR:
+            phase_cfg = cfg.model_copy(update={"datasets": ["caption"], "max_steps": cfg.caption_steps})
+            res = train_sft(model, processor, captions, phase_cfg, resume_dir=resume_dir(ctx.out_dir) / "captions",
+                            log_metrics=logger_from(offset), heartbeat=ctx.heartbeat)
+            phases["captions"] = res.summary()
+            save_trained(model, processor, ctx.out_dir / CAPTIONS_SUBDIR, env)
+            remove_resume_state(resume_dir(ctx.out_dir) / "captions")
+        offset += cfg.caption_steps
 
-    res = train_sft(model, processor, mixed, cfg, resume_dir=resume_dir(ctx.out_dir) / "mixed", log_metrics=log_mixed,
-                    heartbeat=ctx.heartbeat)
+    res = train_sft(model, processor, mixed, cfg, resume_dir=resume_dir(ctx.out_dir) / "mixed",
+                    log_metrics=logger_from(offset), heartbeat=ctx.heartbeat)
     phases["mixed"] = res.summary()
     if res.stopped_by == "time":
-        ctx.log_metrics(cfg.caption_steps + res.steps, {"truncated": 1.0})
+        ctx.log_metrics(offset + res.steps, {"truncated": 1.0})
     saved = save_trained(model, processor, model_dir(ctx.out_dir), env)
     if saved is None:
         dist_.finish(env)
@@ -78,11 +102,12 @@ def run(ctx: StageContext) -> dict:
     Prompting(system_prompt=has_system, yesno_instruction=False).write(saved)
     remove_resume_state(resume_dir(ctx.out_dir) / "mixed")
     shutil.rmtree(resume_dir(ctx.out_dir), ignore_errors=True)
-    shutil.rmtree(captions_dir, ignore_errors=True)
+    for sub in (VISION_SUBDIR, CAPTIONS_SUBDIR):
+        shutil.rmtree(ctx.out_dir / sub, ignore_errors=True)
     (ctx.out_dir / "train_history.json").write_text(json.dumps(res.history, indent=1))
     dist_.finish(env)
     return {
-        "steps": cfg.caption_steps + res.steps, "final_loss": res.final_loss, "stopped_by": res.stopped_by,
+        "steps": offset + res.steps, "final_loss": res.final_loss, "stopped_by": res.stopped_by,
         "phases": phases, "n_examples": len(mixed), "model_dir": MODEL_SUBDIR,
         "stage_wall_s": round(time.monotonic() - t0, 2), "processes": env.world_size, **info,
     }

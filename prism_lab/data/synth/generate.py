@@ -65,7 +65,7 @@ from prism_lab.data.synth.splits import (
 from prism_lab.data.synth.text_task import TEXT_TASK_FILE, write_text_task
 from prism_lab.errors import ConfigError
 
-GENERATOR_VERSION = "4"  # 4: counting asks mostly about present kinds; mcq_count letters balanced
+GENERATOR_VERSION = "5"  # 5: the teacher checks the options in order before it names the letter
 
 
 def _validated(cfg: SynthConfig | Mapping[str, Any]) -> SynthConfig:
