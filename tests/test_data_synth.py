@@ -170,6 +170,20 @@ def test_teacher_answers_and_captions_match_the_scene(data_dir):
     assert sum(r["meta"]["difficulty"] == "hard" for r in rows) == len(rows)  # teacher_hard_share = 1
 
 
+def test_teacher_checks_the_options_in_order_up_to_the_answer(data_dir):
+    """MCQ reasoning ends with the options checked in order, stopping at the right one, then its letter."""
+    rows = json.loads((data_dir / "sft_teacher.json").read_text())
+    mcq = [r for r in rows if r["meta"]["answer_type"] == "letter"]
+    assert mcq
+    for row in mcq:
+        meta, resp = row["meta"], row["messages"][-1]["content"]
+        think = resp.split("<think>\n")[1].split("\n</think>")[0].splitlines()
+        letters = list(meta["options"])
+        k = letters.index(meta["answer"])
+        want = [f"{x}. {meta['options'][x]}: {'yes' if x == meta['answer'] else 'no'}" for x in letters[: k + 1]]
+        assert think[-(k + 2):] == [*want, f"so {meta['answer']}"], think
+
+
 def test_caption_rows_describe_their_image(data_dir):
     rows = json.loads((data_dir / "sft_caption.json").read_text())
     cfg = SynthConfig(**SMALL)

@@ -138,11 +138,11 @@ _add(
     ModelPreset(
         name="tiny-m", family="tiny", hub_id=None,
         hidden_size=192, num_hidden_layers=3, num_attention_heads=6, num_key_value_heads=2, head_dim=32,
-        intermediate_size=768,
+        intermediate_size=512,
         vision_hidden_size=64, vision_depth=2, vision_num_heads=2, vision_intermediate_size=128,
         vision_out_hidden_size=192, deepstack_visual_indexes=(0,), vision_num_position_embeddings=576,
         patch_size=TINY_PATCH_SIZE, image_mean=TINY_IMAGE_MEAN,
-        description="~2.3M params (h192 L3, 8 px patches), more capacity for longer CPU runs",
+        description="~1.7M params (h192 L3 i512, 8 px patches; docs/cpu_notes.md §9), more capacity for longer CPU runs",
     )
 )
 
