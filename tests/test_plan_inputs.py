@@ -14,7 +14,7 @@ def _grid(tmp_path, data_dir: str) -> str:
     grid = {"extends": str(REPO / "experiments" / "smoke.yaml"), "name": "released",
             "data": {"source": "local", "local": {"sft": [f"{data_dir}/sft.json"], "rl": f"{data_dir}/rl.parquet",
                                                  "warmup": f"{data_dir}/warmup.jsonl", "image_root": data_dir}},
-            "stages": {"base": {"datasets": ["public"], "caption_steps": 0}},  # local data: no caption rows
+            "stages": {"base": {"datasets": ["public"], "vision_steps": 0, "caption_steps": 0}},  # local data: no caption rows
             "benchmarks": ["MathVista_MINI"]}
     path = tmp_path / "released.yaml"
     path.write_text(yaml.safe_dump(grid, sort_keys=False))

@@ -37,7 +37,7 @@ BASE_GRID = {
     "extends": "smoke.yaml",
     "name": "hostile",
     "data": {"synth": dict(SYNTH)},
-    "stages": {"base": {"caption_steps": 1, "max_steps": 1, "batch_size": 4, "save_every": 1},
+    "stages": {"base": {"vision_steps": 1, "caption_steps": 1, "max_steps": 1, "batch_size": 4, "save_every": 1},
                "sft": {"max_steps": 1, "batch_size": 4, "save_every": 1}},
 }
 
@@ -147,7 +147,7 @@ class Workspace:
     def local_grid(self, filename: str = "probe.yaml", **fields: Any) -> Path:
         """A grid reading this workspace's data files as `source: local` data."""
         data = {**LOCAL_DATA, **fields.pop("data", {})}
-        stages = {"base": {"datasets": ["public"], "caption_steps": 0}, **fields.pop("stages", {})}
+        stages = {"base": {"datasets": ["public"], "vision_steps": 0, "caption_steps": 0}, **fields.pop("stages", {})}
         return self.grid(filename, data=data, stages=stages, **fields)
 
     def plan(self, grid: Path, *args: str, cwd: Path | None = None, **kw: Any) -> subprocess.CompletedProcess:
