@@ -1,11 +1,12 @@
 """The `base` stage: the model a chain starts from, playing Qwen3-VL-Instruct for the tiny presets.
 
 Inputs: ``data``. Output: ``<artifact>/model``, an HF checkpoint that SFT takes as its ``policy`` input and that
-the drift measurements use as the chain's base (``stages/lineage.py``). It trains in two phases with the SFT
-loop (``trainers/sft.py``): the caption rows alone for ``caption_steps``, then ``datasets`` mixed for
-``max_steps``. The caption phase's result is kept in ``<artifact>/captions`` until the run ends, so a run
-killed in the mixed phase resumes there and not from scratch; each phase has its own resumable state under
-``<artifact>/resume``.
+the drift measurements use as the chain's base (``stages/lineage.py``). It trains in three phases: the vision tower
+alone on the caption images for ``vision_steps`` (``trainers/vision_tags.py``), then with the SFT loop
+(``trainers/sft.py``) the caption rows alone for ``caption_steps``, then ``datasets`` mixed for ``max_steps``.
+Each finished phase's result is kept in ``<artifact>/vision`` or ``<artifact>/captions`` until the run ends, so a
+killed run restarts after the last phase it finished; the SFT-loop phases also have their own resumable state under
+``<artifact>/resume``. The vision phase is short and is redone from its start when killed inside it.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from __future__ import annotations
 import json
 import shutil
 import time
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from prism_lab.config.pretrain import BaseStageConfig
@@ -28,7 +30,7 @@ VISION_SUBDIR = "vision"
 CAPTIONS_SUBDIR = "captions"
 
 
-def _restart_point(cfg: BaseStageConfig, out_dir) -> tuple[str | None, object]:
+def _restart_point(cfg: BaseStageConfig, out_dir: Path) -> tuple[str | None, Path | None]:
     """(the last phase a killed attempt finished, its checkpoint directory), or (None, None)."""
     for name, steps in ((CAPTIONS_SUBDIR, cfg.caption_steps), (VISION_SUBDIR, cfg.vision_steps)):
         if steps and (out_dir / name / "config.json").is_file():
