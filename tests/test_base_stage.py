@@ -82,6 +82,26 @@ def _cfg(**kw):
                            tokenizer_vocab_size=300, threads=1, **kw)
 
 
+class Killed(RuntimeError):
+    pass
+
+
+def _kill_and_restart(data_dir: Path, out: Path, cfg, *, at_step: int, kept: str):
+    """Run the base stage killed when it logs ``at_step``, check the finished phase ``kept`` is on disk, run it
+    again: (the second run's context, its summary)."""
+    from prism_lab.stages import base
+
+    def kill(step):
+        if step == at_step:
+            raise Killed
+
+    with pytest.raises(Killed):
+        base.run(_ctx(data_dir, out, cfg, on_metrics=kill))
+    assert (out / kept / "config.json").is_file()
+    again = _ctx(data_dir, out, cfg)
+    return again, base.run(again)
+
+
 def test_base_trains_captions_then_the_mix_and_resumes_after_the_caption_phase(data_dir, tmp_path):
     import torch
 
@@ -97,18 +117,8 @@ def test_base_trains_captions_then_the_mix_and_resumes_after_the_caption_phase(d
     assert Prompting.from_checkpoint(tmp_path / "whole" / "model") == Prompting(system_prompt=False,
                                                                                  yesno_instruction=False)
 
-    class Killed(RuntimeError):
-        pass
-
-    def kill_at_5(step):
-        if step == 5:
-            raise Killed
-
-    with pytest.raises(Killed):
-        base.run(_ctx(data_dir, tmp_path / "killed", _cfg(), on_metrics=kill_at_5))
-    assert (tmp_path / "killed" / base.CAPTIONS_SUBDIR / "config.json").is_file()
-    again = _ctx(data_dir, tmp_path / "killed", _cfg())
-    resumed = base.run(again)
+    again, resumed = _kill_and_restart(data_dir, tmp_path / "killed", _cfg(), at_step=5,
+                                       kept=base.CAPTIONS_SUBDIR)
     assert resumed["restarted_after"] == "captions" and "captions" not in resumed["phases"]
     assert min(s for s, _ in again.logged) > 3  # the caption phase was not trained again
     a, _ = load_policy(tmp_path / "whole" / "model")
@@ -144,18 +154,7 @@ def test_the_vision_phase_trains_the_tower_first_and_a_restart_keeps_it(data_dir
     assert {"vision/heldout_count_acc", "vision/heldout_presence_acc"} <= {k for _, v in whole.logged for k in v}
     assert not (tmp_path / "whole" / base.VISION_SUBDIR).exists()
 
-    class Killed(RuntimeError):
-        pass
-
-    def kill_in_captions(step):
-        if step == 5:
-            raise Killed
-
-    with pytest.raises(Killed):
-        base.run(_ctx(data_dir, tmp_path / "killed", cfg, on_metrics=kill_in_captions))
-    assert (tmp_path / "killed" / base.VISION_SUBDIR / "config.json").is_file()
-    again = _ctx(data_dir, tmp_path / "killed", cfg)
-    resumed = base.run(again)
+    again, resumed = _kill_and_restart(data_dir, tmp_path / "killed", cfg, at_step=5, kept=base.VISION_SUBDIR)
     assert resumed["restarted_after"] == "vision" and "vision" not in resumed["phases"]
     assert not any("vision/loss" in v for _, v in again.logged)
     worst = _max_diff(tmp_path / "whole" / "model", tmp_path / "killed" / "model")
