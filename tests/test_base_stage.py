@@ -46,6 +46,14 @@ def test_base_model_is_set_by_the_pipeline(tmp_path):
         load_grid(_grid(tmp_path, "stages:\n  base:\n    model: tiny-s\n"))
 
 
+@pytest.mark.parametrize("field,value", [("vision_steps", -1), ("vision_steps", "many"), ("vision_lr", 0)])
+def test_bad_vision_phase_settings_are_refused_naming_the_field(tmp_path, field, value):
+    from prism_lab.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=rf"stages\.base\.{field}"):
+        load_grid(_grid(tmp_path, f"stages:\n  base:\n    {field}: {value}\n"))
+
+
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory):
     from prism_lab.data.catalog import synth_catalog
