@@ -188,3 +188,10 @@ def test_workers_share_the_cores_instead_of_oversubscribing():
     assert {v: env[v] for v in THREAD_ENV_VARS} == {v: "4" for v in THREAD_ENV_VARS}
     assert env["PATH"] == "/bin" and env["PYTHONUNBUFFERED"] == "1"
     assert stage_env({"OMP_NUM_THREADS": "3"}, workers=2, cpus=8)["OMP_NUM_THREADS"] == "3"  # the user's choice stays
+    # ... and sizes the pools the user left unset: OpenMP at 1 with BLAS at all cores still oversubscribes
+    env = stage_env({"OMP_NUM_THREADS": "1"}, workers=1, cpus=2)
+    assert {v: env[v] for v in THREAD_ENV_VARS} == {v: "1" for v in THREAD_ENV_VARS}
+    env = stage_env({"MKL_NUM_THREADS": "3", "OPENBLAS_NUM_THREADS": "2"}, workers=1, cpus=8)
+    assert env["OMP_NUM_THREADS"] == "2" and env["MKL_NUM_THREADS"] == "3"  # the smallest the user set
+    env = stage_env({"OMP_NUM_THREADS": "", "MKL_NUM_THREADS": "abc"}, workers=2, cpus=8)
+    assert env["OPENBLAS_NUM_THREADS"] == "4" and env["MKL_NUM_THREADS"] == "abc"  # unusable values size nothing
