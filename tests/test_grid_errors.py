@@ -69,6 +69,17 @@ CASES = [
     ("data_bad_source", edit(data={"source": "s3"}), r"data\.source: .*'synth' or 'local'"),
     ("data_local_missing", edit(data={"source": "local"}), r"data: .*needs a `local:` section"),
     ("extends_missing", "extends: nothing-here.yaml\n" + TOY, r"extends: file not found"),
+    ("size_stages_unknown_size", edit(size_stages={"16b": {"base": {"max_steps": 10}}}),
+     r"size_stages\.16b: '16b' is not a value of the `size` axis \(4b, 8b\)"),
+    ("size_stages_unknown_stage", edit(size_stages={"4b": {"distill": {}}}),
+     r"size_stages\.4b\.distill: 'distill' is not a stage this grid runs; expected one of"),
+    ("size_stages_out_of_range", edit(size_stages={"4b": {"base": {"max_steps": -1}}}),
+     r"size_stages\.4b\.base\.max_steps: .*greater than or equal"),
+    ("size_stages_unknown_field", edit(size_stages={"8b": {"sft": {"learning_rate": 1e-3}}}),
+     r"size_stages\.8b\.sft\.learning_rate: unknown field"),
+    ("size_stages_pipeline_field", edit(size_stages={"4b": {"sft": {"model": "tiny-m"}}}),
+     r"size_stages\.4b\.sft\.model: set by the pipeline from the `models` map"),
+    ("size_stages_not_a_mapping", edit(size_stages={"4b": ["base"]}), r"size_stages\.4b: .*valid dictionary"),
 ]
 
 

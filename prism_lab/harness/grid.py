@@ -55,6 +55,12 @@ class GridSpec(StrictModel):
     stages: dict[str, dict[str, Any]] = Field(
         default_factory=dict, description="Stage kind -> config (unset fields take the paper defaults)."
     )
+    size_stages: dict[str, dict[str, dict[str, Any]]] = Field(
+        default_factory=dict,
+        description="`size` axis value -> stage kind -> fields that replace those of `stages` in that size's cells "
+        "(the paper tunes its 4B and 8B runs apart). Merged over `stages` field by field; an axis on the same "
+        "field still wins.",
+    )
     benchmarks: list[str] = Field(default_factory=list, description="Benchmarks every checkpoint is evaluated on.")
     seed_scope: list[str] = Field(
         default_factory=lambda: ["sft", "disc_warmup", "align", "rl", "eval"],
@@ -76,6 +82,20 @@ class GridSpec(StrictModel):
         if isinstance(value, dict):
             return {k: ({} if v is None else v) for k, v in value.items()}
         return value
+
+    @field_validator("size_stages", mode="before")
+    @classmethod
+    def _none_size_is_empty(cls, value: Any) -> Any:
+        if isinstance(value, dict):
+            return {size: ({} if kinds is None else cls._none_stage_is_empty(kinds)) for size, kinds in value.items()}
+        return value
+
+    def stage_section(self, kind: str, size: Any) -> dict[str, Any]:
+        """The config a stage of ``kind`` gets in a cell of ``size``: `stages` with that size's `size_stages` over
+        it (a fresh copy; axes are applied on top by the pipeline)."""
+        section = self.data if kind == "data" else self.stages.get(kind, {})
+        over = self.size_stages.get(size, {}).get(kind) if isinstance(size, str) else None
+        return _deep_merge(section, over) if over else copy.deepcopy(section)
 
 
 @dataclass

@@ -8,7 +8,6 @@ stand-in for Qwen3-VL-Instruct); SFT then starts from its checkpoint.
 
 from __future__ import annotations
 
-import copy
 from typing import Any, Protocol
 
 from prism_lab.config.base import SEED_MAX
@@ -100,33 +99,38 @@ class PrismPipeline:
             synth = validate_config(grid, SynthConfig, data.synth, ("data", "synth"))
         for kind in used:
             if kind != "data":
-                cfg = validate_config(grid, STAGE_KINDS.get(kind).config_model(), spec.stages[kind], ("stages", kind))
-                self._check_sft_sets(grid, kind, getattr(cfg, "datasets", None), synth)
-                self._check_caption_phases(grid, kind, cfg, synth)
+                self._validate_stage(grid, kind, spec.stages[kind], ("stages", kind), synth)
         self._validate_pipeline_fields(grid)
         self._validate_sizes(grid)
+        self._validate_size_stages(grid, used, synth)
         self._validate_values(grid)
         self._validate_path_axes(grid, used)
         self._validate_report(grid)
         self._validate_benchmarks(grid)
 
+    def _validate_stage(self, grid: Grid, kind: str, section: dict, where: tuple, synth: Any) -> None:
+        """One stage section against its config model and the data it will read; errors located at ``where``."""
+        cfg = validate_config(grid, STAGE_KINDS.get(kind).config_model(), section, where)
+        self._check_sft_sets(grid, kind, getattr(cfg, "datasets", None), synth, where)
+        self._check_caption_phases(grid, kind, cfg, synth, where)
+
     @staticmethod
-    def _check_sft_sets(grid: Grid, kind: str, datasets: list[str] | None, synth: Any) -> None:
+    def _check_sft_sets(grid: Grid, kind: str, datasets: list[str] | None, synth: Any, where: tuple) -> None:
         """The SFT sets a base or sft stage names exist in the data it will read (else it fails after the data
         stage, not before anything runs). Local data has one SFT set, its files (all read as `public`)."""
         if not datasets or kind not in ("base", "sft"):
             return
         for i, name in enumerate(datasets):
             if synth is None and name in ("caption", "instruct"):
-                raise grid.error(("stages", kind, "datasets", i),
+                raise grid.error((*where, "datasets", i),
                                  f"{name!r} rows exist only in synthetic data; local data (data.source: local) "
                                  "gives all its SFT files as `public`")
             if synth is not None and name in ("caption", "instruct") and getattr(synth, f"n_{name}") == 0:
-                raise grid.error(("stages", kind, "datasets", i),
+                raise grid.error((*where, "datasets", i),
                                  f"the synthetic data has no {name!r} rows: set data.synth.n_{name} > 0 or drop it")
 
     @staticmethod
-    def _check_caption_phases(grid: Grid, kind: str, cfg: Any, synth: Any) -> None:
+    def _check_caption_phases(grid: Grid, kind: str, cfg: Any, synth: Any, where: tuple) -> None:
         """A base stage's vision and caption phases read the synthetic caption rows, whatever its datasets."""
         if kind != "base":
             return
@@ -134,10 +138,10 @@ class PrismPipeline:
             if not getattr(cfg, field, 0):
                 continue
             if synth is None:
-                raise grid.error(("stages", kind, field), "the vision and caption phases read synthetic caption "
+                raise grid.error((*where, field), "the vision and caption phases read synthetic caption "
                                  "rows; local data has none: set it to 0")
             if synth.n_caption == 0:
-                raise grid.error(("stages", kind, field), "the vision and caption phases read the caption rows: set "
+                raise grid.error((*where, field), "the vision and caption phases read the caption rows: set "
                                  "data.synth.n_caption > 0 or set this to 0")
 
     def _validate_pipeline_fields(self, grid: Grid) -> None:
@@ -147,13 +151,16 @@ class PrismPipeline:
             if (kind, field) in PIPELINE_SET:
                 raise grid.error(("axes", name), f"{name} is set by the pipeline from {PIPELINE_SET[kind, field]}; "
                                                  "vary that instead")
-        for kind, section in spec.stages.items():
+        sections = [(("stages", kind), kind, section) for kind, section in spec.stages.items()]
+        sections += [(("size_stages", size, kind), kind, section)
+                     for size, kinds in spec.size_stages.items() for kind, section in kinds.items()]
+        for where, kind, section in sections:
             for field in section:
                 if (kind, field) in PIPELINE_SET:
-                    raise grid.error(("stages", kind, field),
+                    raise grid.error((*where, field),
                                      f"set by the pipeline from {PIPELINE_SET[kind, field]}; remove it here")
                 if field == "seed" and kind in spec.seed_scope:
-                    raise grid.error(("stages", kind, "seed"),
+                    raise grid.error((*where, "seed"),
                                      f"set from the `seed` axis (`{kind}` is in seed_scope); remove it here, make "
                                      f"`{kind}.seed` an axis, or drop `{kind}` from seed_scope")
 
@@ -169,6 +176,23 @@ class PrismPipeline:
             problem = classify_model_ref(ref, base=grid.path.parent).problem
             if problem:
                 raise grid.error(("models", size), problem)
+
+    def _validate_size_stages(self, grid: Grid, used: list[str], synth: Any) -> None:
+        """Each `size_stages` entry names a size of the grid and a stage it runs, and what it makes of that stage's
+        config is valid (checked merged, as the cells of that size will get it)."""
+        spec = grid.spec
+        runs = [k for k in used if k != "data"]
+        for size, kinds in spec.size_stages.items():
+            if size not in spec.axes["size"]:
+                raise grid.error(("size_stages", size), f"{size!r} is not a value of the `size` axis "
+                                                        f"({', '.join(map(str, spec.axes['size']))})")
+            for kind, section in kinds.items():
+                if kind not in runs:
+                    raise grid.error(("size_stages", size, kind), f"{kind!r} is not a stage this grid runs; expected "
+                                                                  f"one of {', '.join(runs)}")
+                if section:
+                    self._validate_stage(grid, kind, spec.stage_section(kind, size), ("size_stages", size, kind),
+                                         synth)
 
     def _validate_values(self, grid: Grid) -> None:
         axes = grid.spec.axes
@@ -195,15 +219,16 @@ class PrismPipeline:
                                  f"unknown axis {name!r}: expected one of {', '.join(CORE_AXES)} or a config path "
                                  f"`<stage>.<field>` with stage in {', '.join(used)}")
             model = STAGE_KINDS.get(kind).config_model()
-            base = grid.spec.data if kind == "data" else grid.spec.stages.get(kind, {})
-            for i, value in enumerate(values):
-                cfg = copy.deepcopy(base)
-                set_path(cfg, rest.split("."), value)
-                try:
-                    validate_config(grid, model, cfg, ())
-                except Exception as exc:  # re-locate at the axis value
-                    detail = str(exc).split(": ", 2)[-1]
-                    raise grid.error(("axes", name, i), f"invalid value for {rest!r} of stage {kind!r}: {detail}") from None
+            for size in dict.fromkeys(s for s in grid.spec.axes["size"] if isinstance(s, str)):
+                for i, value in enumerate(values):
+                    cfg = grid.spec.stage_section(kind, size)
+                    set_path(cfg, rest.split("."), value)
+                    try:
+                        validate_config(grid, model, cfg, ())
+                    except Exception as exc:  # re-locate at the axis value
+                        detail = str(exc).split(": ", 2)[-1]
+                        raise grid.error(("axes", name, i),
+                                         f"invalid value for {rest!r} of stage {kind!r}: {detail}") from None
 
     def _validate_report(self, grid: Grid) -> None:
         rep = grid.spec.report
@@ -238,7 +263,7 @@ class PrismPipeline:
                 overrides.setdefault(kind, {})[rest] = value
 
         def cfg(kind: str, seeded: bool = True, **fixed: Any) -> dict:
-            out = copy.deepcopy(spec.data if kind == "data" else spec.stages.get(kind, {}))
+            out = spec.stage_section(kind, ax["size"])
             for k, v in fixed.items():
                 out[k] = v
             if seeded and kind in spec.seed_scope and kind != "data":
