@@ -155,7 +155,7 @@ def test_size_stages_change_only_that_sizes_runs(tmp_path):
     """`size_stages` sets a stage's fields for one size: that size's runs (and what depends on them) get new keys,
     the other size's runs keep theirs; an axis on the same field still wins."""
     d = yaml.safe_load(TOY.read_text())
-    d["size_stages"] = {"4b": {"base": {"max_steps": 2400}, "sft": {"lr": 1.0e-4}}}
+    d["size_stages"] = {"4b": {"base": {"max_steps": 3000}, "sft": {"lr": 1.0e-4}}}
     d["axes"]["sft.lr"] = [2.0e-4]
     p = tmp_path / "per_size.yaml"
     p.write_text(yaml.safe_dump(d))
@@ -165,7 +165,7 @@ def test_size_stages_change_only_that_sizes_runs(tmp_path):
         return [r for r in plan.runs.values() if r.kind == kind and r.label.startswith(f"{kind} size={size}")]
 
     base4, base8 = runs("base", "4b"), runs("base", "8b")
-    assert [r.config["max_steps"] for r in base4] == [2400] and [r.config["max_steps"] for r in base8] == [1200]
+    assert [r.config["max_steps"] for r in base4] == [3000] and [r.config["max_steps"] for r in base8] == [1200]
     assert base4[0].config["caption_steps"] == base8[0].config["caption_steps"] == 300  # the rest from `stages`
     assert {r.config["lr"] for r in runs("sft", "4b") + runs("sft", "8b")} == {2.0e-4}  # the axis wins
     toy = build_plan(load_grid(toy_variant(tmp_path, "same_lr", sft={"lr": 2.0e-4})))
