@@ -175,3 +175,20 @@ def test_size_stages_change_only_that_sizes_runs(tmp_path):
     toy_sft8 = {r.key for r in toy.runs.values() if r.kind == "sft" and "size=8b" in r.label}
     assert toy_sft8 == {r.key for r in runs("sft", "8b")}  # untouched size: every run reused
     assert not {r.key for r in runs("sft", "4b")} & {r.key for r in toy.runs.values()}
+
+
+def test_a_stage_section_shares_nothing_with_the_grid(tmp_path):
+    """The pipeline sets axis values (nested paths too) into the section it gets: with a `size_stages` entry merged
+    in, a nested field must still be the section's own copy, never the grid's `stages` dict."""
+    d = yaml.safe_load(TOY.read_text())
+    d["size_stages"] = {"4b": {"rl": {"steps": 10}}}
+    p = tmp_path / "nested.yaml"
+    p.write_text(yaml.safe_dump(d))
+    spec = load_grid(p).spec
+    for size in ("4b", "8b"):
+        section = spec.stage_section("rl", size)
+        section["algorithm_overrides"]["lr"] = 0.5
+        section["algorithm_overrides"]["overlong_buffer"]["len_ratio"] = 0.9
+    assert spec.stages["rl"]["algorithm_overrides"]["lr"] == 1.0e-4
+    assert spec.stages["rl"]["algorithm_overrides"]["overlong_buffer"] == {"len_ratio": 0.5}
+    assert spec.stage_section("rl", "4b")["steps"] == 10 and spec.stage_section("rl", "8b")["steps"] == 20

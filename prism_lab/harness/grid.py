@@ -90,12 +90,12 @@ class GridSpec(StrictModel):
             return {size: ({} if kinds is None else cls._none_stage_is_empty(kinds)) for size, kinds in value.items()}
         return value
 
-    def stage_section(self, kind: str, size: Any) -> dict[str, Any]:
+    def stage_section(self, kind: str, size: str) -> dict[str, Any]:
         """The config a stage of ``kind`` gets in a cell of ``size``: `stages` with that size's `size_stages` over
-        it (a fresh copy; axes are applied on top by the pipeline)."""
+        it, as a deep copy that shares nothing with the spec (the pipeline sets axis values into it)."""
         section = self.data if kind == "data" else self.stages.get(kind, {})
-        over = self.size_stages.get(size, {}).get(kind) if isinstance(size, str) else None
-        return _deep_merge(section, over) if over else copy.deepcopy(section)
+        over = self.size_stages.get(size, {}).get(kind)
+        return copy.deepcopy(_deep_merge(section, over) if over else section)
 
 
 @dataclass

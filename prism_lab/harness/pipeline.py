@@ -219,7 +219,7 @@ class PrismPipeline:
                                  f"unknown axis {name!r}: expected one of {', '.join(CORE_AXES)} or a config path "
                                  f"`<stage>.<field>` with stage in {', '.join(used)}")
             model = STAGE_KINDS.get(kind).config_model()
-            for size in dict.fromkeys(s for s in grid.spec.axes["size"] if isinstance(s, str)):
+            for size in grid.spec.axes["size"]:  # strings, each once: checked by _validate_sizes and the axis rules
                 for i, value in enumerate(values):
                     cfg = grid.spec.stage_section(kind, size)
                     set_path(cfg, rest.split("."), value)
