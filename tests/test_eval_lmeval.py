@@ -73,3 +73,26 @@ def test_missing_data_file_is_a_skip_not_a_crash(setup, tmp_path):
     res = evaluate_checkpoint(setup / "ckpt", ["synth-text"], EvalConfig(), bench_dir=tmp_path, cache_dir=None,
                               checkpoint_key="k", progress=False)
     assert "synth-text.jsonl" in res["skipped"]["synth-text"] and res["benchmarks"] == {}
+
+
+def test_a_task_yaml_never_builds_lm_evals_full_task_index(setup, tmp_path, monkeypatch):
+    """simple_evaluate builds its own full index (~15,000 tasks, seconds) unless it is handed one: the
+    backend hands it the YAML-only index that loaded the task."""
+    from lm_eval.tasks import TaskManager
+
+    from prism_lab.eval import lmeval
+
+    built: list[bool] = []
+    init = TaskManager.__init__
+
+    def counting_init(self, *args, **kwargs):
+        built.append(kwargs.get("include_defaults", True))
+        init(self, *args, **kwargs)
+
+    monkeypatch.setattr(TaskManager, "__init__", counting_init)
+    lmeval._task_manager.cache_clear()
+    res = evaluate_checkpoint(setup / "ckpt", ["synth-text"], EvalConfig(limit=2), bench_dir=setup / "data" / "bench",
+                              cache_dir=None, checkpoint_key="k-index", progress=False)
+    lmeval._task_manager.cache_clear()
+    assert res["benchmarks"]["synth-text"]["n"] == 2
+    assert built == [False]
