@@ -241,6 +241,15 @@ def test_public_style_and_noise(tmp_path):
         assert FORMAT_RE.match(resp) or meta["format_error"]
     assert abs(wrong / len(rows) - 0.3) < 0.08
     assert valid / len(rows) > 0.85
+    # an MCQ's public reasoning is the option check alone, down to the letter it answers (right or wrong)
+    mcq = [r for r in rows if r["meta"]["answer_type"] == "letter" and not r["meta"]["format_error"]]
+    assert len(mcq) > 50 and any(r["meta"]["wrong_answer"] for r in mcq)
+    for r in mcq:
+        think = r["messages"][-1]["content"].split("<think>\n")[1].split("\n</think>")[0]
+        letter = r["meta"]["response_answer"]
+        lines = think.splitlines()
+        assert lines[-1] == f"so {letter}" and lines[-2] == f"{letter}. {r['meta']['options'][letter]}: yes"
+        assert [ln[0] for ln in lines[:-1]] == list("ABCD"[: "ABCD".index(letter) + 1])
     fams = {r["meta"]["family"] for r in rows}
     assert fams == {"count", "presence", "mcq_count", "mcq_most", "mcq_colour", "mcq_shape", "arith"}
 

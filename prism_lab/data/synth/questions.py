@@ -111,7 +111,7 @@ def _letter_options(
     return options, letter
 
 
-def _option_check(options: dict[str, str], letter: str) -> str:
+def option_check(options: dict[str, str], letter: str) -> str:
     """The options in order up to the right one, each checked against the value found, then the letter:
     ``A. blue: no / B. red: yes / so B``. The letter is then the one opening the line just written: a tiny
     language model learns that, where finding a value's letter among the question's options it did not
@@ -187,7 +187,7 @@ def _make_mcq_count(rng, scene, colours, shapes, hard) -> Item:
     options = {LETTERS[i]: v for i, v in enumerate(values)}
     letter = LETTERS[values.index(str(n))]
     return Item("mcq_count", "count", f"How many {desc_text(d)} are there?", options, letter, "letter",
-                f"{line}\n{_option_check(options, letter)}", {"terms": [[1, d[0], d[1]]], "k": 0})
+                f"{line}\n{option_check(options, letter)}", {"terms": [[1, d[0], d[1]]], "k": 0})
 
 
 def _make_mcq_most(rng, scene, colours, shapes, hard) -> Item | None:
@@ -200,7 +200,7 @@ def _make_mcq_most(rng, scene, colours, shapes, hard) -> Item | None:
         return None
     options, letter = _letter_options(rng, winners[0], colours, _extra_colours(colours))
     listing = ", ".join(f"{c} {n}" for c, n in counts)
-    think = f"{listing}\nmost is {winners[0]}\n{_option_check(options, letter)}"
+    think = f"{listing}\nmost is {winners[0]}\n{option_check(options, letter)}"
     return Item("mcq_most", "colour", "Which colour has the most shapes?", options, letter, "letter", think,
                 {"colour": winners[0]})
 
@@ -215,7 +215,7 @@ def _make_mcq_colour(rng, scene, colours, shapes, hard) -> Item | None:
     if len(options) < 2:
         return None
     return Item("mcq_colour", "colour", f"What colour is the {s}?", options, letter, "letter",
-                f"the {s} is {colour}\n{_option_check(options, letter)}", {"shape": s, "colour": colour})
+                f"the {s} is {colour}\n{option_check(options, letter)}", {"shape": s, "colour": colour})
 
 
 def _make_mcq_shape(rng, scene, colours, shapes, hard) -> Item | None:
@@ -228,7 +228,7 @@ def _make_mcq_shape(rng, scene, colours, shapes, hard) -> Item | None:
     if len(options) < 2:
         return None
     return Item("mcq_shape", "shape", f"What shape is the {c} one?", options, letter, "letter",
-                f"the {c} one is {article(shape)} {shape}\n{_option_check(options, letter)}",
+                f"the {c} one is {article(shape)} {shape}\n{option_check(options, letter)}",
                 {"colour": c, "shape": shape})
 
 

@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from prism_lab.data.synth.describe import teacher_caption
-from prism_lab.data.synth.questions import Item
+from prism_lab.data.synth.questions import Item, option_check
 from prism_lab.data.synth.scenes import Scene, plural
 from prism_lab.prompts import format_response
 
@@ -75,12 +75,10 @@ def _public_think(item: Item, answer: str, wrong: bool) -> str:
     fam = item.family
     if fam in ("count",):
         return f"I see {answer}."
-    if fam == "mcq_count":
-        return f"I see {item.options[answer]}."
     if fam == "presence":
         return f"I think {answer.lower()}."
-    if fam.startswith("mcq_"):
-        return f"It is {item.options[answer]}."
+    if fam.startswith("mcq_"):  # the teacher's option check without the line that finds the value (docs/cpu_notes.md §11)
+        return option_check(item.options, answer)
     if not wrong:
         return item.teacher_think.splitlines()[-1]
     return f"so {answer}"
