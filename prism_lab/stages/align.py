@@ -37,6 +37,7 @@ def run(ctx: StageContext) -> dict:
     from prism_lab.models.discriminator import load_discriminator, save_discriminator
     from prism_lab.trainers import distributed as dist_
     from prism_lab.trainers.align import align_examples_from_rl, run_align
+    from prism_lab.trainers.progress import StepProgress
 
     cfg = ctx.config
     res = getattr(cfg, "resources", None)
@@ -52,7 +53,9 @@ def run(ctx: StageContext) -> dict:
     if env.is_main:
         print(f"[align] variant={cfg.variant}: {len(examples)} prompts, {cfg.steps} steps x "
               f"{cfg.prompts_per_step} prompts x n={cfg.n}, {env.world_size} process(es)", flush=True)
-    summary = run_align(policy, processor, disc, examples, cfg, out_dir=ctx.out_dir, log=ctx.log_metrics,
+    progress = StepProgress("align", ctx.log_metrics, total=cfg.steps, enabled=env.is_main,
+                            keys=("gap/caption", "gap/cot", "cap_acc", "cot_acc", "format_rate", "response_length"))
+    summary = run_align(policy, processor, disc, examples, cfg, out_dir=ctx.out_dir, log=progress,
                         heartbeat=ctx.heartbeat)
     if env.sharded:  # gathered on rank 0 into the files one process writes (collective)
         dist_.save_hf_checkpoint(policy, processor, model_dir(ctx.out_dir), env)

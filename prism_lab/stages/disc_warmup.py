@@ -71,6 +71,7 @@ def run(ctx: StageContext) -> dict:
     from prism_lab.models.discriminator import save_discriminator
     from prism_lab.trainers.common import remove_resume_state
     from prism_lab.trainers.disc_warmup import run_disc_warmup
+    from prism_lab.trainers.progress import StepProgress
     from prism_lab.trainers import distributed as dist_
     from prism_lab.trainers.warmup_pairs import build_comparisons
 
@@ -101,7 +102,9 @@ def run(ctx: StageContext) -> dict:
     if env.is_main:
         print(f"[disc_warmup] {dcfg.kind} discriminator, {n_params:,} parameters; {len(comps)} comparisons "
               f"({cfg.student_source} students, {skipped} warmup lines skipped)", flush=True)
-    summary = run_disc_warmup(disc, processor, comps, cfg, out_dir=ctx.out_dir, log=ctx.log_metrics,
+    progress = StepProgress("disc_warmup", ctx.log_metrics, total=None, enabled=env.is_main,
+                            keys=("warmup/loss", "warmup/acc"), always_keys=("warmup/heldout_acc",))
+    summary = run_disc_warmup(disc, processor, comps, cfg, out_dir=ctx.out_dir, log=progress,
                               heartbeat=ctx.heartbeat, terminator=terminator, positions=positions)
     full = dist_.full_state_dict(disc, env) if env.sharded else None  # gathered on rank 0
     if not env.is_main:

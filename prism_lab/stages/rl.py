@@ -21,6 +21,7 @@ from prism_lab.models import load_policy, pick_device, save_policy
 from prism_lab.stages.artifacts import checkpoint_dir_of, model_dir, resume_dir
 from prism_lab.trainers import distributed as dist_
 from prism_lab.trainers.common import remove_resume_state, set_seed, setup_threads
+from prism_lab.trainers.progress import StepProgress
 from prism_lab.trainers.rl import train_rl
 
 if TYPE_CHECKING:  # the harness hands every runner its context; stages never import the harness
@@ -42,7 +43,9 @@ def run(ctx: StageContext) -> dict:
     model, processor = load_policy(checkpoint_dir_of(ctx.input("policy").path), dtype=torch.float32, device=device)
     ctx.log.info("rl: %s, %d prompts, %d steps x %d prompts x n=%d, %d threads", cfg.algorithm, len(examples),
                  cfg.steps, cfg.prompts_per_step, cfg.n, threads)
-    result = train_rl(model, processor, examples, cfg, algo, log=ctx.log_metrics, out_dir=ctx.out_dir,
+    progress = StepProgress("rl", ctx.log_metrics, total=cfg.steps, enabled=env.is_main,
+                            keys=("reward/mean", "acc/mean", "format/mean", "response_length/mean"))
+    result = train_rl(model, processor, examples, cfg, algo, log=progress, out_dir=ctx.out_dir,
                       heartbeat=ctx.heartbeat)
     if result.stopped_early:  # the wall-clock budget (max_minutes) stopped it: the result depends on the machine
         ctx.log_metrics(result.steps_done, {"truncated": 1.0})
