@@ -237,3 +237,25 @@ def test_the_command_line_refuses_it_with_one_line_and_writes_nothing(tmp_path):
     lines = [line for line in res.stderr.splitlines() if line.strip()]
     assert res.returncode == 2 and len(lines) == 1 and "stages.base.datasets[0]" in lines[0], res.stderr
     assert "Traceback" not in res.stderr and not (tmp_path / "root").exists()
+
+
+def test_the_base_tokenizer_is_trained_on_its_own_files_not_on_the_sft_mixture(data_dir, tmp_path):
+    import json
+    import shutil
+
+    from prism_lab.data.catalog import DataCatalog
+    from prism_lab.stages.sft import build_policy
+
+    copy = tmp_path / "copy"
+    shutil.copytree(data_dir, copy)
+    public = copy / "data" / "sft_public.json"
+    rows = json.loads(public.read_text())
+    for row in rows:  # other public answers, in words the base files never use
+        row["messages"][-1]["content"] = "<think>\nzebra quokka xylophone zebra quokka\n</think>\n<answer>\n7\n</answer>"
+    public.write_text(json.dumps(rows))
+
+    vocab = lambda d: build_policy(_cfg(), DataCatalog.load(d))[1].tokenizer.get_vocab()  # noqa: E731
+    assert vocab(copy) == vocab(data_dir)
+    sft_cfg = _cfg().model_copy(update={"datasets": ["public", "teacher"]})
+    sft_vocab = lambda d: build_policy(sft_cfg, DataCatalog.load(d))[1].tokenizer.get_vocab()  # noqa: E731
+    assert sft_vocab(copy) != sft_vocab(data_dir)  # a model built for SFT from a preset still learns its rows' words

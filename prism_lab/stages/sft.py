@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -48,11 +48,14 @@ def _message_texts(messages) -> Iterator[str]:
                     yield item["text"]
 
 
-def task_corpus(catalog: DataCatalog) -> list[str]:
-    """Texts the tiny tokenizer is trained on, in a fixed order: the system prompt, every message of
-    every SFT file in the catalog (public then teacher), then the RL prompts and teacher fields."""
+def task_corpus(catalog: DataCatalog, datasets: Sequence[str] = ("public", "teacher")) -> list[str]:
+    """Texts the tiny tokenizer is trained on, in a fixed order: the system prompt, every message of the
+    catalog's SFT files of ``datasets`` (those of the stage that builds the model), then the RL prompts and
+    teacher fields. A base stage trains it on its own files, so the vocabulary of the model that plays
+    Qwen3-VL-Instruct does not depend on the SFT mixture (a change of the public rows changed every base
+    before, by up to ~8 points: docs/cpu_notes.md §10, §12)."""
     texts = [SYSTEM_PROMPT]
-    for path in catalog.sft_files(["public", "teacher"]):
+    for path in catalog.sft_files(list(datasets)):
         for ex in read_sft_json(path, image_root=catalog.image_root, check_images=False):
             texts.extend(_message_texts(ex.messages))
     if catalog.rl and Path(catalog.rl).is_file():
@@ -100,7 +103,7 @@ def build_policy(cfg: SFTConfig, catalog: DataCatalog):
     ref = resolve_model_ref(cfg.model)
     if ref.kind == "preset" and ref.preset is not None and ref.preset.family == "tiny":
         t0 = time.monotonic()
-        tokenizer = build_tokenizer(task_corpus(catalog), vocab_size=cfg.tokenizer_vocab_size, seed=cfg.seed)
+        tokenizer = build_tokenizer(task_corpus(catalog, cfg.datasets), vocab_size=cfg.tokenizer_vocab_size, seed=cfg.seed)
         model, processor = build_tiny_policy(ref.preset, tokenizer, seed=cfg.seed)
         return model, processor, {"model_source": "preset", "vocab_size": len(tokenizer),
                                   "tokenizer_s": round(time.monotonic() - t0, 2)}
