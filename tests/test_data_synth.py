@@ -241,15 +241,29 @@ def test_public_style_and_noise(tmp_path):
         assert FORMAT_RE.match(resp) or meta["format_error"]
     assert abs(wrong / len(rows) - 0.3) < 0.08
     assert valid / len(rows) > 0.85
+    def think(r):
+        return r["messages"][-1]["content"].split("<think>\n")[1].split("\n</think>")[0]
+
+    rows = [r for r in rows if not r["meta"]["format_error"]]
     # an MCQ's public reasoning is the option check alone, down to the letter it answers (right or wrong)
-    mcq = [r for r in rows if r["meta"]["answer_type"] == "letter" and not r["meta"]["format_error"]]
+    mcq = [r for r in rows if r["meta"]["answer_type"] == "letter"]
     assert len(mcq) > 50 and any(r["meta"]["wrong_answer"] for r in mcq)
     for r in mcq:
-        think = r["messages"][-1]["content"].split("<think>\n")[1].split("\n</think>")[0]
         letter = r["meta"]["response_answer"]
-        lines = think.splitlines()
+        lines = think(r).splitlines()
         assert lines[-1] == f"so {letter}" and lines[-2] == f"{letter}. {r['meta']['options'][letter]}: yes"
         assert [ln[0] for ln in lines[:-1]] == list("ABCD"[: "ABCD".index(letter) + 1])
+    # a presence answer names the count of the asked kind (`red circles = 0`): the true one when the answer is
+    # right; it says Yes exactly when that count is above 0, right or wrong
+    presence = [r for r in rows if r["meta"]["family"] == "presence"]
+    assert len(presence) > 30 and any(r["meta"]["wrong_answer"] for r in presence)
+    for r in presence:
+        kind, n = think(r).split(" = ")
+        scene = Scene.from_list(r["meta"]["image_size"], r["meta"]["scene"])
+        assert (int(n) > 0) == (r["meta"]["response_answer"] == "Yes")
+        assert kind.rstrip("s") in r["messages"][0]["content"]  # `red circles` for "Is there a red circle?"
+        if not r["meta"]["wrong_answer"]:
+            assert int(n) == scene.count(*r["meta"]["q"]["desc"])
     fams = {r["meta"]["family"] for r in rows}
     assert fams == {"count", "presence", "mcq_count", "mcq_most", "mcq_colour", "mcq_shape", "arith"}
 

@@ -44,6 +44,20 @@ def wrong_answer(rng: random.Random, item: Item) -> str:
     return str(rng.choice(cands))
 
 
+def _asked_kind(item: Item) -> str:
+    """What a presence item asks about (``red circles``): the teacher's count line up to its ``=``."""
+    return item.teacher_think.splitlines()[0].split(" = ", 1)[0]
+
+
+def _presence_count(item: Item, answer: str) -> int:
+    """The count a presence answer rests on: the true one when the answer is right, else 0 for a wrong No and 1
+    for a wrong Yes."""
+    true_n = int(item.teacher_think.splitlines()[0].rsplit("= ", 1)[1])
+    if (true_n > 0) == (answer == "Yes"):
+        return true_n
+    return 1 if answer == "Yes" else 0
+
+
 @dataclass
 class PublicResponse:
     text: str
@@ -75,8 +89,8 @@ def _public_think(item: Item, answer: str, wrong: bool) -> str:
     fam = item.family
     if fam in ("count",):
         return f"I see {answer}."
-    if fam == "presence":
-        return f"I think {answer.lower()}."
+    if fam == "presence":  # the count of the asked kind, not `I think no.` (docs/cpu_notes.md §12)
+        return f"{_asked_kind(item)} = {_presence_count(item, answer)}"
     if fam.startswith("mcq_"):  # the teacher's option check without the line that finds the value (docs/cpu_notes.md §11)
         return option_check(item.options, answer)
     if not wrong:
