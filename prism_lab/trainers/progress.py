@@ -32,7 +32,7 @@ class StepProgress:
         self.print_fn = print_fn or (lambda line: print(line, flush=True))
         self.clock = clock
         self._t0 = clock()
-        self._first: tuple[int, float] | None = None  # (step, time) of the first call: a resumed run's start
+        self._start: int | None = None  # the step before the first call: where a resumed run started
         self._printed = 0  # last printed step
 
     def __call__(self, step: int, values: dict[str, float]) -> None:
@@ -41,9 +41,8 @@ class StepProgress:
         if not self.enabled:
             return
         now = self.clock()
-        if self._first is None:
-            self._first = (step - 1, self._t0)
-            self._printed = step - 1
+        if self._start is None:
+            self._start = self._printed = step - 1
         wanted = step - self._printed >= self.every or step == self.total or any(k in values for k in self.always_keys)
         if not wanted or not any(k in values for k in (*self.keys, *self.always_keys)):
             return
@@ -56,8 +55,7 @@ class StepProgress:
         parts += [f"{k} {_value_text(float(values[k]))}" for k in (*self.keys, *self.always_keys) if k in values]
         elapsed = now - self._t0
         parts.append(f"elapsed {format_duration(elapsed)}")
-        first_step, first_t = self._first or (0, self._t0)
-        done = step - first_step
+        done = step - (self._start or 0)
         if self.total and done > 0 and step < self.total:
-            parts.append(f"eta {format_duration((now - first_t) / done * (self.total - step))}")
+            parts.append(f"eta {format_duration(elapsed / done * (self.total - step))}")
         return " ".join(parts)
