@@ -254,8 +254,9 @@ def test_the_base_tokenizer_is_trained_on_its_own_files_not_on_the_sft_mixture(d
         row["messages"][-1]["content"] = "<think>\nzebra quokka xylophone zebra quokka\n</think>\n<answer>\n7\n</answer>"
     public.write_text(json.dumps(rows))
 
-    vocab = lambda d: build_policy(_cfg(), DataCatalog.load(d))[1].tokenizer.get_vocab()  # noqa: E731
-    assert vocab(copy) == vocab(data_dir)
+    def vocab(cfg, d):
+        return build_policy(cfg, DataCatalog.load(d))[1].tokenizer.get_vocab()
+
+    assert vocab(_cfg(), copy) == vocab(_cfg(), data_dir)
     sft_cfg = _cfg().model_copy(update={"datasets": ["public", "teacher"]})
-    sft_vocab = lambda d: build_policy(sft_cfg, DataCatalog.load(d))[1].tokenizer.get_vocab()  # noqa: E731
-    assert sft_vocab(copy) != sft_vocab(data_dir)  # a model built for SFT from a preset still learns its rows' words
+    assert vocab(sft_cfg, copy) != vocab(sft_cfg, data_dir)  # a model built for SFT from a preset learns its rows' words
