@@ -12,7 +12,7 @@ import pytest
 
 from prism_lab.data.images import encode_png
 from prism_lab.data.synth.config import SynthConfig
-from prism_lab.data.synth.describe import teacher_caption
+from prism_lab.data.synth.describe import desc_text, teacher_caption
 from prism_lab.data.synth.files import corpus_texts, load_manifest
 from prism_lab.data.synth.generate import generate
 from prism_lab.data.synth.questions import derive_answer
@@ -241,6 +241,7 @@ def test_public_style_and_noise(tmp_path):
         assert FORMAT_RE.match(resp) or meta["format_error"]
     assert abs(wrong / len(rows) - 0.3) < 0.08
     assert valid / len(rows) > 0.85
+
     def think(r):
         return r["messages"][-1]["content"].split("<think>\n")[1].split("\n</think>")[0]
 
@@ -259,11 +260,11 @@ def test_public_style_and_noise(tmp_path):
     assert len(presence) > 30 and any(r["meta"]["wrong_answer"] for r in presence)
     for r in presence:
         kind, n = think(r).split(" = ")
-        scene = Scene.from_list(r["meta"]["image_size"], r["meta"]["scene"])
+        desc = tuple(r["meta"]["q"]["desc"])
+        assert kind == desc_text(desc)  # `red circles` for "Is there a red circle?"
         assert (int(n) > 0) == (r["meta"]["response_answer"] == "Yes")
-        assert kind.rstrip("s") in r["messages"][0]["content"]  # `red circles` for "Is there a red circle?"
         if not r["meta"]["wrong_answer"]:
-            assert int(n) == scene.count(*r["meta"]["q"]["desc"])
+            assert int(n) == Scene.from_list(r["meta"]["image_size"], r["meta"]["scene"]).count(*desc)
     fams = {r["meta"]["family"] for r in rows}
     assert fams == {"count", "presence", "mcq_count", "mcq_most", "mcq_colour", "mcq_shape", "arith"}
 
