@@ -41,7 +41,7 @@ def env(tmp_path_factory):
     generate(SynthConfig(**SMALL), root / "data_art" / "data")
     synth_catalog("data").save(root / "data_art")
     catalog = DataCatalog.load(root / "data_art")
-    tok = build_tokenizer(task_corpus(catalog), vocab_size=512)
+    tok = build_tokenizer(task_corpus(catalog, ["public", "teacher"]), vocab_size=512)
     model, proc = build_tiny_policy("tiny-xs", tok, seed=0)
     save_policy(model, proc, root / "sft_art" / "model")
     return {"root": root, "catalog": catalog, "model": model, "proc": proc}

@@ -48,7 +48,7 @@ def _message_texts(messages) -> Iterator[str]:
                     yield item["text"]
 
 
-def task_corpus(catalog: DataCatalog, datasets: Sequence[str] = ("public", "teacher")) -> list[str]:
+def task_corpus(catalog: DataCatalog, datasets: Sequence[str]) -> list[str]:
     """Texts the tiny tokenizer is trained on, in a fixed order: the system prompt, every message of the
     catalog's SFT files of ``datasets`` (those of the stage that builds the model), then the RL prompts and
     teacher fields. A base stage trains it on its own files, so the vocabulary of the model that plays

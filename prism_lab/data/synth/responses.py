@@ -8,7 +8,7 @@ import random
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from prism_lab.data.synth.describe import teacher_caption
+from prism_lab.data.synth.describe import desc_text, teacher_caption
 from prism_lab.data.synth.questions import Item, option_check
 from prism_lab.data.synth.scenes import Scene, plural
 from prism_lab.prompts import format_response
@@ -44,15 +44,10 @@ def wrong_answer(rng: random.Random, item: Item) -> str:
     return str(rng.choice(cands))
 
 
-def _asked_kind(item: Item) -> str:
-    """What a presence item asks about (``red circles``): the teacher's count line up to its ``=``."""
-    return item.teacher_think.splitlines()[0].split(" = ", 1)[0]
-
-
-def _presence_count(item: Item, answer: str) -> int:
+def _presence_count(item: Item, scene: Scene, answer: str) -> int:
     """The count a presence answer rests on: the true one when the answer is right, else 0 for a wrong No and 1
     for a wrong Yes."""
-    true_n = int(item.teacher_think.splitlines()[0].rsplit("= ", 1)[1])
+    true_n = scene.count(*item.meta["desc"])
     if (true_n > 0) == (answer == "Yes"):
         return true_n
     return 1 if answer == "Yes" else 0
@@ -85,12 +80,12 @@ def _public_caption(rng: random.Random, scene: Scene, colours, shapes, wrong: bo
     return "- shapes on white"
 
 
-def _public_think(item: Item, answer: str, wrong: bool) -> str:
+def _public_think(item: Item, scene: Scene, answer: str, wrong: bool) -> str:
     fam = item.family
     if fam in ("count",):
         return f"I see {answer}."
     if fam == "presence":  # the count of the asked kind, not `I think no.` (docs/cpu_notes.md §12)
-        return f"{_asked_kind(item)} = {_presence_count(item, answer)}"
+        return f"{desc_text(tuple(item.meta['desc']))} = {_presence_count(item, scene, answer)}"
     if fam.startswith("mcq_"):  # the teacher's option check without the line that finds the value (docs/cpu_notes.md §11)
         return option_check(item.options, answer)
     if not wrong:
@@ -115,7 +110,7 @@ def public_response(
     bad_format = rng.random() < format_error_share
     answer = wrong_answer(rng, item) if wrong else item.answer
     caption = _public_caption(rng, scene, colours, shapes, wrong_cap)
-    think = _public_think(item, answer, wrong)
+    think = _public_think(item, scene, answer, wrong)
     if bad_format:
         if rng.random() < 0.5:
             text = f"<think>\n{think}\n</think>\n<answer>\n{answer}\n</answer>"
