@@ -206,6 +206,35 @@ def test_no_caption_file_unless_asked(tmp_path):
     assert "sft_caption.json" not in m["files"] and not (tmp_path / "d" / "sft_caption.json").exists()
 
 
+def _instruct_rows(out: Path, share: float) -> list[dict]:
+    generate(SynthConfig(seed=5, n_sft_public=0, n_teacher=0, n_instruct=500, n_rl=0, n_warmup=0, n_bench=0,
+                         n_text=0, n_heldout=0, instruct_caption_first_share=share), out)
+    return json.loads((out / "base_instruct.json").read_text())
+
+
+@pytest.mark.parametrize("share", [0.5, 1.0])
+def test_instruct_rows_put_the_dense_caption_first_only_on_a_share_of_counting_mcq(tmp_path, share):
+    plain, rows = _instruct_rows(tmp_path / "plain", 0.0), _instruct_rows(tmp_path / "d", share)
+    cfg = SynthConfig()
+    first = {"mcq_count": 0, "mcq_most": 0}
+    n = dict.fromkeys(first, 0)
+    for row, ref in zip(rows, plain, strict=True):
+        assert row["meta"] == ref["meta"] and row["messages"][0] == ref["messages"][0]  # same items either way
+        reply, ref_reply = row["messages"][-1]["content"], ref["messages"][-1]["content"]
+        assert ref_reply.startswith("<think>\n")
+        _check_item(row["meta"], extract_answer(reply))
+        family = row["meta"]["family"]
+        n[family] = n.get(family, 0) + 1
+        if reply != ref_reply:
+            scene = _scene(row["meta"])
+            assert family in first, family
+            assert reply == f"<caption>\n{teacher_caption(scene, cfg.colours, cfg.shapes)}\n</caption>\n{ref_reply}"
+            assert FORMAT_RE.match(reply)
+            first[family] += 1
+    for f in first:  # the share holds per family, within sampling noise
+        assert n[f] >= 10 and abs(first[f] - share * n[f]) <= max(3.0, 0.25 * n[f]), (f, first[f], n[f])
+
+
 def test_rl_rows_consistent(data_dir):
     rows = pq.read_table(data_dir / "rl_train.parquet").to_pylist()
     for i, row in enumerate(rows):

@@ -42,7 +42,13 @@ class SynthConfig(BaseModel):
     n_instruct: int = Field(
         0, ge=0,
         description="Rows of instruction data for the `base` stage (base_instruct.json; 0 = no file): a question "
-        "and its correct answer alone, as an instruction-tuned model answers before any PRISM-format SFT.",
+        "and its correct answer, as an instruction-tuned model answers before any PRISM-format SFT.",
+    )
+    instruct_caption_first_share: float = Field(
+        0.5, ge=0.0, le=1.0,
+        description="Share of the counting multiple-choice instruction rows (mcq_count, mcq_most) answered "
+        "caption-first (dense caption, reasoning, answer) instead of reasoning alone: the base then copies the "
+        "options across a caption, which SFT's caption-first format needs (docs/cpu_notes.md §13).",
     )
     n_rl: int = Field(500, ge=0, description="Rows of the RL parquet (rl_train.parquet).")
     n_warmup: int = Field(300, ge=0, description="Lines of discriminator warmup pairs (2 comparisons each).")

@@ -65,9 +65,10 @@ from prism_lab.data.synth.splits import (
 from prism_lab.data.synth.text_task import TEXT_TASK_FILE, write_text_task
 from prism_lab.errors import ConfigError
 
-GENERATOR_VERSION = "7"  # 5: the teacher checks the options in order before it names the letter; 6: so do the
+GENERATOR_VERSION = "8"  # 5: the teacher checks the options in order before it names the letter; 6: so do the
 #                            public rows, tersely (no line that finds the value); 7: a public presence answer names
-#                            the count of the asked kind (`red circles = 0`), not `I think no.`
+#                            the count of the asked kind (`red circles = 0`), not `I think no.`; 8: a share of the
+#                            base's counting MCQ rows puts the dense caption first
 
 
 def _validated(cfg: SynthConfig | Mapping[str, Any]) -> SynthConfig:

@@ -39,6 +39,7 @@ from prism_lab.data.synth.sampling import (
 )
 from prism_lab.data.synth.scenes import draw, random_scene
 from prism_lab.data.warmup_jsonl import write_warmup_jsonl
+from prism_lab.prompts import format_response
 from prism_lab.seeds import derive_seed
 
 _TRAIN_EASY = {"count": 3, "presence": 2, "mcq_count": 1, "mcq_most": 1, "mcq_colour": 1, "mcq_shape": 1, "arith": 3}
@@ -133,11 +134,19 @@ def write_caption(cfg, tmp, seen, prog) -> tuple[int, Counter]:
     return write_sft_json(tmp / SFT_CAPTION, rows), kinds
 
 
+#: Instruction families of which a share (``instruct_caption_first_share``) is answered caption-first: the
+#: multiple-choice questions that count shapes. Caption-first colour and shape questions cost the base those
+#: questions (docs/cpu_notes.md §11).
+CAPTION_FIRST_FAMILIES = ("mcq_count", "mcq_most")
+
+
 def write_instruct(cfg, tmp, seen, prog) -> tuple[int, Counter]:
-    """Question -> the reasoning and the correct answer (``<think>`` and ``<answer>`` blocks, no caption, no system
-    prompt): the base stage's instruction data. It answers as an instruction-tuned model does before PRISM's
-    caption-first format (which SFT teaches), and it learns to restate what the question asks about right after
-    the question, which the caption-first format then needs across a whole caption (docs/cpu_notes.md §8)."""
+    """Question -> the reasoning and the correct answer (``<think>`` and ``<answer>`` blocks, no system prompt): the
+    base stage's instruction data. It answers as an instruction-tuned model does before PRISM's caption-first
+    format (which SFT teaches), and it learns to restate what the question asks about right after the question,
+    which the caption-first format then needs across a whole caption (docs/cpu_notes.md §8). A share of the
+    counting multiple-choice rows puts the dense caption first, so that the base also copies the options across a
+    caption (docs/cpu_notes.md §13)."""
     rows, fam = [], Counter()
     weights = family_weights(_INSTRUCT, cfg.families)
     for i in range(cfg.n_instruct):
@@ -147,7 +156,10 @@ def write_instruct(cfg, tmp, seen, prog) -> tuple[int, Counter]:
         seen.add((scene.signature(), item.question))
         item_id = f"instruct-{i:05d}"
         (tmp / "images" / f"{item_id}.png").write_bytes(encode_png(draw(scene)))
-        reply = f"<think>\n{item.teacher_think}\n</think>\n<answer>\n{item.answer}\n</answer>"
+        if item.family in CAPTION_FIRST_FAMILIES and rng.random() < cfg.instruct_caption_first_share:
+            reply = format_response(teacher_caption(scene, cfg.colours, cfg.shapes), item.teacher_think, item.answer)
+        else:
+            reply = f"<think>\n{item.teacher_think}\n</think>\n<answer>\n{item.answer}\n</answer>"
         plain = [{"role": "user", "content": user_text(item)}, {"role": "assistant", "content": reply}]
         rows.append({"messages": plain, "images": [f"images/{item_id}.png"],
                      "meta": item_meta(item_id, item, scene, "hard" if hard else "easy")})
