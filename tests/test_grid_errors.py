@@ -70,7 +70,7 @@ CASES = [
     ("data_local_missing", edit(data={"source": "local"}), r"data: .*needs a `local:` section"),
     ("extends_missing", "extends: nothing-here.yaml\n" + TOY, r"extends: file not found"),
     ("size_stages_unknown_size", edit(size_stages={"16b": {"base": {"max_steps": 10}}}),
-     r"size_stages\.16b: '16b' is not a value of the `size` axis \(4b, 8b\)"),
+     r"size_stages\.16b: '16b' is not a size of `models` \(4b, 8b\)"),
     ("size_stages_unknown_stage", edit(size_stages={"4b": {"distill": {}}}),
      r"size_stages\.4b\.distill: 'distill' is not a stage this grid runs; expected one of"),
     ("size_stages_out_of_range", edit(size_stages={"4b": {"base": {"max_steps": -1}}}),

@@ -57,7 +57,7 @@ class GridSpec(StrictModel):
     )
     size_stages: dict[str, dict[str, dict[str, Any]]] = Field(
         default_factory=dict,
-        description="`size` axis value -> stage kind -> fields that replace those of `stages` in that size's cells "
+        description="size (a key of `models`) -> stage kind -> fields that replace those of `stages` in that size's cells "
         "(the paper tunes its 4B and 8B runs apart). Merged over `stages` field by field; an axis on the same "
         "field still wins.",
     )

@@ -178,19 +178,21 @@ class PrismPipeline:
                 raise grid.error(("models", size), problem)
 
     def _validate_size_stages(self, grid: Grid, used: list[str], synth: Any) -> None:
-        """Each `size_stages` entry names a size of the grid and a stage it runs, and what it makes of that stage's
-        config is valid (checked merged, as the cells of that size will get it)."""
+        """Each `size_stages` entry names a size of `models` and a stage the grid runs, and what it makes of that
+        stage's config is valid (checked merged, as the cells of that size will get it). The settings of a size that the
+        `size` axis leaves out apply to nothing and are not checked against this grid's data, so that a grid which
+        extends another and narrows the axis keeps the other sizes' settings without an error."""
         spec = grid.spec
         runs = [k for k in used if k != "data"]
         for size, kinds in spec.size_stages.items():
-            if size not in spec.axes["size"]:
-                raise grid.error(("size_stages", size), f"{size!r} is not a value of the `size` axis "
-                                                        f"({', '.join(map(str, spec.axes['size']))})")
+            if size not in spec.models:
+                raise grid.error(("size_stages", size), f"{size!r} is not a size of `models` "
+                                                        f"({', '.join(map(str, spec.models))})")
             for kind, section in kinds.items():
                 if kind not in runs:
                     raise grid.error(("size_stages", size, kind), f"{kind!r} is not a stage this grid runs; expected "
                                                                   f"one of {', '.join(runs)}")
-                if section:
+                if section and size in spec.axes["size"]:
                     self._validate_stage(grid, kind, spec.stage_section(kind, size), ("size_stages", size, kind),
                                          synth)
 
