@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+from collections import Counter
 from pathlib import Path
 
 import pandas as pd
@@ -118,6 +119,7 @@ def test_text_task_lines(data_dir):
         ({"shapes": ["hexagon"]}, "shapes"),
         ({"families": ["riddles"]}, "families"),
         ({"public_wrong_answer_share": 1.5}, "public_wrong_answer_share"),
+        ({"instruct_caption_first_share": -0.1}, "instruct_caption_first_share"),
         ({"min_object_size": 12, "max_object_size": 6}, "min_object_size"),
         ({"max_objects": 500}, "max_objects"),
         ({"colours": ["red"], "shapes": ["circle"]}, "at least 2 kinds"),
@@ -217,14 +219,14 @@ def test_instruct_rows_put_the_dense_caption_first_only_on_a_share_of_counting_m
     plain, rows = _instruct_rows(tmp_path / "plain", 0.0), _instruct_rows(tmp_path / "d", share)
     cfg = SynthConfig()
     first = {"mcq_count": 0, "mcq_most": 0}
-    n = dict.fromkeys(first, 0)
+    n = Counter()
     for row, ref in zip(rows, plain, strict=True):
         assert row["meta"] == ref["meta"] and row["messages"][0] == ref["messages"][0]  # same items either way
         reply, ref_reply = row["messages"][-1]["content"], ref["messages"][-1]["content"]
         assert ref_reply.startswith("<think>\n")
         _check_item(row["meta"], extract_answer(reply))
         family = row["meta"]["family"]
-        n[family] = n.get(family, 0) + 1
+        n[family] += 1
         if reply != ref_reply:
             scene = _scene(row["meta"])
             assert family in first, family
