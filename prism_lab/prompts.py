@@ -54,9 +54,14 @@ def extract_answer(text: str) -> str | None:
     return None if m is None else m.group(1).strip()
 
 
+def format_cot(think: str, answer: str) -> str:
+    """The reasoning and answer blocks of a response, without a caption."""
+    return f"<think>\n{think}\n</think>\n<answer>\n{answer}\n</answer>"
+
+
 def format_response(caption: str, think: str, answer: str) -> str:
     """Assemble a response in the paper's format (used by data generators and tests)."""
-    return f"<caption>\n{caption}\n</caption>\n<think>\n{think}\n</think>\n<answer>\n{answer}\n</answer>"
+    return f"<caption>\n{caption}\n</caption>\n" + format_cot(think, answer)
 
 
 def split_image_placeholders(text: str) -> list[dict]:

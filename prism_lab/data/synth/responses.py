@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from prism_lab.data.synth.describe import desc_text, teacher_caption
 from prism_lab.data.synth.questions import Item, option_check
 from prism_lab.data.synth.scenes import Scene, plural
-from prism_lab.prompts import format_response
+from prism_lab.prompts import format_cot, format_response
 
 
 def teacher_segments(item: Item, scene: Scene, colours: Sequence[str], shapes: Sequence[str]) -> tuple[str, str]:
@@ -113,7 +113,7 @@ def public_response(
     think = _public_think(item, scene, answer, wrong)
     if bad_format:
         if rng.random() < 0.5:
-            text = f"<think>\n{think}\n</think>\n<answer>\n{answer}\n</answer>"
+            text = format_cot(think, answer)
         else:
             text = answer
     else:

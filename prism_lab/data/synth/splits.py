@@ -39,7 +39,7 @@ from prism_lab.data.synth.sampling import (
 )
 from prism_lab.data.synth.scenes import draw, random_scene
 from prism_lab.data.warmup_jsonl import write_warmup_jsonl
-from prism_lab.prompts import format_response
+from prism_lab.prompts import format_cot, format_response
 from prism_lab.seeds import derive_seed
 
 _TRAIN_EASY = {"count": 3, "presence": 2, "mcq_count": 1, "mcq_most": 1, "mcq_colour": 1, "mcq_shape": 1, "arith": 3}
@@ -159,7 +159,7 @@ def write_instruct(cfg, tmp, seen, prog) -> tuple[int, Counter]:
         if item.family in CAPTION_FIRST_FAMILIES and rng.random() < cfg.instruct_caption_first_share:
             reply = format_response(teacher_caption(scene, cfg.colours, cfg.shapes), item.teacher_think, item.answer)
         else:
-            reply = f"<think>\n{item.teacher_think}\n</think>\n<answer>\n{item.answer}\n</answer>"
+            reply = format_cot(item.teacher_think, item.answer)
         plain = [{"role": "user", "content": user_text(item)}, {"role": "assistant", "content": reply}]
         rows.append({"messages": plain, "images": [f"images/{item_id}.png"],
                      "meta": item_meta(item_id, item, scene, "hard" if hard else "easy")})
