@@ -64,6 +64,14 @@ def test_gradient_checkpointing_under_fsdp_changes_no_weight(sft_runs, tmp_path)
     assert max_diff(one, load_file(str(tmp_path / "weights.safetensors"))) < ATOL
 
 
+def test_length_groups_under_fsdp_change_no_weight(sft_runs, tmp_path):
+    """Each rank cuts its share of a micro-batch into 2 runs by length: every rank makes the same number of forward
+    passes (FSDP2 would hang otherwise), and the weights are those of one padded batch in one process."""
+    _ok(torchrun(2, "sft", str(tmp_path), "--length-groups", "2"))
+    one = load_file(str(sft_runs[1] / "weights.safetensors"))
+    assert max_diff(one, load_file(str(tmp_path / "weights.safetensors"))) < ATOL
+
+
 def test_sharded_state_gathers_into_an_ordinary_hf_checkpoint(sft_runs):
     from transformers import AutoModelForImageTextToText
 

@@ -17,6 +17,7 @@ from prism_lab.data.collate import (
     SFTCollator,
     encode_chat,
     encode_chats,
+    length_group_indices,
     pad_batch,
     to_content_messages,
 )
@@ -157,6 +158,65 @@ def test_collator_error_names_file_and_row(tokenizer, tmp_path):
                       images=[], row=3, source="y.json")
     with pytest.raises(DataError, match=r"y\.json: row 3: cannot encode"):
         SFTCollator(proc)([bad2])
+
+
+def test_length_group_indices_sort_by_length_and_cut_near_equal_runs():
+    # lengths 5 3 9 3 7 -> by length (ties in row order): rows 1, 3, 0, 4, 2 -> runs of 3 and 2
+    assert length_group_indices([5, 3, 9, 3, 7], 2) == [[1, 3, 0], [4, 2]]
+    assert length_group_indices([5, 3, 9, 3, 7], 1) == [[1, 3, 0, 4, 2]]
+    assert length_group_indices([4, 1, 2, 3, 6, 5, 7], 3) == [[1, 2, 3], [0, 5], [4, 6]]
+    assert length_group_indices([2, 1], 4) == [[1], [0]]  # never an empty run
+    assert length_group_indices([], 3) == []
+    with pytest.raises(ValueError, match="groups must be >= 1"):
+        length_group_indices([1], 0)
+
+
+def _varied(examples: list[SFTExample]) -> list[SFTExample]:
+    """The fixture rows with questions of 4 different lengths."""
+    return [SFTExample(messages=[{"role": "user", "content": e.messages[0]["content"] + " and then" * (3 * (i % 4))},
+                                 e.messages[1]], images=e.images, row=e.row, source=e.source)
+            for i, e in enumerate(examples)]
+
+
+def test_length_groups_hold_the_same_rows_with_less_padding(tokenizer, examples):
+    _, proc = _policy(tokenizer)
+    collate = SFTCollator(proc, max_length=512)
+    rows = _varied(examples)[:8]
+    one = collate(rows)
+    parts = collate.length_groups(rows, 3)
+    assert [p["input_ids"].shape[0] for p in parts] == [3, 3, 2]
+    assert sum(int(p["attention_mask"].sum()) for p in parts) == int(one["attention_mask"].sum())
+    assert sum(p["attention_mask"].numel() for p in parts) < one["attention_mask"].numel()
+    # every row of the batch is in exactly one run, unchanged
+    whole = {tuple(r[m.bool()].tolist()) for r, m in zip(one["input_ids"], one["attention_mask"])}
+    split = [tuple(r[m.bool()].tolist()) for p in parts for r, m in zip(p["input_ids"], p["attention_mask"])]
+    assert len(split) == 8 and set(split) == whole
+    assert sum(p["pixel_values"].shape[0] for p in parts) == one["pixel_values"].shape[0]
+    widths = [p["input_ids"].shape[1] for p in parts]
+    assert widths == sorted(widths) and widths[-1] == one["input_ids"].shape[1]
+
+
+def test_length_groups_train_like_one_padded_batch(tokenizer, examples):
+    """The loss is summed over the step's label tokens, so cutting a batch by length changes only float rounding."""
+    rows = _varied(examples)
+    ref_model, proc = _policy(tokenizer)
+    ref = train_sft(ref_model, proc, rows, _cfg(max_steps=6, batch_size=8, grad_accum=1), progress=False)
+    model, proc = _policy(tokenizer)
+    res = train_sft(model, proc, rows, _cfg(max_steps=6, batch_size=8, grad_accum=1, length_groups=4), progress=False)
+    assert res.tokens_seen == ref.tokens_seen and res.label_tokens_seen == ref.label_tokens_seen
+    assert res.final_loss == pytest.approx(ref.final_loss, rel=1e-4)
+    a, b = _weights(ref_model), _weights(model)
+    for k in a:
+        assert torch.allclose(a[k], b[k], atol=1e-5, rtol=1e-4), k
+    moved = max(float((a[k] - w).abs().max()) for k, w in _weights(_policy(tokenizer)[0]).items())
+    assert moved > 1e-3  # the runs trained: equal weights are not the untouched init
+
+
+def test_length_groups_must_fit_a_process_share():
+    assert _cfg(batch_size=8, length_groups=8).length_groups == 8
+    with pytest.raises(ValueError, match=r"length_groups \(5\) must be at most the rows of a micro-batch per process "
+                                         r"\(4: batch_size 8 over 2\)"):
+        _cfg(batch_size=8, length_groups=5, resources={"processes": 2})
 
 
 # ------------------------------------------------------------------------------------------ schedule

@@ -8,7 +8,9 @@ interrupted run that is restarted ends with the same weights as an uninterrupted
 Data order: a fresh permutation per epoch (:class:`~prism_lab.trainers.sampling.EpochSampler`, stream ``sft/data``); micro-batches
 take consecutive ``batch_size`` slices of the stream of epochs (a step can straddle two epochs).
 Loss: summed token cross-entropy over the labelled (assistant) tokens of all micro-batches of one
-optimizer step, divided by their number, so accumulation equals one large batch.
+optimizer step, divided by their number, so accumulation equals one large batch. For the same reason a
+micro-batch can go through the model as ``cfg.length_groups`` runs of rows of similar length, each padded on its
+own: the same gradient for less padding.
 """
 
 from __future__ import annotations
@@ -255,7 +257,6 @@ def train_sft(
     stop_after_step: int | None = None,
     heartbeat: Callable[[], None] | None = None,
     progress: bool | None = None,
-    collator: Callable[[Sequence[Any]], dict[str, torch.Tensor]] | None = None,
 ) -> SFTResult:
     """Train ``model`` in place on ``examples`` (SFTExample-like rows) with the settings of ``cfg``.
 
@@ -285,7 +286,7 @@ def train_sft(
         raise DataError("no SFT examples to train on")
     total = total_steps_for(cfg, n)
     warmup = warmup_steps_for(total, cfg.warmup_ratio)
-    collate = collator or SFTCollator(processor, max_length=cfg.max_length)
+    collate = SFTCollator(processor, max_length=cfg.max_length)
     model.train()
     if env.sharded:  # shard first: the optimizer must hold the sharded parameters
         model = accelerator.prepare_model(model)
@@ -302,7 +303,8 @@ def train_sft(
     stream.load({"epoch": st.epoch, "cursor": st.pos})
     budget = TimeBudget(cfg.max_minutes, already_spent_s=st.spent_before)
     bar = _Progress(total, st.step, progress if env.is_main else False, quiet=not env.is_main)
-    bar.line(f"[sft] {n} examples, {total} steps (warmup {warmup}), batch {cfg.batch_size} x accum {cfg.grad_accum}, "
+    bar.line(f"[sft] {n} examples, {total} steps (warmup {warmup}), batch {cfg.batch_size} x accum {cfg.grad_accum} "
+             f"in {cfg.length_groups} length group{'s' if cfg.length_groups > 1 else ''}, "
              f"lr {cfg.lr:g}, device {device}, mixed precision {mp}, threads {threads}")
     history: list[dict[str, float]] = []
     window: list[tuple[float, int, int]] = []  # (loss, samples, tokens) per step since the last log
@@ -322,9 +324,9 @@ def train_sft(
                 stopped_by = "time"
                 bar.line(f"[sft] time budget of {cfg.max_minutes:g} min spent at step {st.step}/{total}; stopping")
                 break
-            # this rank's rows of each micro-batch (every row of it in a single process)
-            batches = [collate(dist_.shard_slice([examples[i] for i in stream.take(cfg.batch_size)], env))
-                       for _ in range(cfg.grad_accum)]
+            # this rank's rows of each micro-batch (every row of it in a single process), in runs of similar length
+            batches = [b for _ in range(cfg.grad_accum) for b in collate.length_groups(
+                dist_.shard_slice([examples[i] for i in stream.take(cfg.batch_size)], env), cfg.length_groups)]
             lr_now = scheduler.get_last_lr()[0]
             loss_sum, n_lab, step_tokens = _accumulate(model, accelerator, batches, device, env)
             grad_norm = float(accelerator.clip_grad_norm_(model.parameters(), cfg.grad_clip))

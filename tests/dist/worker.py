@@ -42,7 +42,7 @@ class Row:
 
     @property
     def messages(self) -> list[dict[str, str]]:
-        return [{"role": "user", "content": f"<image>how many red circles are there ? add {self.i % 10} ."},
+        return [{"role": "user", "content": f"<image>how many red circles are there ? add {self.i % 10} ." + " again" * (self.i % 3)},
                 {"role": "assistant", "content": f"<answer>{self.i % 7}</answer>"}]
 
     def load_images(self) -> list[Image.Image]:
@@ -57,14 +57,15 @@ def _kill_hook(kill_after: int | None, env: dist_.DistEnv):
     return on_step
 
 
-def run_sft(model, processor, out: Path, kill_after: int | None, steps: int, resources: dict) -> None:
+def run_sft(model, processor, out: Path, kill_after: int | None, steps: int, resources: dict,
+            length_groups: int = 1) -> None:
     from prism_lab.config.sft import SFTConfig
     from prism_lab.trainers.sft import train_sft
 
     world = dist_.env_world_size()
     cfg = SFTConfig(model="tiny-xs", lr=1e-3, weight_decay=0.01, batch_size=4, grad_accum=2, max_steps=steps,
                     epochs=100.0, warmup_ratio=0.0, max_length=256, save_every=2, log_every=1, threads=1, seed=0,
-                    resources={"processes": world, **resources})
+                    length_groups=length_groups, resources={"processes": world, **resources})
     env = dist_.init_distributed(world)
     train_sft(model, processor, [Row(i) for i in range(24)], cfg, resume_dir=out / "resume",
               on_step=_kill_hook(kill_after, env), progress=False)
@@ -236,6 +237,7 @@ def main() -> int:
     ap.add_argument("--kill-after", type=int, default=None)
     ap.add_argument("--steps", type=int, default=4)
     ap.add_argument("--resources", default="{}", help="JSON merged into the SFT config's resources.")
+    ap.add_argument("--length-groups", type=int, default=1, help="The SFT config's length_groups.")
     args = ap.parse_args()
     torch.set_num_threads(1)
     args.out.mkdir(parents=True, exist_ok=True)
@@ -246,7 +248,7 @@ def main() -> int:
 
         save_file({k: v.detach().clone().contiguous() for k, v in model.state_dict().items()}, str(args.out / "init.safetensors"))
     if args.mode == "sft":
-        run_sft(model, processor, args.out, args.kill_after, args.steps, json.loads(args.resources))
+        run_sft(model, processor, args.out, args.kill_after, args.steps, json.loads(args.resources), args.length_groups)
     elif args.mode == "rl":
         run_rl(model, processor, args.out, args.kill_after, args.steps)
     elif args.mode == "align":
