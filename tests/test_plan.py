@@ -29,13 +29,16 @@ def keys_by_kind(plan):
 
 
 def test_a_grid_that_narrows_the_size_axis_keeps_each_size_its_own_settings(tmp_path):
-    full = {r.config["model"]: r for r in build_plan(load_grid(TOY)).runs.values() if r.kind == "base"}
-    for size, model in (("4b", "tiny-s"), ("8b", "tiny-m")):
+    both = tmp_path / "both.yaml"
+    both.write_text(f"extends: {TOY}\nname: both\nsize_stages:\n  4b: {{base: {{max_steps: 2222}}}}\n"
+                    "  8b: {base: {max_steps: 3333}}\n")
+    full = {r.config["model"]: r for r in build_plan(load_grid(both)).runs.values() if r.kind == "base"}
+    for size, model, steps in (("4b", "tiny-s", 2222), ("8b", "tiny-m", 3333)):
         g = tmp_path / f"{size}.yaml"
-        g.write_text(f"extends: {TOY}\nname: only-{size}\naxes:\n  size: [{size}]\n")
+        g.write_text(f"extends: {both}\nname: only-{size}\naxes:\n  size: [{size}]\n")
         (base,) = [r for r in build_plan(load_grid(g)).runs.values() if r.kind == "base"]
         assert base.config["model"] == model and base.key == full[model].key  # same run as in the full grid
-    assert full["tiny-s"].config["max_steps"] != full["tiny-m"].config["max_steps"]  # the sizes differ
+        assert base.config["max_steps"] == steps  # each size its own settings
 
 
 def test_toy_plan_counts():
@@ -165,7 +168,7 @@ def test_size_stages_change_only_that_sizes_runs(tmp_path):
     """`size_stages` sets a stage's fields for one size: that size's runs (and what depends on them) get new keys,
     the other size's runs keep theirs; an axis on the same field still wins."""
     d = yaml.safe_load(TOY.read_text())
-    d["size_stages"]["4b"] = {"base": {"max_steps": 3000}, "sft": {"lr": 1.0e-4}}  # the 8b entry stays
+    d.setdefault("size_stages", {})["4b"] = {"base": {"max_steps": 3000, "caption_steps": 7}, "sft": {"lr": 1.0e-4}}
     d["axes"]["sft.lr"] = [2.0e-4]
     p = tmp_path / "per_size.yaml"
     p.write_text(yaml.safe_dump(d))
@@ -175,10 +178,11 @@ def test_size_stages_change_only_that_sizes_runs(tmp_path):
         return [r for r in plan.runs.values() if r.kind == kind and r.label.startswith(f"{kind} size={size}")]
 
     base4, base8 = runs("base", "4b"), runs("base", "8b")
-    toy_8b = d["size_stages"]["8b"]["base"]
+    toy_8b = d["size_stages"].get("8b", {}).get("base", {})  # the toy's own 8b entry, if any, stays
     assert [r.config["max_steps"] for r in base4] == [3000]
-    assert [r.config["max_steps"] for r in base8] == [toy_8b["max_steps"]] != [3000]
-    assert base4[0].config["caption_steps"] == d["stages"]["base"]["caption_steps"] != toy_8b["caption_steps"]
+    assert [r.config["max_steps"] for r in base8] == [toy_8b.get("max_steps", d["stages"]["base"]["max_steps"])] != [3000]
+    assert base4[0].config["caption_steps"] == 7
+    assert base8[0].config["caption_steps"] == toy_8b.get("caption_steps", d["stages"]["base"]["caption_steps"]) != 7
     assert base4[0].config["vision_steps"] == base8[0].config["vision_steps"] == d["stages"]["base"]["vision_steps"]
     assert {r.config["lr"] for r in runs("sft", "4b") + runs("sft", "8b")} == {2.0e-4}  # the axis wins
     toy = build_plan(load_grid(toy_variant(tmp_path, "same_lr", sft={"lr": 2.0e-4})))
