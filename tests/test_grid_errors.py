@@ -80,6 +80,9 @@ CASES = [
     ("size_stages_pipeline_field", edit(size_stages={"4b": {"sft": {"model": "tiny-m"}}}),
      r"size_stages\.4b\.sft\.model: set by the pipeline from the `models` map"),
     ("size_stages_not_a_mapping", edit(size_stages={"4b": ["base"]}), r"size_stages\.4b: .*valid dictionary"),
+    ("sft_length_groups_over_batch", edit(stages__sft__length_groups=64),
+     r"stages\.sft: .*length_groups \(64\) must be at most the rows of a micro-batch per process \(32: batch_size 32 "
+     r"over 1\)"),
     ("synth_caption_first_share", edit(data__synth__instruct_caption_first_share=1.5),
      r"data\.synth\.instruct_caption_first_share: .*less than or equal to 1"),
     ("size_stages_off_axis_unknown_stage", edit(axes__size=["4b"], size_stages={"8b": {"distill": {}}}),
@@ -125,8 +128,9 @@ def test_error_in_parent_is_located_in_parent_file(tmp_path):
         load_grid(child)
 
 
-@pytest.mark.parametrize("case", [CASES[0], CASES[13], CASES[25], CASES[-2]],
-                         ids=["unknown_axis", "missing_stage", "bad_yaml", "synth_caption_first_share"])
+@pytest.mark.parametrize("case", [CASES[0], CASES[13], CASES[25], CASES[-3], CASES[-2]],
+                         ids=["unknown_axis", "missing_stage", "bad_yaml", "sft_length_groups_over_batch",
+                              "synth_caption_first_share"])
 def test_cli_exit_code_2_one_line_and_ledger_untouched(tmp_path, case):
     name, text, pattern = case
     path = tmp_path / f"{name}.yaml"
