@@ -17,6 +17,7 @@ from prism_lab.data.collate import (
     SFTCollator,
     encode_chat,
     encode_chats,
+    even_split,
     length_group_indices,
     pad_batch,
     to_content_messages,
@@ -169,6 +170,14 @@ def test_length_group_indices_sort_by_length_and_cut_near_equal_runs():
     assert length_group_indices([], 3) == []
     with pytest.raises(ValueError, match="groups must be >= 1"):
         length_group_indices([1], 0)
+
+
+def test_even_split_keeps_order_and_puts_the_larger_runs_first():
+    # 7 items in 3 runs: 7 = 3 + 2 + 2
+    assert even_split(list("abcdefg"), 3) == [["a", "b", "c"], ["d", "e"], ["f", "g"]]
+    assert even_split([1, 2], 5) == [[1], [2]]  # no empty run
+    assert even_split([], 2) == []
+    assert even_split([1, 2, 3], 0) == []
 
 
 def _varied(examples: list[SFTExample]) -> list[SFTExample]:

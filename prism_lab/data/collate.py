@@ -20,12 +20,14 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 
 from prism_lab.errors import DataError
 from prism_lab.prompts import IMAGE_PLACEHOLDER, split_image_placeholders  # noqa: E402
+
+T = TypeVar("T")
 
 IGNORE_INDEX = -100
 
@@ -257,13 +259,18 @@ def length_group_indices(lengths: Sequence[int], groups: int) -> list[list[int]]
     of all, and, with the loss summed over the step's label tokens, gives the same gradient."""
     if groups < 1:
         raise ValueError(f"groups must be >= 1, got {groups}")
-    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
-    k = min(groups, len(order))
-    size, extra = divmod(len(order), k) if k else (0, 0)
+    return even_split(sorted(range(len(lengths)), key=lambda i: lengths[i]), groups)
+
+
+def even_split(items: Sequence[T], parts: int) -> list[list[T]]:
+    """``items`` cut in order into ``min(parts, len(items))`` runs whose sizes differ by at most one, larger runs
+    first (no run for no items)."""
+    k = min(parts, len(items))
+    size, extra = divmod(len(items), k) if k > 0 else (0, 0)
     out, start = [], 0
-    for g in range(k):
+    for g in range(max(k, 0)):
         end = start + size + (1 if g < extra else 0)
-        out.append(order[start:end])
+        out.append(list(items[start:end]))
         start = end
     return out
 

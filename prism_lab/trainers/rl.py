@@ -46,6 +46,7 @@ from prism_lab.algos.advantages import compute_advantage
 from prism_lab.algos.dapo import GenBatch, accumulate_until
 from prism_lab.config.algorithms import AlgorithmConfig, resolve_algorithm
 from prism_lab.config.rl import RLConfig
+from prism_lab.data.collate import even_split
 from prism_lab.errors import ConfigError
 from prism_lab.rollout import (
     Prompt,
@@ -106,17 +107,6 @@ def _autocast_factory(model, precision: str) -> tuple[Callable[[], Any], bool]:
     import contextlib
 
     return contextlib.nullcontext, param_bf16
-
-
-def _split(items: list[int], parts: int) -> list[list[int]]:
-    parts = max(1, min(parts, len(items)))
-    size, rem = divmod(len(items), parts)
-    out, start = [], 0
-    for p in range(parts):
-        end = start + size + (1 if p < rem else 0)
-        out.append(items[start:end])
-        start = end
-    return out
 
 
 class _RLRun:
@@ -303,7 +293,7 @@ class _RLRun:
         chunks = image_chunks_per_row(prompt_batch)
         mini = [micro_batches(prompt_batch, prompt_rows, completions, rows, size=cfg.micro_batch_size,
                               pad_token_id=self.pad_id, image_chunks=chunks, device=self.device, env=self.env)
-                for rows in _split(list(range(len(samples))), algo.mini_batches_per_rollout)]
+                for rows in even_split(list(range(len(samples))), algo.mini_batches_per_rollout) or [[]]]
         flat = [mb for micro in mini for mb in micro]
         have_lp = all(s.rollout_logprobs is not None and len(s.rollout_logprobs) == len(s.token_ids) for s in samples)
         from_rollout = algo.is_on_policy and have_lp and self.trust_rollout_logprobs
