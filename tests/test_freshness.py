@@ -10,6 +10,7 @@ import pytest
 
 from prism_lab.harness.freshness import code_fingerprint, imported_sources, stale_reasons
 from prism_lab.harness.ledger import Ledger
+from prism_lab.harness.machine import cpu_model, machine_label, numeric_machine
 from tests.conftest import REPO, cli_env, run_cli
 from tests.test_executor import PLUGIN, executions, write_grid
 
@@ -118,7 +119,9 @@ def test_the_report_lists_stale_and_truncated_runs(tmp_path):
     led = Ledger(root)
     keys = [r["key"] for r in led.conn.execute("SELECT key FROM runs")]
     data = SimpleNamespace(runs=led.get_runs(keys), metrics={k: led.metrics(k) for k in keys})
-    assert render_flags(run_flags(led, data)) == ""
+    clean = render_flags(run_flags(led, data))
+    assert "## Warnings" not in clean
+    assert f"- {machine_label(numeric_machine())}: {len(keys)} runs" in clean.split("## Machines")[1]
     first = next(k for k in keys if data.runs[k].label == "first")
     led.conn.execute("DELETE FROM events WHERE run_key=? AND kind='code'", (first,))
     led.log_metrics(first, 5, {"truncated": 1.0})
@@ -128,3 +131,52 @@ def test_the_report_lists_stale_and_truncated_runs(tmp_path):
     assert "## Warnings" in text
     assert f"`test_step` first (`{first[:12]}`)" in text.split("Stale runs")[0]  # truncated
     assert "no code fingerprint recorded" in text.split("Stale runs")[1]
+
+
+def test_cpu_model_reads_the_first_processor_of_proc_cpuinfo():
+    info = ("processor\t: 0\nvendor_id\t: AuthenticAMD\ncpu family\t: 23\nmodel\t\t: 1\n"
+            "model name\t: AMD EPYC\n\nprocessor\t: 1\nmodel name\t: Other\n")
+    assert cpu_model(info) == "AMD EPYC (family 23, model 1)"
+    assert cpu_model("model name : Neoverse\n") == "Neoverse"  # no family/model lines (e.g. ARM)
+    machine = numeric_machine()
+    import torch
+
+    assert machine["cpu_kernels"] == torch.backends.cpu.get_cpu_capability()
+    assert machine_label(machine).endswith(f"torch CPU kernels {machine['cpu_kernels']}")
+    assert machine_label({**machine, "gpu": "NVIDIA H200"}).endswith(", GPU NVIDIA H200")
+    assert machine_label(None).startswith("not recorded")
+
+
+def test_runs_record_their_machine_and_runs_from_two_kinds_of_machine_are_flagged(tmp_path):
+    from types import SimpleNamespace
+
+    from prism_lab.report.flags import render_flags, run_flags
+
+    grid = write_grid(tmp_path, xs=(1,))
+    root = tmp_path / "root"
+    assert run_cli("sweep", "run", str(grid), "--root", str(root), "-q", env=cli_env(**PLUGIN)).returncode == 0
+    here = machine_label(numeric_machine())
+    runs = _status(grid, root)
+    assert {r["machine"] for r in runs.values()} == {here}
+    res = run_cli("sweep", "status", str(grid), "--root", str(root), env=cli_env(**PLUGIN))
+    assert f"made on {here}: {len(runs)} done run(s)" in " ".join(res.stdout.split())
+    assert "more than one kind of machine" not in res.stdout
+
+    # one run made on another kind of machine: status and report say so; nothing is stale
+    led = Ledger(root)
+    key = runs["last x=1"]["key"]
+    row = led.conn.execute("SELECT id, message FROM events WHERE run_key=? AND kind='code'", (key,)).fetchone()
+    fp = json.loads(row["message"])
+    assert fp["machine"] == numeric_machine()
+    fp["machine"] = {**fp["machine"], "cpu": "Other CPU (family 25, model 17)", "cpu_kernels": "AVX512"}
+    led.conn.execute("UPDATE events SET message=? WHERE id=?", (json.dumps(fp), row["id"]))
+    keys = [r["key"] for r in led.conn.execute("SELECT key FROM runs")]
+    data = SimpleNamespace(runs=led.get_runs(keys), metrics={k: led.metrics(k) for k in keys})
+    text = render_flags(run_flags(led, data))
+    led.close()
+    assert "more than one kind of machine" in text.split("## Machines")[0]
+    assert f"- {here}: {len(keys) - 1} runs" in text and "- Other CPU (family 25, model 17), " in text
+    runs = _status(grid, root)
+    assert runs["last x=1"]["machine"].startswith("Other CPU") and runs["last x=1"]["stale"] == []
+    res = run_cli("sweep", "status", str(grid), "--root", str(root), env=cli_env(**PLUGIN))
+    assert "more than one kind of machine" in " ".join(res.stdout.split())

@@ -48,11 +48,14 @@ def _load_plan(grid_path: Path, *, check_inputs: bool = False, strict_benchmarks
 def _run_records(plan, root: Path, *, with_metrics: bool) -> list[dict]:
     from prism_lab.harness.ledger import Ledger
 
-    from prism_lab.harness.freshness import stale_runs
+    from prism_lab.harness.freshness import recorded_fingerprints, stale_runs
+    from prism_lab.harness.machine import machine_label
 
     ledger = Ledger.open_existing(root)
     rows = ledger.get_runs(plan.runs) if ledger else {}
     stale = stale_runs(ledger, rows) if ledger and with_metrics else {}
+    done = [k for k, r in rows.items() if r.status == "done"]
+    prints = recorded_fingerprints(ledger, done) if ledger and with_metrics else {}
     records = []
     for key, run in plan.runs.items():
         row = rows.get(key)
@@ -70,6 +73,7 @@ def _run_records(plan, root: Path, *, with_metrics: bool) -> list[dict]:
                 "finished_at": row.finished_at if row else None,
                 "metrics": ledger.last_metrics(key) if ledger and row else {},
                 "stale": stale.get(key, []),
+                "machine": machine_label((prints.get(key) or {}).get("machine")) if key in prints else None,
             })
             rec["truncated"] = bool(rec["metrics"].get("truncated"))
         records.append(rec)
@@ -118,12 +122,32 @@ def _print_table(plan, records: list[dict], *, title: str, with_metrics: bool) -
     counts: dict[str, int] = {}
     for rec in records:
         counts[rec["kind"]] = counts.get(rec["kind"], 0) + 1
+    _print_machines(records)
     n_stale = sum(1 for r in records if r.get("stale"))
     if n_stale:
         out.print(f"[yellow]{n_stale} done run(s) were made by other code than the code installed now "
                   f"(`sweep run --rerun-stale` runs them and their dependents again)[/yellow]")
     out.print(f"{len(plan.cells)} cells, {len(records)} stage runs: "
               + ", ".join(f"{n} {k}" for k, n in counts.items()))
+
+
+def _print_machines(records: list[dict]) -> None:
+    """The kinds of machine the done runs were made on, with a warning when there is more than one."""
+    from prism_lab.harness.freshness import mixed_machines
+    from prism_lab.harness.machine import machine_label
+
+    machines: dict[str, int] = {}
+    for rec in records:
+        if rec.get("machine"):
+            machines[rec["machine"]] = machines.get(rec["machine"], 0) + 1
+    for label, n in sorted(machines.items(), key=lambda kv: (-kv[1], kv[0])):
+        if label == machine_label(None):
+            out.print(f"{n} done run(s) do not record their machine (made by an older prism-lab)")
+        else:
+            out.print(f"made on {label}: {n} done run(s)", markup=False, highlight=False)
+    if mixed_machines(machines):
+        out.print("[yellow]done runs come from more than one kind of machine: the numbers reproduce bitwise only "
+                  "on the kind that made them[/yellow]")
 
 
 def _not_done(keys: list[str], root: Path) -> list[str]:

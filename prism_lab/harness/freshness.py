@@ -21,6 +21,8 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
+from prism_lab.harness.machine import machine_label, numeric_machine
+
 PACKAGE_DIR = Path(__file__).resolve().parents[1]  # .../prism_lab
 
 #: Packages whose version changes numbers (kernels, model code, tokenizers, processors).
@@ -28,7 +30,8 @@ NUMERIC_PACKAGES = ("torch", "transformers", "tokenizers", "safetensors", "accel
 
 CODE_EVENT = "code"
 
-__all__ = ["CODE_EVENT", "code_fingerprint", "recorded_fingerprints", "invalidate", "stale_reasons", "stale_runs"]
+__all__ = ["CODE_EVENT", "code_fingerprint", "invalidate", "mixed_machines", "recorded_fingerprints", "run_machines",
+           "stale_reasons", "stale_runs"]
 
 
 def _file_hash(path: str) -> str | None:
@@ -73,8 +76,10 @@ def imported_sources(modules: Iterable[Any] | None = None) -> dict[str, str]:
 
 
 def code_fingerprint() -> dict[str, Any]:
-    """The fingerprint of the code this process ran: its prism_lab sources and numeric packages."""
-    return {"sources": imported_sources(), "packages": {n: _package_version(n) for n in NUMERIC_PACKAGES}}
+    """The fingerprint of the code this process ran: its prism_lab sources and numeric packages, and the kind of
+    machine it ran on (recorded, not compared: another machine is not other code; see ``run_machines``)."""
+    return {"sources": imported_sources(), "packages": {n: _package_version(n) for n in NUMERIC_PACKAGES},
+            "machine": numeric_machine()}
 
 
 def stale_reasons(fingerprint: dict[str, Any] | None, *, package_dir: Path = PACKAGE_DIR,
@@ -125,6 +130,22 @@ def stale_runs(ledger: Any, runs: dict[str, Any]) -> dict[str, list[str]]:
         if reasons:
             out[key] = reasons
     return out
+
+
+def run_machines(ledger: Any, runs: dict[str, Any]) -> dict[str, int]:
+    """Kinds of machine the done runs (``runs``: key -> RunRow) were made on: label -> number of runs, most runs
+    first. Results reproduce bitwise on one kind of machine, not across kinds (``harness.machine``)."""
+    done = [k for k, r in runs.items() if r is not None and r.status == "done"]
+    counts: dict[str, int] = {}
+    for fp in recorded_fingerprints(ledger, done).values():
+        label = machine_label((fp or {}).get("machine"))
+        counts[label] = counts.get(label, 0) + 1
+    return dict(sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
+
+
+def mixed_machines(machines: dict[str, int]) -> bool:
+    """More than one recorded kind of machine (runs without a record do not count as a kind)."""
+    return len([label for label in machines if label != machine_label(None)]) > 1
 
 
 def invalidate(ledger: Any, root: Path, plan: Any, keys: Iterable[str]) -> list[str]:

@@ -1,19 +1,24 @@
-"""Runs a reader must not take at face value: made by other code than the code installed now (stale), or
-stopped by a wall-clock budget (truncated: the result depends on the machine it ran on)."""
+"""Runs a reader must not take at face value: made by other code than the code installed now (stale),
+stopped by a wall-clock budget (truncated: the result depends on the machine it ran on), or made on more than
+one kind of machine (their numbers reproduce bitwise only on the kind that made them)."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from prism_lab.harness.freshness import stale_runs
+from prism_lab.harness.freshness import mixed_machines, run_machines, stale_runs
 
 __all__ = ["render_flags", "run_flags"]
 
 
 def run_flags(ledger: Any, data: Any) -> dict[str, list[dict[str, Any]]]:
-    """``{"stale": [...], "truncated": [...]}``: one entry (key, kind, label, why) per flagged run of the sweep."""
+    """``{"stale": [...], "truncated": [...], "machines": [...]}``: one entry (key, kind, label, why) per flagged
+    run of the sweep, and one (label, runs) per kind of machine its done runs were made on."""
     stale = stale_runs(ledger, data.runs)
-    out: dict[str, list[dict[str, Any]]] = {"stale": [], "truncated": []}
+    out: dict[str, list[dict[str, Any]]] = {
+        "stale": [], "truncated": [],
+        "machines": [{"label": label, "runs": n} for label, n in run_machines(ledger, data.runs).items()],
+    }
     for key, run in data.runs.items():
         if run is None:
             continue
@@ -26,10 +31,31 @@ def run_flags(ledger: Any, data: Any) -> dict[str, list[dict[str, Any]]]:
 
 
 def render_flags(flags: dict[str, list[dict[str, Any]]]) -> str:
-    """A Markdown section listing the flagged runs ('' when there are none)."""
-    if not flags["stale"] and not flags["truncated"]:
+    """A Markdown section listing the flagged runs ('' when there are none), then the kinds of machine the runs
+    were made on."""
+    machines = flags.get("machines", [])
+    mixed = mixed_machines({m["label"]: m["runs"] for m in machines})
+    return _warnings(flags, mixed) + _machines(machines)
+
+
+def _machines(machines: list[dict[str, Any]]) -> str:
+    if not machines:
+        return ""
+    lines = ["## Machines", "",
+             "Done runs by the kind of machine they were made on. The same grid reproduces these numbers bitwise on "
+             "the same kind of machine; on another (other CPU model or SIMD level, or GPU) the math libraries pick "
+             "other kernels and the numbers can differ.", ""]
+    lines += [f"- {m['label']}: {m['runs']} run{'s' if m['runs'] != 1 else ''}" for m in machines]
+    return "\n".join(lines) + "\n"
+
+
+def _warnings(flags: dict[str, list[dict[str, Any]]], mixed: bool) -> str:
+    if not flags["stale"] and not flags["truncated"] and not mixed:
         return ""
     lines = ["## Warnings", ""]
+    if mixed:
+        lines += ["Runs made on more than one kind of machine (see Machines below): a chain whose stages ran on "
+                  "different kinds, or rows from different kinds, do not reproduce bitwise on any one machine.", ""]
     if flags["truncated"]:
         lines += ["Truncated runs (a wall-clock budget stopped them, so their numbers depend on the machine and "
                   "its load; set `max_steps` instead of `max_minutes`):", ""]
