@@ -10,7 +10,7 @@ import pytest
 
 from prism_lab.harness.freshness import code_fingerprint, imported_sources, stale_reasons
 from prism_lab.harness.ledger import Ledger
-from prism_lab.harness.machine import cpu_model, machine_label, numeric_machine
+from prism_lab.harness.machine import conflicting_machines, cpu_model, machine_label, numeric_machine, simd_level
 from tests.conftest import REPO, cli_env, run_cli
 from tests.test_executor import PLUGIN, executions, write_grid
 
@@ -119,9 +119,12 @@ def test_the_report_lists_stale_and_truncated_runs(tmp_path):
     led = Ledger(root)
     keys = [r["key"] for r in led.conn.execute("SELECT key FROM runs")]
     data = SimpleNamespace(runs=led.get_runs(keys), metrics={k: led.metrics(k) for k in keys})
-    clean = render_flags(run_flags(led, data))
+    flags = run_flags(led, data)
+    clean = render_flags(flags)
     assert "## Warnings" not in clean
-    assert f"- {machine_label(numeric_machine())}: {len(keys)} runs" in clean.split("## Machines")[1]
+    [kind] = flags["machines"]  # every run of this sweep ran here
+    assert kind["machine"]["cpu"] == cpu_model() and kind["runs"] == len(keys)
+    assert f"- {kind['label']}: {len(keys)} runs" in clean.split("## Machines")[1]
     first = next(k for k in keys if data.runs[k].label == "first")
     led.conn.execute("DELETE FROM events WHERE run_key=? AND kind='code'", (first,))
     led.log_metrics(first, 5, {"truncated": 1.0})
@@ -133,18 +136,32 @@ def test_the_report_lists_stale_and_truncated_runs(tmp_path):
     assert "no code fingerprint recorded" in text.split("Stale runs")[1]
 
 
-def test_cpu_model_reads_the_first_processor_of_proc_cpuinfo():
+def test_cpu_model_and_simd_level_read_the_first_processor_of_proc_cpuinfo():
     info = ("processor\t: 0\nvendor_id\t: AuthenticAMD\ncpu family\t: 23\nmodel\t\t: 1\n"
-            "model name\t: AMD EPYC\n\nprocessor\t: 1\nmodel name\t: Other\n")
+            "model name\t: AMD EPYC\nflags\t\t: fpu sse4_2 avx avx2 fma\n\n"
+            "processor\t: 1\nmodel name\t: Other\nflags\t\t: avx512f\n")
     assert cpu_model(info) == "AMD EPYC (family 23, model 1)"
+    assert simd_level(info) == "AVX2"
+    assert simd_level("flags : sse4_2 avx avx2 avx512f avx512bw\n") == "AVX-512"
     assert cpu_model("model name : Neoverse\n") == "Neoverse"  # no family/model lines (e.g. ARM)
-    machine = numeric_machine()
-    import torch
+    assert simd_level("") == "unknown"
+    import torch  # noqa: F401 - numeric_machine reads torch's dispatch level only from a process that loaded it
 
-    assert machine["cpu_kernels"] == torch.backends.cpu.get_cpu_capability()
-    assert machine_label(machine).endswith(f"torch CPU kernels {machine['cpu_kernels']}")
+    machine = numeric_machine()
+    assert machine["torch_cpu_kernels"] == torch.backends.cpu.get_cpu_capability()
+    assert machine["cpu"] == cpu_model() and machine["simd"] == simd_level()
+    assert machine_label(machine) == f"{cpu_model()}, {machine['arch']} {simd_level()}"
     assert machine_label({**machine, "gpu": "NVIDIA H200"}).endswith(", GPU NVIDIA H200")
     assert machine_label(None).startswith("not recorded")
+
+
+def test_machines_conflict_when_their_kernels_can_differ():
+    a = {"arch": "x86_64", "cpu": "AMD EPYC (family 23, model 1)", "simd": "AVX2"}
+    assert not conflicting_machines([a, dict(a), None])  # a run without a record is left out
+    assert not conflicting_machines([a, {**a, "gpu": "NVIDIA H200"}])  # the data stage used no GPU
+    assert conflicting_machines([a, {**a, "simd": "AVX-512"}])
+    assert conflicting_machines([a, {**a, "kernel_env": "MKL_CBWR=COMPATIBLE"}])
+    assert conflicting_machines([{**a, "gpu": "NVIDIA H200"}, {**a, "gpu": "NVIDIA A100-SXM4-80GB"}])
 
 
 def test_runs_record_their_machine_and_runs_from_two_kinds_of_machine_are_flagged(tmp_path):
@@ -155,11 +172,12 @@ def test_runs_record_their_machine_and_runs_from_two_kinds_of_machine_are_flagge
     grid = write_grid(tmp_path, xs=(1,))
     root = tmp_path / "root"
     assert run_cli("sweep", "run", str(grid), "--root", str(root), "-q", env=cli_env(**PLUGIN)).returncode == 0
-    here = machine_label(numeric_machine())
     runs = _status(grid, root)
-    assert {r["machine"] for r in runs.values()} == {here}
+    [here] = {json.dumps(r["machine"], sort_keys=True) for r in runs.values()}
+    here = json.loads(here)
+    assert here["cpu"] == cpu_model() and here["simd"] == simd_level()
     res = run_cli("sweep", "status", str(grid), "--root", str(root), env=cli_env(**PLUGIN))
-    assert f"made on {here}: {len(runs)} done run(s)" in " ".join(res.stdout.split())
+    assert f"made on {machine_label(here)}: {len(runs)} done run(s)" in " ".join(res.stdout.split())
     assert "more than one kind of machine" not in res.stdout
 
     # one run made on another kind of machine: status and report say so; nothing is stale
@@ -167,16 +185,16 @@ def test_runs_record_their_machine_and_runs_from_two_kinds_of_machine_are_flagge
     key = runs["last x=1"]["key"]
     row = led.conn.execute("SELECT id, message FROM events WHERE run_key=? AND kind='code'", (key,)).fetchone()
     fp = json.loads(row["message"])
-    assert fp["machine"] == numeric_machine()
-    fp["machine"] = {**fp["machine"], "cpu": "Other CPU (family 25, model 17)", "cpu_kernels": "AVX512"}
+    fp["machine"] = {**fp["machine"], "cpu": "Other CPU (family 25, model 17)", "simd": "AVX-512"}
     led.conn.execute("UPDATE events SET message=? WHERE id=?", (json.dumps(fp), row["id"]))
     keys = [r["key"] for r in led.conn.execute("SELECT key FROM runs")]
     data = SimpleNamespace(runs=led.get_runs(keys), metrics={k: led.metrics(k) for k in keys})
     text = render_flags(run_flags(led, data))
     led.close()
     assert "more than one kind of machine" in text.split("## Machines")[0]
-    assert f"- {here}: {len(keys) - 1} runs" in text and "- Other CPU (family 25, model 17), " in text
+    assert f"- {machine_label(here)}: {len(keys) - 1} runs" in text
+    assert f"- Other CPU (family 25, model 17), {here['arch']} AVX-512: 1 run" in text
     runs = _status(grid, root)
-    assert runs["last x=1"]["machine"].startswith("Other CPU") and runs["last x=1"]["stale"] == []
+    assert runs["last x=1"]["machine"]["simd"] == "AVX-512" and runs["last x=1"]["stale"] == []
     res = run_cli("sweep", "status", str(grid), "--root", str(root), env=cli_env(**PLUGIN))
     assert "more than one kind of machine" in " ".join(res.stdout.split())

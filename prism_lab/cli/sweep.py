@@ -49,7 +49,6 @@ def _run_records(plan, root: Path, *, with_metrics: bool) -> list[dict]:
     from prism_lab.harness.ledger import Ledger
 
     from prism_lab.harness.freshness import recorded_fingerprints, stale_runs
-    from prism_lab.harness.machine import machine_label
 
     ledger = Ledger.open_existing(root)
     rows = ledger.get_runs(plan.runs) if ledger else {}
@@ -73,7 +72,7 @@ def _run_records(plan, root: Path, *, with_metrics: bool) -> list[dict]:
                 "finished_at": row.finished_at if row else None,
                 "metrics": ledger.last_metrics(key) if ledger and row else {},
                 "stale": stale.get(key, []),
-                "machine": machine_label((prints.get(key) or {}).get("machine")) if key in prints else None,
+                "machine": (prints.get(key) or {}).get("machine"),
             })
             rec["truncated"] = bool(rec["metrics"].get("truncated"))
         records.append(rec)
@@ -132,20 +131,19 @@ def _print_table(plan, records: list[dict], *, title: str, with_metrics: bool) -
 
 
 def _print_machines(records: list[dict]) -> None:
-    """The kinds of machine the done runs were made on, with a warning when there is more than one."""
-    from prism_lab.harness.freshness import mixed_machines
-    from prism_lab.harness.machine import machine_label
+    """The kinds of machine the done runs were made on, with a warning when they differ in their kernels."""
+    from prism_lab.harness.machine import conflicting_machines, machine_label
 
-    machines: dict[str, int] = {}
+    kinds: dict[str, list] = {}
     for rec in records:
-        if rec.get("machine"):
-            machines[rec["machine"]] = machines.get(rec["machine"], 0) + 1
-    for label, n in sorted(machines.items(), key=lambda kv: (-kv[1], kv[0])):
-        if label == machine_label(None):
-            out.print(f"{n} done run(s) do not record their machine (made by an older prism-lab)")
+        if rec.get("status") == "done" and "machine" in rec:
+            kinds.setdefault(machine_label(rec["machine"]), []).append(rec["machine"])
+    for label, ms in sorted(kinds.items(), key=lambda kv: (-len(kv[1]), kv[0])):
+        if ms[0] is None:
+            out.print(f"{len(ms)} done run(s) do not record their machine (made by an older prism-lab)")
         else:
-            out.print(f"made on {label}: {n} done run(s)", markup=False, highlight=False)
-    if mixed_machines(machines):
+            out.print(f"made on {label}: {len(ms)} done run(s)", markup=False, highlight=False)
+    if conflicting_machines(m for ms in kinds.values() for m in ms):
         out.print("[yellow]done runs come from more than one kind of machine: the numbers reproduce bitwise only "
                   "on the kind that made them[/yellow]")
 

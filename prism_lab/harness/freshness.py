@@ -30,7 +30,7 @@ NUMERIC_PACKAGES = ("torch", "transformers", "tokenizers", "safetensors", "accel
 
 CODE_EVENT = "code"
 
-__all__ = ["CODE_EVENT", "code_fingerprint", "invalidate", "mixed_machines", "recorded_fingerprints", "run_machines",
+__all__ = ["CODE_EVENT", "code_fingerprint", "invalidate", "recorded_fingerprints", "run_machines",
            "stale_reasons", "stale_runs"]
 
 
@@ -132,20 +132,18 @@ def stale_runs(ledger: Any, runs: dict[str, Any]) -> dict[str, list[str]]:
     return out
 
 
-def run_machines(ledger: Any, runs: dict[str, Any]) -> dict[str, int]:
-    """Kinds of machine the done runs (``runs``: key -> RunRow) were made on: label -> number of runs, most runs
-    first. Results reproduce bitwise on one kind of machine, not across kinds (``harness.machine``)."""
+def run_machines(ledger: Any, runs: dict[str, Any]) -> list[dict[str, Any]]:
+    """Kinds of machine the done runs (``runs``: key -> RunRow) were made on, most runs first: one
+    ``{"label", "runs", "machine"}`` per label. Results reproduce bitwise on one kind of machine, not across
+    kinds (``harness.machine``)."""
     done = [k for k, r in runs.items() if r is not None and r.status == "done"]
-    counts: dict[str, int] = {}
+    kinds: dict[str, dict[str, Any]] = {}
     for fp in recorded_fingerprints(ledger, done).values():
-        label = machine_label((fp or {}).get("machine"))
-        counts[label] = counts.get(label, 0) + 1
-    return dict(sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
-
-
-def mixed_machines(machines: dict[str, int]) -> bool:
-    """More than one recorded kind of machine (runs without a record do not count as a kind)."""
-    return len([label for label in machines if label != machine_label(None)]) > 1
+        machine = (fp or {}).get("machine")
+        entry = kinds.setdefault(machine_label(machine), {"label": machine_label(machine), "runs": 0,
+                                                           "machine": machine})
+        entry["runs"] += 1
+    return sorted(kinds.values(), key=lambda e: (-e["runs"], e["label"]))
 
 
 def invalidate(ledger: Any, root: Path, plan: Any, keys: Iterable[str]) -> list[str]:

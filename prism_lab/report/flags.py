@@ -6,7 +6,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from prism_lab.harness.freshness import mixed_machines, run_machines, stale_runs
+from prism_lab.harness.freshness import run_machines, stale_runs
+from prism_lab.harness.machine import conflicting_machines
 
 __all__ = ["render_flags", "run_flags"]
 
@@ -17,7 +18,7 @@ def run_flags(ledger: Any, data: Any) -> dict[str, list[dict[str, Any]]]:
     stale = stale_runs(ledger, data.runs)
     out: dict[str, list[dict[str, Any]]] = {
         "stale": [], "truncated": [],
-        "machines": [{"label": label, "runs": n} for label, n in run_machines(ledger, data.runs).items()],
+        "machines": run_machines(ledger, data.runs),
     }
     for key, run in data.runs.items():
         if run is None:
@@ -34,7 +35,7 @@ def render_flags(flags: dict[str, list[dict[str, Any]]]) -> str:
     """A Markdown section listing the flagged runs ('' when there are none), then the kinds of machine the runs
     were made on."""
     machines = flags.get("machines", [])
-    mixed = mixed_machines({m["label"]: m["runs"] for m in machines})
+    mixed = conflicting_machines(m.get("machine") for m in machines)
     return _warnings(flags, mixed) + _machines(machines)
 
 
