@@ -14,7 +14,7 @@ __all__ = ["render_flags", "run_flags"]
 
 def run_flags(ledger: Any, data: Any) -> dict[str, list[dict[str, Any]]]:
     """``{"stale": [...], "truncated": [...], "machines": [...]}``: one entry (key, kind, label, why) per flagged
-    run of the sweep, and one (label, runs) per kind of machine its done runs were made on."""
+    run of the sweep, and one (label, runs, machine) per kind of machine its done runs were made on."""
     stale = stale_runs(ledger, data.runs)
     out: dict[str, list[dict[str, Any]]] = {
         "stale": [], "truncated": [],
