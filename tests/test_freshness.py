@@ -10,7 +10,14 @@ import pytest
 
 from prism_lab.harness.freshness import code_fingerprint, imported_sources, stale_reasons
 from prism_lab.harness.ledger import Ledger
-from prism_lab.harness.machine import conflicting_machines, cpu_model, machine_label, numeric_machine, simd_level
+from prism_lab.harness.machine import (
+    conflicting_machines,
+    cpu_model,
+    group_machines,
+    machine_label,
+    numeric_machine,
+    simd_level,
+)
 from tests.conftest import REPO, cli_env, run_cli
 from tests.test_executor import PLUGIN, executions, write_grid
 
@@ -162,6 +169,12 @@ def test_machines_conflict_when_their_kernels_can_differ():
     assert conflicting_machines([a, {**a, "simd": "AVX-512"}])
     assert conflicting_machines([a, {**a, "kernel_env": "MKL_CBWR=COMPATIBLE"}])
     assert conflicting_machines([{**a, "gpu": "NVIDIA H200"}, {**a, "gpu": "NVIDIA A100-SXM4-80GB"}])
+    b = {**a, "simd": "AVX-512"}
+    assert group_machines([b, a, None, a]) == [
+        {"label": "AMD EPYC (family 23, model 1), x86_64 AVX2", "runs": 2, "machine": a},
+        {"label": "AMD EPYC (family 23, model 1), x86_64 AVX-512", "runs": 1, "machine": b},
+        {"label": "not recorded (made by an older prism-lab)", "runs": 1, "machine": None},
+    ]
 
 
 def test_runs_record_their_machine_and_runs_from_two_kinds_of_machine_are_flagged(tmp_path):

@@ -132,18 +132,15 @@ def _print_table(plan, records: list[dict], *, title: str, with_metrics: bool) -
 
 def _print_machines(records: list[dict]) -> None:
     """The kinds of machine the done runs were made on, with a warning when they differ in their kernels."""
-    from prism_lab.harness.machine import conflicting_machines, machine_label
+    from prism_lab.harness.machine import conflicting_machines, group_machines
 
-    kinds: dict[str, list] = {}
-    for rec in records:
-        if rec.get("status") == "done" and "machine" in rec:
-            kinds.setdefault(machine_label(rec["machine"]), []).append(rec["machine"])
-    for label, ms in sorted(kinds.items(), key=lambda kv: (-len(kv[1]), kv[0])):
-        if ms[0] is None:
-            out.print(f"{len(ms)} done run(s) do not record their machine (made by an older prism-lab)")
+    kinds = group_machines(rec["machine"] for rec in records if rec.get("status") == "done" and "machine" in rec)
+    for kind in kinds:
+        if kind["machine"] is None:
+            out.print(f"{kind['runs']} done run(s) do not record their machine (made by an older prism-lab)")
         else:
-            out.print(f"made on {label}: {len(ms)} done run(s)", markup=False, highlight=False)
-    if conflicting_machines(m for ms in kinds.values() for m in ms):
+            out.print(f"made on {kind['label']}: {kind['runs']} done run(s)", markup=False, highlight=False)
+    if conflicting_machines(kind["machine"] for kind in kinds):
         out.print("[yellow]done runs come from more than one kind of machine: the numbers reproduce bitwise only "
                   "on the kind that made them[/yellow]")
 

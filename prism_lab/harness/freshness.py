@@ -21,7 +21,7 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
-from prism_lab.harness.machine import machine_label, numeric_machine
+from prism_lab.harness.machine import group_machines, numeric_machine
 
 PACKAGE_DIR = Path(__file__).resolve().parents[1]  # .../prism_lab
 
@@ -137,13 +137,7 @@ def run_machines(ledger: Any, runs: dict[str, Any]) -> list[dict[str, Any]]:
     ``{"label", "runs", "machine"}`` per label. Results reproduce bitwise on one kind of machine, not across
     kinds (``harness.machine``)."""
     done = [k for k, r in runs.items() if r is not None and r.status == "done"]
-    kinds: dict[str, dict[str, Any]] = {}
-    for fp in recorded_fingerprints(ledger, done).values():
-        machine = (fp or {}).get("machine")
-        entry = kinds.setdefault(machine_label(machine), {"label": machine_label(machine), "runs": 0,
-                                                           "machine": machine})
-        entry["runs"] += 1
-    return sorted(kinds.values(), key=lambda e: (-e["runs"], e["label"]))
+    return group_machines((fp or {}).get("machine") for fp in recorded_fingerprints(ledger, done).values())
 
 
 def invalidate(ledger: Any, root: Path, plan: Any, keys: Iterable[str]) -> list[str]:

@@ -18,7 +18,7 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
-__all__ = ["conflicting_machines", "cpu_model", "machine_label", "numeric_machine", "simd_level"]
+__all__ = ["conflicting_machines", "cpu_model", "group_machines", "machine_label", "numeric_machine", "simd_level"]
 
 _CPUINFO = Path("/proc/cpuinfo")
 
@@ -58,7 +58,8 @@ def cpu_model(cpuinfo: str | None = None) -> str:
 def simd_level(cpuinfo: str | None = None) -> str:
     """The widest SIMD level the first processor lists (``AVX-512``, ``AVX2``, ...; ``unknown`` without
     /proc/cpuinfo)."""
-    flags = set((_first_processor(cpuinfo).get("flags") or _first_processor(cpuinfo).get("Features") or "").split())
+    fields = _first_processor(cpuinfo)
+    flags = set((fields.get("flags") or fields.get("Features") or "").split())
     return next((level for flag, level in _SIMD if flag in flags), "unknown")
 
 
@@ -109,3 +110,13 @@ def conflicting_machines(machines: Iterable[dict[str, Any] | None]) -> bool:
     cpus = {(m.get("arch"), m.get("cpu"), m.get("simd"), m.get("kernel_env")) for m in recorded}
     gpus = {m["gpu"] for m in recorded if m.get("gpu")}
     return len(cpus) > 1 or len(gpus) > 1
+
+
+def group_machines(machines: Iterable[dict[str, Any] | None]) -> list[dict[str, Any]]:
+    """One ``{"label", "runs", "machine"}`` per kind of machine among the recorded ``machines`` (one per run),
+    most runs first."""
+    kinds: dict[str, dict[str, Any]] = {}
+    for machine in machines:
+        label = machine_label(machine)
+        kinds.setdefault(label, {"label": label, "runs": 0, "machine": machine})["runs"] += 1
+    return sorted(kinds.values(), key=lambda e: (-e["runs"], e["label"]))
