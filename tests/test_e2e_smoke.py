@@ -84,6 +84,9 @@ def test_report_from_the_smoke_ledger(smoke_root, tmp_path):
     deltas = md.split("## Deltas")[1].split("##")[0]
     assert "Avg 95% CI (items)" in deltas and "n/a (no paired items)" not in deltas
     assert "none of the paper's benchmarks" in md
+    assert "\n\n## Machines\n" in md  # the flags sections follow the files list after a blank line
+    lines = md.splitlines()
+    assert all(lines[i - 1] == "" for i, line in enumerate(lines) if i and line.startswith("#"))
 
 
 def test_the_same_grid_under_heavy_cpu_load_gives_identical_eval_metrics(smoke_root, tmp_path):

@@ -186,5 +186,6 @@ def build_report(ledger_root: str | Path, sweep_name_or_grid_path: str | Path,
         files["plot_drift"] = drift_png
 
     text = render_report(data, rep, failed=failed_runs(data), counts=status_counts(data), files=files, out_dir=out)
-    paths.markdown.write_text(text + render_flags(flags), encoding="utf-8")
+    flag_text = render_flags(flags)
+    paths.markdown.write_text(text + ("\n" + flag_text if flag_text else ""), encoding="utf-8")
     return paths
