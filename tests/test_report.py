@@ -357,8 +357,9 @@ def test_report_tables_every_number(ledger_root, tmp_path):
     assert set(curves["kind"]) == {"sft", "disc_warmup", "align", "rl"}
 
 
-def test_report_bootstrap_and_grid_path(ledger_root, tmp_path):
+def test_report_bootstrap_and_grid_path(ledger_root, tmp_path, monkeypatch):
     # re-plan the same sweep with bootstrap significance; the report is found through the grid path
+    monkeypatch.chdir(tmp_path)  # the header names the grid relative to the working directory (no clone path)
     ledger = Ledger(ledger_root)
     grid_file = tmp_path / "rep.yaml"
     grid_file.write_text("name: rep\n")
@@ -367,6 +368,7 @@ def test_report_bootstrap_and_grid_path(ledger_root, tmp_path):
     paths = build_report(ledger_root, grid_file, tmp_path / "boot")
     text = paths.markdown.read_text()
     assert "paired bootstrap" in text and "10,000 resamples" in text
+    assert "(grid `rep.yaml`)" in text
     got = {(r["Size"], r["Δ"]): r for r in md_rows(md_section(text, "## Deltas"))}
     # two pairs: the percentile interval is [min diff, max diff]
     assert got[("4b", "PRISM+GRPO − SFT+GRPO")]["Avg 95% CI"] == "[+5.0, +5.2]"

@@ -211,7 +211,7 @@ def render_report(
         lines += [data.description, ""]
     now = _dt.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")
     lines += [
-        f"Generated {now} from the ledger `{data.ledger_path}` (grid `{data.grid_path}`); regenerate with "
+        f"Generated {now} from the ledger `{data.ledger_path}` (grid `{_rel(Path(data.grid_path), Path.cwd())}`); regenerate with "
         f"`prism-lab report {data.name}`. Never edit by hand.",
         "",
         "Axes: " + "; ".join(f"`{k}` = {', '.join(str(v) for v in vals)}" for k, vals in data.axes.items()),
