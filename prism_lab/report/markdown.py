@@ -210,8 +210,9 @@ def render_report(
     if data.description:
         lines += [data.description, ""]
     now = _dt.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")
+    grid = _rel(Path(data.grid_path), Path.cwd())  # no clone or home path in a committed report
     lines += [
-        f"Generated {now} from the ledger `{data.ledger_path}` (grid `{_rel(Path(data.grid_path), Path.cwd())}`); regenerate with "
+        f"Generated {now} from the ledger `{data.ledger_path}` (grid `{grid}`); regenerate with "
         f"`prism-lab report {data.name}`. Never edit by hand.",
         "",
         "Axes: " + "; ".join(f"`{k}` = {', '.join(str(v) for v in vals)}" for k, vals in data.axes.items()),
