@@ -11,7 +11,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from prism_lab.errors import ConfigError
+from prism_lab.errors import ConfigError, PrismError
+from prism_lab.tune.storage_checks import check_local_storage, check_rdb_driver, parse_rdb_url
 
 
 @dataclass(frozen=True)
@@ -36,8 +37,10 @@ def resolve_storage(storage: str | None, *, root: Path, study: str, workers: int
     """Parse ``--storage`` or choose the default under ``<root>/tune/<study>/``.
 
     Forms: ``sqlite:///path.db`` or ``path.db|.sqlite|.sqlite3``; ``journal:path`` or ``path.journal|.log``;
-    any other ``scheme://`` URL is an Optuna RDB URL. Default: the study's existing storage file if there
-    is one, else SQLite for one worker and a journal file for several.
+    any other ``scheme://`` URL is an Optuna RDB URL (``sqlite+driver:///`` ones are local files too).
+    Default: the study's existing storage file if there is one, else SQLite for one worker and a journal
+    file for several. A local file is checked here, before any file is made: never the ledger of ``root``,
+    never a directory or a file of another kind (storage_checks.py).
     """
     if storage is None:
         base = root / "tune" / study
@@ -57,7 +60,10 @@ def resolve_storage(storage: str | None, *, root: Path, study: str, workers: int
         p = Path(storage[len("sqlite:///"):]).expanduser()
         ref = StorageRef("sqlite", f"sqlite:///{p}", p)
     elif "://" in storage:
-        ref = StorageRef("rdb", storage)
+        url = parse_rdb_url(storage, what="--storage")
+        ref = (StorageRef("sqlite", storage, Path(url.database).expanduser())
+               if url.get_backend_name() == "sqlite" and url.database not in (None, "", ":memory:")
+               else StorageRef("rdb", storage))
     elif storage.endswith((".journal", ".log")):
         p = Path(storage).expanduser()
         ref = StorageRef("journal", str(p), p)
@@ -73,12 +79,19 @@ def resolve_storage(storage: str | None, *, root: Path, study: str, workers: int
             f"--workers {workers}: the study's storage {ref.url} is SQLite, which fails with 'database is "
             "locked' under concurrent writers; use --storage journal:<file> (or an RDB URL), or --workers 1"
         )
+    if ref.path is not None:
+        what = f"--storage {storage}" if storage is not None else f"the study's storage {ref.url}"
+        check_local_storage(ref.kind, ref.path, what=what, ledger=root / "ledger.sqlite")
     return ref
 
 
 def open_storage(ref: StorageRef) -> Any:
+    """The Optuna storage of ``ref``; a database that cannot be opened is a ConfigError naming it."""
     import optuna
+    from sqlalchemy.exc import SQLAlchemyError
 
+    if ref.kind == "rdb":
+        check_rdb_driver(ref.url, what=f"--storage {_shown(ref.url)}")
     if ref.path is not None:
         ref.path.parent.mkdir(parents=True, exist_ok=True)
     if ref.kind == "journal":
@@ -87,7 +100,19 @@ def open_storage(ref: StorageRef) -> Any:
         return optuna.storages.JournalStorage(
             JournalFileBackend(str(ref.path), lock_obj=JournalFileOpenLock(str(ref.path))))
     engine_kwargs = {"connect_args": {"timeout": 60}} if ref.kind == "sqlite" else {"pool_pre_ping": True}
-    return optuna.storages.RDBStorage(ref.url, engine_kwargs=engine_kwargs)
+    try:
+        return optuna.storages.RDBStorage(ref.url, engine_kwargs=engine_kwargs)
+    except SQLAlchemyError as exc:
+        reason = " ".join(str(getattr(exc, "orig", None) or exc).split())
+        raise ConfigError(f"--storage {_shown(ref.url)}: cannot open the database ({reason})") from None
+
+
+def _shown(url: str) -> str:
+    """``url`` with its password masked."""
+    try:
+        return parse_rdb_url(url, what="--storage").render_as_string(hide_password=True)
+    except ConfigError:
+        return url
 
 
 class StudyLock:
@@ -106,9 +131,14 @@ class StudyLock:
                 yield
                 return
             self._path.parent.mkdir(parents=True, exist_ok=True)
+            created = not self._path.exists()
             with open(self._path, "a") as fh:
                 fcntl.flock(fh, fcntl.LOCK_EX)
                 try:
                     yield
+                except PrismError:
+                    if created:  # a refused study (not prism-lab's, another space) leaves no file behind
+                        self._path.unlink(missing_ok=True)
+                    raise
                 finally:
                     fcntl.flock(fh, fcntl.LOCK_UN)
