@@ -16,7 +16,8 @@ def report(
     root: Annotated[Optional[Path], typer.Option(
         "--root", help="Directory holding ledger.sqlite (default: $PRISM_LAB_ROOT or ./runs).")] = None,
     out: Annotated[Optional[Path], typer.Option(
-        "--out", help="Output directory (default: reports/<sweep>). Files in it are overwritten.")] = None,
+        "--out", help="Output directory (default: reports/<sweep>): a new or empty one, or one a previous report "
+        "wrote (its .prism-lab-report.json lists the files the report replaces; others are never touched).")] = None,
 ) -> None:
     """Write report.md, results.csv, per-size tables, deltas.csv and plots for a sweep, from the ledger alone.
 

@@ -24,6 +24,7 @@ from prism_lab.report.frame import (
     results_frame,
 )
 from prism_lab.report.markdown import render_report
+from prism_lab.report.out_dir import claim_out_dir, discard, make_staging, publish
 from prism_lab.report.paper import canonical_column
 from prism_lab.report.drift import DriftPoint, drift_chains, plot_drift
 from prism_lab.report.plots import plot_curves, plot_deltas
@@ -133,7 +134,11 @@ def compute_report(ledger: Ledger, target: str | Path) -> Report:
 
 def build_report(ledger_root: str | Path, sweep_name_or_grid_path: str | Path,
                  out_dir: str | Path | None = None) -> ReportPaths:
-    """Write the report of one sweep into ``out_dir`` (default ``reports/<sweep>``) and return the paths."""
+    """Write the report of one sweep into ``out_dir`` (default ``reports/<sweep>``) and return the paths.
+
+    The directory must be new, empty or a previous report's (out_dir.py): checked before anything is
+    written; only the report's own files are replaced."""
+    claimed = None if out_dir is None else claim_out_dir(Path(out_dir), label=f"--out {out_dir}")
     ledger = Ledger.open_existing(ledger_root)
     if ledger is None:
         raise PrismError(f"{ledger_root}: no ledger.sqlite here; pass --root (the directory `sweep run` used)")
@@ -143,8 +148,33 @@ def build_report(ledger_root: str | Path, sweep_name_or_grid_path: str | Path,
     finally:
         ledger.close()
     data = rep.data
-    out = Path(out_dir) if out_dir is not None else Path("reports") / _safe(data.name)
-    out.mkdir(parents=True, exist_ok=True)
+    if claimed is None:
+        default = Path("reports") / _safe(data.name)
+        claimed = claim_out_dir(default, label=f"report directory {default} (the default of --out)")
+    created = not claimed.path.exists()
+    staging = make_staging(claimed)
+    try:
+        written = _write_files(rep, flags, staging)
+        publish(claimed, staging, sweep=data.name)
+    finally:
+        discard(claimed, staging, created=created)
+    return _final_paths(written, staging, claimed.path)
+
+
+def _final_paths(written: ReportPaths, staging: Path, out: Path) -> ReportPaths:
+    """``written`` (paths in the staging directory) moved to ``out``."""
+    def moved(path: Path) -> Path:
+        return out / path.relative_to(staging)
+
+    return ReportPaths(out_dir=out, markdown=moved(written.markdown), results_csv=moved(written.results_csv),
+                       curves_csv=moved(written.curves_csv), deltas_csv=moved(written.deltas_csv),
+                       tables={k: moved(v) for k, v in written.tables.items()},
+                       plots=[moved(p) for p in written.plots])
+
+
+def _write_files(rep: Report, flags: Any, out: Path) -> ReportPaths:
+    """Render every file of the report into ``out``."""
+    data = rep.data
     plots_dir = out / "plots"
 
     paths = ReportPaths(out_dir=out, markdown=out / "report.md", results_csv=out / "results.csv",
@@ -168,8 +198,6 @@ def build_report(ledger_root: str | Path, sweep_name_or_grid_path: str | Path,
     pd.concat([frames[0].assign(group="vision"), *frames[1:]], ignore_index=True).to_csv(paths.deltas_csv, index=False)
     files["deltas"] = paths.deltas_csv
 
-    for stale in plots_dir.glob("*.png") if plots_dir.is_dir() else []:
-        stale.unlink()  # a regenerated report never shows plots of runs that are gone
     for path in plot_curves(data, plots_dir):
         paths.plots.append(path)
         files[f"plot_{path.stem}"] = path
