@@ -5,6 +5,7 @@
 * :mod:`prism_lab.tune.study`  - the ask-and-tell loop (workers, heartbeats, tell)
 * :mod:`prism_lab.tune.trial_cell` - one trial as a one-cell sweep run by the executor; objectives from the ledger
 * :mod:`prism_lab.tune.storage` - SQLite / journal / RDB storage and the study lock
+* :mod:`prism_lab.tune.storage_checks` - a storage that cannot be used, the ledger, another program's database
 * :mod:`prism_lab.tune.optuna_study` - the Optuna study: sampler, pruner, search-space check
 * :mod:`prism_lab.tune.recovery` - trials of dead workers: FAIL and retry
 * :mod:`prism_lab.tune.output` - best-params grid YAML (or Pareto front), Markdown summary, plot
