@@ -5,6 +5,10 @@ instance on the machine).
 Ray rewrites 127.0.0.1 to the machine's routable address unless RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0
 (ray 2.60, ray/_private/services.py `get_node_ip_address`); with it the head listens on loopback only, and
 every driver connecting to it must have the same setting (`DRIVER_ENV`).
+
+Token authentication is pinned off (RAY_AUTH_MODE=disabled) unless a test asks for it with ``token_path``:
+otherwise whether the head enables it would depend on a ~/.ray/auth_token left by some earlier private
+``ray.init()`` (ray 2.60, ray/_private/authentication/authentication_token_setup.py).
 """
 
 from __future__ import annotations
@@ -19,7 +23,12 @@ import tempfile
 import time
 from pathlib import Path
 
-DRIVER_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_USAGE_STATS_ENABLED": "0"}
+DRIVER_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled"}
+
+
+def token_env(token_path: Path) -> dict[str, str]:
+    """What a head node and its drivers need for token authentication with the token in that file."""
+    return {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token_path)}
 
 
 def _free_port() -> int:
@@ -29,7 +38,7 @@ def _free_port() -> int:
 
 
 class LocalRayCluster:
-    def __init__(self, env: dict[str, str], num_cpus: int = 2) -> None:
+    def __init__(self, env: dict[str, str], num_cpus: int = 2, token_path: Path | None = None) -> None:
         self.temp_dir = Path(tempfile.mkdtemp(prefix="prl-ray-"))  # short: Ray's unix sockets live under it
         self.address = f"127.0.0.1:{_free_port()}"
         self.log = self.temp_dir / "head.log"
@@ -38,7 +47,7 @@ class LocalRayCluster:
                "--port", self.address.rsplit(":", 1)[1], "--num-cpus", str(num_cpus), "--num-gpus", "0",
                "--temp-dir", str(self.temp_dir), "--include-dashboard", "false", "--disable-usage-stats"]
         with open(self.log, "wb") as log:
-            self.proc = subprocess.Popen(cmd, env={**env, **DRIVER_ENV}, stdout=log, stderr=subprocess.STDOUT,
+            self.proc = subprocess.Popen(cmd, env={**env, **DRIVER_ENV, **(token_env(token_path) if token_path else {})}, stdout=log, stderr=subprocess.STDOUT,
                                          stdin=subprocess.DEVNULL, start_new_session=True)
 
     def wait_ready(self, timeout: float = 120.0) -> None:

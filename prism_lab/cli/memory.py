@@ -36,7 +36,7 @@ def device_memory(resources: dict[str, Any], gpus: list | None) -> tuple[float |
         sizes = [g.memory_bytes for g in (gpus or []) if g.memory_bytes]
         return (min(sizes), "smallest GPU") if sizes else (None, "unknown GPU")
     host = host_memory_bytes()
-    return (host / max(1, int(resources.get("processes", 1))) if host else None), "host memory / processes"
+    return (mem.host_share(host, resources.get("processes", 1)) if host else None), "host memory / processes"
 
 
 def estimate_runs(plan, keys: list[str], gpus: list | None = None) -> list[dict[str, Any]]:

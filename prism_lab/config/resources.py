@@ -19,22 +19,33 @@ from pydantic import Field, model_validator
 
 from prism_lab.config.base import StrictModel
 
+#: The most CPU cores one run may ask for: above the largest single machines sold (a few hundred cores,
+#: up to ~2000 hardware threads), so a typo like 10**6 is refused at load instead of queued forever.
+MAX_CPUS = 4096
+
+#: Fields that only the planner reads, with their defaults: content keys hash them at these values
+#: (harness/plan.py), so a hint never changes a run's identity.
+PLANNER_HINTS: dict[str, object] = {"memory_gb": None}
+
 
 class ResourcesConfig(StrictModel):
-    """Processes, devices and memory policy of one stage run (field names are stable: executors read them)."""
+    """Processes, devices and memory policy of one stage run (field names are stable: executors read them).
+
+    The counts and switches are strict: ``processes: true`` or ``offload: "yes"`` are refused, not read
+    as 1 and True (pydantic's lax mode would)."""
 
     processes: int = Field(
-        1, ge=1, le=1024,
+        1, ge=1, le=1024, strict=True,
         description="Ranks per stage run (the torchrun world size). >1 shards the trained models with FSDP2 "
         "and splits every global batch over the ranks (same global batch at any number).",
     )
     gpus: int = Field(
-        0, ge=0, le=1024,
+        0, ge=0, le=1024, strict=True,
         description="GPUs per stage run: 0 = CPU, else one GPU per rank (must equal `processes`). The local "
         "executor hands each run its own GPUs from `--gpus` / CUDA_VISIBLE_DEVICES and queues the rest.",
     )
     cpus: int | None = Field(
-        None, ge=1,
+        None, ge=1, le=MAX_CPUS, strict=True,
         description="CPU cores a run needs (what a cluster scheduler reserves; None = one per process).",
     )
     param_dtype: Literal["auto", "fp32", "bf16"] = Field(
@@ -50,15 +61,15 @@ class ResourcesConfig(StrictModel):
         description="Dtype of the sharded master parameters the optimizer updates (and of its state).",
     )
     gradient_checkpointing: bool = Field(
-        False, description="Recompute each block's activations in the backward pass (less memory, ~1/3 more compute).",
+        False, strict=True, description="Recompute each block's activations in the backward pass (less memory, ~1/3 more compute).",
     )
     offload: bool = Field(
-        False,
+        False, strict=True,
         description="Keep sharded parameters, gradients and optimizer state in host memory (FSDP2 CPUOffloadPolicy; "
         "the paper's param + optimizer offload). Only meaningful on GPUs.",
     )
     memory_gb: float | None = Field(
-        None, gt=0,
+        None, gt=0, le=1 << 20, strict=True,
         description="Memory of one device in GB for the planner's fit check (None = what the executor detects: "
         "the GPUs' memory, or host memory on CPU).",
     )

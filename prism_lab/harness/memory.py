@@ -41,6 +41,12 @@ DTYPE_BYTES = {"fp32": 4, "bf16": 2}
 DEFAULT_MARGIN = 0.9
 #: vLLM's share of a GPU in the rollout engine (prism_lab.rollout.vllm.VLLMEngine's default).
 VLLM_GPU_MEMORY_UTILIZATION = 0.6
+#: Host memory of one rank process beyond its tensors on CPU: Python with torch, transformers and the
+#: trainer imported is ~0.27 GB resident (measured: ru_maxrss after the imports, torch 2.13 CPU); autograd,
+#: gloo buffers and the allocator's slack bring it to about 0.5 GB in a run.
+PROCESS_RUNTIME_BYTES = 0.5 * GB
+#: The torchrun launcher beside the ranks (~0.25 GB resident, measured the same way).
+LAUNCHER_BYTES = 0.3 * GB
 
 
 @dataclass
@@ -191,8 +197,20 @@ def estimate(kind: str, cfg: Mapping[str, Any], shapes: Mapping[str, Mapping[str
             gen_peak = est.components["policy/gathered"] + kv
     if res.get("offload") and not on_gpu:
         est.notes.append("offload ignored on CPU (host memory is the device)")
+    if not on_gpu:  # every rank is a Python process with torch loaded, in the same host memory
+        est.components["process/runtime"] = PROCESS_RUNTIME_BYTES
+        resident += PROCESS_RUNTIME_BYTES
     est.peak = resident + max(train_peak, gen_peak)
     return est
+
+
+def host_share(host_bytes: float, processes: int) -> float:
+    """Host memory one rank of a CPU run may use: the machine's memory less the torchrun parent (with
+    several processes), split over the ranks. ``fits(est, host_share(...))`` is then the check
+    ``processes x per-rank peak + parent <= host memory x margin``."""
+    processes = max(1, int(processes))
+    parent = LAUNCHER_BYTES if processes > 1 else 0.0
+    return max(0.0, host_bytes - parent / DEFAULT_MARGIN) / processes
 
 
 def fits(est: MemoryEstimate, device_bytes: float, margin: float = DEFAULT_MARGIN) -> bool:

@@ -22,17 +22,23 @@ def canonical_json(obj: Any) -> str:
 
 
 def _keyed_config(config: dict) -> dict:
-    """The config as the key hashes it: a ``resources`` section at its defaults (one CPU process) is left
-    out, so adding the field kept every earlier key; any other ``resources`` is part of the key (the
-    world size and dtypes change the numbers, if only in the last bits)."""
+    """The config as the key hashes it. A key holds what changes results and nothing else:
+    - the planner hints of ``resources`` (``memory_gb``: only the fit check reads it) are hashed at their
+      default, so changing a hint never retrains a chain, and a config without a hint keeps its key;
+    - a ``resources`` section at its defaults (one CPU process) is left out, so adding the field kept every
+      earlier key;
+    - any other ``resources`` is part of the key: the world size and dtypes change the numbers, and so
+      does ``cpus``, which sets each process's thread count (torch's CPU reductions split by thread: one and
+      two threads give different low-order bits after a few AdamW steps; README, "Content keys")."""
     res = config.get("resources")
     if res is None:
         return config
-    from prism_lab.config.resources import ResourcesConfig
+    from prism_lab.config.resources import PLANNER_HINTS, ResourcesConfig
 
+    res = {k: (PLANNER_HINTS[k] if k in PLANNER_HINTS else v) for k, v in res.items()}
     if res == ResourcesConfig().model_dump(mode="json"):
         return {k: v for k, v in config.items() if k != "resources"}
-    return config
+    return {**config, "resources": res}
 
 
 def content_key(kind: str, version: int, config: dict, inputs: dict[str, str], fingerprint: str = "") -> str:

@@ -19,7 +19,6 @@ from __future__ import annotations
 import hashlib
 import os
 import signal
-import socket
 import threading
 import time
 from collections.abc import Mapping
@@ -33,6 +32,7 @@ from prism_lab.errors import PrismError
 from prism_lab.harness.context import artifact_dir, partial_dir
 from prism_lab.harness.executors.local import THREAD_ENV_VARS, ExecutionSummary, LocalExecutor, select_runs
 from prism_lab.harness.executors.placement import run_resources
+from prism_lab.harness.executors.ray_address import address_from, check_address
 from prism_lab.harness.ledger import Ledger
 from prism_lab.harness.plan import Plan
 from prism_lab.harness.run_reports import EVENTS_FILE, SPEC_FILE, ingest
@@ -72,21 +72,6 @@ def namespace_for(storage: Path) -> str:
     return "prism-lab-" + hashlib.sha256(str(Path(storage).resolve()).encode()).hexdigest()[:12]
 
 
-def check_address(address: str, timeout: float = 5.0) -> None:
-    """Fail with one line when a ``host:port`` address does not answer (ray.init would retry forever)."""
-    if address in ("auto", "local") or "://" in address:
-        return
-    host, _, port = address.rpartition(":")
-    if not host or not port.isdigit():
-        raise PrismError(f"--address {address!r}: expected HOST:PORT of a Ray head node (e.g. 10.0.0.1:6379), "
-                         "'auto', or a ray:// URL")
-    try:
-        socket.create_connection((host, int(port)), timeout=timeout).close()
-    except OSError as exc:
-        raise PrismError(f"--address {address}: no Ray head node answers there ({exc.strerror or exc}); "
-                         "start one with `ray start --head`") from None
-
-
 _connect_lock = threading.Lock()
 
 
@@ -96,15 +81,18 @@ def connect(address: str | None, namespace: str) -> Any:
         import ray
     except ImportError:
         raise PrismError("--executor ray needs the `ray` extra: pip install -e \".[ray]\"") from None
-    address = address or os.environ.get("RAY_ADDRESS") or None
+    address, option = address_from(address)
     with _connect_lock:
         if not ray.is_initialized():
-            if address:
-                check_address(address)
+            check_address(address, option=option)  # one line for every way the address fails, not ray.init's retries
             import logging
 
-            ray.init(address=address, namespace=namespace, log_to_driver=False, logging_level=logging.WARNING,
-                     **({} if address else {"include_dashboard": False}))
+            try:
+                ray.init(address=address, namespace=namespace, log_to_driver=False, logging_level=logging.WARNING,
+                         **({} if address else {"include_dashboard": False}))
+            except (ConnectionError, ray.exceptions.RayError) as exc:  # e.g. the head went away after the check
+                raise PrismError(f"{option} {address or '(a private Ray instance)'}: cannot connect to Ray: "
+                                 f"{' '.join(str(exc).split())[:300]}") from None
         elif ray.get_runtime_context().namespace != namespace:
             raise PrismError("this process is already connected to Ray with another namespace (storage root)")
     return ray
