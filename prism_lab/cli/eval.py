@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 
+from prism_lab.cli.errors import one_line
 from prism_lab.cli.options import Format, FormatOpt
 from prism_lab.config.base import SEED_MAX
 from prism_lab.errors import CheckpointError, PrismError
@@ -25,7 +27,7 @@ def eval_command(
     benchmark: Annotated[list[str], typer.Option("--benchmark", "-b", help="Benchmark name (repeatable).")],
     backend: Annotated[str, typer.Option("--backend", help="`builtin` or `vlmevalkit`.")] = "builtin",
     bench_dir: Annotated[Optional[Path], typer.Option(
-        "--bench-dir", help="Directory of benchmark TSVs (default: $LMUData).")] = None,
+        "--bench-dir", help="Directory of the benchmark files: TSVs, generated lm-eval data (default: $LMUData).")] = None,
     root: Annotated[Optional[Path], typer.Option("--root", help="Ledger root (default: $PRISM_LAB_ROOT or ./runs).")] = None,
     batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Generation batch size.")] = 16,
     temperature: Annotated[Optional[float], typer.Option(help="Override the benchmarks' temperature (0 = greedy).")] = None,
@@ -39,6 +41,59 @@ def eval_command(
 
     Progress and logs go to stderr; stdout carries the result only (`--format json`: one JSON document).
     `kind: lmeval` benchmarks run through lm-eval whatever `--backend` says."""
+    try:
+        check_overrides(limit=limit, temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens)
+        result = _evaluate(checkpoint, benchmark, backend, bench_dir, root, batch_size, temperature, top_p,
+                           max_new_tokens, limit, seed)
+    except PrismError as exc:
+        if format == Format.json:  # a tool reading stdout still gets exactly one JSON document
+            typer.echo(json.dumps({"error": one_line(str(exc))}))
+        raise
+    if format == Format.json:
+        typer.echo(json.dumps(result, indent=2))
+        return
+    typer.echo(f"eval run {result['run_key'][:12]} -> {result['artifact']}")
+    for name, value in result["metrics"].items():
+        typer.echo(f"  {name:<48} {value:.4f}" if value is not None else f"  {name:<48} -")
+
+
+def check_overrides(*, limit: int | None, temperature: float | None, top_p: float | None,
+                    max_new_tokens: int | None) -> None:
+    """PrismError naming the option and its allowed range for an override out of range (EvalConfig's bounds)."""
+    if limit is not None and limit < 1:
+        raise PrismError(f"--limit: expected an integer >= 1 (items per benchmark), got {limit}")
+    if max_new_tokens is not None and max_new_tokens < 1:
+        raise PrismError(f"--max-new-tokens: expected an integer >= 1, got {max_new_tokens}")
+    if temperature is not None and not (math.isfinite(temperature) and temperature >= 0):
+        raise PrismError(f"--temperature: expected a number >= 0 (0 = greedy), got {temperature}")
+    if top_p is not None and not (math.isfinite(top_p) and 0 < top_p <= 1):
+        raise PrismError(f"--top-p: expected a number in (0, 1], got {top_p}")
+
+
+def _needs_bench_dir(spec) -> bool:
+    """A TSV benchmark, or an lm-eval task reading a generated data file (hub tasks read none)."""
+    return spec.kind != "lmeval" or spec.file is not None
+
+
+def _check_benchmark(spec, bdir: Path | None) -> None:
+    """Everything a benchmark reads is here and well formed, before anything is written."""
+    if spec.kind == "lmeval":
+        from prism_lab.eval.lmeval import require_task_data
+        from prism_lab.eval.lmeval_tasks import check_task_reference
+
+        check_task_reference(spec)
+        require_task_data(spec, bdir)
+        return
+    from prism_lab.data.bench_tsv import read_benchmark_tsv
+    from prism_lab.eval.run import benchmark_tsv
+
+    read_benchmark_tsv(benchmark_tsv(spec, bdir))  # a missing or malformed TSV fails before anything is written
+
+
+def _evaluate(checkpoint: Path, benchmark: list[str], backend: str, bench_dir: Path | None, root: Path | None,
+              batch_size: int, temperature: float | None, top_p: float | None, max_new_tokens: int | None,
+              limit: int | None, seed: int) -> dict:
+    """Check, record and run the evaluation; returns {"run_key", "artifact", "metrics"}."""
     from prism_lab.cli.options import resolve_root, stdout_to_stderr
     from prism_lab.config.eval import EvalConfig
     from prism_lab.eval.backends import EVAL_BACKENDS
@@ -56,27 +111,26 @@ def eval_command(
     from prism_lab.stages.artifacts import checkpoint_dir_of
 
     model_dir = checkpoint_dir_of(checkpoint)
-    bdir = bench_dir or (Path(os.environ["LMUData"]) if os.environ.get("LMUData") else None)
-    if bdir is None:
-        raise PrismError("--bench-dir is required (or set $LMUData to the directory of the benchmark TSVs)")
     from prism_lab.eval.benchmarks import load_benchmark
 
-    from prism_lab.data.bench_tsv import read_benchmark_tsv
-    from prism_lab.eval.run import benchmark_tsv
-
+    specs = []
     for name in benchmark:
         try:
-            spec = load_benchmark(name)
+            specs.append(load_benchmark(name))
         except Exception as exc:  # ConfigError with the known names
             raise PrismError(f"--benchmark: {exc}") from None
-        read_benchmark_tsv(benchmark_tsv(spec, bdir))  # a missing or malformed TSV fails before anything is written
+    bdir = bench_dir or (Path(os.environ["LMUData"]) if os.environ.get("LMUData") else None)
+    if bdir is None and any(_needs_bench_dir(s) for s in specs):
+        raise PrismError("--bench-dir is required (or set $LMUData to the directory of the benchmark files)")
+    for spec in specs:
+        _check_benchmark(spec, bdir)
     from prism_lab.models.checkpoint import inspect_checkpoint, verify_weights
 
     inspect_checkpoint(model_dir)
     verify_weights(model_dir)
     cfg = EvalConfig(benchmarks=list(benchmark), backend=backend, batch_size=batch_size, temperature=temperature,
                      top_p=top_p, max_new_tokens=max_new_tokens, limit=limit, seed=seed,
-                     bench_dir=str(bdir.resolve()))
+                     bench_dir=str(bdir.resolve()) if bdir is not None else None)
     ledger = Ledger(resolve_root(root).resolve())
     fingerprint = checkpoint_fingerprint(model_dir)
     ckpt_key = hashlib.sha256(f"external-checkpoint:{fingerprint}".encode()).hexdigest()
@@ -99,9 +153,4 @@ def eval_command(
             raise PrismError(f"evaluation failed: {ledger.get_run(key).error}")
         row = ledger.get_run(key)
     metrics = dict(sorted(ledger.last_metrics(key).items()))
-    if format == Format.json:
-        typer.echo(json.dumps({"run_key": key, "artifact": row.artifact_path, "metrics": metrics}, indent=2))
-        return
-    typer.echo(f"eval run {key[:12]} -> {row.artifact_path}")
-    for name, value in metrics.items():
-        typer.echo(f"  {name:<48} {value:.4f}" if value is not None else f"  {name:<48} -")
+    return {"run_key": key, "artifact": row.artifact_path, "metrics": metrics}

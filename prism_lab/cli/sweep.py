@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from prism_lab.cli.options import (
@@ -108,14 +109,14 @@ def _print_table(plan, records: list[dict], *, title: str, with_metrics: bool) -
     for rec in records:
         style = _STATUS_STYLE.get(rec["status"], "white")
         status = rec["status"] + (" (stale)" if rec.get("stale") else "") + (" (truncated)" if rec.get("truncated") else "")
-        row = [rec["kind"], rec["label"], rec["key"][:12], str(len(rec["cells"])), f"[{style}]{status}[/{style}]"]
+        row = [rec["kind"], escape(rec["label"]), rec["key"][:12], str(len(rec["cells"])), f"[{style}]{status}[/{style}]"]
         if with_metrics:
             dur = ""
             if rec.get("started_at") and rec.get("finished_at"):
                 dur = f"{rec['finished_at'] - rec['started_at']:.0f}s"
             summary = rec.get("error") or (f"made by other code: {rec['stale'][0]}" if rec.get("stale") else "") or ", ".join(
                 f"{k}={v:.3g}" for k, v in _headline(rec["metrics"]) if v is not None)
-            row += [dur, summary[:80]]
+            row += [dur, escape(summary[:80])]
         table.add_row(*row)
     out.print(table)
     counts: dict[str, int] = {}
@@ -301,7 +302,7 @@ def sweep_run(
     summary = make_executor(root_dir, options, retry_failed=retry_failed, show_progress=not quiet).run(plan, kinds=kinds)
     elapsed = time.time() - t0
     err.print(
-        f"sweep {plan.grid.name}: {len(summary.done)} run(s) finished, {len(summary.skipped)} already done, "
+        f"sweep {escape(plan.grid.name)}: {len(summary.done)} run(s) finished, {len(summary.skipped)} already done, "
         f"{len(summary.failed)} failed, {len(summary.blocked)} blocked"
         + (f", {len(summary.restarted)} restarted after a crash" if summary.restarted else "")
         + f" in {elapsed:.0f}s"
@@ -310,8 +311,10 @@ def sweep_run(
         missing = sorted({plan.runs[k].kind for k in summary.unavailable})
         err.print(f"not run: stage kind(s) {', '.join(missing)} are not available in this build "
                   f"({len(summary.unavailable)} run(s) and their dependents wait for them)")
-    err.print(f"ledger: {root_dir / 'ledger.sqlite'}   artifacts: {(options.shared_root or root_dir) / 'runs'}")
-    err.print(f"next: prism-lab sweep status {grid} --root {root_dir}   |   prism-lab report {grid} --root {root_dir}")
+    err.print(f"ledger: {root_dir / 'ledger.sqlite'}   artifacts: {(options.shared_root or root_dir) / 'runs'}",
+              markup=False, highlight=False)
+    err.print(f"next: prism-lab sweep status {grid} --root {root_dir}   |   prism-lab report {grid} --root {root_dir}",
+              markup=False, highlight=False)
     if not summary.ok:
         raise typer.Exit(1)
 

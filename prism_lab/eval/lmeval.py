@@ -34,12 +34,12 @@ from typing import Any
 
 import yaml
 
-from prism_lab.errors import ConfigError
+from prism_lab.errors import ConfigError, DataError
 from prism_lab.eval.backends import BenchmarkResult, EvalBackend, GenerationSettings
 from prism_lab.eval.predictions import file_sha256
 
-__all__ = ["LMEVAL_VERSION", "LmEvalBackend", "TaskUnavailable", "lmeval_available", "resolve_task_spec",
-           "task_fingerprint"]
+__all__ = ["LMEVAL_VERSION", "LmEvalBackend", "TaskUnavailable", "lmeval_available", "require_task_data",
+           "resolve_task_spec", "task_fingerprint"]
 
 #: The lm-eval release this wing was written against (``pip install -e ".[lmeval]"`` pins it).
 LMEVAL_VERSION = "0.4.13"
@@ -158,6 +158,23 @@ def _load_task(spec: Any, bench_dir: str | Path | None) -> tuple[dict[str, Any],
     if not tasks:
         raise ConfigError(f"benchmark {spec.name!r}: lm-eval task {spec.lmeval_task!r} has no subtasks")
     return tasks, manager
+
+
+def require_task_data(spec: Any, bench_dir: str | Path | None) -> None:
+    """DataError (one line, with what to do) when the task's data cannot be loaded offline: a generated data
+    file not in ``bench_dir``, or a hub dataset not in the local Hugging Face cache. The eval stage of a sweep
+    skips such a task; `prism-lab eval`, asked for it by name, refuses before anything is written."""
+    try:
+        _load_task(spec, bench_dir)
+    except TaskUnavailable as e:
+        if getattr(spec, "source", None) != "hf":
+            raise DataError(f"benchmark {spec.name!r}: {e}; point --bench-dir at the data run's bench/ directory "
+                            f"(prism-lab data synth writes it)") from None
+        raise DataError(
+            f"benchmark {spec.name!r}: the dataset of lm-eval task {spec.lmeval_task!r} is not local ({e}); "
+            f"prism-lab runs lm-eval offline (HF_DATASETS_OFFLINE=1), so download it once where there is network "
+            f"(it lands in the Hugging Face datasets cache) and copy that cache here, or point HF_DATASETS_CACHE "
+            f"(or HF_HOME) at a cache that holds it") from None
 
 
 def _main_metric(task_result: dict[str, Any], wanted: str | None) -> tuple[str, str]:

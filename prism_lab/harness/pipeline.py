@@ -254,6 +254,17 @@ class PrismPipeline:
         for i, name in enumerate(grid.spec.benchmarks):
             if name not in known:
                 raise grid.error(("benchmarks", i), f"unknown benchmark {name!r}; known: {', '.join(sorted(known))}")
+        from prism_lab.errors import ConfigError
+        from prism_lab.eval.benchmarks import load_benchmark
+        from prism_lab.eval.lmeval_tasks import check_task_reference
+
+        for i, name in enumerate(grid.spec.benchmarks):
+            spec = load_benchmark(name)
+            if spec.kind == "lmeval":
+                try:  # a task lm-eval lacks fails here, not after training
+                    check_task_reference(spec)
+                except ConfigError as exc:
+                    raise grid.error(("benchmarks", i), str(exc)) from None
 
     # ---- expansion --------------------------------------------------------------------------------
     def expand(self, grid: Grid, cell: Cell, builder: PlanBuilder) -> None:

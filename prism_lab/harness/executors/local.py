@@ -5,6 +5,7 @@ restarted, failed runs are retried (unless told not to), and a failure blocks on
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import time
@@ -13,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -94,6 +96,24 @@ def stage_env(base: Mapping[str, str], workers: int, cpus: int | None = None) ->
     for var in THREAD_ENV_VARS:
         env.setdefault(var, n)
     return env
+
+
+def exit_description(returncode: int) -> str:
+    """One line for a stage process's exit status: the signal's name when a signal killed it (a SIGKILLed
+    rank's torchrun agent exits 1 itself; its log names the rank)."""
+    if returncode < 0:
+        try:
+            name = signal.Signals(-returncode).name
+        except ValueError:
+            name = f"signal {-returncode}"
+        return f"stage process killed by {name}"
+    return f"stage process exited with code {returncode}"
+
+
+def print_failure(console: Console, label: str, key: str, error: str) -> None:
+    """`failed LABEL (KEY): ERROR`; the label and the error are foreign text (a stage's exception, gloo's
+    `[/__w/pytorch/...]`), never read as Rich markup."""
+    console.print(f"[red]failed[/red] {escape(label)} ({key[:12]}): {escape(error)}", highlight=False)
 
 
 class LocalExecutor:
@@ -213,7 +233,7 @@ class LocalExecutor:
                             TimeElapsedColumn(), console=self.console, disable=not self.show_progress,
                             transient=False)
         with progress:
-            overall = progress.add_task(f"sweep {plan.grid.name}", total=len(targets),
+            overall = progress.add_task(f"sweep {escape(plan.grid.name)}", total=len(targets),
                                         completed=len(summary.skipped))
             tasks: dict[str, int] = {}
             while True:
@@ -231,11 +251,11 @@ class LocalExecutor:
                         progress.advance(overall)
                     else:
                         if row is not None and row.status == "running":
-                            ledger.set_status(key, "failed", error=f"stage process exited with code {proc.returncode}; see {row.log_path}",
+                            ledger.set_status(key, "failed", error=f"{exit_description(proc.returncode)}; see {row.log_path}",
                                               only_if=("running",))
                         summary.failed.append(key)
                         err = (ledger.get_run(key).error or "") if ledger.get_run(key) else ""
-                        self.console.print(f"[red]failed[/red] {plan.runs[key].label} ({key[:12]}): {err}")
+                        print_failure(self.console, plan.runs[key].label, key, err)
                         self._block_dependents(ledger, plan, key, target_set, summary)
                     rows = ledger.get_runs(targets)
                 # launch ready runs
@@ -267,7 +287,7 @@ class LocalExecutor:
                         continue
                     held[key] = ids
                     active[key] = self._spawn(ledger, key, run.kind, run.config, ids)
-                    tasks[key] = progress.add_task(f"  {run.label}", total=None)
+                    tasks[key] = progress.add_task(f"  {escape(run.label)}", total=None)
                 if not active and not waiting_on_others:
                     break
                 time.sleep(self.poll)

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 
 from prism_lab.errors import PrismError
 from prism_lab.harness.context import artifact_dir, partial_dir
@@ -228,7 +229,7 @@ class RayExecutor(LocalExecutor):
             ledger.mark_done(key, str(final), log_path=str(final / "stage.log"))
             summary.done.append(key)
             if self.show_progress:
-                self.console.print(f"[green]done[/green] {plan.runs[key].label} ({key[:12]})")
+                self.console.print(f"[green]done[/green] {escape(plan.runs[key].label)} ({key[:12]})")
             return True
         else:
             failed = [ev.get("error") for ev in terminal if ev.get("type") == "failed"]
@@ -238,7 +239,7 @@ class RayExecutor(LocalExecutor):
         ledger.set_status(key, "failed", error=error, only_if=("running",))
         ledger.event("failed", error, run_key=key)
         summary.failed.append(key)
-        self.console.print(f"[red]failed[/red] {plan.runs[key].label} ({key[:12]}): {error}")
+        self.console.print(f"[red]failed[/red] {escape(plan.runs[key].label)} ({key[:12]}): {escape(str(error))}")
         self._block_dependents(ledger, plan, key, targets, summary)
         return True
 
@@ -315,11 +316,11 @@ class RayExecutor(LocalExecutor):
                 try:
                     active[key] = self._launch(ledger, key, run.kind)
                     if self.show_progress:
-                        self.console.print(f"submitted {run.label} ({key[:12]}) to Ray")
+                        self.console.print(f"submitted {run.label} ({key[:12]}) to Ray", markup=False, highlight=False)
                 except PrismError as exc:
                     ledger.set_status(key, "failed", error=str(exc), only_if=("running",))
                     summary.failed.append(key)
-                    self.console.print(f"[red]failed[/red] {run.label} ({key[:12]}): {exc}")
+                    self.console.print(f"[red]failed[/red] {escape(run.label)} ({key[:12]}): {escape(str(exc))}")
                     self._block_dependents(ledger, plan, key, target_set, summary)
             if not active and not waiting:
                 return
