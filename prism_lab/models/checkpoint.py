@@ -51,6 +51,9 @@ def read_config(d: Path) -> dict[str, Any]:
         raise CheckpointError(f"{d}: not a checkpoint directory (no config.json)")
     try:
         cfg = json.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise CheckpointError(f"{path}: cannot read ({exc.strerror or exc}): expected a readable Qwen3-VL "
+                              "config.json") from None
     except (ValueError, UnicodeDecodeError) as exc:
         raise CheckpointError(f"{path}: not valid JSON ({exc})") from None
     if not isinstance(cfg, dict):
