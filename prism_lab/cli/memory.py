@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from prism_lab.errors import ConfigError
+from prism_lab.errors import ConfigError, PrismError
 from prism_lab.harness import memory as mem
 
 
@@ -23,6 +23,27 @@ def _shape(spec: mem.ModelSpec, cache: dict) -> dict[str, Any]:
             cache[spec] = discriminator_shape(spec.ref, num_experts=experts, top_k=top_k, kind=kind,
                                               tiny_vocab=spec.tiny_vocab).to_dict()
     return cache[spec]
+
+
+def _field(plan, ref: str) -> tuple | None:
+    """The grid field that names the model ``ref``: a `models` entry or a ``discriminator.base``."""
+    from prism_lab.harness.inputs import discriminator_bases
+
+    grid = plan.grid
+    hits = [("models", size) for size, r in grid.spec.models.items() if r == ref]
+    hits += [where for where, r in discriminator_bases(grid) if r == ref]
+    return hits[0] if hits else None
+
+
+def _located_shape(plan, spec: mem.ModelSpec, cache: dict) -> dict[str, Any]:
+    """:func:`_shape`; a model that cannot be read (its config.json) is one line naming the grid field too."""
+    try:
+        return _shape(spec, cache)
+    except PrismError as exc:
+        where = _field(plan, spec.ref)
+        if where is None:
+            raise
+        raise plan.grid.error(where, " ".join(str(exc).split())) from None
 
 
 def device_memory(resources: dict[str, Any], gpus: list | None) -> tuple[float | None, str]:
@@ -51,7 +72,7 @@ def estimate_runs(plan, keys: list[str], gpus: list | None = None) -> list[dict[
         res = run.config.get("resources") or {}
         cap, what = device_memory(res, gpus)
         on_gpu = bool(res.get("gpus"))
-        shapes = {role: _shape(spec, cache) for role, spec in specs.items()}
+        shapes = {role: _located_shape(plan, spec, cache) for role, spec in specs.items()}
         est = mem.estimate(run.kind, run.config, shapes, on_gpu=on_gpu, device_bytes=cap)
         out.append({"key": key, "kind": run.kind, "label": run.label, "resources": res, "estimate": est,
                     "device_bytes": cap, "device": what, "fits": None if cap is None else mem.fits(est, cap),

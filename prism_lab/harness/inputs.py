@@ -1,6 +1,7 @@
 """A PRISM grid's inputs on disk: where its paths point, whether its files are sound, and their fingerprint.
 
-One rule for every path a grid names (``data.local.*`` and local model directories): a relative path
+One rule for every path a grid names (``data.local.*``, local model directories and a local
+``disc_warmup.discriminator.base``, in `stages`, `size_stages` or as an axis): a relative path
 is relative to the directory of the grid file that wrote it (an `extends:` parent's paths to the
 parent's directory), never to the current directory or to a run's artifact directory. ``resolve_paths``
 applies it once, when the grid is loaded, so the plan, the keys and every stage see absolute paths.
@@ -49,15 +50,51 @@ def resolve_paths(grid: Grid) -> None:
         for field in _LOCAL_ONE:
             if isinstance(local.get(field), str) and local[field]:
                 local[field] = _absolute(grid, local[field], ("data", "local", field))
+    for size, ref in list(spec.models.items()):
+        spec.models[size] = _model_path(grid, ref, ("models", size))
+    for where, ref in discriminator_bases(grid):
+        _set(spec, where, _model_path(grid, ref, where))
+
+
+def _model_path(grid: Grid, ref: Any, where: tuple) -> Any:
+    """``ref`` made absolute when it names a local directory (a path, or a name that exists next to the grid
+    file that wrote it); preset names, hub ids and ``from_policy_preset`` are returned as they are."""
     from prism_lab.models.presets import PRESETS
 
-    for size, ref in list(spec.models.items()):
-        if not isinstance(ref, str) or not ref or ref in PRESETS:
-            continue
-        p = Path(ref).expanduser()
-        candidate = p if p.is_absolute() else _declared_dir(grid, ("models", size)) / p
-        if ref.startswith((".", "/", "~")) or candidate.exists():
-            spec.models[size] = str(candidate.resolve())
+    if not isinstance(ref, str) or not ref or ref in PRESETS or ref == FROM_POLICY:
+        return ref
+    p = Path(ref).expanduser()
+    candidate = p if p.is_absolute() else _declared_dir(grid, where) / p
+    return str(candidate.resolve()) if ref.startswith((".", "/", "~")) or candidate.exists() else ref
+
+
+#: ``discriminator.base`` value that takes the policy's own model (config/align.py).
+FROM_POLICY = "from_policy_preset"
+_DISC_BASE = ("disc_warmup", "discriminator", "base")
+
+
+def discriminator_bases(grid: Grid) -> list[tuple[tuple, Any]]:
+    """(grid field, value) of every ``disc_warmup.discriminator.base`` the grid sets: in `stages`, in
+    `size_stages` and as an axis."""
+    spec = grid.spec
+    out: list[tuple[tuple, Any]] = []
+    sections = [(("stages",), spec.stages)] + [(("size_stages", size), kinds) for size, kinds in spec.size_stages.items()]
+    for where, kinds in sections:
+        node: Any = kinds
+        for part in _DISC_BASE[:-1]:
+            node = node.get(part) if isinstance(node, dict) else None
+        if isinstance(node, dict) and "base" in node:
+            out.append(((*where, *_DISC_BASE), node["base"]))
+    axis = ".".join(_DISC_BASE)
+    out += [(("axes", axis, i), v) for i, v in enumerate(spec.axes.get(axis) or [])]
+    return out
+
+
+def _set(spec: Any, where: tuple, value: Any) -> None:
+    node = spec.axes if where[0] == "axes" else getattr(spec, where[0])
+    for part in where[1:-1]:
+        node = node[part]
+    node[where[-1]] = value
 
 
 #: Benchmark sources whose files come from outside the grid (released VLMEvalKit TSVs, hub task data),
@@ -182,22 +219,55 @@ def check_inputs(grid: Grid, *, strict_benchmarks: bool = True) -> list[str]:
                     raise _relocated(grid, ("data", "local", *_split(field)), exc) from None
             if not gaps and not absent:  # a check that skipped missing files is not the full check
                 mark_checked(tag)
-    local_models = {size: ref for size, ref in spec.models.items() if size in spec.axes.get("size", [])
-                    and classify_model_ref(ref, base=grid.path.parent).kind == "local"}
-    if local_models:
-        from prism_lab.models.checkpoint import inspect_checkpoint, verify_weights
-
-        for size, ref in local_models.items():
-            try:
-                inspect_checkpoint(ref)
-            except PrismError as exc:
-                raise _relocated(grid, ("models", size), exc) from None
-        for size, ref in local_models.items():
-            try:
-                verify_weights(ref)
-            except PrismError as exc:
-                raise _relocated(grid, ("models", size), exc) from None
+    local = [(("models", size), ref) for size, ref in spec.models.items() if size in spec.axes.get("size", [])
+             and classify_model_ref(ref, base=grid.path.parent).kind == "local"]
+    bases = [(where, ref) for where, ref in (discriminator_bases(grid) if aligned else [])
+             if ref != FROM_POLICY and (where[0] != "size_stages" or where[1] in spec.axes.get("size", []))]
+    for where, ref in bases:
+        problem = _base_problem(ref)
+        if problem:
+            raise grid.error(where, problem)
+    local += [(where, ref) for where, ref in bases if classify_model_ref(ref).kind == "local"]
+    if local:
+        _check_checkpoints(grid, local, dense={where for where, _ in bases})
     return warnings
+
+
+def _base_problem(ref: Any) -> str:
+    """Why ``ref`` cannot be a discriminator base (the stage loads it with ``load_policy``); "" when it can."""
+    from prism_lab.models.presets import PRESETS
+    from prism_lab.models.refs import classify_model_ref
+
+    if not isinstance(ref, str):
+        return f"expected {FROM_POLICY!r}, a local Qwen3-VL checkpoint directory or a hub id, got {ref!r}"
+    if ref in PRESETS and PRESETS.get(ref).family == "tiny":
+        return (f"{ref!r} is a tiny random-init preset, not a checkpoint: use {FROM_POLICY!r} (the policy's own "
+                "model) or a checkpoint directory")
+    return classify_model_ref(ref).problem
+
+
+def _check_checkpoints(grid: Grid, local: list[tuple[tuple, str]], dense: set[tuple]) -> None:
+    """The torch-free checks of every local checkpoint first, then the strict weight check of each; the
+    fields in ``dense`` (discriminator bases) must name a dense Qwen3-VL, the model upcycling starts from."""
+    from prism_lab.models.checkpoint import inspect_checkpoint, verify_weights
+
+    for where, ref in local:
+        try:
+            cfg = inspect_checkpoint(ref)
+        except PrismError as exc:
+            raise _relocated(grid, where, exc) from None
+        if where in dense and cfg.get("model_type") != "qwen3_vl":
+            raise grid.error(where, f"{ref}: model_type: expected a dense Qwen3-VL (qwen3_vl) to upcycle into the "
+                                    f"discriminator, got {cfg.get('model_type')!r}")
+    seen: set[str] = set()
+    for where, ref in local:
+        if ref in seen:
+            continue
+        seen.add(ref)
+        try:
+            verify_weights(ref)
+        except PrismError as exc:
+            raise _relocated(grid, where, exc) from None
 
 
 def _split(field: str) -> tuple:

@@ -7,10 +7,11 @@ Two levels, both raising a one-line CheckpointError that names the directory (or
   dimensions (a config without them would build the full-size default model: 22 GB for
   ``{"model_type": "qwen3_vl"}``), and there are safetensors weights with at least one tensor (pickle
   files are never loaded).
-- ``verify_weights`` builds the model on PyTorch's ``meta`` device (no memory) through transformers'
-  own loading code and refuses missing, unexpected or mis-shaped tensors: a checkpoint that does not
-  fit is never silently completed with a random init. ``check_loading_info`` applies the same rule
-  to a real load (``models.loader.load_policy``).
+- ``verify_weights`` compares the tensors the safetensors headers declare with the model config.json
+  describes, built on PyTorch's ``meta`` device (no memory), without any loading code of transformers
+  (``models/weight_check.py``), and refuses missing, unexpected, mis-shaped or non-float tensors: a
+  checkpoint that does not fit is never silently completed with a random init. ``check_loading_info``
+  applies the same rule to a real load (``models.loader.load_policy``).
 
 The safetensors layout (8-byte little-endian header length, JSON header, raw bytes) is the format's
 own specification (huggingface/safetensors README, "Format").
@@ -50,6 +51,9 @@ def read_config(d: Path) -> dict[str, Any]:
         raise CheckpointError(f"{d}: not a checkpoint directory (no config.json)")
     try:
         cfg = json.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise CheckpointError(f"{path}: cannot read ({exc.strerror or exc}): expected a readable Qwen3-VL "
+                              "config.json") from None
     except (ValueError, UnicodeDecodeError) as exc:
         raise CheckpointError(f"{path}: not valid JSON ({exc})") from None
     if not isinstance(cfg, dict):
@@ -159,22 +163,8 @@ def model_class(model_type: str):
 
 
 def verify_weights(d: str | Path) -> None:
-    """Build the model on the meta device and check every tensor name and shape against the weights."""
-    d = Path(d)
-    cfg = inspect_checkpoint(d)
-    from transformers.utils import logging as hf_logging
+    """The strict weight check (``models.weight_check.verify_weights``: safetensors headers against the
+    model built on the meta device, no loader)."""
+    from prism_lab.models.weight_check import verify_weights as check
 
-    level = hf_logging.get_verbosity()
-    hf_logging.set_verbosity_error()
-    hf_logging.disable_progress_bar()
-    try:
-        _, info = model_class(cfg["model_type"]).from_pretrained(
-            str(d), device_map="meta", output_loading_info=True, use_safetensors=True, local_files_only=True,
-            trust_remote_code=False, ignore_mismatched_sizes=True)  # listed in the report, refused below
-    except (OSError, ValueError, RuntimeError, TypeError, KeyError) as exc:
-        raise CheckpointError(f"{d}: the weights do not fit the model config.json describes "
-                              f"({type(exc).__name__}: {' '.join(str(exc).split())[:300]})") from None
-    finally:
-        hf_logging.set_verbosity(level)
-        hf_logging.enable_progress_bar()
-    check_loading_info(d, info)
+    check(d)

@@ -109,7 +109,14 @@ def config_for(ref: str, *, tiny_vocab: int = 512):
 
     r = resolve_model_ref(ref)
     if r.kind == "local":
-        cfg = AutoConfig.from_pretrained(str(r.path))
+        from prism_lab.models.checkpoint import read_config
+
+        read_config(r.path)  # one line for an unreadable, non-JSON, non-Qwen3-VL or size-less config.json
+        try:
+            cfg = AutoConfig.from_pretrained(str(r.path), local_files_only=True, trust_remote_code=False)
+        except Exception as exc:  # noqa: BLE001 - transformers refusing a field of the user's file
+            raise CheckpointError(f"{r.path / 'config.json'}: transformers cannot read it as a Qwen3-VL config "
+                                  f"({type(exc).__name__}: {' '.join(str(exc).split())[:300]})") from None
         return cfg, 448, getattr(cfg.vision_config, "patch_size", 16)
     preset = r.preset
     if r.kind == "hub":
@@ -121,18 +128,22 @@ def config_for(ref: str, *, tiny_vocab: int = 512):
     return hub_config(preset, vocab), preset.image_size, preset.patch_size
 
 
-def _meta_model(config):
+def _meta_model(config, ref: str):
     import torch
     from transformers import AutoModelForImageTextToText
 
-    with torch.device("meta"):
-        return AutoModelForImageTextToText.from_config(config)
+    try:
+        with torch.device("meta"):
+            return AutoModelForImageTextToText.from_config(config)
+    except Exception as exc:  # noqa: BLE001 - a local config.json transformers cannot build a model from
+        raise CheckpointError(f"model {ref}: building the model its config.json describes failed "
+                              f"({type(exc).__name__}: {' '.join(str(exc).split())[:300]})") from None
 
 
 def model_shape(ref: str, *, tiny_vocab: int = 512) -> ModelShape:
     """The :class:`ModelShape` of the policy ``ref`` names, counted on the meta device."""
     config, image_size, patch = config_for(ref, tiny_vocab=tiny_vocab)
-    return shape_of(_meta_model(config), ref, image_size, patch)
+    return shape_of(_meta_model(config, ref), ref, image_size, patch)
 
 
 def discriminator_shape(base_ref: str, *, num_experts: int, top_k: int, kind: str = "moe",
@@ -144,6 +155,6 @@ def discriminator_shape(base_ref: str, *, num_experts: int, top_k: int, kind: st
     config, image_size, patch = config_for(base_ref, tiny_vocab=tiny_vocab)
     if kind == "moe":
         config = moe_config_from_dense(config, num_experts=num_experts, top_k=top_k)
-    shape = shape_of(_meta_model(config), f"{base_ref} ({kind})", image_size, patch)
+    shape = shape_of(_meta_model(config, base_ref), f"{base_ref} ({kind})", image_size, patch)
     head = shape.hidden
     return ModelShape(**{**shape.to_dict(), "params": shape.params + head, "root_params": shape.root_params + head})
