@@ -28,3 +28,28 @@ def run_cli(*args: str, env: dict | None = None, timeout: float = 300, cwd: Path
 @pytest.fixture
 def repo() -> Path:
     return REPO
+
+
+#: One CPU thread per stage process: thread counts change low-order bits, so every run of the smoke grid
+#: that a slow test compares with another uses the same count (and --workers 2 then fills 2 cores).
+ONE_THREAD = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
+
+
+@pytest.fixture(scope="session")
+def smoke_root(tmp_path_factory) -> Path:
+    """The smoke grid run once per session (every real stage, W&B offline), shared by the slow tests that
+    read it (tests/test_e2e_smoke.py) or compare another run of the same grid with it (the Ray executor,
+    CPU load, a study that reuses its runs). Tests that add runs work on a copy (``copy_root``)."""
+    root = tmp_path_factory.mktemp("smoke") / "root"
+    res = run_cli("sweep", "run", "experiments/smoke.yaml", "--root", str(root), "--wandb", "offline", "-q",
+                  "--workers", "2", env=cli_env(PRISM_LAB_WANDB="offline", **ONE_THREAD), timeout=1800)
+    assert res.returncode == 0, res.stderr[-3000:]
+    return root
+
+
+def copy_root(root: Path, dst: Path) -> Path:
+    """A private copy of a finished root (its ledger and run directories; artifact paths are relative)."""
+    import shutil
+
+    shutil.copytree(root, dst)
+    return dst

@@ -5,17 +5,14 @@ from __future__ import annotations
 import re
 
 import pytest
-import yaml
 
 from prism_lab.harness.ledger import Ledger
-from tests.conftest import cli_env, run_cli
+from tests.conftest import ONE_THREAD, cli_env, run_cli
 from tests.ray_cluster import DRIVER_ENV, LocalRayCluster
 
 pytest.importorskip("ray")
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(2400)]  # with the session's smoke run as set-up
 
-#: One CPU thread per stage process under both executors: thread counts change low-order bits.
-ONE_THREAD = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
 #: Metrics that measure wall-clock time (durations, throughputs), which differ between any two runs.
 WALL_CLOCK = re.compile(r"^time/|_s$|per_s$|/s$")
 
@@ -39,13 +36,9 @@ def item_scores(root) -> dict:
         led.close()
 
 
-def test_smoke_grid_on_ray_matches_the_local_executor(tmp_path, repo):
-    # the smoke grid without its wall-clock cap on SFT, which could stop the two runs at different steps
-    grid = {"extends": str(repo / "experiments" / "smoke.yaml"), "stages": {"sft": {"max_minutes": None}}}
-    (tmp_path / "smoke.yaml").write_text(yaml.safe_dump(grid))
-    args = ("sweep", "run", str(tmp_path / "smoke.yaml"), "--wandb", "disabled", "-q")
-    local = run_cli(*args, "--root", str(tmp_path / "local"), env=cli_env(**ONE_THREAD), timeout=1200)
-    assert local.returncode == 0, local.stderr[-3000:]
+def test_smoke_grid_on_ray_matches_the_local_executor(tmp_path, smoke_root):
+    """The session's smoke run (the local executor, one thread per stage process) against the same grid on Ray."""
+    args = ("sweep", "run", "experiments/smoke.yaml", "--wandb", "disabled", "-q")
     cluster = LocalRayCluster(cli_env(**ONE_THREAD))
     try:
         cluster.wait_ready()
@@ -54,9 +47,9 @@ def test_smoke_grid_on_ray_matches_the_local_executor(tmp_path, repo):
     finally:
         cluster.stop()
     assert on_ray.returncode == 0, on_ray.stderr[-3000:]
-    want, got = results(tmp_path / "local"), results(tmp_path / "ray")
+    want, got = results(smoke_root), results(tmp_path / "ray")
     assert set(got) == set(want) and len(want) == 12
-    assert item_scores(tmp_path / "ray") == item_scores(tmp_path / "local") != {}
+    assert item_scores(tmp_path / "ray") == item_scores(smoke_root) != {}
     for key, (status, attempts, metrics, n_rows) in want.items():
         assert got[key][:2] == (status, attempts) == ("done", 1), key
         assert got[key][3] == n_rows, key  # every logged metric taken in once

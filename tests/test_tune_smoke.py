@@ -7,9 +7,9 @@ import pytest
 
 from prism_lab.harness.ledger import Ledger
 from prism_lab.harness.planning import build_plan, load_grid
-from tests.conftest import REPO, cli_env, run_cli
+from tests.conftest import REPO, cli_env, copy_root, run_cli
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(2400)]  # with the session's smoke run as set-up
 
 SPACE = f"""
 name: smoke-disc
@@ -25,10 +25,12 @@ parameters:
 """
 
 
-def test_small_study_on_the_smoke_grid(tmp_path):
+def test_small_study_on_the_smoke_grid(tmp_path, smoke_root):
+    """Two trials in a copy of the session's smoke root: the enqueued defaults are the grid's own alignment
+    settings, so the first trial is made of runs the grid already made; the second trains its own."""
     space = tmp_path / "space.yaml"
     space.write_text(SPACE)
-    root, out = tmp_path / "root", tmp_path / "out"
+    root, out = copy_root(smoke_root, tmp_path / "root"), tmp_path / "out"
     storage = f"sqlite:///{tmp_path / 'study.db'}"
     res = run_cli("tune", str(space), "--root", str(root), "--trials", "2", "--storage", storage, "--out", str(out),
                   env=cli_env(), timeout=1500)
