@@ -38,3 +38,17 @@ def counting_corpus(n: int = 100) -> list[str]:
         out.append(f"how many red circles are there ? add {i % 10} .")
         out.append(format_response(f"- {i % 6} red circles", f"{i % 6} plus {i % 10}", str(i % 16)))
     return out
+
+
+def fake_nvidia_smi(bin_dir: Path, gpus: dict[str, int]) -> str:
+    """Write an ``nvidia-smi`` into ``bin_dir`` that lists ``gpus`` (id -> MiB) as the real one answers
+    ``--query-gpu=index,memory.total --format=csv,noheader,nounits``; returns a PATH with it first.
+    For CPU machines that must see GPU ids (the stage processes of these tests never touch CUDA)."""
+    import os
+
+    bin_dir.mkdir(parents=True, exist_ok=True)
+    exe = bin_dir / "nvidia-smi"
+    lines = "".join(f"{i}, {mib}\\n" for i, mib in gpus.items())
+    exe.write_text(f"#!/bin/sh\nprintf '{lines}'\n")
+    exe.chmod(0o755)
+    return f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}"

@@ -15,6 +15,7 @@ from prism_lab.harness.devices import gpu_pool, parse_gpu_list
 from prism_lab.harness.executors.placement import GpuAllocator, launch_command, placement_env
 from prism_lab.harness.plan import content_key
 from tests.conftest import cli_env, run_cli
+from tests.fakes import fake_nvidia_smi
 
 PLUGIN = {"PRISM_LAB_PLUGINS": "tests.plugins.chain"}
 
@@ -99,8 +100,9 @@ def _grid(tmp: Path, middle_resources: dict) -> Path:
 
 def test_executor_runs_multi_process_stages_under_torchrun_on_their_own_gpus(tmp_path):
     grid = _grid(tmp_path, {"processes": 2, "gpus": 2})
+    path = fake_nvidia_smi(tmp_path / "bin", {str(i): 81559 for i in range(10)})  # --gpus names GPUs that exist
     res = run_cli("sweep", "run", str(grid), "--root", str(tmp_path / "root"), "-q", "--workers", "2",
-                  "--gpus", "7,8,9", env=cli_env(**PLUGIN))
+                  "--gpus", "7,8,9", env=cli_env(PATH=path, **PLUGIN))
     assert res.returncode == 0, res.stderr
     rows = [line.split("\t") for line in (tmp_path / "executions.log.placement").read_text().splitlines()]
     by_value: dict[str, list[list[str]]] = {}
@@ -121,7 +123,9 @@ def test_executor_runs_multi_process_stages_under_torchrun_on_their_own_gpus(tmp
 def test_a_run_that_needs_more_gpus_than_given_is_refused_before_anything_is_written(tmp_path):
     grid = _grid(tmp_path, {"processes": 4, "gpus": 4})
     root = tmp_path / "root"
-    res = run_cli("sweep", "run", str(grid), "--root", str(root), "-q", "--gpus", "0,1", env=cli_env(**PLUGIN))
+    path = fake_nvidia_smi(tmp_path / "bin", {"0": 81559, "1": 81559})
+    res = run_cli("sweep", "run", str(grid), "--root", str(root), "-q", "--gpus", "0,1",
+                  env=cli_env(PATH=path, **PLUGIN))
     assert res.returncode == 2
     lines = res.stderr.strip().splitlines()
     assert len(lines) == 1 and "needs 4 GPUs" in lines[0] and "GPUs 0,1" in lines[0]

@@ -28,7 +28,6 @@ from prism_lab.cli.options import (
     out,
     resolve_root,
 )
-from prism_lab.errors import PrismError
 
 sweep_app = typer.Typer(help="Plan, run and inspect grids (experiments/*.yaml).", no_args_is_help=True)
 
@@ -146,22 +145,8 @@ def _print_machines(records: list[dict]) -> None:
                   "on the kind that made them[/yellow]")
 
 
-def _not_done(keys: list[str], root: Path) -> list[str]:
-    """``keys`` less the runs the ledger at ``root`` (if there is one) already records as done."""
-    from prism_lab.harness.ledger import Ledger
-
-    ledger = Ledger.open_existing(root)
-    if ledger is None:
-        return keys
-    try:
-        rows = ledger.get_runs(keys)
-    finally:
-        ledger.close()
-    return [k for k in keys if k not in rows or rows[k].status != "done"]
-
-
 def _print_resources(plan, grid: Path, format: Format) -> None:
-    from prism_lab.cli.memory import estimate_runs
+    from prism_lab.harness.memory_fit import estimate_runs
     from prism_lab.harness.devices import detect_gpus
 
     recs = estimate_runs(plan, list(plan.runs), detect_gpus())
@@ -208,30 +193,6 @@ def sweep_plan(
     _print_table(plan, records, title=f"plan of {plan.grid.name} ({grid})", with_metrics=False)
 
 
-def _handle_stale(plan, root: Path, targets: list[str], *, rerun: bool) -> None:
-    """Say which done runs were made by other code; with ``rerun``, make them and their dependents pending."""
-    from prism_lab.harness.freshness import invalidate, stale_runs
-    from prism_lab.harness.ledger import Ledger
-
-    ledger = Ledger.open_existing(root)
-    if ledger is None:
-        return
-    try:
-        stale = stale_runs(ledger, ledger.get_runs(targets))
-        if not stale:
-            return
-        if not rerun:
-            first = next(iter(stale))
-            err.print(f"[yellow]{len(stale)} done run(s) were made by other code than the code installed now "
-                      f"(e.g. {plan.runs[first].label}: {stale[first][0]}); they are kept. "
-                      f"--rerun-stale runs them and their dependents again[/yellow]")
-            return
-        reset = invalidate(ledger, root, plan, stale)
-        err.print(f"--rerun-stale: {len(stale)} stale run(s); {len(reset)} run(s) made pending again")
-    finally:
-        ledger.close()
-
-
 @sweep_app.command("run")
 def sweep_run(
     grid: GridArg,
@@ -260,23 +221,17 @@ def sweep_run(
     worker_retries: WorkerRetriesOpt = 2,
 ) -> None:
     """Run every pending stage run of a grid in dependency order; re-running resumes where it stopped."""
-    from prism_lab.harness.devices import gpu_pool
+    from prism_lab.harness import preflight
     from prism_lab.harness.executors import ExecutorOptions, make_executor
     from prism_lab.harness.executors.local import select_runs
     from prism_lab.harness.executors.placement import launch_command, run_resources
 
-    if executor is ExecutorName.ray and (gpus or share_gpus):
-        raise PrismError("--gpus and --share-gpus apply to --executor local; on Ray, Ray places each run's "
-                         "resources.gpus")
+    kinds = {s.strip() for s in stages.split(",")} if stages else None
+    request = preflight.RunRequest(executor.value, gpus=gpus, share_gpus=share_gpus, address=address,
+                                   shared_root=shared_root.resolve() if shared_root else None, stages=kinds)
+    pool = preflight.check_usage(request)
     plan = _load_plan(grid, check_inputs=True)
     root_dir = resolve_root(root).resolve()
-    kinds = {s.strip() for s in stages.split(",")} if stages else None
-    if kinds:
-        from prism_lab.harness.stage_kinds import STAGE_KINDS
-
-        for k in kinds:
-            if k not in STAGE_KINDS:
-                raise PrismError(f"--stages: unknown stage kind {k!r}; known: {', '.join(STAGE_KINDS.names())}")
     if dry_run:
         for key in select_runs(plan, kinds):
             run = plan.runs[key]
@@ -284,21 +239,16 @@ def sweep_run(
             cmd = launch_command(root_dir, key, res.processes if res is not None else 1, grid=grid.resolve())
             print(f"{shlex.join(cmd)}   # {run.label}")
         return
+    cleared = preflight.check_plan(plan, root_dir, request, pool, select_runs(plan, kinds), rerun_stale=rerun_stale)
+    if not rerun_stale and (line := preflight.stale_warning(cleared)):
+        err.print(line, style="yellow", markup=False, highlight=False)
+    reset = preflight.commit(cleared, rerun_stale=rerun_stale)
+    if rerun_stale and cleared.stale:
+        err.print(f"--rerun-stale: {len(cleared.stale)} stale run(s); {len(reset)} run(s) made pending again")
     os.environ["PRISM_LAB_WANDB"] = wandb.value
-    _handle_stale(plan, root_dir, select_runs(plan, kinds), rerun=rerun_stale)
     t0 = time.time()
-    pool = gpu_pool(gpus)
-    from prism_lab.cli.memory import check_fit
-
-    targets = _not_done(select_runs(plan, kinds), root_dir)
-    if executor is ExecutorName.local and any(plan.runs[k].config.get("resources") is not None for k in targets):
-        from prism_lab.harness.devices import Gpu, detect_gpus
-
-        found = detect_gpus()
-        visible = [g for g in found if pool is None or g.id in pool] or [Gpu(i) for i in (pool or [])]
-        check_fit(plan, targets, visible)
     options = ExecutorOptions(executor.value, workers=workers, gpus=pool, share_gpus=share_gpus, address=address,
-                              worker_retries=worker_retries, shared_root=shared_root.resolve() if shared_root else None)
+                              worker_retries=worker_retries, shared_root=request.shared_root)
     summary = make_executor(root_dir, options, retry_failed=retry_failed, show_progress=not quiet).run(plan, kinds=kinds)
     elapsed = time.time() - t0
     err.print(

@@ -60,29 +60,37 @@ def tune(
     address: AddressOpt = None,
     shared_root: SharedRootOpt = None,
     worker_retries: WorkerRetriesOpt = 2,
+    rerun_stale: Annotated[bool, typer.Option(
+        "--rerun-stale", help="Run again the done runs made by other code than the code installed now (another "
+        "prism-lab source or torch/transformers version) instead of reusing them with a warning.")] = False,
 ) -> None:
     """Tune a grid cell with Optuna (ask-and-tell): every trial is a one-cell sweep run through the planner, the ledger and the executor, so runs shared between trials are computed once.
 
     Resumable and parallel: re-running the command continues the study; trials of killed workers are marked FAIL and retried. Writes the best parameters as a grid for `prism-lab sweep run`, a Markdown summary with parameter importances, and a plot.
     """  # noqa: E501
+    from prism_lab.harness import preflight
     from prism_lab.harness.executors import ExecutorOptions
+    from prism_lab.harness.planning import check_inputs
     from prism_lab.tune.space import load_space
     from prism_lab.tune.study import TuneOptions
     from prism_lab.tune.study import tune as run_tune
 
+    request = preflight.RunRequest(executor.value, address=address,
+                                   shared_root=shared_root.resolve() if shared_root else None)
+    preflight.check_usage(request)  # before the search space, the study and the ledger
     spec = load_space(space)
-    from prism_lab.harness.planning import check_inputs
-
     check_inputs(spec.base)  # the base grid's datasets and checkpoints, before any trial starts
     root_dir = Path(root or os.environ.get("PRISM_LAB_ROOT") or "runs")
+    cleared = preflight.check_plan(spec.reference, root_dir.resolve(), request, None, list(spec.reference.runs),
+                                   rerun_stale=rerun_stale)  # the base cell fits; its runs other code made
     os.environ["PRISM_LAB_WANDB"] = wandb.value
     options = TuneOptions(root=root_dir, trials=trials, workers=workers, storage=storage, study_name=study,
                           out_dir=out, enqueue_defaults=enqueue_defaults, max_retries=max_retries,
                           grace_period=grace_period, heartbeat_interval=heartbeat_interval,
-                          stage_workers=stage_workers,
+                          stage_workers=stage_workers, rerun_stale=rerun_stale,
                           executor=ExecutorOptions(executor.value, address=address, worker_retries=worker_retries,
-                                                   shared_root=shared_root.resolve() if shared_root else None))
-    result = run_tune(spec, options)
+                                                   shared_root=request.shared_root))
+    result = run_tune(spec, options, cleared=cleared)
     c = result.counts
     print(f"study {result.study_name}: " + ", ".join(f"{n} {s.lower()}" for s, n in sorted(c.items()))
           + f"; this process ran {len(result.ran)} trial(s)", file=sys.stderr)

@@ -65,6 +65,18 @@ def gpu_pool(spec: str | None, environ: Mapping[str, str] | None = None) -> list
     return None
 
 
+def check_gpu_ids(ids: list[str], found: list[Gpu], where: str = "--gpus") -> None:
+    """ConfigError (one line) when ``ids`` names GPUs that nvidia-smi does not list on this machine
+    (``found``): runs would otherwise start on devices that are not there."""
+    known = {g.id for g in found}
+    missing = [i for i in ids if i not in known]
+    if not missing:
+        return
+    have = f"GPU ids {','.join(g.id for g in found)}" if found else "no GPU (nvidia-smi lists none)"
+    raise ConfigError(f"{where}: GPU id(s) {','.join(missing)} do not exist on this machine, which has {have}; "
+                      "name GPUs nvidia-smi lists")
+
+
 def host_memory_bytes() -> float | None:
     """Total host memory (``MemTotal`` of /proc/meminfo), or None where there is no /proc."""
     try:

@@ -51,6 +51,7 @@ class SearchSpace:
     roles: list[str] = field(default_factory=list)  # roles of the cell's runs
     kinds: set[str] = field(default_factory=set)  # stage kinds that run in the cell
     _reference_configs: dict[str, dict] = field(default_factory=dict)  # kind -> resolved config (base values)
+    reference: Any = None  # the plan of the cell with the base grid's values (no parameter set)
 
     # ---- basics -----------------------------------------------------------------------------------
     @property
@@ -114,6 +115,14 @@ class SearchSpace:
             "cell": self.cell,
         }
         return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+    def base_fingerprint(self) -> str:
+        """Hash of the resolved base grid (its `extends:` merged; name, description and report left out:
+        they change no result). A study's scores hold for this grid only; best.yaml extends it."""
+        raw = self.base.spec.model_dump(mode="json", exclude_defaults=True)
+        for key in ("name", "description", "report"):
+            raw.pop(key, None)
+        return hashlib.sha256(json.dumps(raw, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
     def default_params(self) -> tuple[dict[str, Any], list[str]]:
         """The base grid's value of each parameter (the paper's defaults unless the base overrides them).
@@ -212,6 +221,7 @@ def load_space(path: str | Path) -> SearchSpace:
         plan = build_plan(ref)
     except ConfigError as exc:
         raise err(("cell",), f"this cell is not valid for {base_path.name}: {detail(exc)}") from None
+    space.reference = plan
     cell_obj = plan.cells[0]
     space.roles = list(cell_obj.runs)
     space.kinds = {r.kind for r in plan.runs.values()}

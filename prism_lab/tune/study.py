@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from prism_lab.harness.executors import ExecutorOptions
+from prism_lab.tune.base_identity import check_base_grid
 from prism_lab.tune.optuna_study import make_sampler, open_study
 from prism_lab.tune.recovery import (
     ERROR_ATTR,
@@ -76,6 +77,7 @@ class TuneOptions:
     max_consecutive_failures: int = 5
     poll_seconds: float = 1.0
     write_outputs: bool = True
+    rerun_stale: bool = False  # run again the done runs other code made (else they are reused with a warning)
 
 
 @dataclass
@@ -105,6 +107,7 @@ class Tuner:
         self._fatal: list[BaseException] = []
         self._ran: list[int] = []
         self._ran_lock = threading.Lock()
+        self._warned_stale: set[str] = set()  # stale run keys already named in a warning
         self._seed_salt = 0 if self.ref.kind != "rdb" else int(
             hashlib.sha256(f"{self.host}:{os.getpid()}".encode()).hexdigest()[:6], 16)
 
@@ -115,6 +118,7 @@ class Tuner:
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         with self.lock.hold():
             self.study = open_study(self.space, self.ref, self.study_name)
+            check_base_grid(self.study, self.space, self.study_name, self.ref.url)
             enqueue = self.space.spec.enqueue_defaults if self.opt.enqueue_defaults is None else self.opt.enqueue_defaults
             if enqueue and not self.study.get_trials(deepcopy=False):
                 params, skipped = self.space.default_params()
@@ -278,15 +282,46 @@ class Tuner:
     def _execute_trial(self, trial: Any, params: dict[str, Any]) -> tuple[str, Any]:
         return execute_trial(trial, params, space=self.space, root=self.root,
                              sweep=f"{self.study_name}-trial-{trial.number}",
-                             executor=replace(self.opt.executor, workers=self.opt.stage_workers))
+                             executor=replace(self.opt.executor, workers=self.opt.stage_workers),
+                             rerun_stale=self.opt.rerun_stale,
+                             warn=lambda stale, plan: self._warn_stale(trial.number, stale, plan))
+
+    def settle_stale(self, cleared: Any) -> None:
+        """The pre-flight's side effect, once every check passed: with ``rerun_stale`` make the base cell's
+        stale runs pending again, else name them once (trials then warn only about other ones)."""
+        from prism_lab.harness import preflight
+
+        if not cleared.stale:
+            return
+        if self.opt.rerun_stale:
+            reset = preflight.commit(cleared, rerun_stale=True)
+            self.echo(f"--rerun-stale: {len(cleared.stale)} stale run(s); {len(reset)} run(s) made pending again")
+            return
+        self._warned_stale.update(cleared.stale)
+        self.echo(preflight.stale_warning(cleared, "`tune --rerun-stale`"))
+
+    def _warn_stale(self, number: int, stale: dict[str, list[str]], plan: Any) -> None:
+        """One line per trial that reuses done runs made by other code not named before."""
+        with self._ran_lock:
+            new = {k: v for k, v in stale.items() if k not in self._warned_stale}
+            self._warned_stale.update(new)
+        if new:
+            first = next(iter(new))
+            self.echo(f"trial {number}: reuses {len(new)} done run(s) made by other code than the code installed now "
+                      f"(e.g. {plan.runs[first].label}: {new[first][0]}); `tune --rerun-stale` runs them again")
 
 def _fmt(v: Any) -> str:
     return f"{v:.4g}" if isinstance(v, float) else str(v)
 
 
-def tune(space: SearchSpace, options: TuneOptions, *, echo: Callable[[str], None] | None = None) -> TuneResult:
+def tune(space: SearchSpace, options: TuneOptions, *, echo: Callable[[str], None] | None = None,
+         cleared: Any = None) -> TuneResult:
     """Run (or resume, or join) the study of ``space`` until it has ``options.trials`` finished trials,
-    then write the best-params grid, the summary and the plot."""
+    then write the best-params grid, the summary and the plot. ``cleared``: what the pre-flight found
+    for the base cell (harness/preflight.py); its stale runs are run again or named once, after the
+    study's own checks passed."""
     tuner = Tuner(space, options, echo=echo)
     tuner.open()
+    if cleared is not None:
+        tuner.settle_stale(cleared)
     return tuner.run()

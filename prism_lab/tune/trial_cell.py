@@ -4,6 +4,7 @@ needs with the chosen executor (local or Ray), and read the objective values fro
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -73,9 +74,24 @@ def run_roles(executor: Any, ledger: Any, plan: Any, cell: Any, roles: list[str]
                           + (f"; log: {row.log_path}" if row and row.log_path else ""))
 
 
+def preflight_trial(plan: Any, root: Path, executor: ExecutorOptions, *, rerun_stale: bool) -> Any:
+    """The pre-flight of `sweep run` for one trial's plan (harness/preflight.py): a run that cannot fit
+    its devices makes the trial invalid; returns what it found (the stale runs)."""
+    from prism_lab.harness import preflight
+
+    try:
+        return preflight.check_plan(plan, root, preflight.RunRequest(executor.name), executor.gpus,
+                                    list(plan.runs), rerun_stale=rerun_stale)
+    except ConfigError as exc:
+        raise TrialInvalid(str(exc)) from None
+
+
 def execute_trial(trial: Any, params: dict[str, Any], *, space: SearchSpace, root: Path, sweep: str,
-                  executor: ExecutorOptions) -> tuple[str, Any]:
-    """Plan and run ``trial`` as sweep ``sweep``: ``("pruned", step)`` or ``("complete", objective values)``."""
+                  executor: ExecutorOptions, rerun_stale: bool = False,
+                  warn: Callable[[dict[str, list[str]], Any], None] | None = None) -> tuple[str, Any]:
+    """Plan and run ``trial`` as sweep ``sweep``: ``("pruned", step)`` or ``("complete", objective values)``.
+    Done runs made by other code are run again with ``rerun_stale``, else reused and passed to ``warn``."""
+    from prism_lab.harness import preflight
     from prism_lab.harness.ledger import Ledger
     from prism_lab.harness.planning import build_plan
 
@@ -84,12 +100,17 @@ def execute_trial(trial: Any, params: dict[str, Any], *, space: SearchSpace, roo
         plan = build_plan(grid)
     except ConfigError as exc:
         raise TrialInvalid(str(exc).split(": ", 2)[-1]) from None
+    cleared = preflight_trial(plan, root, executor, rerun_stale=rerun_stale)
     cell = plan.cells[0]
     trial.set_user_attr(SWEEP_ATTR, sweep)
     trial.set_user_attr(RUNS_ATTR, dict(cell.runs))
     ledger = Ledger(root)
     try:
         ledger.record_plan(plan)
+        if rerun_stale:
+            preflight.commit(cleared, rerun_stale=True)
+        elif cleared.stale and warn is not None:
+            warn(cleared.stale, plan)
         runner = make_executor(root, executor, show_progress=False)
         for step, rep in enumerate(space.reports):
             run_roles(runner, ledger, plan, cell, [rep.role])

@@ -1,4 +1,5 @@
-"""Memory per device of a plan's training runs: `sweep plan --resources` and the fit check of `sweep run`.
+"""Memory per device of a plan's training runs: `sweep plan --resources` and the fit check of the
+pre-flight (harness/preflight.py) that `sweep run` and `tune` share.
 
 The arithmetic is ``prism_lab.harness.memory`` (no torch); the model shapes come from
 ``prism_lab.models.footprint`` (meta device, imported only here, only when asked).
