@@ -48,15 +48,16 @@ class Cleared:
 # ---- (a) usage ----------------------------------------------------------------------------------------
 def check_address(address: str | None, environ: Mapping[str, str] | None = None) -> None:
     """The Ray address (``--address``, else ``RAY_ADDRESS``) answers, checked before anything is written.
-    The check itself is the Ray executor's (harness/executors/ray.py), which imports no Ray."""
+    The check itself is harness/executors/ray_address.py's (one gRPC call to the head; no Ray import)."""
     env = os.environ if environ is None else environ
+    option = "--address" if address else "RAY_ADDRESS"
     address = address or env.get("RAY_ADDRESS") or None
     if importlib.util.find_spec("ray") is None:
         raise PrismError("--executor ray needs the `ray` extra: pip install -e \".[ray]\"")
     if address:
-        from prism_lab.harness.executors.ray import check_address as ray_check_address
+        from prism_lab.harness.executors.ray_address import check_address as ray_check_address
 
-        ray_check_address(address)
+        ray_check_address(address, option=option)
 
 
 def check_usage(request: RunRequest, environ: Mapping[str, str] | None = None) -> list[str] | None:
