@@ -8,8 +8,10 @@ import importlib.metadata
 
 import pytest
 
-from prism_lab.harness.installed import CORE_LOCK, installed_extras, installed_versions, required_closure
+from prism_lab.harness.installed import (CORE_LOCK, LOCK_ENV, compare_with_lock, installed_extras, installed_versions,
+                                         lock_path, required_closure)
 from prism_lab.harness.lockfile import NOT_LOCKED, Difference, canonical, lock_differences, parse_lock
+from tests.conftest import REPO
 
 LOCK = """\
 # a header comment
@@ -80,3 +82,21 @@ def test_the_core_lock_pins_everything_the_core_extras_need_at_the_installed_ver
     assert not other, f"installed (left) differs from {CORE_LOCK} (right): {other}"
     assert "torch" not in locked and "prism-lab" not in locked and "kernels" not in locked
     assert locked["transformers"] == importlib.metadata.version("transformers")
+
+
+def test_the_lock_is_read_from_the_source_tree_next_to_the_package(monkeypatch):
+    monkeypatch.delenv(LOCK_ENV, raising=False)
+    assert lock_path({"transformers": "5.24.0"}) == REPO / "constraints" / "core.txt"
+    assert lock_path({"ms-vlmeval": "0.0.20"}) == REPO / "constraints" / "vlmeval.txt"
+    monkeypatch.setenv(LOCK_ENV, "/some/lock.txt")
+    assert str(lock_path({})) == "/some/lock.txt"
+
+
+def test_an_absent_or_unreadable_lock_is_one_line(monkeypatch, tmp_path):
+    monkeypatch.setenv(LOCK_ENV, str(tmp_path / "nowhere.txt"))
+    report = compare_with_lock()
+    assert report.problem == f"no lock file at {tmp_path / 'nowhere.txt'} (not a source checkout?): nothing to compare"
+    (tmp_path / "bad.txt").write_text("transformers>=5\n")
+    monkeypatch.setenv(LOCK_ENV, str(tmp_path / "bad.txt"))
+    report = compare_with_lock()
+    assert report.problem.startswith(f"cannot read the lock {tmp_path / 'bad.txt'}: line 1:") and "\n" not in report.problem
