@@ -65,15 +65,16 @@ def print_lock_report() -> None:
     report = compare_with_lock()
     extras = ",".join(report.extras) or "none"
     if report.problem:
-        out.print(f"lock: {report.problem}", markup=False, highlight=False)
+        out.print(f"lock: {report.problem}", markup=False, highlight=False, soft_wrap=True)
         return
     if not report.differences:
         out.print(f"lock: installed versions match {report.path} (extras installed: {extras})", markup=False,
-                  highlight=False)
+                  highlight=False, soft_wrap=True)
         return
     for diff in report.differences:
         out.print(f"  {diff.line()}", markup=False, highlight=False)
-    advice = escape(f'pip install -c {report.path} -e ".[{extras}]"')
+    target = f".[{','.join(report.extras)}]" if report.extras else "."
+    advice = escape(f'pip install -c {report.path} -e "{target}"')
     out.print(f"[bold yellow]warning:[/bold yellow] {len(report.differences)} package(s) differ from the lock "
               f"{escape(str(report.path))} (extras installed: {extras}); to match it, reinstall with {advice}",
               highlight=False, soft_wrap=True)
