@@ -5,6 +5,7 @@ is installed from that lock, so a package missing from it or pinned at another v
 from __future__ import annotations
 
 import importlib.metadata
+import os
 
 import pytest
 
@@ -69,6 +70,8 @@ def test_torch_and_prism_lab_are_never_compared():
 
 
 def test_the_core_lock_pins_everything_the_core_extras_need_at_the_installed_version():
+    if os.environ.get("PRISM_LAB_UNLOCKED") == "1":
+        pytest.skip("scripts/newest.sh runs without the lock on purpose (it prints the differences itself)")
     installed = installed_versions()
     extras = ("test", "lmeval", "ray")
     if not set(extras) <= set(installed_extras(installed)):
