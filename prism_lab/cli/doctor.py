@@ -1,9 +1,11 @@
-"""`prism-lab doctor`: versions, threads, devices, optional extras and available stage kinds."""
+"""`prism-lab doctor`: versions, threads, devices, optional extras, available stage kinds, and where the
+installed versions differ from the lock (constraints/core.txt, or $PRISM_LAB_LOCK)."""
 
 from __future__ import annotations
 
 import os
 
+from rich.markup import escape
 from rich.table import Table
 
 from prism_lab.cli.options import out
@@ -49,4 +51,30 @@ def doctor() -> None:
     except PrismError as exc:
         table.add_row("vlmevalkit backend", f"[dim]not set up ({str(exc).splitlines()[0][:60]}...)[/dim]")
     table.add_row("wandb mode", os.environ.get("PRISM_LAB_WANDB") or os.environ.get("WANDB_MODE") or "offline")
+    table.add_row("hub kernels", f"USE_HUB_KERNELS={os.environ.get('USE_HUB_KERNELS', '')} "
+                  "(prism-lab sets 0 unless you export another value)")
     out.print(table)
+    print_lock_report()
+
+
+def print_lock_report() -> None:
+    """One line per package whose installed version differs from the lock, then a warning line (the exit
+    code stays 0: doctor informs)."""
+    from prism_lab.harness.installed import compare_with_lock
+
+    report = compare_with_lock()
+    extras = ",".join(report.extras) or "none"
+    if report.problem:
+        out.print(f"lock: {report.problem}", markup=False, highlight=False, soft_wrap=True)
+        return
+    if not report.differences:
+        out.print(f"lock: installed versions match {report.path} (extras installed: {extras})", markup=False,
+                  highlight=False, soft_wrap=True)
+        return
+    for diff in report.differences:
+        out.print(f"  {diff.line()}", markup=False, highlight=False)
+    target = f".[{','.join(report.extras)}]" if report.extras else "."
+    advice = escape(f'pip install -c {report.path} -e "{target}"')
+    out.print(f"[bold yellow]warning:[/bold yellow] {len(report.differences)} package(s) differ from the lock "
+              f"{escape(str(report.path))} (extras installed: {extras}); to match it, reinstall with {advice}",
+              highlight=False, soft_wrap=True)

@@ -40,8 +40,9 @@ from prism_lab.harness.run_reports import EVENTS_FILE, SPEC_FILE, ingest
 from prism_lab.harness.run_stage import complete_run_json, spec_from_ledger
 from prism_lab.harness.stage_kinds import STAGE_KINDS
 
-#: Environment variables of the driver that every stage process gets (plugins, W&B mode and project, ...).
-FORWARDED_ENV_PREFIXES = ("PRISM_LAB_", "WANDB_")
+#: Environment variables of the driver that every stage process gets (plugins, W&B mode and project, ...,
+#: and the user's hub-kernels switch, which prism_lab/__init__.py otherwise sets off).
+FORWARDED_ENV_PREFIXES = ("PRISM_LAB_", "WANDB_", "USE_HUB_KERNELS")
 
 
 @dataclass(frozen=True)
