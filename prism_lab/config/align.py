@@ -11,7 +11,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from prism_lab.config.algorithms import AggModeName
+from prism_lab.config.algorithms import ActorConfig, AggModeName
 from prism_lab.config.base import KeyStable, Seed, registered_name
 from prism_lab.config.resources import ResourcesConfig, check_covers_processes, resources_field
 
@@ -153,7 +153,7 @@ class AlignConfig(_Strict, KeyStable):
     )
     weight_decay: float = Field(0.01, ge=0, description="AdamW weight decay of actor and discriminator.")
     grad_clip: float = Field(1.0, gt=0, description="Max grad norm (actor and discriminator); non-finite norm skips the step.")
-    clip_ratio_low: float = Field(0.2, ge=0, description="PPO clip epsilon below 1.")
+    clip_ratio_low: float = Field(0.2, ge=0, lt=1, description="PPO clip epsilon below 1.")
     clip_ratio_high: float = Field(0.2, ge=0, description="PPO clip epsilon above 1.")
     dual_clip: float = Field(3.0, gt=1, description="Dual-clip constant c for negative advantages.")
     loss_agg_mode: AggModeName = Field(
@@ -237,3 +237,11 @@ class AlignConfig(_Strict, KeyStable):
     def batch_size(self) -> int:
         """Rollouts per step (prompts_per_step x n)."""
         return self.prompts_per_step * self.n
+
+    def actor(self) -> ActorConfig:
+        """The actor update of alignment as the :class:`ActorConfig` RL uses (the one place alignment's field
+        names, kept for the grids that set them, meet the actor's): PPO-clip ``vanilla``, no KL or entropy term."""
+        return ActorConfig(policy_loss="vanilla", lr=self.actor_lr, weight_decay=self.weight_decay,
+                           grad_clip=self.grad_clip, clip_ratio_low=self.clip_ratio_low,
+                           clip_ratio_high=self.clip_ratio_high, clip_ratio_c=self.dual_clip,
+                           loss_agg_mode=self.loss_agg_mode, ppo_epochs=self.ppo_epochs)

@@ -71,7 +71,6 @@ from prism_lab.rollout import Prompt, make_engine, vision_token_ids
 from prism_lab.seeds import derive_seed
 from prism_lab.trainers import distributed as dist_
 from prism_lab.trainers.actor import (
-    PPOSettings,
     micro_batches,
     ppo_update,
     recompute_logprobs,
@@ -253,13 +252,11 @@ def run_align(
     autocast = acc.autocast if acc is not None else autocast_for(mp, policy)[0]
     engine = engine if engine is not None else make_engine(policy, processor, kind=cfg.rollout_engine)
     dist_.sync_engine(engine, env)
-    actor_opt = torch.optim.AdamW([p for p in policy.parameters() if p.requires_grad], lr=cfg.actor_lr,
-                                  weight_decay=cfg.weight_decay)
+    actor = cfg.actor()  # passed whole to the shared PPO update and its registered loss
+    actor_opt = torch.optim.AdamW([p for p in policy.parameters() if p.requires_grad], lr=actor.lr,
+                                  weight_decay=actor.weight_decay)
     disc_params = [p for p in disc.parameters() if p.requires_grad]
     disc_opt = torch.optim.AdamW(disc_params, lr=cfg.critic_lr, weight_decay=cfg.weight_decay)
-    ppo = PPOSettings(temperature=cfg.temperature, clip_low=cfg.clip_ratio_low, clip_high=cfg.clip_ratio_high,
-                      clip_ratio_c=cfg.dual_clip, agg_mode=cfg.loss_agg_mode, grad_clip=cfg.grad_clip,
-                      epochs=cfg.ppo_epochs)
     suppress = vision_token_ids(policy)
     examples = _fitting_prompts(processor, list(examples), cfg.max_prompt_length)
     R = cfg.max_new_tokens
@@ -345,7 +342,8 @@ def run_align(
         old = {i: torch.as_tensor(list(r.logprobs), dtype=torch.float32) for i, r in enumerate(rolls)} if from_rollout \
             else recompute_logprobs(policy, mini[0], [len(c) for c in comps], temperature=cfg.temperature,
                                     suppress_token_ids=suppress, autocast=autocast)
-        metrics.update(ppo_update(policy, actor_opt, mini, old, adv.tolist(), ppo, suppress_token_ids=suppress,
+        metrics.update(ppo_update(policy, actor_opt, mini, old, adv.tolist(), actor, temperature=cfg.temperature,
+                                  suppress_token_ids=suppress,
                                   old_from_rollout=from_rollout, env=env, autocast=autocast,
                                   backward=acc.backward if acc is not None else None))
         sync = getattr(engine, "sync_weights", None)

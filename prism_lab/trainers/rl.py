@@ -60,7 +60,6 @@ from prism_lab.rollout.inputs import image_chunks_per_row
 from prism_lab.seeds import derive_seed
 from prism_lab.trainers import distributed as dist_
 from prism_lab.trainers.actor import (
-    PPOSettings,
     micro_batches,
     ppo_update,
     recompute_logprobs,
@@ -138,15 +137,12 @@ class _RLRun:
             self.overlong = (cfg.max_new_tokens, buf, algo.overlong_buffer.penalty_factor)
         else:
             self.overlong = None
-        self.loss_scale_factor = algo.loss_scale_factor
-        if algo.loss_agg_mode == "seq-mean-token-sum-norm" and self.loss_scale_factor is None:
-            self.loss_scale_factor = float(cfg.max_new_tokens)  # constant divisor: micro-batch invariant
-        self.ppo = PPOSettings(
-            temperature=cfg.temperature, policy_loss=algo.policy_loss, clip_low=algo.clip_ratio_low,
-            clip_high=algo.clip_ratio_high, clip_ratio_c=algo.clip_ratio_c, agg_mode=algo.loss_agg_mode,
-            loss_scale_factor=self.loss_scale_factor, grad_clip=algo.grad_clip, epochs=algo.ppo_epochs,
-            entropy_coeff=algo.entropy_coeff, kl_coef=algo.kl_loss_coef, kl_type=algo.kl_loss_type,
-            logprob_tolerance=logprob_tolerance)
+        # the actor config, passed whole to the shared update and its registered loss
+        self.actor = algo
+        if algo.loss_agg_mode == "seq-mean-token-sum-norm" and algo.loss_scale_factor is None:
+            # constant divisor: micro-batch invariant
+            self.actor = algo.model_copy(update={"loss_scale_factor": float(cfg.max_new_tokens)})
+        self.logprob_tolerance = logprob_tolerance
         params = [p for p in model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(params, lr=algo.lr, weight_decay=algo.weight_decay, betas=(0.9, 0.999))
         self.scheduler = make_cosine_scheduler(self.optimizer, total_steps=cfg.steps,
@@ -297,7 +293,8 @@ class _RLRun:
             self.recompute_calls += 1
             old = recompute_logprobs(self.model, flat, lengths, **lp_kw)
         ref = recompute_logprobs(self.ref_model, flat, lengths, **lp_kw) if self.ref_model is not None else None
-        res = ppo_update(self.model, self.optimizer, mini, old, [s.advantage for s in samples], self.ppo,
+        res = ppo_update(self.model, self.optimizer, mini, old, [s.advantage for s in samples], self.actor,
+                         temperature=cfg.temperature, logprob_tolerance=self.logprob_tolerance,
                          suppress_token_ids=self.suppress, ref=ref, old_from_rollout=from_rollout,
                          autocast=self.autocast, env=self.env, backward=self.acc.backward if self.acc else None)
         res["clipfrac/low"] = res.get("actor/pg_clipfrac_low", 0.0)

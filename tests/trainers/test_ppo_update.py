@@ -11,7 +11,8 @@ import math
 import pytest
 import torch
 
-from prism_lab.trainers.actor import PPOSettings, micro_batches, ppo_update, recompute_logprobs
+from prism_lab.config.algorithms import ActorConfig
+from prism_lab.trainers.actor import micro_batches, ppo_update, recompute_logprobs
 
 PROMPTS = {"input_ids": torch.tensor([[5, 6, 7], [8, 9, 10]]), "attention_mask": torch.ones(2, 3, dtype=torch.long)}
 COMPLETIONS = [[3, 4], [11]]  # 2 + 1 response tokens
@@ -39,14 +40,14 @@ def _current_logprobs(model) -> dict[int, torch.Tensor]:
     return recompute_logprobs(model, _mini(2)[0], [len(c) for c in COMPLETIONS], temperature=1.0, suppress_token_ids=())
 
 
-def _update(model, size: int, old, advantages, settings: PPOSettings) -> dict[str, float]:
+def _update(model, size: int, old, advantages, actor: ActorConfig) -> dict[str, float]:
     opt = torch.optim.SGD(model.parameters(), lr=0.05)
-    return ppo_update(model, opt, _mini(size), old, advantages, settings, suppress_token_ids=())
+    return ppo_update(model, opt, _mini(size), old, advantages, actor, temperature=1.0, suppress_token_ids=())
 
 
 @pytest.mark.parametrize("agg", ["token-mean", "seq-mean-token-mean", "seq-mean-token-sum"])
 def test_one_or_two_micro_batches_give_the_same_loss_and_update(agg, tokenizer):
-    settings = PPOSettings(agg_mode=agg, grad_clip=1e6)
+    settings = ActorConfig(loss_agg_mode=agg, grad_clip=1e6)
     before = _model(tokenizer)
     old = {i: lp - 0.1 * (i + 1) for i, lp in _current_logprobs(before).items()}  # ratios != 1: the clip can bite
     adv = [1.0, -0.5]
@@ -69,7 +70,7 @@ def test_a_two_row_batch_gives_the_hand_computed_loss(tokenizer):
     model = _model(tokenizer)
     cur = _current_logprobs(model)
     old = {0: cur[0] - math.log(1.5), 1: cur[1] + math.log(2.0)}
-    res = _update(model, 1, old, [1.0, -0.5], PPOSettings(clip_low=0.2, clip_high=0.2, clip_ratio_c=3.0))
+    res = _update(model, 1, old, [1.0, -0.5], ActorConfig(clip_ratio_low=0.2, clip_ratio_high=0.2, clip_ratio_c=3.0))
     assert res["actor/pg_loss"] == pytest.approx(-2.0 / 3.0, abs=1e-5)
     assert res["actor/pg_clipfrac_high"] == pytest.approx(2 / 3, abs=1e-6)
     assert res["actor/pg_clipfrac_low"] == pytest.approx(1 / 3, abs=1e-6)
