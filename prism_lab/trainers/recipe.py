@@ -14,9 +14,11 @@ Everything around them is here, once:
   itself). The process group has a CPU backend beside NCCL on GPUs (``cpu:gloo,cuda:nccl``), gloo on CPU;
 * :func:`time_is_up`: the time budget, decided by rank 0's clock and broadcast, so every rank stops at the same
   step (a rank that stopped alone would wait forever in the next collective);
-* :func:`run_steps`: the step budget, the logging cadence (``log_every`` and the last step), the heartbeat, the
-  save cadence (every ``save_every`` steps before the end of the schedule) and the save of the progress when a
-  budget stops the run early.
+* :func:`run_steps`: the step budget, the logging cadence (``log_every`` and the last step) into the stage's
+  metrics callback (a :class:`~prism_lab.trainers.progress.StepProgress` prints step/total, key metrics, elapsed
+  and ETA lines from it, and the callback forwards every value to the ledger and W&B), the heartbeat, the save
+  cadence (every ``save_every`` steps before the end of the schedule) and the save of the progress when a budget
+  stops the run early.
 
 The precision policy is :mod:`prism_lab.trainers.precision`, gradient clipping :mod:`prism_lab.trainers.optim`,
 progress lines :mod:`prism_lab.trainers.progress`, and the final gathered HF save
@@ -100,6 +102,8 @@ def run_steps(trainer: StepTrainer, plan: StepPlan, env: dist_.DistEnv, *,
     ``log(steps_done, values)`` gets the logged steps; ``after_step(steps_done, metrics)`` runs after every step
     (and after its save); raising from it aborts the run like a crash."""
     record = getattr(trainer, "record", None)
+    if log is not None and hasattr(log, "set_total") and getattr(log, "total", None) is None:
+        log.set_total(plan.total)  # progress lines made before the stage knew the total: step/total and ETA
     done, saved_at, stopped_by = plan.start, plan.start, "steps"
     logged: list[tuple[int, dict[str, float]]] = []
     last_beat = time.monotonic()
