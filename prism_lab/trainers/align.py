@@ -49,7 +49,6 @@ the resumable state's metadata; each rank writes its DCP shard.
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import math
 import time
