@@ -168,7 +168,8 @@ def _vanilla_case() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Ten
 
 def test_vanilla_asymmetric_and_dual_clip() -> None:
     logp, old, adv, mask = _vanilla_case()
-    out = compute_policy_loss("vanilla", logp, old, adv, mask, clip_low=0.2, clip_high=0.28, clip_ratio_c=3.0)
+    out = compute_policy_loss("vanilla", logp, old, adv, mask, clip_ratio_low=0.2, clip_ratio_high=0.28,
+                              clip_ratio_c=3.0)
     # per token: t0 -1.28 (clip high), t1 0.8 (clip low), t2 -1.1, t3 -1.4 (A>0, r<1: unclipped),
     # t4 min(5, 3) = 3 (dual clip), t5 -0.5; t6 masked
     expected_tokens = [-1.28, 0.8, -1.1, -1.4, 3.0, -0.5]
@@ -186,7 +187,8 @@ def test_vanilla_asymmetric_and_dual_clip() -> None:
 
 def test_vanilla_symmetric_clip_value() -> None:
     logp, old, adv, mask = _vanilla_case()
-    out = compute_policy_loss("vanilla", logp, old, adv, mask, clip_low=0.2, clip_high=0.2, clip_ratio_c=3.0)
+    out = compute_policy_loss("vanilla", logp, old, adv, mask, clip_ratio_low=0.2, clip_ratio_high=0.2,
+                              clip_ratio_c=3.0)
     close(out.loss_mat[0, 0], -1.2)
     m = out.metrics()
     assert set(m) == {
@@ -219,7 +221,8 @@ def test_gspo_loss_value_and_clipfrac() -> None:
     adv = torch.tensor([1.0, -1.0], dtype=D)
     # row 0: s = e^0.1 > 1 + 4e-4, A > 0 -> clipped to -(1 + 4e-4); row 1: s = e^0.2, A < 0 -> e^0.2
     expected = (-(1 + 4e-4) + math.exp(0.2)) / 2
-    out = compute_policy_loss("gspo", logp, old, adv, mask, clip_low=3e-4, clip_high=4e-4, agg_mode="token-mean")
+    out = compute_policy_loss("gspo", logp, old, adv, mask, clip_ratio_low=3e-4, clip_ratio_high=4e-4,
+                              loss_agg_mode="token-mean")
     assert out.agg_mode == "seq-mean-token-mean"  # forced
     close(out.loss, expected)
     close(out.clipfrac_high, 3 / 4)
@@ -239,7 +242,7 @@ def test_gspo_token_equals_gspo_sequence_value_and_gradient(name: str) -> None:
     lp_b = (old + delta).requires_grad_(True)
     tok = compute_policy_loss(
         name, lp_a, old, broadcast_to_tokens(seq_adv, mask), mask,
-        clip_low=0.05, clip_high=0.08, agg_mode="seq-mean-token-mean",
+        clip_ratio_low=0.05, clip_ratio_high=0.08, loss_agg_mode="seq-mean-token-mean",
     )
     ref = gspo_sequence_loss(lp_b, old, seq_adv, mask, clip_low=0.05, clip_high=0.08)
     s = gspo_sequence_ratio(old + delta, old, mask)
@@ -265,12 +268,13 @@ def test_micro_batch_split_invariance(mode: str, kw: str | None) -> None:
     totals = {"global_num_tokens": int(mask.sum()), "global_num_seqs": 4}
     extra = {kw: totals[kw]} if kw else {"loss_scale_factor": 6.0}
     full_lp = (old + delta).requires_grad_(True)
-    full = compute_policy_loss("vanilla", full_lp, old, adv, mask, agg_mode=mode, **extra)
+    full = compute_policy_loss("vanilla", full_lp, old, adv, mask, loss_agg_mode=mode, **extra)
     full.loss.backward()
     micro_lp = (old + delta).requires_grad_(True)
     total = torch.zeros((), dtype=D)
     for sl in (slice(0, 1), slice(1, 3), slice(3, 5)):
-        part = compute_policy_loss("vanilla", micro_lp[sl], old[sl], adv[sl], mask[sl], agg_mode=mode, **extra)
+        part = compute_policy_loss("vanilla", micro_lp[sl], old[sl], adv[sl], mask[sl], loss_agg_mode=mode,
+                                   **extra)
         part.loss.backward()
         total = total + part.loss.detach()
     assert torch.allclose(total, full.loss.detach(), atol=1e-12)
@@ -285,7 +289,8 @@ def test_clip_is_noop_on_policy(name: str) -> None:
     adv = torch.tensor([5.0, -7.0, 0.3], dtype=D)
     logp = old.clone().requires_grad_(True)  # first mini-batch: logp == old_logp
     agg = "seq-mean-token-mean" if name != "vanilla" else "token-mean"
-    out = compute_policy_loss(name, logp, old, adv, mask, clip_low=1e-4, clip_high=1e-4, clip_ratio_c=1.01, agg_mode=agg)
+    out = compute_policy_loss(name, logp, old, adv, mask, clip_ratio_low=1e-4, clip_ratio_high=1e-4, clip_ratio_c=1.01,
+                              loss_agg_mode=agg)
     out.loss.backward()
     assert float(out.clipfrac) == 0.0 and float(out.clipfrac_dual) == 0.0
     # unclipped policy gradient: d/dlogp of -A * logp, aggregated

@@ -41,7 +41,8 @@ FIELDS = registry_fields()
 def test_the_registry_backed_fields_are_the_expected_ones():
     assert {f for f, _ in FIELDS} == {
         "AlgorithmConfig.adv_estimator", "AlgorithmConfig.policy_loss", "AlgorithmConfig.loss_agg_mode",
-        "AlgorithmConfig.kl_loss_type", "AlignConfig.loss_agg_mode", "AlignConfig.advantage_mode", "AlignConfig.variant",
+        "AlgorithmConfig.kl_loss_type", "ActorConfig.policy_loss", "ActorConfig.loss_agg_mode",
+        "ActorConfig.kl_loss_type", "AlignConfig.loss_agg_mode", "AlignConfig.advantage_mode", "AlignConfig.variant",
         "EvalConfig.backend",
     }
 

@@ -26,9 +26,9 @@ from prism_lab.data.sft_json import SFTExample, read_sft_json
 from prism_lab.errors import DataError
 from prism_lab.models import build_tiny_policy, build_tokenizer, load_policy
 from prism_lab.prompts import SYSTEM_PROMPT
+from prism_lab.trainers.checkpoint import find_resume_state
 from prism_lab.trainers.common import (
     cosine_with_warmup,
-    find_resume_state,
     make_cosine_scheduler,
     warmup_steps_for,
 )

@@ -27,7 +27,8 @@ Pure torch; no I/O.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
+from typing import Protocol
 
 import torch
 from torch import Tensor
@@ -45,6 +46,8 @@ __all__ = [
     "LOG_RATIO_CLAMP",
     "GSPO_LOG_RATIO_MAX",
     "POLICY_LOSSES",
+    "ActorFields",
+    "BatchTotals",
     "PolicyLossOutput",
     "PolicyLossSettings",
     "compute_policy_loss",
@@ -62,31 +65,49 @@ GSPO_LOG_RATIO_MAX = 10.0
 """GSPO: the (sequence) log-ratio is clamped at <= 10 before exp (verl)."""
 
 
-@dataclass(frozen=True)
-class PolicyLossSettings:
-    """Hyperparameters of a policy loss call.
+class ActorFields(Protocol):
+    """What a policy loss reads of the actor config it is given whole, as verl passes its actor config
+    (:class:`prism_lab.config.algorithms.ActorConfig` has these fields and more; a new loss with a new
+    hyperparameter reads its own new field there).
 
-    ``clip_low``/``clip_high`` = eps_low/eps_high of the clip range ``[1 - eps_low, 1 + eps_high]``;
-    ``clip_ratio_c`` = dual-clip constant c (> 1; vanilla only); ``agg_mode`` = registered
-    aggregation (``gspo`` ignores it and always uses ``seq-mean-token-mean``);
-    ``global_num_tokens``/``global_num_seqs``/``loss_scale_factor`` are passed to the aggregation.
+    ``clip_ratio_low``/``clip_ratio_high`` = eps_low/eps_high of the clip range ``[1 - eps_low, 1 + eps_high]``;
+    ``clip_ratio_c`` = dual-clip constant c (> 1; vanilla only); ``loss_agg_mode`` = registered aggregation
+    (``gspo`` ignores it and always uses ``seq-mean-token-mean``); ``loss_scale_factor`` goes to the aggregation.
     """
 
-    clip_low: float = 0.2
-    clip_high: float = 0.2
+    clip_ratio_low: float
+    clip_ratio_high: float
+    clip_ratio_c: float
+    loss_agg_mode: str
+    loss_scale_factor: float | None
+
+
+@dataclass(frozen=True)
+class PolicyLossSettings:
+    """The :class:`ActorFields` for a direct call without an actor config (tests, notebooks), checked."""
+
+    clip_ratio_low: float = 0.2
+    clip_ratio_high: float = 0.2
     clip_ratio_c: float = 3.0
-    agg_mode: str = "token-mean"
-    global_num_tokens: float | int | Tensor | None = None
-    global_num_seqs: float | int | Tensor | None = None
+    loss_agg_mode: str = "token-mean"
     loss_scale_factor: float | None = None
 
     def __post_init__(self) -> None:
-        if not 0.0 <= self.clip_low < 1.0:
-            raise ValueError(f"clip_low must be in [0, 1), got {self.clip_low}")
-        if self.clip_high < 0.0:
-            raise ValueError(f"clip_high must be >= 0, got {self.clip_high}")
+        if not 0.0 <= self.clip_ratio_low < 1.0:
+            raise ValueError(f"clip_ratio_low must be in [0, 1), got {self.clip_ratio_low}")
+        if self.clip_ratio_high < 0.0:
+            raise ValueError(f"clip_ratio_high must be >= 0, got {self.clip_ratio_high}")
         if not self.clip_ratio_c > 1.0:
             raise ValueError(f"clip_ratio_c (dual clip) must be > 1, got {self.clip_ratio_c}")
+
+
+@dataclass(frozen=True)
+class BatchTotals:
+    """The totals of the whole (mini-)batch a micro-batch belongs to, for the aggregation: with them the loss and
+    its gradient do not depend on how the batch is cut into micro-batches (None: this call's own)."""
+
+    global_num_tokens: float | int | Tensor | None = None
+    global_num_seqs: float | int | Tensor | None = None
 
 
 @dataclass(frozen=True)
@@ -114,7 +135,7 @@ class PolicyLossOutput:
         }
 
 
-PolicyLoss = Callable[[Tensor, Tensor, Tensor, Tensor, PolicyLossSettings], PolicyLossOutput]
+PolicyLoss = Callable[[Tensor, Tensor, Tensor, Tensor, ActorFields, BatchTotals], PolicyLossOutput]
 POLICY_LOSSES: Registry[PolicyLoss] = Registry("policy loss")
 
 
@@ -138,20 +159,20 @@ def _clip_metrics(pg1: Tensor, pg2: Tensor, ratio: Tensor, mask: Tensor) -> tupl
     return (low + high).detach(), low.detach(), high.detach()
 
 
-def _aggregate(loss_mat: Tensor, mask: Tensor, s: PolicyLossSettings) -> Tensor:
+def _aggregate(loss_mat: Tensor, mask: Tensor, agg_mode: str, config: ActorFields, totals: BatchTotals) -> Tensor:
     return aggregate(
         loss_mat,
         mask,
-        s.agg_mode,
-        global_num_tokens=s.global_num_tokens,
-        global_num_seqs=s.global_num_seqs,
-        loss_scale_factor=s.loss_scale_factor,
+        agg_mode,
+        global_num_tokens=totals.global_num_tokens,
+        global_num_seqs=totals.global_num_seqs,
+        loss_scale_factor=config.loss_scale_factor,
     )
 
 
 @POLICY_LOSSES.register("vanilla")
 def vanilla_ppo_loss(
-    logp: Tensor, old_logp: Tensor, advantages: Tensor, mask: Tensor, settings: PolicyLossSettings
+    logp: Tensor, old_logp: Tensor, advantages: Tensor, mask: Tensor, config: ActorFields, totals: BatchTotals
 ) -> PolicyLossOutput:
     """PPO-clip with asymmetric clip range and dual clip (verl ``vanilla``).
 
@@ -159,11 +180,11 @@ def vanilla_ppo_loss(
     ``l = max(-A*r, -A*clip(r, 1 - eps_low, 1 + eps_high))``; for ``A < 0``: ``l = min(l, -A*c)``.
     """
     adv, m = _prepare(logp, old_logp, advantages, mask)
-    s = settings
+    s = config
     log_ratio = torch.clamp(logp - old_logp, min=-LOG_RATIO_CLAMP, max=LOG_RATIO_CLAMP)
     ratio = torch.exp(log_ratio)
     pg1 = -adv * ratio
-    pg2 = -adv * torch.clamp(ratio, 1.0 - s.clip_low, 1.0 + s.clip_high)
+    pg2 = -adv * torch.clamp(ratio, 1.0 - s.clip_ratio_low, 1.0 + s.clip_ratio_high)
     clip1 = torch.maximum(pg1, pg2)
     pg3 = -adv * s.clip_ratio_c
     clip2 = torch.minimum(pg3, clip1)
@@ -173,14 +194,14 @@ def vanilla_ppo_loss(
     dual = masked_mean(((clip1 > pg3) & neg).float(), m).detach()
     approx_kl = masked_mean(-log_ratio, m).detach()
     return PolicyLossOutput(
-        loss=_aggregate(loss_mat, m, s),
+        loss=_aggregate(loss_mat, m, s.loss_agg_mode, s, totals),
         loss_mat=loss_mat,
         clipfrac=clipfrac,
         clipfrac_low=low,
         clipfrac_high=high,
         clipfrac_dual=dual,
         approx_kl=approx_kl,
-        agg_mode=s.agg_mode,
+        agg_mode=s.loss_agg_mode,
     )
 
 
@@ -192,7 +213,7 @@ def gspo_sequence_ratio(logp: Tensor, old_logp: Tensor, mask: Tensor) -> Tensor:
 
 
 def _gspo_token_core(
-    logp: Tensor, old_logp: Tensor, adv: Tensor, m: Tensor, s: PolicyLossSettings, agg_mode: str
+    logp: Tensor, old_logp: Tensor, adv: Tensor, m: Tensor, s: ActorFields, totals: BatchTotals, agg_mode: str
 ) -> PolicyLossOutput:
     delta = logp - old_logp
     seq_mean = masked_sum(delta, m, dim=-1) / m.sum(dim=-1).clamp(min=1)
@@ -201,12 +222,11 @@ def _gspo_token_core(
     log_ratio = torch.clamp(log_ratio, max=GSPO_LOG_RATIO_MAX)
     ratio = torch.exp(log_ratio)
     pg1 = -adv * ratio
-    pg2 = -adv * torch.clamp(ratio, 1.0 - s.clip_low, 1.0 + s.clip_high)
+    pg2 = -adv * torch.clamp(ratio, 1.0 - s.clip_ratio_low, 1.0 + s.clip_ratio_high)
     loss_mat = torch.maximum(pg1, pg2)
     clipfrac, low, high = _clip_metrics(pg1, pg2, ratio, m)
-    settings = replace(s, agg_mode=agg_mode)
     return PolicyLossOutput(
-        loss=_aggregate(loss_mat, m, settings),
+        loss=_aggregate(loss_mat, m, agg_mode, s, totals),
         loss_mat=loss_mat,
         clipfrac=clipfrac,
         clipfrac_low=low,
@@ -219,32 +239,32 @@ def _gspo_token_core(
 
 @POLICY_LOSSES.register("gspo")
 def gspo_loss(
-    logp: Tensor, old_logp: Tensor, advantages: Tensor, mask: Tensor, settings: PolicyLossSettings
+    logp: Tensor, old_logp: Tensor, advantages: Tensor, mask: Tensor, config: ActorFields, totals: BatchTotals
 ) -> PolicyLossOutput:
     """GSPO (verl ``gspo``), built GSPO-token style; aggregation FORCED to ``seq-mean-token-mean``.
 
     ``log s_{i,t} = min(sg[mean_t (logp - old_logp)] + logp_t - sg[logp_t], 10)``,
     ``s_{i,t} = exp(log s_{i,t})`` (numerically the sequence ratio ``s_i``),
-    ``l = max(-A*s, -A*clip(s, 1 - eps_low, 1 + eps_high))``; no dual clip. ``settings.agg_mode``
-    is ignored; ``global_num_seqs`` is honoured.
+    ``l = max(-A*s, -A*clip(s, 1 - eps_low, 1 + eps_high))``; no dual clip. ``config.loss_agg_mode``
+    is ignored; ``totals.global_num_seqs`` is honoured.
     """
     adv, m = _prepare(logp, old_logp, advantages, mask)
-    return _gspo_token_core(logp, old_logp, adv, m, settings, "seq-mean-token-mean")
+    return _gspo_token_core(logp, old_logp, adv, m, config, totals, "seq-mean-token-mean")
 
 
 @POLICY_LOSSES.register("gspo_token")
 def gspo_token_loss(
-    logp: Tensor, old_logp: Tensor, advantages: Tensor, mask: Tensor, settings: PolicyLossSettings
+    logp: Tensor, old_logp: Tensor, advantages: Tensor, mask: Tensor, config: ActorFields, totals: BatchTotals
 ) -> PolicyLossOutput:
     """GSPO-token: the per-token construction of :func:`gspo_loss` with token-level advantages.
 
     Same formula as ``gspo`` but ``A[i, t]`` may vary along a sequence and the configured
-    ``agg_mode`` is used (the GSPO paper's objective is ``seq-mean-token-mean``). With
+    ``loss_agg_mode`` is used (the GSPO paper's objective is ``seq-mean-token-mean``). With
     ``A[i, t] = A_i`` and ``seq-mean-token-mean`` it equals :func:`gspo_sequence_loss` in value and
     gradient.
     """
     adv, m = _prepare(logp, old_logp, advantages, mask)
-    return _gspo_token_core(logp, old_logp, adv, m, settings, settings.agg_mode)
+    return _gspo_token_core(logp, old_logp, adv, m, config, totals, config.loss_agg_mode)
 
 
 def gspo_sequence_loss(
@@ -280,23 +300,21 @@ def compute_policy_loss(
     old_logp: Tensor,
     advantages: Tensor,
     mask: Tensor,
+    config: ActorFields | None = None,
     *,
-    clip_low: float = 0.2,
-    clip_high: float = 0.2,
-    clip_ratio_c: float = 3.0,
-    agg_mode: str = "token-mean",
     global_num_tokens: float | int | Tensor | None = None,
     global_num_seqs: float | int | Tensor | None = None,
-    loss_scale_factor: float | None = None,
+    **fields: float | str | None,
 ) -> PolicyLossOutput:
-    """Run the registered policy loss ``name`` ("vanilla", "gspo", "gspo_token") and aggregate it."""
-    settings = PolicyLossSettings(
-        clip_low=clip_low,
-        clip_high=clip_high,
-        clip_ratio_c=clip_ratio_c,
-        agg_mode=agg_mode,
-        global_num_tokens=global_num_tokens,
-        global_num_seqs=global_num_seqs,
-        loss_scale_factor=loss_scale_factor,
-    )
-    return POLICY_LOSSES.get(name)(logp, old_logp, advantages, mask, settings)
+    """Run the registered policy loss ``name`` ("vanilla", "gspo", "gspo_token") and aggregate it.
+
+    ``config``: the actor config, passed whole to the loss (the trainers pass theirs). Without one, ``fields``
+    (``clip_ratio_low``, ``clip_ratio_high``, ``clip_ratio_c``, ``loss_agg_mode``, ``loss_scale_factor``) make a
+    checked :class:`PolicyLossSettings`. ``global_num_tokens``/``global_num_seqs``: the batch totals
+    (:class:`BatchTotals`)."""
+    if config is None:
+        config = PolicyLossSettings(**fields)  # type: ignore[arg-type]
+    elif fields:
+        raise TypeError(f"compute_policy_loss: give the settings in config or as fields, not both ({sorted(fields)})")
+    totals = BatchTotals(global_num_tokens=global_num_tokens, global_num_seqs=global_num_seqs)
+    return POLICY_LOSSES.get(name)(logp, old_logp, advantages, mask, config, totals)

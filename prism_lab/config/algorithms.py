@@ -26,6 +26,7 @@ from prism_lab.registry import Registry
 
 __all__ = [
     "ALGORITHM_PRESETS",
+    "ActorConfig",
     "AdvEstimatorName",
     "AggModeName",
     "AlgorithmConfig",
@@ -99,18 +100,18 @@ class FilterGroupsConfig(BaseModel):
     )
 
 
-class AlgorithmConfig(BaseModel):
-    """Everything the RL trainer needs to know about the algorithm (not the model, data or rollout)."""
+class ActorConfig(BaseModel):
+    """The actor update shared by RL (stage 3) and alignment (stage 2): optimizer, policy loss, clip ratios,
+    aggregation, KL and entropy terms, gradient clip and PPO epochs.
+
+    The trainers pass it whole to the shared update (trainers/actor.py) and on to the registered policy loss
+    (prism_lab.algos.policy_loss reads its fields by these names), as verl passes its actor config: a new loss
+    with a new hyperparameter is one field here and one registered function. :class:`AlgorithmConfig` is an
+    ActorConfig with the RL-only settings; ``AlignConfig.actor()`` builds one from alignment's fields.
+    """
 
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
-    adv_estimator: AdvEstimatorName = Field(
-        "grpo", description="Advantage estimator (prism_lab.algos.advantages.ADV_ESTIMATORS)."
-    )
-    norm_adv_by_std: bool = Field(
-        True, description="Divide centred group rewards by (unbiased std + eps); False = Dr.GRPO."
-    )
-    adv_eps: float = Field(1e-6, gt=0.0, description="eps in (R - mean) / (std + eps) (verl: 1e-6).")
     policy_loss: PolicyLossName = Field(
         "vanilla", description="Policy loss (prism_lab.algos.policy_loss.POLICY_LOSSES)."
     )
@@ -134,38 +135,57 @@ class AlgorithmConfig(BaseModel):
         0.0, ge=0.0, description="Weight of the KL loss; 0 = off and no reference model is needed (paper: off)."
     )
     entropy_coeff: float = Field(0.0, ge=0.0, description="Entropy bonus weight (loss -= coeff * entropy); paper 0.")
+    ppo_epochs: int = Field(1, ge=1, description="Passes over each rollout batch (paper: 1).")
+    lr: float = Field(1e-6, gt=0.0, description="AdamW learning rate (paper: 1e-6).")
+    weight_decay: float = Field(0.01, ge=0.0, description="AdamW weight decay (GRPO 0.01, DAPO/GSPO 0.1).")
+    grad_clip: float = Field(1.0, gt=0.0, description="Max global gradient norm (paper: 1.0).")
+
+    @model_validator(mode="after")
+    def _gspo_aggregation(self) -> ActorConfig:
+        if self.policy_loss == "gspo" and self.loss_agg_mode != "seq-mean-token-mean":
+            raise ValueError(
+                "policy_loss 'gspo' always aggregates with 'seq-mean-token-mean' (verl); set loss_agg_mode "
+                "accordingly, or use policy_loss 'gspo_token' for another aggregation"
+            )
+        return self
+
+
+class AlgorithmConfig(ActorConfig):
+    """Everything the RL trainer needs to know about the algorithm (not the model, data or rollout): the actor
+    update (:class:`ActorConfig`) and the advantage, reward shaping, sampling and schedule settings of RL."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+    adv_estimator: AdvEstimatorName = Field(
+        "grpo", description="Advantage estimator (prism_lab.algos.advantages.ADV_ESTIMATORS)."
+    )
+    norm_adv_by_std: bool = Field(
+        True, description="Divide centred group rewards by (unbiased std + eps); False = Dr.GRPO."
+    )
+    adv_eps: float = Field(1e-6, gt=0.0, description="eps in (R - mean) / (std + eps) (verl: 1e-6).")
     overlong_buffer: OverlongBufferConfig = Field(
         default_factory=OverlongBufferConfig, description="DAPO soft overlong punishment."
     )
     filter_groups: FilterGroupsConfig = Field(
         default_factory=FilterGroupsConfig, description="DAPO dynamic sampling (zero-variance group filter)."
     )
-    ppo_epochs: int = Field(1, ge=1, description="Passes over each rollout batch (paper: 1).")
     mini_batches_per_rollout: int = Field(
         1,
         ge=1,
         description="Optimiser steps per rollout batch per epoch. With 1 (and ppo_epochs 1) training is "
         "fully on-policy and every clip is a no-op (PRISM scripts: 1; GSPO paper: 4).",
     )
-    lr: float = Field(1e-6, gt=0.0, description="AdamW learning rate (paper: 1e-6).")
-    weight_decay: float = Field(0.01, ge=0.0, description="AdamW weight decay (GRPO 0.01, DAPO/GSPO 0.1).")
     warmup_steps_ratio: float = Field(
         0.0, ge=0.0, le=1.0, description="Linear warmup as a fraction of total steps (GSPO: 0.05)."
     )
     warmup_steps: int | None = Field(
         None, ge=0, description="Linear warmup in steps; when set it wins over warmup_steps_ratio (DAPO: 10)."
     )
-    grad_clip: float = Field(1.0, gt=0.0, description="Max global gradient norm (paper: 1.0).")
 
     @model_validator(mode="after")
     def _consistent(self) -> AlgorithmConfig:
         if self.adv_estimator == "dr_grpo" and self.norm_adv_by_std:
             raise ValueError("adv_estimator 'dr_grpo' never divides by the std: set norm_adv_by_std=false")
-        if self.policy_loss == "gspo" and self.loss_agg_mode != "seq-mean-token-mean":
-            raise ValueError(
-                "policy_loss 'gspo' always aggregates with 'seq-mean-token-mean' (verl); set loss_agg_mode "
-                "accordingly, or use policy_loss 'gspo_token' for another aggregation"
-            )
         if self.warmup_steps is not None and self.warmup_steps > 0 and self.warmup_steps_ratio > 0:
             raise ValueError("set either warmup_steps or warmup_steps_ratio, not both")
         return self

@@ -11,8 +11,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from prism_lab.config.algorithms import AggModeName
-from prism_lab.config.base import Seed, registered_name
+from prism_lab.config.algorithms import ActorConfig, AggModeName
+from prism_lab.config.base import KeyStable, Seed, registered_name
 from prism_lab.config.resources import ResourcesConfig, check_covers_processes, resources_field
 
 __all__ = ["AdvantageModeName", "AlignVariantName", "AlignConfig", "DiscWarmupConfig", "DiscriminatorConfig"]
@@ -67,8 +67,10 @@ class DiscriminatorConfig(_Strict):
         return self
 
 
-class DiscWarmupConfig(_Strict):
+class DiscWarmupConfig(_Strict, KeyStable):
     """Offline pairwise warmup of the discriminator (§5)."""
+
+    added_fields = ("precision",)
 
     lr: float = Field(1e-5, gt=0, description="AdamW learning rate.")
     weight_decay: float = Field(0.01, ge=0, description="AdamW weight decay.")
@@ -113,6 +115,10 @@ class DiscWarmupConfig(_Strict):
         None, ge=1, description="Length cap of the student responses generated from the SFT policy "
         "(None = twice the longest teacher response)."
     )
+    precision: Literal["auto", "fp32", "bf16"] = Field(
+        "auto", description="Training precision, resolved as every stage's (trainers/precision.py): `auto` = bf16 "
+        "where the device supports it, fp32 on CPU."
+    )
     resources: ResourcesConfig = resources_field(
         "`batch_size` and `grad_accum` stay global: each micro-batch of comparisons is split over the processes.")
 
@@ -122,8 +128,10 @@ class DiscWarmupConfig(_Strict):
         return self
 
 
-class AlignConfig(_Strict):
+class AlignConfig(_Strict, KeyStable):
     """Stage 2: on-policy adversarial distillation against the discriminator (§6)."""
+
+    added_fields = ("actor_micro_batch", "disc_micro_batch", "rollout_batch_size", "rollout_engine", "precision")
 
     steps: int = Field(
         500,
@@ -145,7 +153,7 @@ class AlignConfig(_Strict):
     )
     weight_decay: float = Field(0.01, ge=0, description="AdamW weight decay of actor and discriminator.")
     grad_clip: float = Field(1.0, gt=0, description="Max grad norm (actor and discriminator); non-finite norm skips the step.")
-    clip_ratio_low: float = Field(0.2, ge=0, description="PPO clip epsilon below 1.")
+    clip_ratio_low: float = Field(0.2, ge=0, lt=1, description="PPO clip epsilon below 1.")
     clip_ratio_high: float = Field(0.2, ge=0, description="PPO clip epsilon above 1.")
     dual_clip: float = Field(3.0, gt=1, description="Dual-clip constant c for negative advantages.")
     loss_agg_mode: AggModeName = Field(
@@ -193,6 +201,24 @@ class AlignConfig(_Strict):
     )
     save_every: int = Field(500, ge=0, description="Checkpoint every this many steps; 0 = only at the end.")
     seed: Seed = Field(0, description="Rollout sampling and data-order seed.")
+    actor_micro_batch: int = Field(
+        16, ge=1, description="Rollouts per forward/backward micro-batch of the actor update (gradient accumulation "
+        "over the step's batch; the loss does not depend on it)."
+    )
+    disc_micro_batch: int = Field(
+        16, ge=1, description="Sequences per forward pass when the discriminator scores and trains."
+    )
+    rollout_batch_size: int = Field(
+        64, ge=1, description="Rollouts generated per generate call (at least `n`: a prompt's group is never split)."
+    )
+    rollout_engine: Literal["hf", "vllm"] = Field(
+        "hf", description="Rollout engine. `hf` = HF generate on the trained weights; `vllm` would need the weights "
+        "synced after every actor update."
+    )
+    precision: Literal["auto", "fp32", "bf16"] = Field(
+        "fp32", description="Training precision, resolved as every stage's (trainers/precision.py). fp32 by default, "
+        "as alignment always ran; `auto` = bf16 where the device supports it."
+    )
 
     resources: ResourcesConfig = resources_field(
         "`prompts_per_step` stays global and must be a multiple of `processes`: each process rolls out the "
@@ -211,3 +237,11 @@ class AlignConfig(_Strict):
     def batch_size(self) -> int:
         """Rollouts per step (prompts_per_step x n)."""
         return self.prompts_per_step * self.n
+
+    def actor(self) -> ActorConfig:
+        """The actor update of alignment as the :class:`ActorConfig` RL uses (the one place alignment's field
+        names, kept for the grids that set them, meet the actor's): PPO-clip ``vanilla``, no KL or entropy term."""
+        return ActorConfig(policy_loss="vanilla", lr=self.actor_lr, weight_decay=self.weight_decay,
+                           grad_clip=self.grad_clip, clip_ratio_low=self.clip_ratio_low,
+                           clip_ratio_high=self.clip_ratio_high, clip_ratio_c=self.dual_clip,
+                           loss_agg_mode=self.loss_agg_mode, ppo_epochs=self.ppo_epochs)

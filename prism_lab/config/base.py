@@ -4,9 +4,9 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Annotated, Any
+from typing import Annotated, Any, ClassVar
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, SerializerFunctionWrapHandler, model_serializer
 
 from prism_lab.registry import known_names
 
@@ -22,6 +22,25 @@ class StrictModel(BaseModel):
     (an infinite learning rate or epoch count is never meant)."""
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
+
+
+class KeyStable(BaseModel):
+    """A config whose fields added after runs were recorded (``added_fields``) are left out of its dump while they
+    hold their defaults: a run's key hashes the dumped config, so adding a field keeps every earlier key (as
+    ``resources`` at its defaults does, harness/plan.py). Validation fills them back in; a value a grid sets is
+    dumped, and keyed, as usual."""
+
+    added_fields: ClassVar[tuple[str, ...]] = ()
+
+    @model_serializer(mode="wrap")
+    def _leave_out_added_defaults(self, handler: SerializerFunctionWrapHandler) -> Any:
+        data = handler(self)
+        if isinstance(data, dict):
+            for name in self.added_fields:
+                if name in data and getattr(self, name) == type(self).model_fields[name].get_default(
+                        call_default_factory=True):
+                    data.pop(name)
+        return data
 
 
 @dataclass(frozen=True)

@@ -33,15 +33,16 @@ def run(ctx: StageContext) -> dict:
 
     from prism_lab.data.catalog import DataCatalog
     from prism_lab.data.rl_parquet import read_rl_parquet
-    from prism_lab.models import load_policy, save_policy
+    from prism_lab.models import load_policy
     from prism_lab.models.discriminator import load_discriminator, save_discriminator
     from prism_lab.trainers import distributed as dist_
     from prism_lab.trainers.align import align_examples_from_rl, run_align
+    from prism_lab.trainers.checkpoint import full_state_dict, save_final
     from prism_lab.trainers.progress import StepProgress
+    from prism_lab.trainers.recipe import start_run
 
     cfg = ctx.config
-    res = getattr(cfg, "resources", None)
-    env = dist_.init_distributed(res.processes if res is not None else None)  # one process, or this rank
+    env = start_run(getattr(cfg, "resources", None))  # one process, or this rank of a torchrun run
     t0 = time.monotonic()
     catalog = DataCatalog.load(ctx.input("data").path)
     if not catalog.rl:
@@ -56,15 +57,12 @@ def run(ctx: StageContext) -> dict:
     progress = StepProgress("align", ctx.log_metrics, total=cfg.steps, enabled=env.is_main,
                             keys=("gap/caption", "gap/cot", "cap_acc", "cot_acc", "format_rate", "response_length"))
     summary = run_align(policy, processor, disc, examples, cfg, out_dir=ctx.out_dir, log=progress,
-                        heartbeat=ctx.heartbeat)
-    if env.sharded:  # gathered on rank 0 into the files one process writes (collective)
-        dist_.save_hf_checkpoint(policy, processor, model_dir(ctx.out_dir), env)
-    full_disc = dist_.full_state_dict(disc, env) if env.sharded else None
-    if not env.is_main:
+                        heartbeat=ctx.heartbeat, env=env)
+    saved = save_final(policy, processor, model_dir(ctx.out_dir), env)  # gathered on rank 0 when sharded
+    full_disc = full_state_dict(disc, env) if env.sharded else None
+    if saved is None:  # a rank other than 0: rank 0 writes everything
         dist_.finish(env)
         return {}
-    if not env.sharded:
-        save_policy(policy, processor, model_dir(ctx.out_dir))
     from prism_lab.prompts import Prompting
 
     Prompting.carry_over(checkpoint_dir_of(ctx.input("policy").path), model_dir(ctx.out_dir))

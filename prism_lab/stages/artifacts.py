@@ -18,7 +18,7 @@ import json
 from pathlib import Path
 
 from prism_lab.errors import CheckpointError
-from prism_lab.trainers.common import RESUME_DIR
+from prism_lab.trainers.checkpoint import RESUME_DIR
 
 MODEL_SUBDIR = "model"
 #: an SFT run's copy of the checkpoint its chain starts from (the reference of the drift measurements)

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 from prism_lab.config.pretrain import BaseStageConfig
 from prism_lab.data.catalog import DataCatalog
 from prism_lab.stages.artifacts import MODEL_SUBDIR, model_dir, resume_dir
-from prism_lab.stages.sft import build_policy, load_examples, save_trained
+from prism_lab.stages.sft import build_policy, load_examples
 
 if TYPE_CHECKING:  # the harness hands every runner its context; stages never import the harness
     from prism_lab.harness.context import StageContext
@@ -44,12 +44,14 @@ def run(ctx: StageContext) -> dict:
     from prism_lab.models import count_parameters, load_policy
     from prism_lab.prompts import Prompting
     from prism_lab.trainers import distributed as dist_
-    from prism_lab.trainers.common import remove_resume_state, setup_threads
+    from prism_lab.trainers.checkpoint import remove_resume_state, save_final
+    from prism_lab.trainers.common import setup_threads
+    from prism_lab.trainers.recipe import start_run
     from prism_lab.trainers.sft import train_sft
     from prism_lab.trainers.vision_tags import VisionTagSettings, train_vision_tags
 
     cfg: BaseStageConfig = ctx.config  # type: ignore[assignment]
-    env = dist_.init_distributed(cfg.resources.processes)
+    env = start_run(cfg.resources)  # one process, or this rank of a torchrun run
     t0 = time.monotonic()
     catalog = DataCatalog.load(ctx.input("data").path)
     mixed = load_examples(catalog, cfg.datasets)
@@ -79,24 +81,24 @@ def run(ctx: StageContext) -> dict:
             phases["vision"] = train_vision_tags(model, processor, captions, settings,
                                                  log_metrics=ctx.log_metrics if env.is_main else None,
                                                  heartbeat=ctx.heartbeat)
-            save_trained(model, processor, ctx.out_dir / VISION_SUBDIR, env)
+            save_final(model, processor, ctx.out_dir / VISION_SUBDIR, env)
         offset += cfg.vision_steps
     if cfg.caption_steps:
         if done != CAPTIONS_SUBDIR:
             phase_cfg = cfg.model_copy(update={"datasets": ["caption"], "max_steps": cfg.caption_steps})
             res = train_sft(model, processor, captions, phase_cfg, resume_dir=resume_dir(ctx.out_dir) / "captions",
-                            log_metrics=logger_from(offset), heartbeat=ctx.heartbeat)
+                            log_metrics=logger_from(offset), heartbeat=ctx.heartbeat, env=env)
             phases["captions"] = res.summary()
-            save_trained(model, processor, ctx.out_dir / CAPTIONS_SUBDIR, env)
+            save_final(model, processor, ctx.out_dir / CAPTIONS_SUBDIR, env)
             remove_resume_state(resume_dir(ctx.out_dir) / "captions")
         offset += cfg.caption_steps
 
     res = train_sft(model, processor, mixed, cfg, resume_dir=resume_dir(ctx.out_dir) / "mixed",
-                    log_metrics=logger_from(offset), heartbeat=ctx.heartbeat)
+                    log_metrics=logger_from(offset), heartbeat=ctx.heartbeat, env=env)
     phases["mixed"] = res.summary()
     if res.stopped_by == "time":
         ctx.log_metrics(offset + res.steps, {"truncated": 1.0})
-    saved = save_trained(model, processor, model_dir(ctx.out_dir), env)
+    saved = save_final(model, processor, model_dir(ctx.out_dir), env)
     if saved is None:
         dist_.finish(env)
         return {}

@@ -69,15 +69,15 @@ def run(ctx: StageContext) -> dict:
     from prism_lab.data.warmup_jsonl import read_warmup_jsonl
     from prism_lab.models import load_policy
     from prism_lab.models.discriminator import save_discriminator
-    from prism_lab.trainers.common import remove_resume_state
+    from prism_lab.trainers.checkpoint import full_state_dict, remove_resume_state
+    from prism_lab.trainers.recipe import start_run
     from prism_lab.trainers.disc_warmup import run_disc_warmup
     from prism_lab.trainers.progress import StepProgress
     from prism_lab.trainers import distributed as dist_
     from prism_lab.trainers.warmup_pairs import build_comparisons
 
     cfg = ctx.config
-    res = getattr(cfg, "resources", None)
-    env = dist_.init_distributed(res.processes if res is not None else None)  # one process, or this rank
+    env = start_run(getattr(cfg, "resources", None))  # one process, or this rank of a torchrun run
     t0 = time.monotonic()
     dcfg = getattr(cfg, "discriminator", None) or DiscriminatorConfig()
     terminator = getattr(cfg, "terminator_convention", "original")
@@ -105,8 +105,8 @@ def run(ctx: StageContext) -> dict:
     progress = StepProgress("disc_warmup", ctx.log_metrics, total=None, enabled=env.is_main,
                             keys=("warmup/loss", "warmup/acc"), always_keys=("warmup/heldout_acc",))
     summary = run_disc_warmup(disc, processor, comps, cfg, out_dir=ctx.out_dir, log=progress,
-                              heartbeat=ctx.heartbeat, terminator=terminator, positions=positions)
-    full = dist_.full_state_dict(disc, env) if env.sharded else None  # gathered on rank 0
+                              heartbeat=ctx.heartbeat, terminator=terminator, positions=positions, env=env)
+    full = full_state_dict(disc, env) if env.sharded else None  # gathered on rank 0
     if not env.is_main:
         dist_.finish(env)
         return {}

@@ -17,11 +17,13 @@ from prism_lab.config.rl import RLConfig
 from prism_lab.data.catalog import DataCatalog
 from prism_lab.data.rl_parquet import read_rl_parquet
 from prism_lab.errors import DataError
-from prism_lab.models import load_policy, pick_device, save_policy
+from prism_lab.models import load_policy, pick_device
 from prism_lab.stages.artifacts import checkpoint_dir_of, model_dir, resume_dir
 from prism_lab.trainers import distributed as dist_
-from prism_lab.trainers.common import remove_resume_state, set_seed, setup_threads
+from prism_lab.trainers.checkpoint import remove_resume_state, save_final
+from prism_lab.trainers.common import set_seed, setup_threads
 from prism_lab.trainers.progress import StepProgress
+from prism_lab.trainers.recipe import start_run
 from prism_lab.trainers.rl import train_rl
 
 if TYPE_CHECKING:  # the harness hands every runner its context; stages never import the harness
@@ -30,7 +32,7 @@ if TYPE_CHECKING:  # the harness hands every runner its context; stages never im
 
 def run(ctx: StageContext) -> dict:
     cfg: RLConfig = ctx.config  # type: ignore[assignment]
-    env = dist_.init_distributed(cfg.resources.processes)  # one process, or this rank of a torchrun run
+    env = start_run(cfg.resources)  # one process, or this rank of a torchrun run
     threads = setup_threads(cfg.threads)
     set_seed(cfg.seed)
     algo = resolve_algorithm(cfg.algorithm, cfg.algorithm_overrides)
@@ -46,17 +48,13 @@ def run(ctx: StageContext) -> dict:
     progress = StepProgress("rl", ctx.log_metrics, total=cfg.steps, enabled=env.is_main,
                             keys=("reward/mean", "acc/mean", "format/mean", "response_length/mean"))
     result = train_rl(model, processor, examples, cfg, algo, log=progress, out_dir=ctx.out_dir,
-                      heartbeat=ctx.heartbeat)
+                      heartbeat=ctx.heartbeat, env=env)
     if result.stopped_early:  # the wall-clock budget (max_minutes) stopped it: the result depends on the machine
         ctx.log_metrics(result.steps_done, {"truncated": 1.0})
     model.eval()
-    if env.sharded:  # gathered on rank 0 into the same HF files one process writes
-        dist_.save_hf_checkpoint(model, processor, model_dir(ctx.out_dir), env)
-        if not env.is_main:
-            dist_.finish(env)
-            return {}
-    else:
-        save_policy(model, processor, model_dir(ctx.out_dir))
+    if save_final(model, processor, model_dir(ctx.out_dir), env) is None:  # a rank other than 0: rank 0 writes
+        dist_.finish(env)
+        return {}
     from prism_lab.prompts import Prompting
 
     Prompting.carry_over(checkpoint_dir_of(ctx.input("policy").path), model_dir(ctx.out_dir))

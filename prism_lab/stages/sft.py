@@ -111,18 +111,6 @@ def build_policy(cfg: SFTConfig, catalog: DataCatalog):
     return model, processor, {"model_source": ref.kind}
 
 
-def save_trained(model, processor, directory: Path, env) -> Path | None:
-    """Write a trained policy as an ordinary HF checkpoint; a sharded model is gathered on rank 0 into the same
-    files one process writes. Returns the directory on rank 0, None on the other ranks."""
-    from prism_lab.models import save_policy
-    from prism_lab.trainers import distributed as dist_
-
-    if env.sharded:
-        dist_.save_hf_checkpoint(model, processor, directory, env)
-        return directory if env.is_main else None
-    return save_policy(model, processor, directory)
-
-
 def starting_policy(ctx: StageContext, cfg: SFTConfig, catalog: DataCatalog):
     """(model, processor, info) a training stage starts from: its ``policy`` input's checkpoint when it has one
     (SFT after a `base` stage), else ``cfg.model`` (build_policy)."""
@@ -139,11 +127,12 @@ def starting_policy(ctx: StageContext, cfg: SFTConfig, catalog: DataCatalog):
 def run(ctx: StageContext) -> dict:
     from prism_lab.models import count_parameters, save_policy
     from prism_lab.trainers import distributed as dist_
-    from prism_lab.trainers.common import remove_resume_state
+    from prism_lab.trainers.checkpoint import remove_resume_state, save_final
+    from prism_lab.trainers.recipe import start_run
     from prism_lab.trainers.sft import train_sft
 
     cfg: SFTConfig = ctx.config  # type: ignore[assignment]
-    env = dist_.init_distributed(cfg.resources.processes)  # one process, or this rank of a torchrun run
+    env = start_run(cfg.resources)  # one process, or this rank of a torchrun run
     t0 = time.monotonic()
     catalog = DataCatalog.load(ctx.input("data").path)
     examples = load_examples(catalog, cfg.datasets)
@@ -159,10 +148,10 @@ def run(ctx: StageContext) -> dict:
 
     resume = resume_dir(ctx.out_dir)
     result = train_sft(model, processor, examples, cfg, resume_dir=resume, log_metrics=ctx.log_metrics,
-                       heartbeat=ctx.heartbeat)
+                       heartbeat=ctx.heartbeat, env=env)
     if result.stopped_by == "time":  # the wall-clock budget (max_minutes) stopped it: the result depends on the machine
         ctx.log_metrics(result.steps, {"truncated": 1.0})
-    saved = save_trained(model, processor, model_dir(ctx.out_dir), env)
+    saved = save_final(model, processor, model_dir(ctx.out_dir), env)
     if saved is None:  # a rank other than 0 of a sharded run: rank 0 writes everything
         dist_.finish(env)
         return {}

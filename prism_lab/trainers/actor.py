@@ -25,7 +25,6 @@ from __future__ import annotations
 import contextlib
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -34,39 +33,22 @@ from torch import Tensor
 from prism_lab.algos.aggregation import aggregate, masked_mean
 from prism_lab.algos.kl import kl_penalty
 from prism_lab.algos.policy_loss import compute_policy_loss
+from prism_lab.config.algorithms import ActorConfig
 from prism_lab.trainers import distributed as dist_
+from prism_lab.trainers.optim import clip_gradients
 from prism_lab.trainers.logprobs import (
     SequenceBatch,
     completion_logprobs,
     make_sequence_batch,
 )
 
-__all__ = ["MicroBatch", "PPOSettings", "micro_batches", "pad_rows", "ppo_update", "recompute_logprobs"]
+__all__ = ["MicroBatch", "micro_batches", "pad_rows", "ppo_update", "recompute_logprobs"]
 
 #: Log-prob metrics that are shares of a mini-batch mean: summed over its micro-batches.
 _SUMMED = ("actor/pg_loss", "actor/loss")
 
 #: ``(rows, batch)``: the sample indices a micro-batch holds and its model inputs.
 MicroBatch = tuple[list[int], SequenceBatch]
-
-
-@dataclass(frozen=True)
-class PPOSettings:
-    """What decides a PPO actor update (the trainer's config mapped onto the shared update)."""
-
-    temperature: float = 1.0
-    policy_loss: str = "vanilla"
-    clip_low: float = 0.2
-    clip_high: float = 0.2
-    clip_ratio_c: float = 3.0
-    agg_mode: str = "token-mean"
-    loss_scale_factor: float | None = None
-    grad_clip: float = 1.0
-    epochs: int = 1
-    entropy_coeff: float = 0.0
-    kl_coef: float = 0.0
-    kl_type: str = "low_var_kl"
-    logprob_tolerance: float = 1e-3
 
 
 def _sum(value: float, env: Any) -> float:
@@ -126,11 +108,15 @@ def recompute_logprobs(model: Any, batches: Sequence[MicroBatch], lengths: Seque
 
 
 def ppo_update(model: Any, optimizer: torch.optim.Optimizer, mini: Sequence[Sequence[MicroBatch]],
-               old: dict[int, Tensor], advantages: Sequence[float], s: PPOSettings, *,
-               suppress_token_ids: Sequence[int], ref: dict[int, Tensor] | None = None,
-               old_from_rollout: bool = False, autocast: Callable[[], Any] = contextlib.nullcontext,
-               env: Any = None, backward: Callable[[Tensor], None] | None = None) -> dict[str, float]:
-    """``s.epochs`` passes over the mini-batches ``mini``, one optimizer step each; returns the metrics.
+               old: dict[int, Tensor], advantages: Sequence[float], s: ActorConfig, *, temperature: float,
+               suppress_token_ids: Sequence[int], logprob_tolerance: float = 1e-3,
+               ref: dict[int, Tensor] | None = None, old_from_rollout: bool = False,
+               autocast: Callable[[], Any] = contextlib.nullcontext, env: Any = None,
+               backward: Callable[[Tensor], None] | None = None) -> dict[str, float]:
+    """``s.ppo_epochs`` passes over the mini-batches ``mini``, one optimizer step each; returns the metrics.
+
+    ``s``: the actor config (RL's AlgorithmConfig, or ``AlignConfig.actor()``), passed whole to the registered
+    policy loss ``s.policy_loss``; ``temperature``: the rollout temperature of the log-probs.
 
     ``old`` / ``ref``: sample index -> old / reference log-probs. ``old_from_rollout``: ``old`` came from the
     rollout engine (checked against each forward, see the module docstring). Sharded runs (``env``, with the
@@ -148,17 +134,16 @@ def ppo_update(model: Any, optimizer: torch.optim.Optimizer, mini: Sequence[Sequ
     tok_total, diff_max, fallbacks, skipped = 0.0, 0.0, 0, 0
     grad_norms: list[float] = []
     model.train()
-    for _epoch in range(s.epochs):
+    for _epoch in range(s.ppo_epochs):
         for micro in mini:
             totals = dict(
                 global_num_tokens=_sum(sum(float(b.response_mask.sum()) for r, b in micro if r), env),
-                global_num_seqs=_sum(sum(float((b.response_mask.sum(-1) > 0).sum()) for r, b in micro if r), env),
-                loss_scale_factor=s.loss_scale_factor)
+                global_num_seqs=_sum(sum(float((b.response_mask.sum(-1) > 0).sum()) for r, b in micro if r), env))
             optimizer.zero_grad(set_to_none=True)
             for rows, b in micro:
                 if not rows:  # a padding pass (sharded runs): the same collectives, no gradient
                     with autocast():
-                        logp, _ = completion_logprobs(model, b, temperature=s.temperature,
+                        logp, _ = completion_logprobs(model, b, temperature=temperature,
                                                       suppress_token_ids=suppress_token_ids)
                     backward(logp.float().sum() * 0.0)
                     continue
@@ -166,26 +151,26 @@ def ppo_update(model: Any, optimizer: torch.optim.Optimizer, mini: Sequence[Sequ
                 old_lp = pad_rows([old[i] for i in rows], m.shape[1]).to(device)
                 adv = torch.tensor([float(advantages[i]) for i in rows], dtype=torch.float32, device=device)
                 with autocast():
-                    logp, ent = completion_logprobs(model, b, temperature=s.temperature, with_entropy=True,
+                    logp, ent = completion_logprobs(model, b, temperature=temperature, with_entropy=True,
                                                     entropy_grad=s.entropy_coeff > 0, suppress_token_ids=suppress_token_ids)
                 logp = logp.float()
                 if old_from_rollout:
                     d = float(((logp.detach() - old_lp).abs() * m).max()) if m.numel() else 0.0
                     diff_max = max(diff_max, d)
-                    if d > s.logprob_tolerance:  # the exact recomputation: same parameters as the rollout
+                    if d > logprob_tolerance:  # the exact recomputation: same parameters as the rollout
                         old_lp = logp.detach()
                         fallbacks += 1
-                out = compute_policy_loss(s.policy_loss, logp, old_lp, adv, m, clip_low=s.clip_low,
-                                          clip_high=s.clip_high, clip_ratio_c=s.clip_ratio_c, agg_mode=s.agg_mode,
-                                          **totals)
+                out = compute_policy_loss(s.policy_loss, logp, old_lp, adv, m, s, **totals)
                 loss = out.loss
                 mets = out.metrics(prefix="actor/")
                 if s.entropy_coeff > 0:
-                    loss = loss - s.entropy_coeff * aggregate(ent.float(), m, out.agg_mode, **totals)
+                    loss = loss - s.entropy_coeff * aggregate(ent.float(), m, out.agg_mode, **totals,
+                                                              loss_scale_factor=s.loss_scale_factor)
                 mets["actor/entropy"] = float(masked_mean(ent.detach().float(), m))
-                if ref is not None and s.kl_coef > 0:
-                    kl_mat = kl_penalty(logp, pad_rows([ref[i] for i in rows], m.shape[1]).to(device), s.kl_type)
-                    loss = loss + s.kl_coef * aggregate(kl_mat, m, out.agg_mode, **totals)
+                if ref is not None and s.kl_loss_coef > 0:
+                    kl_mat = kl_penalty(logp, pad_rows([ref[i] for i in rows], m.shape[1]).to(device), s.kl_loss_type)
+                    loss = loss + s.kl_loss_coef * aggregate(kl_mat, m, out.agg_mode, **totals,
+                                                             loss_scale_factor=s.loss_scale_factor)
                     mets["actor/kl_loss"] = float(masked_mean(kl_mat.detach(), m))
                 backward(loss)
                 mets["actor/loss"] = float(loss.detach())
@@ -196,7 +181,7 @@ def ppo_update(model: Any, optimizer: torch.optim.Optimizer, mini: Sequence[Sequ
                         sums[k] = sums.get(k, 0.0) + v
                     else:
                         acc[k] = acc.get(k, 0.0) + v * w
-            gn = float(dist_.local_tensor(torch.nn.utils.clip_grad_norm_(params, s.grad_clip)))
+            gn = clip_gradients(params, s.grad_clip)
             if math.isfinite(gn):
                 optimizer.step()
                 grad_norms.append(gn)

@@ -49,13 +49,13 @@ the resumable state's metadata; each rank writes its DCP shard.
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import torch
@@ -70,20 +70,18 @@ from prism_lab.rollout import Prompt, make_engine, vision_token_ids
 from prism_lab.seeds import derive_seed
 from prism_lab.trainers import distributed as dist_
 from prism_lab.trainers.actor import (
-    PPOSettings,
     micro_batches,
     ppo_update,
     recompute_logprobs,
 )
 from prism_lab.trainers.align_variants import ALIGN_VARIANTS, AlignStep, AlignVariant, mean_or_nan
-from prism_lab.trainers.common import (
+from prism_lab.trainers.checkpoint import (
     RESUME_DIR,
-    fresh_temp_dir,
+    load_align_resume,
     remove_resume_state,
-    resume_candidates,
-    set_seed,
-    swap_into_place,
+    save_align_resume,
 )
+from prism_lab.trainers.common import set_seed
 from prism_lab.trainers.disc_inputs import (
     DiscTokens,
     PromptBatch,
@@ -91,6 +89,9 @@ from prism_lab.trainers.disc_inputs import (
     plain_ids,
     split_rollout,
 )
+from prism_lab.trainers.optim import clip_gradients
+from prism_lab.trainers.precision import autocast_for, resolve_precision
+from prism_lab.trainers.recipe import StepPlan, run_steps, start_run
 from prism_lab.trainers.sampling import EpochSampler
 
 log_ = logging.getLogger(__name__)
@@ -142,42 +143,6 @@ def align_examples_from_rl(rows: Sequence[Any]) -> list[AlignExample]:
     return out
 
 
-# ------------------------------------------------------------------------------------------ resume
-def save_align_resume(out_dir: str | Path, *, policy: torch.nn.Module, disc: torch.nn.Module,
-                      actor_opt: torch.optim.Optimizer, disc_opt: torch.optim.Optimizer, meta: dict,
-                      env: dist_.DistEnv = dist_.SINGLE) -> Path:
-    """Atomically replace ``out_dir/resume`` with ``policy/`` and ``discriminator/`` resumable states
-    (collective when sharded: each is a DCP checkpoint, every rank writes its shard; rank 0 swaps)."""
-    final = Path(out_dir) / RESUME_DIR
-    tmp = Path(dist_.broadcast_object(str(fresh_temp_dir(final)) if env.is_main else None, env))
-    for sub, model, opt in (("policy", policy, actor_opt), ("discriminator", disc, disc_opt)):
-        dist_.save_resume(tmp / sub, model=model, optimizer=opt, scheduler=None, meta=meta, env=env)
-    if env.is_main:
-        (tmp / "state.json").write_text(json.dumps(meta, indent=1, sort_keys=True, default=str))
-        swap_into_place(tmp, final)
-    dist_.barrier(env)
-    return final
-
-
-def load_align_resume(out_dir: str | Path, *, policy: torch.nn.Module, disc: torch.nn.Module,
-                      actor_opt: torch.optim.Optimizer, disc_opt: torch.optim.Optimizer,
-                      env: dist_.DistEnv = dist_.SINGLE) -> dict | None:
-    """Restore what :func:`save_align_resume` wrote (or its ``.old`` twin); None when there is nothing.
-
-    A state written by N processes loads at any world size (DCP reshards); one written by a single process
-    cannot be resumed by several (a CheckpointError naming both sizes, from ``distributed.load_resume``)."""
-    for cand in resume_candidates(Path(out_dir) / RESUME_DIR):
-        if dist_.broadcast_object((cand / "state.json").is_file() if env.is_main else None, env):
-            meta = dist_.load_resume(cand / "policy", model=policy, optimizer=actor_opt, scheduler=None, env=env)
-            dmeta = dist_.load_resume(cand / "discriminator", model=disc, optimizer=disc_opt, scheduler=None,
-                                      env=env)
-            if meta is None or dmeta is None or meta.get("step") != dmeta.get("step"):
-                log_.warning("incomplete alignment resume state in %s; ignoring it", cand)
-                continue
-            return meta
-    return None
-
-
 def _check_shardable(cfg: Any, env: dist_.DistEnv) -> None:
     """ConfigError unless every rank gets the same number of prompts: their generate calls (one FSDP
     all-gather per forward) must run in step."""
@@ -186,14 +151,14 @@ def _check_shardable(cfg: Any, env: dist_.DistEnv) -> None:
                           f"resources.processes ({env.world_size}): every process rolls out as many prompts")
 
 
-def _shard_models(policy: Any, disc: Any, cfg: Any, env: dist_.DistEnv) -> Any:
+def _shard_models(policy: Any, disc: Any, cfg: Any, env: dist_.DistEnv, mp: str) -> Any:
     """FSDP2-shard policy and discriminator in place (sharded runs only); returns the accelerator whose
-    ``backward`` scales this rank's share of a loss (None in one process). fp32 unless
-    ``resources.param_dtype`` says otherwise: the alignment loop has no autocast of its own."""
+    ``backward`` scales this rank's share of a loss (None in one process). ``mp``: the run's precision
+    (``resources.param_dtype: auto`` follows it)."""
     if not env.sharded:
         return None
     _check_shardable(cfg, env)
-    acc = dist_.ShardedAccelerator(env, cfg.resources, "no")
+    acc = dist_.ShardedAccelerator(env, cfg.resources, mp)
     acc.prepare_model(policy)
     acc.prepare_model(disc)
     return acc
@@ -258,40 +223,39 @@ def run_align(
     log: LogFn | None = None,
     heartbeat: Callable[[], None] | None = None,
     engine: Any | None = None,
-    engine_kind: str = "hf",
-    rollout_batch_size: int = 64,
-    disc_micro_batch: int = 16,
-    actor_micro_batch: int = 16,
     max_steps: int | None = None,
     keep_resume: bool = False,
+    env: dist_.DistEnv | None = None,
 ) -> dict[str, Any]:
     """Run ``cfg.steps`` alignment steps of ``cfg.variant`` on ``policy`` and ``disc`` in place (``cfg``: an
     AlignConfig); the variant (align_variants.py) decides the scores, advantages and discriminator loss.
 
-    ``engine``: a rollout engine to use instead of ``make_engine(policy, processor, engine_kind)`` (it must
-    sample from ``policy``; if it returns no log-probs they are recomputed). ``out_dir``: where the resume
+    ``engine``: a rollout engine to use instead of ``make_engine(policy, processor, cfg.rollout_engine)`` (it
+    must sample from ``policy``; if it returns no log-probs they are recomputed). ``out_dir``: where the resume
     state lives (``out_dir/resume``; restored when present, saved every ``cfg.save_every`` steps, removed at the
-    end unless ``keep_resume``). Final weights are NOT written here (the stage saves them). Returns a summary.
+    end unless ``keep_resume``). Final weights are NOT written here (the stage saves them). ``env``: the stage
+    run's distributed env (None: started here). The loop around the steps is
+    :func:`~prism_lab.trainers.recipe.run_steps`; the precision is ``cfg.precision`` (trainers/precision.py).
+    Returns a summary.
     """
-    # One function on purpose: the step reads top to bottom in the original's order (about 100 lines of body);
-    # what differs between variants lives in align_variants.py.
+    # One function on purpose (about 130 lines): the setup, then the step that reads top to bottom in the
+    # original's order; what differs between variants lives in align_variants.py.
     n_given = len(examples)
     _check_teacher_segments(examples)
     set_seed(cfg.seed)
     variant: AlignVariant = ALIGN_VARIANTS.get(cfg.variant)()
     toks: DiscTokens = disc_tokens(processor)
-    res = getattr(cfg, "resources", None)
-    env = dist_.init_distributed(res.processes if res is not None else None)
-    acc = _shard_models(policy, disc, cfg, env)  # before the optimizers: FSDP2 replaces the parameters
-    engine = engine if engine is not None else make_engine(policy, processor, kind=engine_kind)
+    env = env if env is not None else start_run(getattr(cfg, "resources", None))
+    mp = resolve_precision(cfg.precision, env.device.type if env.sharded else next(policy.parameters()).device.type)
+    acc = _shard_models(policy, disc, cfg, env, mp)  # before the optimizers: FSDP2 replaces the parameters
+    autocast = acc.autocast if acc is not None else autocast_for(mp, policy)[0]
+    engine = engine if engine is not None else make_engine(policy, processor, kind=cfg.rollout_engine)
     dist_.sync_engine(engine, env)
-    actor_opt = torch.optim.AdamW([p for p in policy.parameters() if p.requires_grad], lr=cfg.actor_lr,
-                                  weight_decay=cfg.weight_decay)
+    actor = cfg.actor()  # passed whole to the shared PPO update and its registered loss
+    actor_opt = torch.optim.AdamW([p for p in policy.parameters() if p.requires_grad], lr=actor.lr,
+                                  weight_decay=actor.weight_decay)
     disc_params = [p for p in disc.parameters() if p.requires_grad]
     disc_opt = torch.optim.AdamW(disc_params, lr=cfg.critic_lr, weight_decay=cfg.weight_decay)
-    ppo = PPOSettings(temperature=cfg.temperature, clip_low=cfg.clip_ratio_low, clip_high=cfg.clip_ratio_high,
-                      clip_ratio_c=cfg.dual_clip, agg_mode=cfg.loss_agg_mode, grad_clip=cfg.grad_clip,
-                      epochs=cfg.ppo_epochs)
     suppress = vision_token_ids(policy)
     examples = _fitting_prompts(processor, list(examples), cfg.max_prompt_length)
     R = cfg.max_new_tokens
@@ -305,7 +269,8 @@ def run_align(
         log_.info("resuming alignment at step %d/%d", start, total)
     sampler = EpochSampler(len(examples), cfg.seed, "align/prompts", what="alignment prompts")
     sampler.seek(start * cfg.prompts_per_step)
-    for step in range(start, total):
+
+    def one_step(step: int) -> dict[str, float]:
         t0 = time.monotonic()
         idx = sampler.take(cfg.prompts_per_step)
         for i in idx:
@@ -317,9 +282,11 @@ def run_align(
         # 1. rollouts (this rank's share of the prompts, then every rank's); 2. split at the caption boundary
         mine = dist_.shard_slice(list(range(len(prompts))), env)
         ranked = (env.rank,) if env.sharded else ()  # each rank samples its own share
-        rolls = engine.generate([prompts[j] for j in mine], n=cfg.n, max_new_tokens=R, temperature=cfg.temperature,
-                                top_p=cfg.top_p, do_sample=True, seed=derive_seed(cfg.seed, "align/rollout", step, *ranked),
-                                return_logprobs=True, batch_size=max(cfg.n, rollout_batch_size))
+        with autocast():
+            rolls = engine.generate([prompts[j] for j in mine], n=cfg.n, max_new_tokens=R, temperature=cfg.temperature,
+                                    top_p=cfg.top_p, do_sample=True,
+                                    seed=derive_seed(cfg.seed, "align/rollout", step, *ranked),
+                                    return_logprobs=True, batch_size=max(cfg.n, cfg.rollout_batch_size))
         rolls = global_rollouts(rolls, mine, env)
         t_roll = time.monotonic() - t0
         splits = [split_rollout(processor, r.token_ids) for r in rolls]
@@ -328,7 +295,7 @@ def run_align(
                        teacher_ids=[teacher_ids[i] for i in idx],
                        answers=[(examples[i].ground_truth, examples[i].equivalent_answers) for i in idx], toks=toks,
                        terminator=cfg.terminator_convention,
-                       score_kw=dict(pad_token_id=toks.pad, positions=cfg.critic_positions, micro_batch=disc_micro_batch),
+                       score_kw=dict(pad_token_id=toks.pad, positions=cfg.critic_positions, micro_batch=cfg.disc_micro_batch),
                        env=env)
         B = len(rolls)
         metrics: dict[str, float] = {
@@ -339,7 +306,7 @@ def run_align(
         }
         # 3-4. advantages from the pre-update discriminator (eval mode, no grad)
         disc.eval()
-        with torch.no_grad():
+        with torch.no_grad(), autocast():
             adv, nonfinite, m = variant.advantages(disc, st, cfg)
         adv, n_bad_adv = replace_nonfinite(adv.float())
         metrics.update(m, **{"adv/mean": mean_or_nan(adv), "adv/std": float(adv.std()) if adv.numel() > 1 else 0.0})
@@ -350,11 +317,12 @@ def run_align(
         d_skipped = 0
         for _ in range(cfg.critic_epochs):
             disc_opt.zero_grad(set_to_none=True)
-            loss, n_bad, dm = variant.disc_loss(disc, st, cfg)
+            with autocast():
+                loss, n_bad, dm = variant.disc_loss(disc, st, cfg)
             nonfinite += n_bad
             st.backward(loss, scale=env.world_size)
-            gn = dist_.local_tensor(torch.nn.utils.clip_grad_norm_(disc_params, cfg.grad_clip))
-            if torch.isfinite(gn):
+            gn = clip_gradients(disc_params, cfg.grad_clip)
+            if math.isfinite(gn):
                 disc_opt.step()
                 dm["d_grad_norm"] = float(gn)
             else:
@@ -366,26 +334,33 @@ def run_align(
             log_.warning("alignment step %d: %d non-finite discriminator scores replaced by 0", step + 1, nonfinite)
         # 6. actor update: PPO-clip, on-policy (the rollout's log-probs are the old ones when it returned them)
         comps = [r.token_ids for r in rolls]
-        mini = [micro_batches(st.pb.batch, st.rows, comps, list(range(B)), size=actor_micro_batch,
+        mini = [micro_batches(st.pb.batch, st.rows, comps, list(range(B)), size=cfg.actor_micro_batch,
                               pad_token_id=toks.pad, image_chunks=st.pb.image_chunks,
                               device=next(policy.parameters()).device, env=env)]
         from_rollout = all(r.logprobs is not None for r in rolls)
         old = {i: torch.as_tensor(list(r.logprobs), dtype=torch.float32) for i, r in enumerate(rolls)} if from_rollout \
             else recompute_logprobs(policy, mini[0], [len(c) for c in comps], temperature=cfg.temperature,
-                                    suppress_token_ids=suppress)
-        metrics.update(ppo_update(policy, actor_opt, mini, old, adv.tolist(), ppo, suppress_token_ids=suppress,
-                                  old_from_rollout=from_rollout, env=env,
+                                    suppress_token_ids=suppress, autocast=autocast)
+        metrics.update(ppo_update(policy, actor_opt, mini, old, adv.tolist(), actor, temperature=cfg.temperature,
+                                  suppress_token_ids=suppress,
+                                  old_from_rollout=from_rollout, env=env, autocast=autocast,
                                   backward=acc.backward if acc is not None else None))
+        sync = getattr(engine, "sync_weights", None)
+        if sync is not None:  # engines holding their own copy of the weights (vLLM)
+            sync(policy)
         policy.eval()
         metrics.update({"time/rollout_s": t_roll, "time/step_s": time.monotonic() - t0})
-        if log is not None:
-            log(step + 1, dict(metrics))
         history.append({"step": step + 1, **{k: v for k, v in metrics.items() if isinstance(v, float) and math.isfinite(v)}})
-        if heartbeat is not None:
-            heartbeat()
-        if out_path is not None and cfg.save_every > 0 and (step + 1) % cfg.save_every == 0 and step + 1 < total:
+        return metrics
+
+    def save(steps_done: int) -> None:
+        if out_path is not None:
             save_align_resume(out_path, policy=policy, disc=disc, actor_opt=actor_opt, disc_opt=disc_opt,
-                              meta={"step": step + 1, "total_steps": total, "history": history}, env=env)
+                              meta={"step": steps_done, "total_steps": total, "history": history}, env=env)
+
+    run_steps(SimpleNamespace(step=one_step, save=save), StepPlan(total=total, start=start, save_every=cfg.save_every),
+              env, log=(lambda done, values: log(done, dict(values))) if log is not None else None,
+              heartbeat=heartbeat)
     dist_.barrier(env)
     if out_path is not None and not keep_resume and env.is_main:
         remove_resume_state(out_path / RESUME_DIR)

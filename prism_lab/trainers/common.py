@@ -1,44 +1,19 @@
-"""Small helpers shared by every trainer: LR schedule, seeding, threads, time budget, resumable state.
+"""Small helpers shared by every trainer: LR schedule, seeding, threads, time budget, durations.
 
-Resumable state layout (one directory, replaced atomically on every save)::
-
-    <dir>/model.safetensors   weights of the trained module (safetensors; shared tensors handled)
-    <dir>/optimizer.pt        optimizer.state_dict()          (torch.save of plain tensors/numbers)
-    <dir>/trainer_state.pt    scheduler state, RNG states, and the trainer's own ``meta`` dict
-    <dir>/meta.json           the same ``meta`` as JSON, for people and tools
-
-Only files this module wrote are read back, and always with ``torch.load(weights_only=True)``.
+Checkpoints (the resumable state and the final save) live in :mod:`prism_lab.trainers.checkpoint`.
 """
 
 from __future__ import annotations
 
-import json
-import logging
 import math
-import os
 import random
-import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
 from torch.optim.lr_scheduler import LambdaLR
-
-from prism_lab.errors import CheckpointError
-
-log = logging.getLogger(__name__)
-
-MODEL_FILE = "model.safetensors"
-OPTIMIZER_FILE = "optimizer.pt"
-STATE_FILE = "trainer_state.pt"
-META_FILE = "meta.json"
-
-#: The subdirectory of a run's out_dir where every trainer keeps its resumable state.
-RESUME_DIR = "resume"
 
 
 # ------------------------------------------------------------------------------------------ schedule
@@ -124,147 +99,6 @@ class TimeBudget:
     def spent(self) -> bool:
         return self.remaining() <= 0.0
 
-
-# ------------------------------------------------------------------------------------------ RNG state
-def rng_state() -> dict[str, Any]:
-    """Python, numpy and torch (CPU + CUDA) RNG states, as plain tensors/numbers (weights_only-safe)."""
-    py_version, py_internal, py_gauss = random.getstate()
-    np_name, np_keys, np_pos, np_has_gauss, np_gauss = np.random.get_state(legacy=True)
-    out: dict[str, Any] = {
-        "python": {"version": py_version, "internal": torch.tensor(py_internal, dtype=torch.int64), "gauss": py_gauss},
-        "numpy": {"name": np_name, "keys": torch.from_numpy(np_keys.astype(np.int64)), "pos": int(np_pos),
-                  "has_gauss": int(np_has_gauss), "gauss": float(np_gauss)},
-        "torch": torch.get_rng_state(),
-    }
-    if torch.cuda.is_available():
-        out["cuda"] = torch.cuda.get_rng_state_all()
-    return out
-
-
-def set_rng_state(state: dict[str, Any]) -> None:
-    py = state["python"]
-    random.setstate((py["version"], tuple(int(x) for x in py["internal"].tolist()), py["gauss"]))
-    npst = state["numpy"]
-    np.random.set_state((npst["name"], npst["keys"].numpy().astype(np.uint32), npst["pos"], npst["has_gauss"], npst["gauss"]))
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        try:
-            torch.cuda.set_rng_state_all(state["cuda"])
-        except (RuntimeError, IndexError) as exc:  # a different number of GPUs than when it was saved
-            log.warning("could not restore CUDA RNG state (%s)", exc)
-
-
-# ------------------------------------------------------------------------------------------ resumable state
-def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
-    return getattr(model, "module", model)
-
-
-def save_resume_state(
-    directory: str | Path,
-    *,
-    model: torch.nn.Module,
-    optimizer: torch.optim.Optimizer | None,
-    scheduler: Any | None,
-    meta: dict[str, Any],
-) -> Path:
-    """Write model, optimizer, scheduler, RNG states and ``meta`` to ``directory`` atomically.
-
-    The files go to a sibling temp directory first, which then replaces ``directory`` by renames, so a
-    crash at any point leaves either the old or the new state (``load_resume_state`` also finds the old
-    one under ``<name>.old`` if the crash hit between the two renames).
-    """
-    from safetensors.torch import save_model
-
-    d = Path(directory)
-    tmp = fresh_temp_dir(d)
-    save_model(_unwrap(model), str(tmp / MODEL_FILE))
-    if optimizer is not None:
-        torch.save(optimizer.state_dict(), tmp / OPTIMIZER_FILE)
-    torch.save({"scheduler": scheduler.state_dict() if scheduler is not None else None, "rng": rng_state(),
-                "meta": meta}, tmp / STATE_FILE)
-    (tmp / META_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True, default=str))
-    return swap_into_place(tmp, d)
-
-
-def fresh_temp_dir(target: Path) -> Path:
-    """An empty sibling temp directory to build ``target`` in (see :func:`swap_into_place`)."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.parent / f".{target.name}.tmp-{os.getpid()}"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir()
-    return tmp
-
-
-def swap_into_place(tmp: Path, target: Path) -> Path:
-    """Replace ``target`` with the finished ``tmp`` by renames. A crash at any point leaves the old or the
-    new directory, the old one possibly under ``<target>.old`` (:func:`resume_candidates` looks there)."""
-    old = target.parent / f"{target.name}.old"
-    if target.exists():
-        if old.exists():
-            shutil.rmtree(old)
-        os.replace(target, old)
-    os.replace(tmp, target)
-    if old.exists():
-        shutil.rmtree(old, ignore_errors=True)
-    return target
-
-
-def resume_candidates(directory: str | Path) -> tuple[Path, Path]:
-    """Where a state written by :func:`swap_into_place` may be: the directory, then its ``.old`` twin."""
-    d = Path(directory)
-    return d, d.parent / f"{d.name}.old"
-
-
-def find_resume_state(directory: str | Path) -> Path | None:
-    """The complete resumable state at ``directory`` (or its ``.old`` twin), or None."""
-    for cand in resume_candidates(directory):
-        if (cand / STATE_FILE).is_file() and (cand / MODEL_FILE).is_file():
-            return cand
-    return None
-
-
-def load_resume_state(
-    directory: str | Path,
-    *,
-    model: torch.nn.Module,
-    optimizer: torch.optim.Optimizer | None,
-    scheduler: Any | None,
-    restore_rng: bool = True,
-) -> dict[str, Any] | None:
-    """Restore what :func:`save_resume_state` wrote; returns its ``meta`` (None when there is no state)."""
-    from safetensors.torch import load_model
-
-    d = find_resume_state(directory)
-    if d is None:
-        return None
-    try:
-        missing, unexpected = load_model(_unwrap(model), str(d / MODEL_FILE), strict=False)
-        if missing or unexpected:
-            raise CheckpointError(f"{d / MODEL_FILE}: does not match the model (missing {sorted(missing)[:5]}, "
-                                  f"unexpected {sorted(unexpected)[:5]}); delete {d} to start over")
-        state = torch.load(d / STATE_FILE, map_location="cpu", weights_only=True)
-        if optimizer is not None:
-            if not (d / OPTIMIZER_FILE).is_file():
-                raise CheckpointError(f"{d}: no {OPTIMIZER_FILE}; delete {d} to start over")
-            optimizer.load_state_dict(torch.load(d / OPTIMIZER_FILE, map_location="cpu", weights_only=True))
-        if scheduler is not None and state.get("scheduler") is not None:
-            scheduler.load_state_dict(state["scheduler"])
-    except CheckpointError:
-        raise
-    except (RuntimeError, ValueError, KeyError, OSError) as exc:
-        raise CheckpointError(f"{d}: could not restore the resumable state ({type(exc).__name__}: {exc}); "
-                              f"delete {d} to start over") from None
-    if restore_rng:
-        set_rng_state(state["rng"])
-    return dict(state["meta"])
-
-
-def remove_resume_state(directory: str | Path) -> None:
-    """Delete a resumable state and its ``.old`` twin (the stage finished)."""
-    for cand in resume_candidates(directory):
-        if cand.exists():
-            shutil.rmtree(cand, ignore_errors=True)
 
 
 # ------------------------------------------------------------------------------------------ misc

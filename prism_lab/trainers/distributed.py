@@ -1,38 +1,36 @@
-"""Multi-process training with FSDP2: process group, sharding, rank-0 checkpoints, sharded resume.
+"""Multi-process training with FSDP2: process group, sharding, collectives.
 
 A stage run with ``resources.processes > 1`` is started by the executor under ``torchrun``; every
 rank runs the same stage code. This module is the one place that knows about that:
 
 * :func:`init_distributed` joins the process group torchrun describes (``RANK``, ``WORLD_SIZE``,
-  ``LOCAL_RANK``): NCCL on GPUs, gloo on CPU, and picks the rank's device (``cuda:LOCAL_RANK``).
+  ``LOCAL_RANK``): on GPUs NCCL with a gloo CPU backend beside it (``cpu:gloo,cuda:nccl``, so CPU-offloaded
+  tensors can take part in collectives), gloo on CPU; and picks the rank's device (``cuda:LOCAL_RANK``).
+  Stage runs call it once, through :func:`prism_lab.trainers.recipe.start_run`.
 * :func:`shard_model` applies ``torch.distributed.fsdp.fully_shard`` (FSDP2) to every transformer
   block (the classes a Hugging Face model lists in ``_no_split_modules``: decoder layers and vision
   blocks), then to the root, with a ``MixedPrecisionPolicy`` and optional ``CPUOffloadPolicy``
   (PyTorch FSDP2 docs, ``torch.distributed.fsdp.fully_shard``, torch 2.13).
-* :func:`full_state_dict` gathers the sharded weights into one ordinary state dict on rank 0
-  (``torch.distributed.checkpoint.state_dict.get_model_state_dict`` with ``full_state_dict`` and
-  ``cpu_offload``), which ``save_pretrained`` writes as plain HF safetensors: no merge step.
-* :func:`save_sharded` / :func:`load_sharded` keep the resumable state (model + optimizer) as a
-  distributed checkpoint (``torch.distributed.checkpoint``): every rank writes its own shard, and a
-  state saved at one world size loads at another (DCP reshards on load).
+* the collectives the trainers use (sums, gathers, broadcasts, barriers).
+
+The checkpoints of a sharded run (DCP resumable state, the gathered HF save) are in
+:mod:`prism_lab.trainers.checkpoint`.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, TypeVar
 
 import torch
 import torch.distributed as dist
 from torch import nn
 
-from prism_lab.errors import CheckpointError, ConfigError
+from prism_lab.errors import ConfigError
 
 T = TypeVar("T")
 
@@ -88,7 +86,8 @@ def init_distributed(expected_world_size: int | None = None) -> DistEnv:
     else:
         device = torch.device("cpu")
     if not dist.is_initialized():
-        dist.init_process_group("nccl" if use_cuda else "gloo", device_id=device if use_cuda else None)
+        # a CPU backend beside NCCL: CPU-offloaded tensors (and CPU objects) can take part in collectives
+        dist.init_process_group("cpu:gloo,cuda:nccl" if use_cuda else "gloo", device_id=device if use_cuda else None)
     return DistEnv(rank=rank, world_size=world, local_rank=local, device=device)
 
 
@@ -196,124 +195,6 @@ def local_tensor(t: torch.Tensor) -> torch.Tensor:
     return t.full_tensor() if hasattr(t, "full_tensor") else t
 
 
-# ------------------------------------------------------------------------------------------ checkpoints
-def full_state_dict(model: nn.Module, env: DistEnv) -> dict[str, torch.Tensor]:
-    """The full (unsharded) state dict on CPU: on rank 0 when sharded (empty on the other ranks);
-    a plain CPU copy when not. Collective: every rank must call it."""
-    if not env.sharded:
-        return {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    from torch.distributed.checkpoint.state_dict import (
-        StateDictOptions,
-        get_model_state_dict,
-    )
-
-    return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
-
-
-def save_hf_checkpoint(model: nn.Module, processor: Any, out_dir: str | Path, env: DistEnv) -> Path | None:
-    """Gather the weights and write an ordinary HF checkpoint directory from rank 0 (collective).
-
-    ``model`` may be FSDP-sharded: ``save_pretrained`` is called with the gathered full state dict, so
-    the files are the same ``model.safetensors`` + ``config.json`` a single process writes.
-    """
-    sd = full_state_dict(model, env)
-    out = Path(out_dir)
-    if env.is_main:
-        out.mkdir(parents=True, exist_ok=True)
-        model.save_pretrained(str(out), state_dict=sd)
-        if processor is not None:
-            processor.save_pretrained(str(out))
-    barrier(env)
-    return out if env.is_main else None
-
-
-SHARDED_DIR = "dcp"
-SHARDED_META = "sharded.json"
-
-
-def _rng_file(rank: int) -> str:
-    return f"rng_rank{rank}.pt"
-
-
-def save_sharded(directory: str | Path, *, model: nn.Module, optimizer: torch.optim.Optimizer,
-                 scheduler: Any | None, meta: dict[str, Any], env: DistEnv) -> Path:
-    """Write the resumable state of a sharded run atomically (collective).
-
-    Layout: ``dcp/`` (model + optimizer, one file per rank, ``torch.distributed.checkpoint``),
-    ``rng_rank<r>.pt`` (each rank's RNG states), ``trainer_state.pt`` (scheduler + ``meta``) and
-    ``sharded.json`` (``meta`` plus ``world_size``). Everything goes to a temp directory that rank 0
-    swaps into place once every rank has written.
-    """
-    import torch.distributed.checkpoint as dcp
-    from torch.distributed.checkpoint.state_dict import get_state_dict
-
-    from prism_lab.trainers.common import (
-        STATE_FILE,
-        fresh_temp_dir,
-        rng_state,
-        swap_into_place,
-    )
-
-    d = Path(directory)
-    tmp = broadcast_object(str(fresh_temp_dir(d)) if env.is_main else None, env)
-    tmp_p = Path(tmp)
-    msd, osd = get_state_dict(model, optimizer)
-    dcp.save({"model": msd, "optim": osd}, checkpoint_id=str(tmp_p / SHARDED_DIR))
-    torch.save(rng_state(), tmp_p / _rng_file(env.rank))
-    barrier(env)
-    if env.is_main:
-        torch.save({"scheduler": scheduler.state_dict() if scheduler is not None else None, "meta": meta},
-                   tmp_p / STATE_FILE)
-        (tmp_p / SHARDED_META).write_text(json.dumps({**meta, "world_size": env.world_size}, indent=2,
-                                                     sort_keys=True, default=str))
-        swap_into_place(tmp_p, d)
-    barrier(env)
-    return d
-
-
-def find_sharded_state(directory: str | Path) -> Path | None:
-    from prism_lab.trainers.common import resume_candidates
-
-    for cand in resume_candidates(directory):
-        if (cand / SHARDED_META).is_file() and (cand / SHARDED_DIR / ".metadata").is_file():
-            return cand
-    return None
-
-
-def load_sharded(directory: str | Path, *, model: nn.Module, optimizer: torch.optim.Optimizer,
-                 scheduler: Any | None, env: DistEnv) -> dict[str, Any] | None:
-    """Restore what :func:`save_sharded` wrote (collective); returns its ``meta`` or None.
-
-    A state saved at another world size loads too: DCP reshards model and optimizer, and the data
-    position is global. Only the per-rank RNG streams cannot carry over; they are kept as seeded
-    (the trainers draw sampling seeds from (seed, step), so only dropout would differ).
-    """
-    import torch.distributed.checkpoint as dcp
-    from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
-
-    from prism_lab.trainers.common import STATE_FILE, set_rng_state
-
-    found = broadcast_object(str(find_sharded_state(directory) or "") if env.is_main else None, env)
-    if not found:
-        return None
-    d = Path(found)
-    try:
-        saved = json.loads((d / SHARDED_META).read_text())
-        msd, osd = get_state_dict(model, optimizer)
-        state = {"model": msd, "optim": osd}
-        dcp.load(state, checkpoint_id=str(d / SHARDED_DIR))
-        set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"])
-        trainer = torch.load(d / STATE_FILE, map_location="cpu", weights_only=True)
-        if scheduler is not None and trainer.get("scheduler") is not None:
-            scheduler.load_state_dict(trainer["scheduler"])
-        if int(saved.get("world_size", 0)) == env.world_size and (d / _rng_file(env.rank)).is_file():
-            set_rng_state(torch.load(d / _rng_file(env.rank), map_location="cpu", weights_only=True))
-    except (RuntimeError, ValueError, KeyError, OSError) as exc:
-        raise CheckpointError(f"{d}: could not restore the sharded resumable state ({type(exc).__name__}: {exc}); "
-                              f"delete {d} to start over") from None
-    barrier(env)
-    return dict(trainer["meta"])
-
 
 @contextlib.contextmanager
 def main_first(env: DistEnv) -> Iterator[None]:
@@ -365,44 +246,9 @@ class ShardedAccelerator:
     def backward(self, loss: torch.Tensor) -> None:
         (loss * self.env.world_size).backward()
 
-    def clip_grad_norm_(self, params, max_norm: float) -> torch.Tensor:
-        return local_tensor(torch.nn.utils.clip_grad_norm_(list(params), max_norm))
-
     def unwrap_model(self, model: nn.Module) -> nn.Module:
         return model
 
-
-def save_resume(directory: str | Path, *, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any | None,
-                meta: dict[str, Any], env: DistEnv) -> None:
-    """The trainers' one call to write resumable state: sharded (DCP) under torchrun, else the
-    single-process files of ``trainers.common.save_resume_state``."""
-    from prism_lab.trainers.common import save_resume_state
-
-    if env.sharded:
-        save_sharded(directory, model=model, optimizer=optimizer, scheduler=scheduler, meta=meta, env=env)
-    else:
-        save_resume_state(directory, model=model, optimizer=optimizer, scheduler=scheduler, meta=meta)
-
-
-def load_resume(directory: str | Path, *, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any | None,
-                env: DistEnv) -> dict[str, Any] | None:
-    """Restore whichever resumable state ``directory`` holds; returns its ``meta`` (None: start fresh).
-
-    Sharded state loads at any world size, one process included (DCP reshards). A single-process
-    state cannot be resumed by a sharded run: that is a CheckpointError naming both sizes.
-    """
-    from prism_lab.trainers.common import find_resume_state, load_resume_state
-
-    if env.sharded:
-        single = broadcast_object(find_resume_state(directory) is not None if env.is_main else None, env)
-        if single:
-            raise CheckpointError(
-                f"{directory}: the resumable state was written by 1 process and this run has {env.world_size}; "
-                "finish it with resources.processes: 1, or delete it to start over")
-        return load_sharded(directory, model=model, optimizer=optimizer, scheduler=scheduler, env=env)
-    if find_resume_state(directory) is not None:
-        return load_resume_state(directory, model=model, optimizer=optimizer, scheduler=scheduler)
-    return load_sharded(directory, model=model, optimizer=optimizer, scheduler=scheduler, env=env)
 
 
 def all_true(flag: bool, env: DistEnv) -> bool:

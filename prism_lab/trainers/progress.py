@@ -25,15 +25,21 @@ class StepProgress:
                  always_keys: Sequence[str] = (), every: int | None = None, enabled: bool = True,
                  print_fn: Callable[[str], None] | None = None,
                  clock: Callable[[], float] = time.monotonic) -> None:
-        self.tag, self.log, self.total = tag, log, total
+        self.tag, self.log = tag, log
         self.keys, self.always_keys = tuple(keys), tuple(always_keys)
-        self.every = every or (max(1, total // 20) if total else 10)
+        self._every = every
+        self.set_total(total)
         self.enabled = enabled
         self.print_fn = print_fn or (lambda line: print(line, flush=True))
         self.clock = clock
         self._t0 = clock()
         self._start: int | None = None  # the step before the first call: where a resumed run started
         self._printed = 0  # last printed step
+
+    def set_total(self, total: int | None) -> None:
+        """The run's last step (the recipe loop sets it when the stage could not know it): step/total and ETA."""
+        self.total = total
+        self.every = self._every or (max(1, total // 20) if total else 10)
 
     def __call__(self, step: int, values: dict[str, float]) -> None:
         if self.log is not None:

@@ -60,17 +60,14 @@ from prism_lab.rollout.inputs import image_chunks_per_row
 from prism_lab.seeds import derive_seed
 from prism_lab.trainers import distributed as dist_
 from prism_lab.trainers.actor import (
-    PPOSettings,
     micro_batches,
     ppo_update,
     recompute_logprobs,
 )
-from prism_lab.trainers.common import (
-    RESUME_DIR,
-    TimeBudget,
-    make_cosine_scheduler,
-    remove_resume_state,
-)
+from prism_lab.trainers.checkpoint import RESUME_DIR, load_resume, remove_resume_state, save_resume
+from prism_lab.trainers.common import TimeBudget, make_cosine_scheduler
+from prism_lab.trainers.precision import autocast_for, resolve_precision
+from prism_lab.trainers.recipe import StepPlan, run_steps, start_run
 from prism_lab.trainers.rl_samples import RLResult, RLSample, score_rollouts
 from prism_lab.trainers.sampling import EpochSampler
 
@@ -97,21 +94,9 @@ LOGPROB_TOLERANCE = 1e-3
 # --------------------------------------------------------------------------------------------
 
 
-def _autocast_factory(model, precision: str) -> tuple[Callable[[], Any], bool]:
-    """(context factory, uses_bf16)."""
-    device = next(model.parameters()).device
-    param_bf16 = next(model.parameters()).dtype == torch.bfloat16
-    want_bf16 = precision == "bf16" or (precision == "auto" and device.type == "cuda" and torch.cuda.is_bf16_supported())
-    if want_bf16 and not param_bf16:
-        return (lambda: torch.autocast(device_type=device.type, dtype=torch.bfloat16)), True
-    import contextlib
-
-    return contextlib.nullcontext, param_bf16
-
-
 class _RLRun:
     def __init__(self, model, processor, examples, cfg: RLConfig, algo: AlgorithmConfig, *, log_fn, out_dir,
-                 engine, heartbeat, score_fn, logprob_tolerance, max_steps):
+                 engine, heartbeat, score_fn, logprob_tolerance, max_steps, env=None):
         self.model = model
         self.processor = processor
         self.examples = list(examples)
@@ -122,12 +107,13 @@ class _RLRun:
         self.heartbeat = heartbeat
         self.score_fn = score_fn
         self.total_steps = cfg.steps if max_steps is None else min(cfg.steps, max_steps)
-        self.env = dist_.init_distributed(cfg.resources.processes)
+        self.env = env if env is not None else start_run(cfg.resources)
+        self.budget = TimeBudget(cfg.max_minutes)
         self.acc = None
+        mp = resolve_precision(cfg.precision, next(model.parameters()).device.type if not self.env.sharded
+                               else self.env.device.type)
         if self.env.sharded:
             self._check_shardable(cfg, algo)
-            mp = "bf16" if cfg.precision == "bf16" or (cfg.precision == "auto" and torch.cuda.is_available()
-                                                         and torch.cuda.is_bf16_supported()) else "no"
             self.acc = dist_.ShardedAccelerator(self.env, cfg.resources, mp)
             self.model = model = self.acc.prepare_model(model)
         elif cfg.resources.gradient_checkpointing:
@@ -136,7 +122,7 @@ class _RLRun:
         dist_.sync_engine(self.engine, self.env)
         self.suppress = list(getattr(self.engine, "suppress_token_ids", None) or vision_token_ids(model))
         self.pad_id = pad_token_id(model, processor)
-        self.autocast, self.bf16 = _autocast_factory(model, cfg.precision)
+        self.autocast, self.bf16 = autocast_for(mp, model)
         if self.acc is not None:  # FSDP2's MixedPrecisionPolicy casts; no autocast on top
             self.autocast, self.bf16 = self.acc.autocast, self.acc.param_dtype == torch.bfloat16
         self.device = next(model.parameters()).device
@@ -151,15 +137,12 @@ class _RLRun:
             self.overlong = (cfg.max_new_tokens, buf, algo.overlong_buffer.penalty_factor)
         else:
             self.overlong = None
-        self.loss_scale_factor = algo.loss_scale_factor
-        if algo.loss_agg_mode == "seq-mean-token-sum-norm" and self.loss_scale_factor is None:
-            self.loss_scale_factor = float(cfg.max_new_tokens)  # constant divisor: micro-batch invariant
-        self.ppo = PPOSettings(
-            temperature=cfg.temperature, policy_loss=algo.policy_loss, clip_low=algo.clip_ratio_low,
-            clip_high=algo.clip_ratio_high, clip_ratio_c=algo.clip_ratio_c, agg_mode=algo.loss_agg_mode,
-            loss_scale_factor=self.loss_scale_factor, grad_clip=algo.grad_clip, epochs=algo.ppo_epochs,
-            entropy_coeff=algo.entropy_coeff, kl_coef=algo.kl_loss_coef, kl_type=algo.kl_loss_type,
-            logprob_tolerance=logprob_tolerance)
+        # the actor config, passed whole to the shared update and its registered loss
+        self.actor = algo
+        if algo.loss_agg_mode == "seq-mean-token-sum-norm" and algo.loss_scale_factor is None:
+            # constant divisor: micro-batch invariant
+            self.actor = algo.model_copy(update={"loss_scale_factor": float(cfg.max_new_tokens)})
+        self.logprob_tolerance = logprob_tolerance
         params = [p for p in model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(params, lr=algo.lr, weight_decay=algo.weight_decay, betas=(0.9, 0.999))
         self.scheduler = make_cosine_scheduler(self.optimizer, total_steps=cfg.steps,
@@ -225,6 +208,12 @@ class _RLRun:
         return GenBatch(payload=(prompts, samples), values=metric, group_ids=[s.group for s in samples])
 
     def step(self, step: int) -> dict[str, float]:
+        """One RL step (rollout, reward, advantage, update); the metrics carry ``step`` (1-based)."""
+        metrics = self._step(step)
+        metrics["step"] = float(step + 1)
+        return metrics
+
+    def _step(self, step: int) -> dict[str, float]:
         cfg, algo = self.cfg, self.algo
         t_start = time.perf_counter()
         self._t_gen = self._t_score = 0.0
@@ -304,7 +293,8 @@ class _RLRun:
             self.recompute_calls += 1
             old = recompute_logprobs(self.model, flat, lengths, **lp_kw)
         ref = recompute_logprobs(self.ref_model, flat, lengths, **lp_kw) if self.ref_model is not None else None
-        res = ppo_update(self.model, self.optimizer, mini, old, [s.advantage for s in samples], self.ppo,
+        res = ppo_update(self.model, self.optimizer, mini, old, [s.advantage for s in samples], self.actor,
+                         temperature=cfg.temperature, logprob_tolerance=self.logprob_tolerance,
                          suppress_token_ids=self.suppress, ref=ref, old_from_rollout=from_rollout,
                          autocast=self.autocast, env=self.env, backward=self.acc.backward if self.acc else None)
         res["clipfrac/low"] = res.get("actor/pg_clipfrac_low", 0.0)
@@ -314,18 +304,18 @@ class _RLRun:
         return res
 
     # ---------------------------------------------------------------- resume
-    def save(self, step_done: int, budget: TimeBudget) -> None:
+    def save(self, step_done: int) -> None:
         if self.out_dir is None:
             return
-        meta = {"step": step_done, "data": self.sampler.state(), "elapsed_s": budget.elapsed(),
+        meta = {"step": step_done, "data": self.sampler.state(), "elapsed_s": self.budget.elapsed(),
                 "algorithm": self.cfg.algorithm}
-        dist_.save_resume(self.out_dir / RESUME_DIR, model=self.model, optimizer=self.optimizer,
+        save_resume(self.out_dir / RESUME_DIR, model=self.model, optimizer=self.optimizer,
                           scheduler=self.scheduler, meta=meta, env=self.env)
 
     def load(self) -> dict[str, Any] | None:
         if self.out_dir is None:
             return None
-        return dist_.load_resume(self.out_dir / RESUME_DIR, model=self.model, optimizer=self.optimizer,
+        return load_resume(self.out_dir / RESUME_DIR, model=self.model, optimizer=self.optimizer,
                                  scheduler=self.scheduler, env=self.env)
 
 
@@ -348,6 +338,7 @@ def train_rl(
     logprob_tolerance: float = LOGPROB_TOLERANCE,
     max_steps: int | None = None,
     remove_resume: bool = False,
+    env: dist_.DistEnv | None = None,
 ) -> RLResult:
     """Run the RL loop on ``model`` in place (no StageContext needed).
 
@@ -358,43 +349,35 @@ def train_rl(
     ``out_dir``: resumable state lives in ``out_dir/resume`` (saved every ``cfg.save_every`` steps,
     loaded when present); None disables resuming. ``max_steps`` stops after that many steps in
     total (the LR schedule still spans ``cfg.steps``; for tests of resuming).
-    ``remove_resume``: delete the resume state after the last step.
+    ``remove_resume``: delete the resume state after the last step. ``env``: the stage run's distributed env
+    (:func:`~prism_lab.trainers.recipe.start_run`; None: started here).
+    The loop around the steps (budgets, logging, heartbeat, saves) is :func:`~prism_lab.trainers.recipe.run_steps`.
     """
     if algo is None:
         algo = resolve_algorithm(cfg.algorithm, cfg.algorithm_overrides)
     if cfg.n < 2 and algo.adv_estimator in ("grpo", "dr_grpo"):
         logger.warning("n=%d: GRPO groups of one sample carry no group baseline", cfg.n)
     run = _RLRun(model, processor, examples, cfg, algo, log_fn=log, out_dir=out_dir, engine=engine,
-                 heartbeat=heartbeat, score_fn=score_fn, logprob_tolerance=logprob_tolerance, max_steps=max_steps)
+                 heartbeat=heartbeat, score_fn=score_fn, logprob_tolerance=logprob_tolerance, max_steps=max_steps,
+                 env=env)
     meta = run.load()
     start = 0
-    budget = TimeBudget(cfg.max_minutes)
     if meta is not None:
         start = int(meta["step"])
         run.sampler.load(meta["data"])
-        budget.already_spent_s = float(meta.get("elapsed_s", 0.0))
+        run.budget.already_spent_s = float(meta.get("elapsed_s", 0.0))
         logger.info("resuming RL from step %d (data epoch %d, cursor %d)", start, run.sampler.epoch, run.sampler.cursor)
     result = RLResult(steps_done=start, start_step=start, stopped_early=False)
-    saved_at = start
-    for step in range(start, run.total_steps):
-        if budget.spent():
-            result.stopped_early = True
-            break
-        metrics = run.step(step)
-        metrics["step"] = float(step + 1)
-        result.steps_done = step + 1
+
+    def keep(done: int, metrics: dict[str, float]) -> None:
         result.last_metrics = metrics
         result.history.append(metrics)
-        if log is not None and ((step + 1) % cfg.log_every == 0 or step + 1 == run.total_steps):
-            log(step + 1, metrics)
-        if heartbeat is not None:
-            heartbeat()
-        if (step + 1) % cfg.save_every == 0 and step + 1 < cfg.steps:
-            run.save(step + 1, budget)
-            saved_at = step + 1
-    if start < result.steps_done < cfg.steps and saved_at != result.steps_done:
-        run.save(result.steps_done, budget)  # stopped by the time budget or max_steps: keep the progress
-    result.elapsed_s = budget.elapsed()
+
+    plan = StepPlan(total=run.total_steps, start=start, log_every=cfg.log_every, save_every=cfg.save_every,
+                    schedule_end=cfg.steps, budget=run.budget, save_on_stop=True)
+    loop = run_steps(run, plan, run.env, log=log, heartbeat=heartbeat, after_step=keep)
+    result.steps_done, result.stopped_early = loop.steps_done, loop.stopped_by == "time"
+    result.elapsed_s = run.budget.elapsed()
     result.recompute_calls = run.recompute_calls
     if remove_resume and out_dir is not None:
         remove_resume_state(Path(out_dir) / RESUME_DIR)

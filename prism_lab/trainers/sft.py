@@ -29,8 +29,9 @@ import torch.nn.functional as F
 
 from prism_lab.config.sft import SFTConfig
 from prism_lab.data.collate import IGNORE_INDEX, SFTCollator
-from prism_lab.errors import CheckpointError, ConfigError, DataError
+from prism_lab.errors import CheckpointError, DataError
 from prism_lab.trainers import distributed as dist_
+from prism_lab.trainers.checkpoint import load_resume, save_resume
 from prism_lab.trainers.common import (
     TimeBudget,
     format_duration,
@@ -39,6 +40,9 @@ from prism_lab.trainers.common import (
     setup_threads,
     warmup_steps_for,
 )
+from prism_lab.trainers.optim import clip_gradients
+from prism_lab.trainers.precision import resolve_precision
+from prism_lab.trainers.recipe import StepPlan, run_steps, start_run
 from prism_lab.trainers.sampling import EpochSampler
 
 log = logging.getLogger(__name__)
@@ -85,24 +89,6 @@ def total_steps_for(cfg: SFTConfig, n_examples: int) -> int:
     """``min(max_steps, ceil(epochs * ceil(N / (batch * accum))))``."""
     total = max(1, math.ceil(cfg.epochs * steps_per_epoch(n_examples, cfg.batch_size, cfg.grad_accum)))
     return min(total, cfg.max_steps) if cfg.max_steps else total
-
-
-def resolve_mixed_precision(precision: str, device: str) -> str:
-    """accelerate's ``mixed_precision`` for ``cfg.precision`` on ``device``: "bf16" or "no".
-
-    ``auto`` gives bf16 only on a CUDA device that supports it. ``bf16`` is honoured on such a device
-    and on CPU (autocast; usually slower there); a CUDA device without bf16 is a ConfigError.
-    """
-    if precision == "fp32":
-        return "no"
-    cuda_bf16 = device == "cuda" and torch.cuda.is_available() and torch.cuda.is_bf16_supported()
-    if precision == "auto":
-        return "bf16" if cuda_bf16 else "no"
-    if precision == "bf16":
-        if device == "cuda" and not cuda_bf16:
-            raise ConfigError("precision: bf16 but this GPU does not support bfloat16; use fp32 or auto")
-        return "bf16"
-    raise ConfigError(f"precision must be auto, fp32 or bf16, got {precision!r}")
 
 
 def _param_groups(model: torch.nn.Module, weight_decay: float, lr: float,
@@ -188,7 +174,7 @@ class _Counters:
 def _restore(resume_dir: str | Path | None, *, model, optimizer, scheduler, n: int, total: int, env) -> _Counters:
     """The counters of the resumable state in ``resume_dir`` (weights, optimizer and scheduler restored too;
     sharded states are read by every rank, see trainers/distributed.py)."""
-    meta = dist_.load_resume(resume_dir, model=model, optimizer=optimizer, scheduler=scheduler, env=env) \
+    meta = load_resume(resume_dir, model=model, optimizer=optimizer, scheduler=scheduler, env=env) \
         if resume_dir is not None else None
     if meta is None:
         return _Counters()
@@ -245,6 +231,101 @@ def _log_line(step: int, total: int, rec: dict[str, float], *, elapsed: float, r
             f"elapsed {format_duration(elapsed)} eta {format_duration((total - step) / rate if rate > 0 else 0.0)}")
 
 
+class _SFTRun:
+    """The SFT trainer's own part of the recipe (trainers/recipe.py): its setup in ``__init__``, one optimizer step
+    in :meth:`step`, the windowed log record in :meth:`record` and its resumable state in :meth:`save`."""
+
+    def __init__(self, model, processor, examples: Sequence[Any], cfg: SFTConfig, *, env, resume_dir,
+                 progress: bool | None) -> None:
+        from accelerate import Accelerator
+
+        self.cfg, self.env, self.examples = cfg, env, examples
+        self.resume_dir = resume_dir
+        self.threads = setup_threads(cfg.threads)
+        set_seed(cfg.seed)
+        device_type = "cuda" if torch.cuda.is_available() else "cpu"
+        self.mp = mp = resolve_precision(cfg.precision, device_type)
+        if env.sharded:
+            self.accelerator = dist_.ShardedAccelerator(env, cfg.resources, mp)
+        else:
+            self.accelerator = Accelerator(cpu=device_type == "cpu", mixed_precision=mp)
+        self.n = n = len(examples)
+        if n == 0:
+            raise DataError("no SFT examples to train on")
+        self.total = total = total_steps_for(cfg, n)
+        self.warmup = warmup_steps_for(total, cfg.warmup_ratio)
+        self.collate = SFTCollator(processor, max_length=cfg.max_length)
+        model.train()
+        if env.sharded:  # shard first: the optimizer must hold the sharded parameters
+            model = self.accelerator.prepare_model(model)
+        elif cfg.resources.gradient_checkpointing:
+            dist_.enable_gradient_checkpointing(model)
+        self.optimizer = torch.optim.AdamW(_param_groups(model, cfg.weight_decay, cfg.lr, cfg.vision_lr_scale),
+                                           lr=cfg.lr, betas=tuple(cfg.adam_betas), weight_decay=cfg.weight_decay)
+        self.scheduler = make_cosine_scheduler(self.optimizer, total_steps=total, warmup_steps=self.warmup,
+                                               min_lr_ratio=cfg.min_lr_ratio)
+        self.st = _restore(resume_dir, model=model, optimizer=self.optimizer, scheduler=self.scheduler, n=n,
+                           total=total, env=env)
+        if not env.sharded:
+            model, self.optimizer = self.accelerator.prepare(model, self.optimizer)
+        self.model = model
+        self.device = self.accelerator.device
+        self.stream = EpochSampler(n, cfg.seed, "sft/data", what="SFT examples")
+        self.stream.load({"epoch": self.st.epoch, "cursor": self.st.pos})
+        self.budget = TimeBudget(cfg.max_minutes, already_spent_s=self.st.spent_before)
+        self.bar = _Progress(total, self.st.step, progress if env.is_main else False, quiet=not env.is_main)
+        self.history: list[dict[str, float]] = []
+        self.window: list[tuple[float, int, int]] = []  # (loss, samples, tokens) per step since the last log
+        self.window_t = self.run_t0 = time.monotonic()
+        self.final_loss: float | None = None
+        self.last_loss: float | None = None
+
+    def step(self, step: int) -> dict[str, float]:
+        cfg, st, env = self.cfg, self.st, self.env
+        # this rank's rows of each micro-batch (every row of it in a single process), in runs of similar length
+        batches = [b for _ in range(cfg.grad_accum) for b in self.collate.length_groups(
+            dist_.shard_slice([self.examples[i] for i in self.stream.take(cfg.batch_size)], env), cfg.length_groups)]
+        lr_now = self.scheduler.get_last_lr()[0]
+        loss_sum, n_lab, step_tokens = _accumulate(self.model, self.accelerator, batches, self.device, env)
+        grad_norm = clip_gradients(self.model.parameters(), cfg.grad_clip)
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        st.step += 1
+        st.samples_seen += cfg.batch_size * cfg.grad_accum
+        st.tokens_seen += step_tokens
+        st.label_tokens += n_lab
+        self.last_loss = last_loss = loss_sum / max(1, n_lab) if n_lab else float("nan")
+        if not math.isfinite(last_loss) and n_lab:
+            raise RuntimeError(f"SFT loss is {last_loss} at step {st.step}; lower the lr or check the data")
+        self.window.append((last_loss, cfg.batch_size * cfg.grad_accum, step_tokens))
+        self.bar.update(st.step, f"loss {last_loss:.4f}")
+        return {"loss": last_loss, "lr": lr_now, "grad_norm": grad_norm}
+
+    def record(self, done: int, metrics: dict[str, float]) -> dict[str, float]:
+        """The logged values of the steps since the last log (mean loss, throughput, lr, grad norm, epoch)."""
+        st = self.st
+        rec = _window_record(self.window, time.monotonic() - self.window_t, lr=metrics["lr"],
+                             grad_norm=metrics["grad_norm"], epoch=st.samples_seen / self.n)
+        self.final_loss = rec["loss"] if math.isfinite(rec["loss"]) else None
+        self.history.append({"step": st.step, **rec})
+        rate = (st.step - (st.resumed_from or 0)) / max(1e-9, time.monotonic() - self.run_t0)
+        self.bar.line(_log_line(st.step, self.total, rec, elapsed=self.budget.elapsed(), rate=rate))
+        self.window, self.window_t = [], time.monotonic()
+        return rec
+
+    def save(self, steps_done: int) -> None:
+        if self.resume_dir is not None:
+            save_resume(self.resume_dir, model=self.accelerator.unwrap_model(self.model), optimizer=self.optimizer,
+                        scheduler=self.scheduler, meta=self.state_meta(), env=self.env)
+
+    def state_meta(self) -> dict[str, Any]:
+        st = self.st
+        return {"step": st.step, "epoch": self.stream.epoch, "pos": self.stream.cursor, "samples_seen": st.samples_seen,
+                "tokens_seen": st.tokens_seen, "label_tokens_seen": st.label_tokens, "train_s": self.budget.elapsed(),
+                "n_examples": self.n, "total_steps": self.total, "seed": self.cfg.seed}
+
+
 def train_sft(
     model: torch.nn.Module,
     processor: Any,
@@ -257,6 +338,7 @@ def train_sft(
     stop_after_step: int | None = None,
     heartbeat: Callable[[], None] | None = None,
     progress: bool | None = None,
+    env: dist_.DistEnv | None = None,
 ) -> SFTResult:
     """Train ``model`` in place on ``examples`` (SFTExample-like rows) with the settings of ``cfg``.
 
@@ -265,117 +347,51 @@ def train_sft(
     tokens_per_s, samples_per_s, epoch every ``cfg.log_every`` steps. ``on_step(step, values)`` runs
     after every optimizer step (and after any checkpoint of that step); raising from it aborts the run
     like a crash. ``stop_after_step=k`` raises :class:`TrainingInterrupted` after step k.
-    ``progress``: rich bar on/off (None = only on a TTY).
+    ``progress``: rich bar on/off (None = only on a TTY). ``env``: the stage run's distributed env
+    (:func:`~prism_lab.trainers.recipe.start_run`; None: started here). The loop around the steps (time budget
+    decided on rank 0, logging, heartbeat, saves) is :func:`~prism_lab.trainers.recipe.run_steps`.
     """
-    # One function on purpose: the loop reads top to bottom (about 100 lines of body, plus the few lines that
-    # shard, restore and stop every rank together in a multi-process run).
-    from accelerate import Accelerator
-
     t_start = time.monotonic()
-    threads = setup_threads(cfg.threads)
-    set_seed(cfg.seed)
-    device_type = "cuda" if torch.cuda.is_available() else "cpu"
-    mp = resolve_mixed_precision(cfg.precision, device_type)
-    env = dist_.init_distributed(cfg.resources.processes)
-    if env.sharded:
-        accelerator = dist_.ShardedAccelerator(env, cfg.resources, mp)
-    else:
-        accelerator = Accelerator(cpu=device_type == "cpu", mixed_precision=mp)
-    n = len(examples)
-    if n == 0:
-        raise DataError("no SFT examples to train on")
-    total = total_steps_for(cfg, n)
-    warmup = warmup_steps_for(total, cfg.warmup_ratio)
-    collate = SFTCollator(processor, max_length=cfg.max_length)
-    model.train()
-    if env.sharded:  # shard first: the optimizer must hold the sharded parameters
-        model = accelerator.prepare_model(model)
-    elif cfg.resources.gradient_checkpointing:
-        dist_.enable_gradient_checkpointing(model)
-    optimizer = torch.optim.AdamW(_param_groups(model, cfg.weight_decay, cfg.lr, cfg.vision_lr_scale), lr=cfg.lr,
-                                  betas=tuple(cfg.adam_betas), weight_decay=cfg.weight_decay)
-    scheduler = make_cosine_scheduler(optimizer, total_steps=total, warmup_steps=warmup, min_lr_ratio=cfg.min_lr_ratio)
-    st = _restore(resume_dir, model=model, optimizer=optimizer, scheduler=scheduler, n=n, total=total, env=env)
-    if not env.sharded:
-        model, optimizer = accelerator.prepare(model, optimizer)
-    device = accelerator.device
-    stream = EpochSampler(n, cfg.seed, "sft/data", what="SFT examples")
-    stream.load({"epoch": st.epoch, "cursor": st.pos})
-    budget = TimeBudget(cfg.max_minutes, already_spent_s=st.spent_before)
-    bar = _Progress(total, st.step, progress if env.is_main else False, quiet=not env.is_main)
-    bar.line(f"[sft] {n} examples, {total} steps (warmup {warmup}), batch {cfg.batch_size} x accum {cfg.grad_accum} "
-             f"in {cfg.length_groups} length group{'s' if cfg.length_groups > 1 else ''}, "
-             f"lr {cfg.lr:g}, device {device}, mixed precision {mp}, threads {threads}")
-    history: list[dict[str, float]] = []
-    window: list[tuple[float, int, int]] = []  # (loss, samples, tokens) per step since the last log
-    window_t = run_t0 = time.monotonic()
-    final_loss = last_loss = None
-    stopped_by = "max_steps" if cfg.max_steps and total == cfg.max_steps else "epochs"
+    env = env if env is not None else start_run(cfg.resources)
+    run = _SFTRun(model, processor, examples, cfg, env=env, resume_dir=resume_dir, progress=progress)
+    st, total, n = run.st, run.total, run.n
+    run.bar.line(f"[sft] {n} examples, {total} steps (warmup {run.warmup}), batch {cfg.batch_size} x accum "
+                 f"{cfg.grad_accum} in {cfg.length_groups} length group{'s' if cfg.length_groups > 1 else ''}, "
+                 f"lr {cfg.lr:g}, device {run.device}, mixed precision {run.mp}, threads {run.threads}")
     run_samples0, run_tokens0 = st.samples_seen, st.tokens_seen
 
-    def state_meta() -> dict[str, Any]:
-        return {"step": st.step, "epoch": stream.epoch, "pos": stream.cursor, "samples_seen": st.samples_seen,
-                "tokens_seen": st.tokens_seen, "label_tokens_seen": st.label_tokens, "train_s": budget.elapsed(),
-                "n_examples": n, "total_steps": total, "seed": cfg.seed}
+    def after_step(done: int, metrics: dict[str, float]) -> None:
+        if on_step is not None:
+            on_step(done, metrics)
+        if stop_after_step is not None and stop_after_step <= done < total:
+            raise TrainingInterrupted(f"stopped after step {done} (stop_after_step)")
 
+    plan = StepPlan(total=total, start=st.step, log_every=cfg.log_every, save_every=cfg.save_every,
+                    budget=run.budget)
     try:
-        while st.step < total:
-            if dist_.broadcast_object(budget.spent(), env):  # rank 0 decides: every rank stops together
-                stopped_by = "time"
-                bar.line(f"[sft] time budget of {cfg.max_minutes:g} min spent at step {st.step}/{total}; stopping")
-                break
-            # this rank's rows of each micro-batch (every row of it in a single process), in runs of similar length
-            batches = [b for _ in range(cfg.grad_accum) for b in collate.length_groups(
-                dist_.shard_slice([examples[i] for i in stream.take(cfg.batch_size)], env), cfg.length_groups)]
-            lr_now = scheduler.get_last_lr()[0]
-            loss_sum, n_lab, step_tokens = _accumulate(model, accelerator, batches, device, env)
-            grad_norm = float(accelerator.clip_grad_norm_(model.parameters(), cfg.grad_clip))
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-            st.step += 1
-            st.samples_seen += cfg.batch_size * cfg.grad_accum
-            st.tokens_seen += step_tokens
-            st.label_tokens += n_lab
-            last_loss = loss_sum / max(1, n_lab) if n_lab else float("nan")
-            if not math.isfinite(last_loss) and n_lab:
-                raise RuntimeError(f"SFT loss is {last_loss} at step {st.step}; lower the lr or check the data")
-            window.append((last_loss, cfg.batch_size * cfg.grad_accum, step_tokens))
-            if st.step % cfg.log_every == 0 or st.step == total:
-                rec = _window_record(window, time.monotonic() - window_t, lr=lr_now, grad_norm=grad_norm,
-                                     epoch=st.samples_seen / n)
-                final_loss = rec["loss"] if math.isfinite(rec["loss"]) else None
-                history.append({"step": st.step, **rec})
-                if log_metrics is not None:
-                    log_metrics(st.step, rec)
-                if heartbeat is not None:
-                    heartbeat()
-                rate = (st.step - (st.resumed_from or 0)) / max(1e-9, time.monotonic() - run_t0)
-                bar.line(_log_line(st.step, total, rec, elapsed=budget.elapsed(), rate=rate))
-                window, window_t = [], time.monotonic()
-            bar.update(st.step, f"loss {last_loss:.4f}")
-            if resume_dir is not None and st.step % cfg.save_every == 0 and st.step < total:
-                dist_.save_resume(resume_dir, model=accelerator.unwrap_model(model), optimizer=optimizer,
-                                  scheduler=scheduler, meta=state_meta(), env=env)
-            if on_step is not None:
-                on_step(st.step, {"loss": last_loss, "lr": lr_now, "grad_norm": grad_norm})
-            if stop_after_step is not None and stop_after_step <= st.step < total:
-                raise TrainingInterrupted(f"stopped after step {st.step} (stop_after_step)")
+        loop = run_steps(run, plan, env, log=log_metrics, heartbeat=heartbeat, after_step=after_step)
     finally:
-        bar.close()
-    if final_loss is None and window:
-        rec = _window_record(window, 1.0, lr=0.0, grad_norm=0.0, epoch=0.0)
+        run.bar.close()
+    if loop.stopped_by == "time":
+        stopped_by = "time"
+        run.bar.line(f"[sft] time budget of {cfg.max_minutes:g} min spent at step {st.step}/{total}; stopping")
+    else:
+        stopped_by = "max_steps" if cfg.max_steps and total == cfg.max_steps else "epochs"
+    final_loss = run.final_loss
+    if final_loss is None and run.window:
+        rec = _window_record(run.window, 1.0, lr=0.0, grad_norm=0.0, epoch=0.0)
         final_loss = rec["loss"] if math.isfinite(rec["loss"]) else None
-    accelerator.unwrap_model(model).eval()
-    run_dt = max(1e-9, time.monotonic() - run_t0)
+    run.accelerator.unwrap_model(run.model).eval()
+    run_dt = max(1e-9, time.monotonic() - run.run_t0)
     result = SFTResult(
-        steps=st.step, total_steps=total, final_loss=final_loss, last_step_loss=last_loss,
+        steps=st.step, total_steps=total, final_loss=final_loss, last_step_loss=run.last_loss,
         samples_seen=st.samples_seen, tokens_seen=st.tokens_seen, label_tokens_seen=st.label_tokens,
-        epochs_done=st.samples_seen / n, wall_s=time.monotonic() - t_start, train_s=budget.elapsed(),
+        epochs_done=st.samples_seen / n, wall_s=time.monotonic() - t_start, train_s=run.budget.elapsed(),
         samples_per_s=(st.samples_seen - run_samples0) / run_dt, tokens_per_s=(st.tokens_seen - run_tokens0) / run_dt,
-        stopped_by=stopped_by, resumed_from_step=st.resumed_from, warmup_steps=warmup, mixed_precision=mp,
-        device=str(device), threads=threads, history=history,
+        stopped_by=stopped_by, resumed_from_step=st.resumed_from, warmup_steps=run.warmup, mixed_precision=run.mp,
+        device=str(run.device), threads=run.threads, history=run.history,
     )
-    bar.line(f"[sft] finished: {st.step}/{total} steps, loss {final_loss if final_loss is not None else float('nan'):.4f}, "
-             f"stopped by {stopped_by}, {result.samples_per_s:.1f} samples/s")
+    run.bar.line(f"[sft] finished: {st.step}/{total} steps, loss "
+                 f"{final_loss if final_loss is not None else float('nan'):.4f}, "
+                 f"stopped by {stopped_by}, {result.samples_per_s:.1f} samples/s")
     return result

@@ -18,6 +18,7 @@ import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from types import SimpleNamespace
 from typing import Any
 
 import torch
@@ -25,7 +26,9 @@ import torch.nn.functional as F
 
 from prism_lab.data.sft_json import SFTExample
 from prism_lab.errors import DataError
+from prism_lab.trainers import distributed as dist_
 from prism_lab.trainers.common import make_cosine_scheduler
+from prism_lab.trainers.recipe import StepPlan, run_steps
 
 Kind = tuple[str, str]
 
@@ -129,7 +132,8 @@ def train_vision_tags(model, processor, examples: Sequence[SFTExample], cfg: Vis
     order = torch.Generator().manual_seed(cfg.seed)
     visual.train()
     t0, window = time.monotonic(), []
-    for step in range(1, cfg.steps + 1):
+
+    def step(_: int) -> dict[str, float]:
         idx = torch.randint(n_train, (cfg.batch_size,), generator=order).tolist()
         feats, n = _tower_features(visual, processor, [examples[i].load_images()[0] for i in idx])
         loss = tag_loss(head(feats, n), targets[idx].to(feats.device))
@@ -138,17 +142,21 @@ def train_vision_tags(model, processor, examples: Sequence[SFTExample], cfg: Vis
         optimizer.step()
         scheduler.step()
         window.append(loss.item())
-        if step % cfg.log_every == 0 or step == cfg.steps:
-            mean = sum(window) / len(window)
-            window = []
-            if not math.isfinite(mean):
-                raise FloatingPointError(f"vision phase: loss is {mean} at step {step}")
-            print(f"[vision] step {step}/{cfg.steps} loss {mean:.4f} lr {scheduler.get_last_lr()[0]:.6f} "
-                  f"elapsed {time.monotonic() - t0:.0f}s", flush=True)
-            if log_metrics is not None:
-                log_metrics(step, {"vision/loss": mean})
-            if heartbeat is not None:
-                heartbeat()
+        return {}
+
+    def record(done: int, _: dict[str, float]) -> dict[str, float]:
+        mean = sum(window) / len(window)
+        window.clear()
+        if not math.isfinite(mean):
+            raise FloatingPointError(f"vision phase: loss is {mean} at step {done}")
+        print(f"[vision] step {done}/{cfg.steps} loss {mean:.4f} lr {scheduler.get_last_lr()[0]:.6f} "
+              f"elapsed {time.monotonic() - t0:.0f}s", flush=True)
+        return {"vision/loss": mean}
+
+    trainer = SimpleNamespace(step=step, record=record, save=lambda done: None)
+    # every rank trains the same unsharded tower on the same batches: no collectives (SINGLE)
+    run_steps(trainer, StepPlan(total=cfg.steps, log_every=cfg.log_every), dist_.SINGLE, log=log_metrics,
+              heartbeat=heartbeat)
     visual.eval()
     held = list(examples[n_train:])
     acc = _accuracy(visual, head, processor, held, targets[n_train:]) if held else {}

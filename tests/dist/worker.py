@@ -26,6 +26,7 @@ sys.path.insert(0, str(REPO))
 
 from prism_lab.models import build_tiny_policy, build_tokenizer  # noqa: E402
 from prism_lab.trainers import distributed as dist_  # noqa: E402
+from prism_lab.trainers import checkpoint  # noqa: E402
 from tests.fakes import counting_corpus  # noqa: E402
 
 
@@ -207,7 +208,7 @@ def run_align(model, processor, out: Path, kill_after: int | None, steps: int):
                              ground_truth=str(i % 16))
                 for i in range(16)]
     cfg = AlignConfig(steps=steps, prompts_per_step=4, n=4, max_new_tokens=12, actor_lr=1e-3, critic_lr=1e-3,
-                      save_every=1, seed=0, resources={"processes": world})
+                      save_every=1, seed=0, disc_micro_batch=3, actor_micro_batch=3, resources={"processes": world})
     env = dist_.init_distributed(world)
     hook = _kill_hook(kill_after, env)
     logged: list[dict] = []
@@ -216,14 +217,14 @@ def run_align(model, processor, out: Path, kill_after: int | None, steps: int):
         logged.append({"step": step, **m})
         hook(step, m)
 
-    summary = align(model, processor, disc, examples, cfg, out_dir=out, disc_micro_batch=3, actor_micro_batch=3,
+    summary = align(model, processor, disc, examples, cfg, out_dir=out,
                     engine=_half_valid_engine(model, processor, examples), log=log)
     if env.is_main:
         (out / "metrics.json").write_text(json.dumps(logged, indent=1))
     if env.is_main:
         print(f"align: resumed from step {summary['resumed_from']}/{steps}, final d_loss {summary['final']['d_loss']}",
               flush=True)
-    sd = dist_.full_state_dict(disc, env)
+    sd = checkpoint.full_state_dict(disc, env)
     if env.is_main:
         from safetensors.torch import save_file
 
@@ -256,13 +257,13 @@ def main() -> int:
     else:
         model = run_disc(model, processor, args.out, args.kill_after, args.steps)
     env = dist_.init_distributed()
-    sd = dist_.full_state_dict(model, env)
+    sd = checkpoint.full_state_dict(model, env)
     if env.is_main:
         from safetensors.torch import save_file
 
         save_file({k: v.detach().clone().contiguous() for k, v in sd.items()}, str(args.out / "weights.safetensors"))
     if args.mode in ("sft", "rl"):
-        dist_.save_hf_checkpoint(model, processor, args.out / "hf", env)
+        checkpoint.save_hf_checkpoint(model, processor, args.out / "hf", env)
     if env.sharded:
         torch.distributed.destroy_process_group()
     return 0
