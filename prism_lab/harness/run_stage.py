@@ -81,10 +81,7 @@ def complete_run_json(path: Path, key: str) -> bool:
 def run_axes(ledger: Ledger, key: str) -> dict[str, Any]:
     """The grid axes of a stage run: the values shared by every cell that uses it (an SFT run shared by
     both alignments and every algorithm has only size and seed)."""
-    rows = ledger.conn.execute(
-        "SELECT DISTINCT c.axes_json FROM cells c JOIN cell_runs r ON r.sweep = c.sweep AND r.cell_id = c.cell_id "
-        "WHERE r.run_key=?", (key,)).fetchall()
-    cells = [json.loads(r["axes_json"]) for r in rows]
+    cells = ledger.cell_axes(key)
     if not cells:
         return {}
     return {k: v for k, v in cells[0].items() if all(c.get(k, object()) == v for c in cells[1:])}
@@ -106,10 +103,10 @@ def spec_from_ledger(ledger: Ledger, root: Path, key: str) -> RunSpec | None:
         done = row is not None and row.status == "done" and bool(row.artifact_path)
         inputs[role] = {"key": dep, "kind": row.kind if row else "?", "config": row.config if row else {},
                         "path": row.artifact_path if done else None}
-    memberships = list(ledger.conn.execute("SELECT DISTINCT sweep, cell_id FROM cell_runs WHERE run_key=?", (key,)))
+    memberships = ledger.memberships(key)
     return RunSpec(key=key, kind=run.kind, label=run.label, config=run.config, attempt=run.attempts, root=str(root),
-                   inputs=inputs, sweeps=sorted({r["sweep"] for r in memberships}),
-                   cells=list(dict.fromkeys(r["cell_id"] for r in memberships)), axes=run_axes(ledger, key),
+                   inputs=inputs, sweeps=sorted({sweep for sweep, _ in memberships}),
+                   cells=list(dict.fromkeys(cell for _, cell in memberships)), axes=run_axes(ledger, key),
                    upstream=_upstream_rows(ledger, key))
 
 
