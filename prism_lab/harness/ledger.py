@@ -276,6 +276,19 @@ class Ledger:
             return c.execute("UPDATE runs SET owner_pid=?, host=? WHERE key=? AND status='running'",
                              (owner_pid, socket.gethostname(), key)).rowcount == 1
 
+    # ---- the rest of a stage process's reporter interface (harness/run_reports.py RunReports) ----------
+    def report_failed(self, key: str, message: str) -> None:
+        """The stage process failed: its running run becomes failed, with an event saying why."""
+        self.set_status(key, "failed", error=message, only_if=("running",))
+        self.event("failed", message, run_key=key)
+
+    def move_to(self, directory: Path) -> None:
+        """The run directory was renamed; the ledger does not live in it (nothing to do)."""
+
+    def for_thread(self) -> "Ledger":
+        """A reporter for another thread (a heartbeat): a connection of its own to the same file."""
+        return Ledger(self.root)
+
     # ---- reports of stage processes that do not write the ledger (harness/run_reports.py) ------------
     def reports_offset(self, key: str) -> int:
         """How far the run's events file has been taken in (bytes)."""
