@@ -240,6 +240,7 @@ class RayLauncher:
                          run_key=key)
             ledger.claim(key, owner_pid=os.getpid(), allowed=("running",))
             try:
+                # launch() reads the run's spec from the ledger; of the StageRun it needs only the kind
                 run = StageRun(key=key, kind=att.kind, label=ledger.get_run(key).label, config={}, inputs={})
                 return Outcome(done=False, handle=self.launch(ledger, key, run))
             except PrismError as exc:  # e.g. the node it needs is gone

@@ -114,7 +114,7 @@ class Executor:
         self.show_progress = show_progress
         self.host = socket.gethostname()
 
-    def _is_stale(self, row: RunRow) -> bool:
+    def is_stale(self, row: RunRow) -> bool:
         return run_is_stale(row, host=self.host, stale_after=self.stale_after)
 
     def run(self, plan: Plan, *, kinds: set[str] | None = None) -> ExecutionSummary:
@@ -128,7 +128,7 @@ class Executor:
             restore = signal.signal(signal.SIGTERM, signal.default_int_handler)  # SIGTERM cancels like Ctrl-C
         try:
             ledger.record_plan(plan)
-            active.update(self.launcher.adopt(ledger, targets, self._is_stale))
+            active.update(self.launcher.adopt(ledger, targets, self.is_stale))
             self._reset_for_this_invocation(ledger, targets, summary)
             summary.skipped = [k for k, r in ledger.get_runs(targets).items() if r.status == "done"]
             _Loop(self, ledger, plan, targets, active, summary).run()
@@ -146,7 +146,7 @@ class Executor:
         rows = ledger.get_runs(keys)
         for key in keys:
             row = rows[key]
-            if row.status == "running" and self._is_stale(row):
+            if row.status == "running" and self.is_stale(row):
                 if ledger.set_status(key, "pending", error=None, only_if=("running",)):
                     ledger.event("restarted", f"stale run (pid {row.pid}, owner {row.owner_pid}) restarted", run_key=key)
                     summary.restarted.append(key)
@@ -216,7 +216,7 @@ class _Loop:
             if key in self.active or row.status not in ("pending", "running"):
                 continue
             if row.status == "running":  # another executor's, or left by a dead one
-                if self.ex._is_stale(row) and self.ledger.set_status(key, "pending", only_if=("running",)):
+                if self.ex.is_stale(row) and self.ledger.set_status(key, "pending", only_if=("running",)):
                     self.summary.restarted.append(key)
                 waiting = True
                 continue
