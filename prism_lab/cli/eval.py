@@ -124,7 +124,8 @@ def _evaluate(checkpoint: Path, benchmark: list[str], backend: str, bench_dir: P
         raise PrismError("--bench-dir is required (or set $LMUData to the directory of the benchmark files)")
     for spec in specs:
         _check_benchmark(spec, bdir)
-    from prism_lab.models.checkpoint import inspect_checkpoint, verify_weights
+    from prism_lab.models.checkpoint import inspect_checkpoint
+    from prism_lab.models.weight_check import verify_weights
 
     inspect_checkpoint(model_dir)
     verify_weights(model_dir)

@@ -223,7 +223,7 @@ def sweep_run(
     """Run every pending stage run of a grid in dependency order; re-running resumes where it stopped."""
     from prism_lab.harness import preflight
     from prism_lab.harness.executors import ExecutorOptions, make_executor
-    from prism_lab.harness.executors.local import select_runs
+    from prism_lab.harness.executors.scheduler import select_runs
     from prism_lab.harness.executors.placement import launch_command, run_resources
 
     kinds = {s.strip() for s in stages.split(",")} if stages else None

@@ -106,17 +106,12 @@ def stale_reasons(fingerprint: dict[str, Any] | None, *, package_dir: Path = PAC
 
 def recorded_fingerprints(ledger: Any, keys: Iterable[str]) -> dict[str, dict[str, Any] | None]:
     """run key -> the code fingerprint its latest ``code`` event records (None when it has none)."""
-    keys = list(keys)
-    out: dict[str, dict[str, Any] | None] = {k: None for k in keys}
-    for start in range(0, len(keys), 500):
-        chunk = keys[start:start + 500]
-        marks = ",".join("?" * len(chunk))
-        for row in ledger.conn.execute(f"SELECT run_key, message FROM events WHERE kind=? AND run_key IN ({marks}) "
-                                       "ORDER BY id", (CODE_EVENT, *chunk)):
-            try:
-                out[row["run_key"]] = json.loads(row["message"])
-            except ValueError:
-                out[row["run_key"]] = None
+    out: dict[str, dict[str, Any] | None] = {}
+    for key, message in ledger.latest_events(CODE_EVENT, keys).items():
+        try:
+            out[key] = json.loads(message) if message is not None else None
+        except ValueError:
+            out[key] = None
     return out
 
 

@@ -249,7 +249,8 @@ def _base_problem(ref: Any) -> str:
 def _check_checkpoints(grid: Grid, local: list[tuple[tuple, str]], dense: set[tuple]) -> None:
     """The torch-free checks of every local checkpoint first, then the strict weight check of each; the
     fields in ``dense`` (discriminator bases) must name a dense Qwen3-VL, the model upcycling starts from."""
-    from prism_lab.models.checkpoint import inspect_checkpoint, verify_weights
+    from prism_lab.models.checkpoint import inspect_checkpoint
+    from prism_lab.models.weight_check import verify_weights
 
     for where, ref in local:
         try:

@@ -18,36 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from prism_lab.errors import LedgerError
-
-SCHEMA_VERSION = 1
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS sweeps (
-    name TEXT PRIMARY KEY, grid_path TEXT NOT NULL, grid_json TEXT NOT NULL,
-    created_at REAL NOT NULL, updated_at REAL NOT NULL);
-CREATE TABLE IF NOT EXISTS cells (
-    sweep TEXT NOT NULL, cell_id TEXT NOT NULL, axes_json TEXT NOT NULL, ordinal INTEGER NOT NULL,
-    PRIMARY KEY (sweep, cell_id));
-CREATE TABLE IF NOT EXISTS cell_runs (
-    sweep TEXT NOT NULL, cell_id TEXT NOT NULL, role TEXT NOT NULL, run_key TEXT NOT NULL,
-    PRIMARY KEY (sweep, cell_id, role));
-CREATE TABLE IF NOT EXISTS runs (
-    key TEXT PRIMARY KEY, kind TEXT NOT NULL, label TEXT NOT NULL, config_json TEXT NOT NULL,
-    inputs_json TEXT NOT NULL, status TEXT NOT NULL DEFAULT 'pending', attempts INTEGER NOT NULL DEFAULT 0,
-    created_at REAL NOT NULL, started_at REAL, finished_at REAL, heartbeat_at REAL,
-    host TEXT, owner_pid INTEGER, pid INTEGER, artifact_path TEXT, log_path TEXT, error TEXT);
-CREATE INDEX IF NOT EXISTS runs_status ON runs(status);
-CREATE TABLE IF NOT EXISTS metrics (
-    run_key TEXT NOT NULL, step INTEGER NOT NULL, name TEXT NOT NULL, value REAL, ts REAL NOT NULL);
-CREATE INDEX IF NOT EXISTS metrics_run ON metrics(run_key, name, step);
-CREATE TABLE IF NOT EXISTS item_scores (
-    run_key TEXT NOT NULL, benchmark TEXT NOT NULL, item TEXT NOT NULL, score REAL NOT NULL,
-    PRIMARY KEY (run_key, benchmark, item));
-CREATE TABLE IF NOT EXISTS events (
-    id INTEGER PRIMARY KEY AUTOINCREMENT, ts REAL NOT NULL, run_key TEXT, sweep TEXT,
-    kind TEXT NOT NULL, message TEXT NOT NULL);
-"""
+from prism_lab.harness.ledger_schema import SCHEMA, SCHEMA_VERSION
 
 STATUSES = ("pending", "running", "done", "failed", "blocked")
 
@@ -113,7 +84,7 @@ class Ledger:
         try:
             conn = sqlite3.connect(tmp, isolation_level=None)
             conn.execute("PRAGMA journal_mode=WAL")
-            for stmt in filter(None, (s.strip() for s in _SCHEMA.split(";"))):
+            for stmt in filter(None, (s.strip() for s in SCHEMA.split(";"))):
                 conn.execute(stmt)
             conn.execute("INSERT INTO meta(key, value) VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
             conn.close()
@@ -185,7 +156,7 @@ class Ledger:
 
     def _migrate(self) -> None:
         with self.tx() as c:
-            for stmt in filter(None, (s.strip() for s in _SCHEMA.split(";"))):
+            for stmt in filter(None, (s.strip() for s in SCHEMA.split(";"))):
                 c.execute(stmt)
             row = c.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
             if row is None:
@@ -305,6 +276,19 @@ class Ledger:
             return c.execute("UPDATE runs SET owner_pid=?, host=? WHERE key=? AND status='running'",
                              (owner_pid, socket.gethostname(), key)).rowcount == 1
 
+    # ---- the rest of a stage process's reporter interface (harness/run_reports.py RunReports) ----------
+    def report_failed(self, key: str, message: str) -> None:
+        """The stage process failed: its running run becomes failed, with an event saying why."""
+        self.set_status(key, "failed", error=message, only_if=("running",))
+        self.event("failed", message, run_key=key)
+
+    def move_to(self, directory: Path) -> None:
+        """The run directory was renamed; the ledger does not live in it (nothing to do)."""
+
+    def for_thread(self) -> "Ledger":
+        """A reporter for another thread (a heartbeat): a connection of its own to the same file."""
+        return Ledger(self.root)
+
     # ---- reports of stage processes that do not write the ledger (harness/run_reports.py) ------------
     def reports_offset(self, key: str) -> int:
         """How far the run's events file has been taken in (bytes)."""
@@ -372,7 +356,31 @@ class Ledger:
             return list(self.conn.execute("SELECT * FROM events ORDER BY id"))
         return list(self.conn.execute("SELECT * FROM events WHERE run_key=? ORDER BY id", (run_key,)))
 
+    def latest_events(self, kind: str, keys: Iterable[str]) -> dict[str, str | None]:
+        """run key -> the message of its latest event of ``kind`` (None when it has none)."""
+        keys = list(keys)
+        out: dict[str, str | None] = dict.fromkeys(keys)
+        for start in range(0, len(keys), 500):
+            chunk = keys[start:start + 500]
+            marks = ",".join("?" * len(chunk))
+            for row in self.conn.execute(f"SELECT run_key, message FROM events WHERE kind=? AND run_key IN ({marks}) "
+                                         "ORDER BY id", (kind, *chunk)):
+                out[row["run_key"]] = row["message"]
+        return out
+
     # ---- sweeps -------------------------------------------------------------------------------------
+    def memberships(self, key: str) -> list[tuple[str, str]]:
+        """(sweep, cell id) of every cell that uses run ``key``."""
+        return [(r["sweep"], r["cell_id"]) for r in
+                self.conn.execute("SELECT DISTINCT sweep, cell_id FROM cell_runs WHERE run_key=?", (key,))]
+
+    def cell_axes(self, key: str) -> list[dict[str, Any]]:
+        """The grid axes of every cell that uses run ``key``."""
+        rows = self.conn.execute(
+            "SELECT DISTINCT c.axes_json FROM cells c JOIN cell_runs r ON r.sweep = c.sweep AND r.cell_id = c.cell_id "
+            "WHERE r.run_key=?", (key,))
+        return [json.loads(r["axes_json"]) for r in rows]
+
     def sweep_names(self) -> list[str]:
         return [r["name"] for r in self.conn.execute("SELECT name FROM sweeps ORDER BY name")]
 

@@ -25,7 +25,8 @@ EVENTS_FILE = "events.jsonl"
 
 
 class RunReports(Protocol):
-    """Where a stage process reports: the ledger itself (local executor) or an :class:`EventFile`."""
+    """Where a stage process reports: the ledger itself (local executor, ``harness.ledger.Ledger``) or an
+    :class:`EventFile` (Ray executor). harness/run_stage.py uses only these methods, never the type."""
 
     def log_metrics(self, key: str, step: int, values: dict[str, float]) -> None: ...
 
@@ -36,6 +37,14 @@ class RunReports(Protocol):
     def event(self, kind: str, message: str, *, run_key: str | None = None) -> None: ...
 
     def mark_done(self, key: str, artifact_path: str, *, log_path: str | None = None) -> None: ...
+
+    def report_failed(self, key: str, message: str) -> None: ...
+
+    def move_to(self, directory: Path) -> None: ...
+
+    def for_thread(self) -> "RunReports": ...
+
+    def close(self) -> None: ...
 
 
 @dataclass
@@ -127,6 +136,16 @@ class EventFile:
 
     def failed(self, message: str) -> None:
         self._append({"type": "failed", "error": message})
+
+    def report_failed(self, key: str, message: str) -> None:
+        self.failed(message)
+
+    def for_thread(self) -> "EventFile":
+        """Itself: appends are safe from several threads."""
+        return self
+
+    def close(self) -> None:
+        """Nothing is held open between appends."""
 
 
 def read_events(path: Path, offset: int) -> tuple[list[dict[str, Any]], int]:

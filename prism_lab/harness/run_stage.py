@@ -56,18 +56,15 @@ def _die_with_parent() -> None:
             pass
 
 
-def _heartbeat_loop(target: Path | EventFile, key: str, stop: threading.Event) -> None:
-    """Heartbeats every few seconds: into the events file, or through a ledger connection of its own."""
-    if isinstance(target, EventFile):
-        while not stop.wait(HEARTBEAT_SECONDS):
-            target.heartbeat(key)
-        return
-    ledger = Ledger(target)
+def _heartbeat_loop(reports: RunReports, key: str, stop: threading.Event) -> None:
+    """Heartbeats every few seconds, through a reporter of this thread's own."""
+    beats = reports.for_thread()
     try:
         while not stop.wait(HEARTBEAT_SECONDS):
-            ledger.heartbeat(key)
+            beats.heartbeat(key)
     finally:
-        ledger.close()
+        if beats is not reports:
+            beats.close()
 
 
 def complete_run_json(path: Path, key: str) -> bool:
@@ -81,10 +78,7 @@ def complete_run_json(path: Path, key: str) -> bool:
 def run_axes(ledger: Ledger, key: str) -> dict[str, Any]:
     """The grid axes of a stage run: the values shared by every cell that uses it (an SFT run shared by
     both alignments and every algorithm has only size and seed)."""
-    rows = ledger.conn.execute(
-        "SELECT DISTINCT c.axes_json FROM cells c JOIN cell_runs r ON r.sweep = c.sweep AND r.cell_id = c.cell_id "
-        "WHERE r.run_key=?", (key,)).fetchall()
-    cells = [json.loads(r["axes_json"]) for r in rows]
+    cells = ledger.cell_axes(key)
     if not cells:
         return {}
     return {k: v for k, v in cells[0].items() if all(c.get(k, object()) == v for c in cells[1:])}
@@ -106,10 +100,10 @@ def spec_from_ledger(ledger: Ledger, root: Path, key: str) -> RunSpec | None:
         done = row is not None and row.status == "done" and bool(row.artifact_path)
         inputs[role] = {"key": dep, "kind": row.kind if row else "?", "config": row.config if row else {},
                         "path": row.artifact_path if done else None}
-    memberships = list(ledger.conn.execute("SELECT DISTINCT sweep, cell_id FROM cell_runs WHERE run_key=?", (key,)))
+    memberships = ledger.memberships(key)
     return RunSpec(key=key, kind=run.kind, label=run.label, config=run.config, attempt=run.attempts, root=str(root),
-                   inputs=inputs, sweeps=sorted({r["sweep"] for r in memberships}),
-                   cells=list(dict.fromkeys(r["cell_id"] for r in memberships)), axes=run_axes(ledger, key),
+                   inputs=inputs, sweeps=sorted({sweep for sweep, _ in memberships}),
+                   cells=list(dict.fromkeys(cell for _, cell in memberships)), axes=run_axes(ledger, key),
                    upstream=_upstream_rows(ledger, key))
 
 
@@ -126,14 +120,6 @@ def _upstream_rows(ledger: Ledger, key: str) -> dict[str, dict[str, Any]]:
     return rows
 
 
-def _report_failure(reports: RunReports, key: str, message: str) -> None:
-    if isinstance(reports, EventFile):
-        reports.failed(message)
-    else:
-        reports.set_status(key, "failed", error=message, only_if=("running",))
-        reports.event("failed", message, run_key=key)
-
-
 def _inputs(spec: RunSpec) -> dict[str, InputArtifact]:
     inputs = {}
     for role, inp in spec.inputs.items():
@@ -143,13 +129,12 @@ def _inputs(spec: RunSpec) -> dict[str, InputArtifact]:
     return inputs
 
 
-def run_spec(spec: RunSpec, reports: RunReports, beat_target: Path | EventFile) -> int:
+def run_spec(spec: RunSpec, reports: RunReports) -> int:
     """Run one stage run described by ``spec``, reporting to ``reports``; the process exit code."""
     root, key = Path(spec.root), spec.key
     final = artifact_dir(root, spec.kind, key)
     if complete_run_json(final, key):  # finished before a crash could record it
-        if isinstance(reports, EventFile):
-            reports.move_to(final)
+        reports.move_to(final)
         code = json.loads((final / "run.json").read_text()).get("code")
         if code is not None:
             reports.event(CODE_EVENT, json.dumps(code, sort_keys=True), run_key=key)
@@ -158,7 +143,7 @@ def run_spec(spec: RunSpec, reports: RunReports, beat_target: Path | EventFile) 
     work = partial_dir(root, spec.kind, key)
     work.mkdir(parents=True, exist_ok=True)
     stop = threading.Event()
-    threading.Thread(target=_heartbeat_loop, args=(beat_target, key, stop), daemon=True).start()
+    threading.Thread(target=_heartbeat_loop, args=(reports, key, stop), daemon=True).start()
     started = time.time()
     tracker = None
     try:
@@ -186,8 +171,7 @@ def run_spec(spec: RunSpec, reports: RunReports, beat_target: Path | EventFile) 
         if final.exists():
             shutil.rmtree(final)
         os.replace(work, final)
-        if isinstance(reports, EventFile):
-            reports.move_to(final)
+        reports.move_to(final)
         reports.event(CODE_EVENT, json.dumps(code, sort_keys=True), run_key=key)
         reports.mark_done(key, str(final), log_path=str(final / "stage.log"))
         print(f"[prism-lab] {spec.label} done in {time.time() - started:.1f}s -> {final}", flush=True)
@@ -197,7 +181,7 @@ def run_spec(spec: RunSpec, reports: RunReports, beat_target: Path | EventFile) 
         msg = str(exc) if isinstance(exc, PrismError) else f"{type(exc).__name__}: {exc}"
         msg = " ".join(msg.split())[:500]
         try:
-            _report_failure(reports, key, msg)
+            reports.report_failed(key, msg)
         except Exception:  # noqa: BLE001
             pass
         return 130 if isinstance(exc, KeyboardInterrupt) else 1
@@ -269,7 +253,7 @@ def execute(root: Path, key: str, *, grid: Path | None = None) -> int:
         if ledger.get_run(key).status in ("pending", "failed", "blocked"):  # started by hand, not by an executor
             ledger.claim(key, owner_pid=os.getpid(), allowed=("pending", "failed", "blocked"))
             spec.attempt = ledger.get_run(key).attempts
-        return run_spec(spec, ledger, Path(root))
+        return run_spec(spec, ledger)
     finally:
         ledger.close()
 
@@ -281,7 +265,7 @@ def execute_spec(path: Path) -> int:
     if _rank() != 0:
         return follow(spec, events)
     events.started(spec.attempt)
-    return run_spec(spec, events, events)
+    return run_spec(spec, events)
 
 
 def main(argv: list[str] | None = None) -> int:

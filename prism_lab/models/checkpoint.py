@@ -7,7 +7,7 @@ Two levels, both raising a one-line CheckpointError that names the directory (or
   dimensions (a config without them would build the full-size default model: 22 GB for
   ``{"model_type": "qwen3_vl"}``), and there are safetensors weights with at least one tensor (pickle
   files are never loaded).
-- ``verify_weights`` compares the tensors the safetensors headers declare with the model config.json
+- ``models.weight_check.verify_weights`` compares the tensors the safetensors headers declare with the model config.json
   describes, built on PyTorch's ``meta`` device (no memory), without any loading code of transformers
   (``models/weight_check.py``), and refuses missing, unexpected, mis-shaped or non-float tensors: a
   checkpoint that does not fit is never silently completed with a random init. ``check_loading_info``
@@ -160,11 +160,3 @@ def model_class(model_type: str):
     from transformers import Qwen3VLForConditionalGeneration
 
     return Qwen3VLForConditionalGeneration
-
-
-def verify_weights(d: str | Path) -> None:
-    """The strict weight check (``models.weight_check.verify_weights``: safetensors headers against the
-    model built on the meta device, no loader)."""
-    from prism_lab.models.weight_check import verify_weights as check
-
-    check(d)

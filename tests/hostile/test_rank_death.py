@@ -14,7 +14,7 @@ PLUGIN = {"PRISM_LAB_PLUGINS": "tests.plugins.rank_death"}
 
 
 def test_printing_an_error_with_closing_tag_brackets_does_not_raise():
-    from prism_lab.harness.executors.local import print_failure
+    from prism_lab.harness.executors.scheduler import print_failure
 
     buf = io.StringIO()
     print_failure(Console(file=buf, width=400), "sft [/x]", "k" * 16, "[/__w/pytorch/third_party/gloo] closed [bold]")

@@ -16,7 +16,7 @@ from vlmeval.dataset.image_mcq import ImageMCQDataset
 from vlmeval.dataset.image_yorn import ImageYORNDataset
 from vlmeval.smp import dump, get_intermediate_file_path, load, toliststr
 
-from prism_lab.eval.vlmeval.datasets import is_na, line_options, synth_prompt_text
+from prism_lab.eval.vlmeval.synth_prompt import is_na, line_options, synth_prompt_text
 from prism_lab.eval.vlmeval.judge import answer_of, rule_correct
 
 __all__ = ["PrismMCQDataset", "PrismOpenDataset", "PrismYesNoDataset"]

@@ -1,4 +1,5 @@
-"""Executors run a plan's pending stage runs in dependency order: ``local`` (subprocesses on this machine,
+"""Executors run a plan's pending stage runs in dependency order, with one scheduling loop
+(scheduler.py) and a launcher that places and starts each run: ``local`` (subprocesses on this machine,
 see local.py) or ``ray`` (named Ray actors on a cluster, see ray.py; needs the `ray` extra)."""
 
 from __future__ import annotations
@@ -24,16 +25,20 @@ class ExecutorOptions:
 
 
 def make_executor(root: Path, options: ExecutorOptions, *, retry_failed: bool = True, show_progress: bool = True) -> Any:
+    """The scheduling loop (scheduler.py) with the launcher ``options.name`` names."""
+    from prism_lab.harness.executors.scheduler import Executor
+
     if options.name == "ray":
-        from prism_lab.harness.executors.ray import RayExecutor
+        from prism_lab.harness.executors.ray import RayLauncher
 
-        return RayExecutor(root, address=options.address, storage=options.shared_root, max_retries=options.worker_retries,
-                           retry_failed=retry_failed, show_progress=show_progress)
-    if options.name != "local":
+        launcher: Any = RayLauncher(root, address=options.address, storage=options.shared_root,
+                                    max_retries=options.worker_retries)
+    elif options.name != "local":
         raise PrismError(f"--executor: unknown executor {options.name!r}; known: {', '.join(EXECUTOR_NAMES)}")
-    if options.address or options.shared_root:
+    elif options.address or options.shared_root:
         raise PrismError("--address and --shared-root only apply to --executor ray")
-    from prism_lab.harness.executors.local import LocalExecutor
+    else:
+        from prism_lab.harness.executors.local import LocalLauncher
 
-    return LocalExecutor(root, workers=options.workers, retry_failed=retry_failed, show_progress=show_progress,
-                         gpus=options.gpus, share_gpus=options.share_gpus)
+        launcher = LocalLauncher(root, workers=options.workers, gpus=options.gpus, share_gpus=options.share_gpus)
+    return Executor(root, launcher, retry_failed=retry_failed, show_progress=show_progress)
