@@ -28,13 +28,11 @@ from prism_lab.report.out_dir import claim_out_dir, discard, make_staging, publi
 from prism_lab.report.paper import canonical_column
 from prism_lab.report.drift import DriftPoint, drift_chains, plot_drift
 from prism_lab.report.plots import plot_curves, plot_deltas
+from prism_lab.report.deltas import Delta, build_deltas, deltas_frame
 from prism_lab.report.tables import (
     Baseline,
-    Delta,
     Row,
-    build_deltas,
     build_rows,
-    deltas_frame,
     failed_runs,
     status_counts,
     table_baselines,

@@ -17,12 +17,12 @@ from prism_lab.report.paper import (
     paper_size,
 )
 from prism_lab.report.stats import method_description
+from prism_lab.report.deltas import Delta
 from prism_lab.report.tables import (
     AVG,
     BASELINE_LABELS,
     VARIES,
     Baseline,
-    Delta,
     Row,
     baseline_avg,
     noise_note,

@@ -10,8 +10,9 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+from prism_lab.report.deltas import Delta
 from prism_lab.report.frame import SweepData
-from prism_lab.report.tables import AVG, Delta
+from prism_lab.report.tables import AVG
 
 #: Metrics drawn per stage kind, in this order; other metrics a run logged follow (up to MAX_PANELS).
 CURVE_METRICS: dict[str, tuple[str, ...]] = {
