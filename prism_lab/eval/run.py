@@ -195,6 +195,19 @@ def _averages(specs: Sequence[BenchmarkSpec], per_bench: dict[str, Any]) -> dict
     return metrics
 
 
+def _bench_entry(spec: BenchmarkSpec, result: BenchmarkResult, path: Path | None, sha: str, key: str, n_noimg: int,
+                 base: dict[str, float]) -> dict[str, Any]:
+    """One benchmark's entry of results.json: its metrics, where its data came from, its settings and cache key,
+    and its baselines (``base``)."""
+    return {
+        **{k: _finite(v) for k, v in result.metrics.items()},
+        "kind": spec.kind, "group": spec.group, "file": str(path) if path else None, "file_sha256": sha,
+        "settings": result.settings.to_dict(), "cache_key": key, "cache_hit": result.cached,
+        "skipped_noimg": n_noimg, **({"info": result.info} if result.info else {}),
+        **base,
+    }
+
+
 def evaluate_checkpoint(
     checkpoint_dir: str | Path,
     benchmarks: Sequence[str | BenchmarkSpec] | None,
@@ -259,14 +272,8 @@ def evaluate_checkpoint(
             m = result.metrics
             if out is not None:
                 write_jsonl_atomic(out / PREDICTIONS_DIR / f"{spec.name}.jsonl", result.rows)
-            per_bench[spec.name] = {
-                **{k: _finite(v) for k, v in m.items()},
-                "kind": spec.kind, "group": spec.group, "file": str(path) if path else None, "file_sha256": sha,
-                "settings": result.settings.to_dict(), "cache_key": key, "cache_hit": result.cached,
-                "skipped_noimg": n_noimg, **({"info": result.info} if result.info else {}),
-            }
             base = _baselines(spec, items)
-            per_bench[spec.name].update(base)
+            per_bench[spec.name] = _bench_entry(spec, result, path, sha, key, n_noimg, base)
             items_out[spec.name] = item_scores(result.rows)
             metrics.update(_ledger_metrics(spec.name, m))
             metrics.update({f"eval/{spec.name}/{k}": v for k, v in base.items()})

@@ -255,26 +255,7 @@ def render_report(
                   f"({rep['baseline']} vs {rep['treatment']}).", ""]
     lines += _retention_section(report, files, out_dir)
     lines += _drift_section(report)
-    lines += ["## Paper side by side", ""]
-    matched = paper_columns_of(bench_columns)
-    paper_sizes = [s for s in rows if paper_size(s) is not None]
-    if not matched:
-        lines += ["This grid has none of the paper's benchmarks (MathVista, MathVerse, MathVision, WeMath, MMMU, "
-                  "MMMU-Pro, HallusionBench, as official VLMEvalKit files), so the paper's numbers are not set "
-                  "beside ours: a synthetic stand-in measures something else.", ""]
-    elif not paper_sizes:
-        lines += ["The paper reports Qwen3-VL 4B and 8B only; this grid's sizes "
-                  f"({', '.join(str(s) for s in rows)}) have no paper row to compare with.", ""]
-    if matched and paper_sizes:
-        lines += ["The paper's numbers (Qwen3-VL, from the PRISM project page; docs/prism_method.md §9) next to "
-                  "ours, only for the paper's own benchmarks that this grid evaluates.", ""]
-        for size in paper_sizes:
-            headers, body = paper_table(rows[size], matched, size)
-            if body:
-                lines += [f"### Size {size}", "", md_table(headers, body), ""]
-        headers, body = paper_delta_table([d for d in deltas if d.size in paper_sizes], matched)
-        if body:
-            lines += ["### Deltas vs the paper's", "", md_table(headers, body), ""]
+    lines += _paper_section(rows, deltas, bench_columns)
     plots = [(k, p) for k, p in files.items() if k.startswith("plot_")]
     if plots:
         lines += ["## Plots", ""]
@@ -294,6 +275,33 @@ def render_report(
             lines.append(f"- [{path.name}]({_rel(path, out_dir)})")
     lines.append("")
     return "\n".join(lines)
+
+
+def _paper_section(rows: dict[Any, list[Row]], deltas: list[Delta],
+                   bench_columns: dict[str, str | None]) -> list[str]:
+    """The "Paper side by side" section: the paper's numbers beside ours for the paper's own benchmarks that
+    this grid evaluates, or why there are none."""
+    lines: list[str] = ["## Paper side by side", ""]
+    matched = paper_columns_of(bench_columns)
+    paper_sizes = [s for s in rows if paper_size(s) is not None]
+    if not matched:
+        lines += ["This grid has none of the paper's benchmarks (MathVista, MathVerse, MathVision, WeMath, MMMU, "
+                  "MMMU-Pro, HallusionBench, as official VLMEvalKit files), so the paper's numbers are not set "
+                  "beside ours: a synthetic stand-in measures something else.", ""]
+    elif not paper_sizes:
+        lines += ["The paper reports Qwen3-VL 4B and 8B only; this grid's sizes "
+                  f"({', '.join(str(s) for s in rows)}) have no paper row to compare with.", ""]
+    if matched and paper_sizes:
+        lines += ["The paper's numbers (Qwen3-VL, from the PRISM project page; docs/prism_method.md §9) next to "
+                  "ours, only for the paper's own benchmarks that this grid evaluates.", ""]
+        for size in paper_sizes:
+            headers, body = paper_table(rows[size], matched, size)
+            if body:
+                lines += [f"### Size {size}", "", md_table(headers, body), ""]
+        headers, body = paper_delta_table([d for d in deltas if d.size in paper_sizes], matched)
+        if body:
+            lines += ["### Deltas vs the paper's", "", md_table(headers, body), ""]
+    return lines
 
 
 def _baseline_method(report: Any) -> list[str]:
