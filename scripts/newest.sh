@@ -8,7 +8,7 @@
 #
 # NEWEST_VENV=DIR puts the scratch virtualenv there (default: a new temp directory; it is kept, its path is
 # printed); NEWEST_REUSE=1 reuses DIR when it already holds one instead of installing again.
-# PRISM_LAB_UNLOCKED=1 skips tests/test_lockfile.py's guard that the installed versions are the locked ones.
+# PRISM_LAB_UNLOCKED=1 skips tests/harness/test_lockfile.py's guard that the installed versions are the locked ones.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3.11}

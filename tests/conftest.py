@@ -38,7 +38,7 @@ ONE_THREAD = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "OPENBLAS_NUM_THRE
 @pytest.fixture(scope="session")
 def smoke_root(tmp_path_factory) -> Path:
     """The smoke grid run once per session (every real stage, W&B offline), shared by the slow tests that
-    read it (tests/test_e2e_smoke.py) or compare another run of the same grid with it (the Ray executor,
+    read it (tests/e2e/test_e2e_smoke.py) or compare another run of the same grid with it (the Ray executor,
     CPU load, a study that reuses its runs). Tests that add runs work on a copy (``copy_root``)."""
     root = tmp_path_factory.mktemp("smoke") / "root"
     res = run_cli("sweep", "run", "experiments/smoke.yaml", "--root", str(root), "--wandb", "offline", "-q",

@@ -11,7 +11,7 @@ image processor and a tokenizer whose image rule is the Qwen2/3-VL one: each ima
 ``image_grid_thw.prod() // merge_size**2`` copies of ``tokenizer.image_token``, and it returns
 ``mm_token_type_ids`` (transformers 5.24, models/paddleocr_vl/processing_paddleocr_vl.py). On a
 prism-lab checkpoint it yields exactly the tensors ``TinyQwen3VLProcessor`` yields (input ids, mask,
-mm_token_type_ids, pixel_values, image_grid_thw); ``tests/test_portable_checkpoint.py`` checks this and
+mm_token_type_ids, pixel_values, image_grid_thw); ``tests/models/test_portable_checkpoint.py`` checks this and
 that greedy generation is identical. Its image processor is whatever ``AutoImageProcessor`` reads
 from the saved config (the PIL Qwen2-VL one without torchvision).
 

@@ -97,7 +97,7 @@ PRESETS: Registry[ModelPreset] = Registry("model preset")
 #: spread fell from 44% to 1% within 50 SFT steps) and the policy never learns to use the image.
 #: With white at 0 only the drawn shapes feed the patch embedding (measured with a throwaway probe: the
 #: spread stays near 100%, and counting one colour goes from chance to 0.89 in 1,000 steps; kept as the
-#: regression test tests/test_sft.py::test_tiny_vision_tower_still_tells_images_apart_after_sft).
+#: regression test tests/trainers/test_sft.py::test_tiny_vision_tower_still_tells_images_apart_after_sft).
 TINY_IMAGE_MEAN = (1.0, 1.0, 1.0)
 
 #: The toy presets (tiny-s, tiny-m) cut a 64 px image into 8 px patches: 16 image tokens after the 2x2 merge

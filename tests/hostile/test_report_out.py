@@ -1,6 +1,6 @@
 """Issue 29 item 3: `report --out DIR` writes only what it owns, inside a directory it owns.
 
-The ledger is tests/test_report.py's (a sweep `rep` with known numbers, made without training); every probe
+The ledger is tests/report/test_report.py's (a sweep `rep` with known numbers, made without training); every probe
 runs the real command line."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from tests.hostile.conftest import assert_user_error, cli, snapshot
-from tests.test_report import ledger_root  # noqa: F401 - the fixture: a ledger with sweep `rep`
+from tests.report.test_report import ledger_root  # noqa: F401 - the fixture: a ledger with sweep `rep`
 
 MANIFEST = ".prism-lab-report.json"
 

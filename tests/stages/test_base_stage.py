@@ -11,7 +11,7 @@ import pytest
 
 from prism_lab.harness.planning import build_plan, load_grid
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def _grid(tmp_path: Path, extra: str = "") -> Path:

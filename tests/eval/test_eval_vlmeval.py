@@ -42,7 +42,7 @@ from prism_lab.eval.vlmeval.judge import (  # noqa: E402
 )
 from prism_lab.prompts import format_response  # noqa: E402
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 HAS_VLMEVAL = importlib.util.find_spec("vlmeval") is not None
 needs_vlmeval = pytest.mark.skipif(
     not HAS_VLMEVAL,

@@ -16,7 +16,7 @@ from pydantic import AfterValidator, BaseModel, ValidationError
 from prism_lab.config.base import RegistryRef
 from prism_lab.registry import Registry, declared_names
 
-PKG = Path(__file__).resolve().parents[1] / "prism_lab"
+PKG = Path(__file__).resolve().parents[2] / "prism_lab"
 CONFIG_MODULES = ["algorithms", "align", "data", "eval", "rl", "sft"]
 
 

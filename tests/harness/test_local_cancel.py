@@ -11,7 +11,7 @@ from pathlib import Path
 
 from prism_lab.harness.ledger import Ledger, pid_alive
 from tests.conftest import REPO, cli_env, run_cli
-from tests.test_executor import PLUGIN, executions, statuses, write_grid
+from tests.harness.test_executor import PLUGIN, executions, statuses, write_grid
 
 
 def _sigint_as_in_a_terminal() -> None:  # pragma: no cover - runs in the child before exec

@@ -19,7 +19,7 @@ from prism_lab.harness.machine import (
     simd_level,
 )
 from tests.conftest import REPO, cli_env, run_cli
-from tests.test_executor import PLUGIN, executions, write_grid
+from tests.harness.test_executor import PLUGIN, executions, write_grid
 
 SHIPPED_GRIDS = sorted((REPO / "experiments").glob("*.yaml"))
 

@@ -17,7 +17,7 @@ from prism_lab.harness.freshness import CODE_EVENT
 from prism_lab.harness.ledger import Ledger, pid_alive
 from tests.conftest import REPO, cli_env, run_cli
 from tests.ray_cluster import DRIVER_ENV, LocalRayCluster
-from tests.test_executor import PLUGIN, executions, statuses, write_grid
+from tests.harness.test_executor import PLUGIN, executions, statuses, write_grid
 
 pytest.importorskip("ray")
 
@@ -199,9 +199,9 @@ def test_ctrl_c_cancels_the_ray_runs_and_leaves_a_resumable_ledger(cluster, tmp_
 
 
 def test_tune_on_ray_parallel_trials_share_a_stage_run(cluster, tmp_path):
-    from tests.test_tune import PLUGIN as TUNE_PLUGIN
-    from tests.test_tune import executions as tune_executions
-    from tests.test_tune import tune_cmd, write_base, write_space
+    from tests.tune.test_tune import PLUGIN as TUNE_PLUGIN
+    from tests.tune.test_tune import executions as tune_executions
+    from tests.tune.test_tune import tune_cmd, write_base, write_space
 
     write_base(tmp_path)
     space = write_space(tmp_path)
@@ -226,7 +226,7 @@ def test_tune_on_ray_parallel_trials_share_a_stage_run(cluster, tmp_path):
 
 
 def test_two_process_run_goes_under_torchrun_in_one_actor_and_infeasible_gpus_fail_at_once(cluster, tmp_path):
-    from tests.test_resources import _grid
+    from tests.harness.test_resources import _grid
 
     grid = _grid(tmp_path, {"processes": 2})  # 2 CPUs: the whole test cluster, so the two runs take turns
     root = tmp_path / "root"
