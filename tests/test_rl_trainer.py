@@ -273,3 +273,28 @@ def test_shared_prefix_with_one_token_runs_the_same_two_passes(tok, examples):
     assert len(calls) == 2
     assert shared.shape == full.shape == (3, 1)
     assert torch.allclose(shared, full, atol=1e-5)
+
+
+def test_token_budgets_reach_the_update_and_the_recompute_and_leave_the_training_unchanged(tok, examples, monkeypatch):
+    """`max_tokens_per_micro_batch` / `log_prob_max_tokens_per_micro_batch` (algorithm overrides) cut the update's and
+    the old-log-prob recompute's micro-batches; the trained weights equal those of row micro-batches."""
+    budgets = []
+    real = rl_mod.micro_batches
+
+    def spying(*a, **kw):
+        out = real(*a, **kw)
+        budgets.append((kw["max_tokens"], len(out)))
+        return out
+
+    monkeypatch.setattr(rl_mod, "micro_batches", spying)
+    trained = []
+    for extra in ({}, {"max_tokens_per_micro_batch": 40, "log_prob_max_tokens_per_micro_batch": 10_000}):
+        model, proc = _policy(tok)
+        train_rl(model, proc, examples, _cfg("gspo_paper", steps=1, algorithm_overrides={"lr": 1e-3, **extra}),
+                 score_fn=parity_score)
+        trained.append([p.detach().clone() for p in model.parameters()])
+    cut = [n for b, n in budgets if b == 40]
+    assert len(cut) == 4 and sum(cut) > 4  # 4 mini-batches, at least one cut in several micro-batches
+    assert [n for b, n in budgets if b == 10_000] == [1]  # the recompute: every row in one micro-batch
+    for a, b in zip(*trained):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
