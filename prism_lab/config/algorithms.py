@@ -20,7 +20,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from prism_lab.config.base import registered_name
+from prism_lab.config.base import KeyStable, registered_name
 from prism_lab.errors import ConfigError
 from prism_lab.registry import Registry
 
@@ -100,9 +100,9 @@ class FilterGroupsConfig(BaseModel):
     )
 
 
-class ActorConfig(BaseModel):
+class ActorConfig(KeyStable):
     """The actor update shared by RL (stage 3) and alignment (stage 2): optimizer, policy loss, clip ratios,
-    aggregation, KL and entropy terms, gradient clip and PPO epochs.
+    aggregation, KL and entropy terms, gradient clip, PPO epochs and the micro-batch token budgets.
 
     The trainers pass it whole to the shared update (trainers/actor.py) and on to the registered policy loss
     (prism_lab.algos.policy_loss reads its fields by these names), as verl passes its actor config: a new loss
@@ -111,6 +111,7 @@ class ActorConfig(BaseModel):
     """
 
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+    added_fields = ("max_tokens_per_micro_batch", "log_prob_max_tokens_per_micro_batch")
 
     policy_loss: PolicyLossName = Field(
         "vanilla", description="Policy loss (prism_lab.algos.policy_loss.POLICY_LOSSES)."
@@ -139,6 +140,28 @@ class ActorConfig(BaseModel):
     lr: float = Field(1e-6, gt=0.0, description="AdamW learning rate (paper: 1e-6).")
     weight_decay: float = Field(0.01, ge=0.0, description="AdamW weight decay (GRPO 0.01, DAPO/GSPO 0.1).")
     grad_clip: float = Field(1.0, gt=0.0, description="Max global gradient norm (paper: 1.0).")
+    max_tokens_per_micro_batch: int | None = Field(
+        None,
+        ge=1,
+        description="Token budget of one actor-update micro-batch per process (verl's ppo_max_token_len_per_gpu; "
+        "paper: 10,240 for GRPO/DAPO, 20,480 for GSPO): rows are grouped in order while their prompt + response "
+        "tokens fit; a longer row gets a micro-batch of its own. The loss does not depend on the grouping. "
+        "None = micro-batches of a fixed number of rows (the stage's micro-batch size).",
+    )
+    log_prob_max_tokens_per_micro_batch: int | None = Field(
+        None,
+        ge=1,
+        description="Token budget of one micro-batch of the no-grad log-prob recompute (old and reference "
+        "log-probs; verl's log_prob_max_token_len_per_gpu, paper GSPO: 30,720). None = "
+        "max_tokens_per_micro_batch.",
+    )
+
+    @property
+    def log_prob_token_budget(self) -> int | None:
+        """The log-prob recompute's token budget: its own, else the update's (None = row micro-batches)."""
+        if self.log_prob_max_tokens_per_micro_batch is not None:
+            return self.log_prob_max_tokens_per_micro_batch
+        return self.max_tokens_per_micro_batch
 
     @model_validator(mode="after")
     def _gspo_aggregation(self) -> ActorConfig:

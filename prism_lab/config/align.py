@@ -131,7 +131,8 @@ class DiscWarmupConfig(_Strict, KeyStable):
 class AlignConfig(_Strict, KeyStable):
     """Stage 2: on-policy adversarial distillation against the discriminator (§6)."""
 
-    added_fields = ("actor_micro_batch", "disc_micro_batch", "rollout_batch_size", "rollout_engine", "precision")
+    added_fields = ("actor_micro_batch", "disc_micro_batch", "rollout_batch_size", "rollout_engine", "precision",
+                    "actor_max_tokens_per_micro_batch", "log_prob_max_tokens_per_micro_batch")
 
     steps: int = Field(
         500,
@@ -205,6 +206,14 @@ class AlignConfig(_Strict, KeyStable):
         16, ge=1, description="Rollouts per forward/backward micro-batch of the actor update (gradient accumulation "
         "over the step's batch; the loss does not depend on it)."
     )
+    actor_max_tokens_per_micro_batch: int | None = Field(
+        None, ge=1, description="Token budget of one actor-update micro-batch per process (the actor config's "
+        "max_tokens_per_micro_batch; verl's ppo_max_token_len_per_gpu); when set it replaces `actor_micro_batch`."
+    )
+    log_prob_max_tokens_per_micro_batch: int | None = Field(
+        None, ge=1, description="Token budget of the actor's old-log-prob recompute (None = "
+        "`actor_max_tokens_per_micro_batch`)."
+    )
     disc_micro_batch: int = Field(
         16, ge=1, description="Sequences per forward pass when the discriminator scores and trains."
     )
@@ -244,4 +253,6 @@ class AlignConfig(_Strict, KeyStable):
         return ActorConfig(policy_loss="vanilla", lr=self.actor_lr, weight_decay=self.weight_decay,
                            grad_clip=self.grad_clip, clip_ratio_low=self.clip_ratio_low,
                            clip_ratio_high=self.clip_ratio_high, clip_ratio_c=self.dual_clip,
-                           loss_agg_mode=self.loss_agg_mode, ppo_epochs=self.ppo_epochs)
+                           loss_agg_mode=self.loss_agg_mode, ppo_epochs=self.ppo_epochs,
+                           max_tokens_per_micro_batch=self.actor_max_tokens_per_micro_batch,
+                           log_prob_max_tokens_per_micro_batch=self.log_prob_max_tokens_per_micro_batch)

@@ -23,6 +23,7 @@ and ``actor/skipped_updates`` (a non-finite gradient norm skips the optimizer st
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -34,6 +35,7 @@ from prism_lab.algos.aggregation import aggregate, masked_mean
 from prism_lab.algos.kl import kl_penalty
 from prism_lab.algos.policy_loss import compute_policy_loss
 from prism_lab.config.algorithms import ActorConfig
+from prism_lab.data.token_budget import over_budget, token_budget_groups
 from prism_lab.trainers import distributed as dist_
 from prism_lab.trainers.optim import clip_gradients
 from prism_lab.trainers.logprobs import (
@@ -46,6 +48,9 @@ __all__ = ["MicroBatch", "micro_batches", "pad_rows", "ppo_update", "recompute_l
 
 #: Log-prob metrics that are shares of a mini-batch mean: summed over its micro-batches.
 _SUMMED = ("actor/pg_loss", "actor/loss")
+
+log_ = logging.getLogger(__name__)
+_warned_over_budget = False
 
 #: ``(rows, batch)``: the sample indices a micro-batch holds and its model inputs.
 MicroBatch = tuple[list[int], SequenceBatch]
@@ -68,23 +73,45 @@ def pad_rows(rows: Sequence[Sequence[float] | Tensor], width: int) -> Tensor:
 
 def micro_batches(prompt_batch: dict, prompt_rows: Sequence[int], completions: Sequence[Sequence[int]],
                   rows: Sequence[int], *, size: int, pad_token_id: int, image_chunks: Any,
-                  device: torch.device | str, env: Any = None) -> list[MicroBatch]:
-    """Micro-batches of at most ``size`` of the samples ``rows`` (sample ``i`` continues prompt row
-    ``prompt_rows[i]`` of ``prompt_batch`` with ``completions[i]``), on ``device``.
+                  device: torch.device | str, env: Any = None, max_tokens: int | None = None) -> list[MicroBatch]:
+    """Micro-batches of the samples ``rows`` (sample ``i`` continues prompt row ``prompt_rows[i]`` of
+    ``prompt_batch`` with ``completions[i]``), on ``device``: at most ``size`` samples each, or, with
+    ``max_tokens``, runs of samples whose prompt + response tokens (unpadded) fit the budget
+    (:func:`~prism_lab.data.token_budget.token_budget_groups`; ``size`` is then unused).
 
     Sharded (``env.sharded``): this rank's share of ``rows`` only, padded to the same number of
     micro-batches on every rank with ``([], batch)`` entries: every rank must run as many forward and
-    backward passes as the others (FSDP gathers parameters in each); a padding pass adds no gradient."""
+    backward passes as the others (FSDP gathers parameters in each); a padding pass adds no gradient.
+    With a token budget the ranks' counts differ, so the largest is taken over ranks (verl does the same)."""
     def batch(r: list[int]) -> SequenceBatch:
         return make_sequence_batch(prompt_batch, [prompt_rows[i] for i in r], [completions[i] for i in r],
                                    pad_token_id=pad_token_id, image_chunks=image_chunks).to(device)
 
     mine = list(rows) if env is None or not env.sharded else dist_.shard_slice(list(rows), env)
-    out = [(mine[s:s + size], batch(mine[s:s + size])) for s in range(0, len(mine), size)]
+    if max_tokens is None:
+        groups = [mine[s:s + size] for s in range(0, len(mine), size)]
+    else:
+        groups = _token_groups(prompt_batch, prompt_rows, completions, mine, max_tokens)
+    out = [(g, batch(g)) for g in groups]
     if env is not None and env.sharded and rows:
-        n_micro = math.ceil(math.ceil(len(rows) / env.world_size) / size)
+        n_micro = (math.ceil(math.ceil(len(rows) / env.world_size) / size) if max_tokens is None
+                   else int(dist_.all_reduce_max(len(out), env)))
         out += [([], batch([rows[0]])) for _ in range(n_micro - len(out))]
     return out
+
+
+def _token_groups(prompt_batch: dict, prompt_rows: Sequence[int], completions: Sequence[Sequence[int]],
+                  mine: list[int], max_tokens: int) -> list[list[int]]:
+    """``mine`` grouped by the token budget; warns (once per process) when a sample alone exceeds it."""
+    global _warned_over_budget
+    mask = prompt_batch["attention_mask"]
+    lengths = [int(mask[prompt_rows[i]].sum()) + len(completions[i]) for i in mine]
+    long = over_budget(lengths, max_tokens)
+    if long and not _warned_over_budget:
+        _warned_over_budget = True
+        log_.warning("max_tokens_per_micro_batch=%d: %d sample(s) of up to %d tokens exceed it; each runs as a "
+                     "micro-batch of its own (warned once)", max_tokens, len(long), max(lengths[j] for j in long))
+    return [[mine[j] for j in g] for g in token_budget_groups(lengths, max_tokens)]
 
 
 @torch.no_grad()
@@ -105,6 +132,17 @@ def recompute_logprobs(model: Any, batches: Sequence[MicroBatch], lengths: Seque
     finally:
         model.train(was)
     return out
+
+
+def _constant_scale(s: ActorConfig, micro: Sequence[MicroBatch], env: Any) -> ActorConfig:
+    """``s`` with the ``seq-mean-token-sum-norm`` divisor fixed for the whole mini-batch when the config leaves it
+    to the batch (None = the padded response length): the mini-batch's widest response over every rank, not each
+    micro-batch's own width, so the loss does not depend on how the rows are grouped into micro-batches."""
+    if s.loss_scale_factor is not None or s.loss_agg_mode != "seq-mean-token-sum-norm":
+        return s
+    width = max((int(b.response_mask.shape[1]) for r, b in micro if r), default=1)
+    width = dist_.all_reduce_max(width, env) if env is not None else width
+    return s.model_copy(update={"loss_scale_factor": float(width)})
 
 
 def ppo_update(model: Any, optimizer: torch.optim.Optimizer, mini: Sequence[Sequence[MicroBatch]],
@@ -139,6 +177,7 @@ def ppo_update(model: Any, optimizer: torch.optim.Optimizer, mini: Sequence[Sequ
             totals = dict(
                 global_num_tokens=_sum(sum(float(b.response_mask.sum()) for r, b in micro if r), env),
                 global_num_seqs=_sum(sum(float((b.response_mask.sum(-1) > 0).sum()) for r, b in micro if r), env))
+            s_mini = _constant_scale(s, micro, env)
             optimizer.zero_grad(set_to_none=True)
             for rows, b in micro:
                 if not rows:  # a padding pass (sharded runs): the same collectives, no gradient
@@ -160,17 +199,17 @@ def ppo_update(model: Any, optimizer: torch.optim.Optimizer, mini: Sequence[Sequ
                     if d > logprob_tolerance:  # the exact recomputation: same parameters as the rollout
                         old_lp = logp.detach()
                         fallbacks += 1
-                out = compute_policy_loss(s.policy_loss, logp, old_lp, adv, m, s, **totals)
+                out = compute_policy_loss(s.policy_loss, logp, old_lp, adv, m, s_mini, **totals)
                 loss = out.loss
                 mets = out.metrics(prefix="actor/")
                 if s.entropy_coeff > 0:
                     loss = loss - s.entropy_coeff * aggregate(ent.float(), m, out.agg_mode, **totals,
-                                                              loss_scale_factor=s.loss_scale_factor)
+                                                              loss_scale_factor=s_mini.loss_scale_factor)
                 mets["actor/entropy"] = float(masked_mean(ent.detach().float(), m))
                 if ref is not None and s.kl_loss_coef > 0:
                     kl_mat = kl_penalty(logp, pad_rows([ref[i] for i in rows], m.shape[1]).to(device), s.kl_loss_type)
                     loss = loss + s.kl_loss_coef * aggregate(kl_mat, m, out.agg_mode, **totals,
-                                                             loss_scale_factor=s.loss_scale_factor)
+                                                             loss_scale_factor=s_mini.loss_scale_factor)
                     mets["actor/kl_loss"] = float(masked_mean(kl_mat.detach(), m))
                 backward(loss)
                 mets["actor/loss"] = float(loss.detach())

@@ -334,13 +334,17 @@ def run_align(
             log_.warning("alignment step %d: %d non-finite discriminator scores replaced by 0", step + 1, nonfinite)
         # 6. actor update: PPO-clip, on-policy (the rollout's log-probs are the old ones when it returned them)
         comps = [r.token_ids for r in rolls]
-        mini = [micro_batches(st.pb.batch, st.rows, comps, list(range(B)), size=cfg.actor_micro_batch,
-                              pad_token_id=toks.pad, image_chunks=st.pb.image_chunks,
-                              device=next(policy.parameters()).device, env=env)]
+        def cut(max_tokens: int | None) -> list:
+            return micro_batches(st.pb.batch, st.rows, comps, list(range(B)), size=cfg.actor_micro_batch,
+                                 pad_token_id=toks.pad, image_chunks=st.pb.image_chunks,
+                                 device=next(policy.parameters()).device, env=env, max_tokens=max_tokens)
+
+        mini = [cut(actor.max_tokens_per_micro_batch)]
         from_rollout = all(r.logprobs is not None for r in rolls)
         old = {i: torch.as_tensor(list(r.logprobs), dtype=torch.float32) for i, r in enumerate(rolls)} if from_rollout \
-            else recompute_logprobs(policy, mini[0], [len(c) for c in comps], temperature=cfg.temperature,
-                                    suppress_token_ids=suppress, autocast=autocast)
+            else recompute_logprobs(policy, mini[0] if actor.log_prob_token_budget == actor.max_tokens_per_micro_batch
+                                    else cut(actor.log_prob_token_budget), [len(c) for c in comps],
+                                    temperature=cfg.temperature, suppress_token_ids=suppress, autocast=autocast)
         metrics.update(ppo_update(policy, actor_opt, mini, old, adv.tolist(), actor, temperature=cfg.temperature,
                                   suppress_token_ids=suppress,
                                   old_from_rollout=from_rollout, env=env, autocast=autocast,

@@ -107,6 +107,15 @@ def all_reduce_sum(value: float, env: DistEnv) -> float:
     return float(t.item())
 
 
+def all_reduce_max(value: float, env: DistEnv) -> float:
+    """Largest value of a Python number over ranks (the number itself when not sharded)."""
+    if not env.sharded:
+        return float(value)
+    t = torch.tensor([float(value)], dtype=torch.float64, device=_comm_device(env))
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return float(t.item())
+
+
 def all_gather_objects(obj: T, env: DistEnv) -> list[T]:
     """Every rank's ``obj`` in rank order (``[obj]`` when not sharded)."""
     if not env.sharded:

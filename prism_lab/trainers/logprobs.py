@@ -212,8 +212,9 @@ def _shared_prefix_logits(model, batch: SequenceBatch) -> Tensor:
     out = model(**pre, cache=cache, use_cache=True, logits_to_keep=1)
     first = out.logits[:, -1:, :].index_select(0, idx)  # predicts completion token 0
     c = batch.completion_ids.shape[1]
-    if c == 1:
-        return first
+    # One completion token needs no second pass, but it runs anyway on that token (its logits dropped, kept in
+    # the graph): every batch then makes the same two model calls, as FSDP needs when the ranks' batches differ.
+    steps = max(c - 1, 1)
     deltas = getattr(getattr(model, "model", None), "rope_deltas", None) if has_images else None
     u = pre["attention_mask"].shape[0]
     if deltas is None:
@@ -222,11 +223,11 @@ def _shared_prefix_logits(model, batch: SequenceBatch) -> Tensor:
         layer.keys = layer.keys.index_select(0, idx)
         layer.values = layer.values.index_select(0, idx)
     p_mask = pre["attention_mask"].index_select(0, idx)
-    r_mask = batch.response_mask[:, :-1].to(p_mask.dtype)
+    r_mask = batch.response_mask[:, :steps].to(p_mask.dtype)
     attn = torch.cat([p_mask, r_mask], dim=1)
     start = p_mask.sum(dim=1, keepdim=True) + deltas.view(-1, 1).index_select(0, idx)
-    pos = start + torch.arange(c - 1, device=start.device).view(1, -1)
+    pos = start + torch.arange(steps, device=start.device).view(1, -1)
     pos = pos.unsqueeze(0).expand(3, -1, -1)
-    rest = model(input_ids=batch.completion_ids[:, :-1], attention_mask=attn, position_ids=pos, cache=cache,
+    rest = model(input_ids=batch.completion_ids[:, :steps], attention_mask=attn, position_ids=pos, cache=cache,
                  use_cache=True)
-    return torch.cat([first, rest.logits], dim=1)
+    return torch.cat([first, rest.logits], dim=1)[:, :c]

@@ -280,10 +280,15 @@ class _RLRun:
         completions = [s.token_ids for s in samples]
         lengths = [len(c) for c in completions]
         chunks = image_chunks_per_row(prompt_batch)
-        mini = [micro_batches(prompt_batch, prompt_rows, completions, rows, size=cfg.micro_batch_size,
-                              pad_token_id=self.pad_id, image_chunks=chunks, device=self.device, env=self.env)
+        def cut(rows: list[int], max_tokens: int | None) -> list:
+            return micro_batches(prompt_batch, prompt_rows, completions, rows, size=cfg.micro_batch_size,
+                                 pad_token_id=self.pad_id, image_chunks=chunks, device=self.device, env=self.env,
+                                 max_tokens=max_tokens)
+
+        mini = [cut(rows, algo.max_tokens_per_micro_batch)
                 for rows in even_split(list(range(len(samples))), algo.mini_batches_per_rollout) or [[]]]
-        flat = [mb for micro in mini for mb in micro]
+        flat = ([mb for micro in mini for mb in micro] if algo.log_prob_token_budget == algo.max_tokens_per_micro_batch
+                else cut(list(range(len(samples))), algo.log_prob_token_budget))  # the recompute's own budget
         have_lp = all(s.rollout_logprobs is not None and len(s.rollout_logprobs) == len(s.token_ids) for s in samples)
         from_rollout = algo.is_on_policy and have_lp and self.trust_rollout_logprobs
         lp_kw = dict(temperature=cfg.temperature, suppress_token_ids=self.suppress, autocast=self.autocast)

@@ -236,3 +236,27 @@ def test_nan_scores_are_replaced_and_counted(env):
     run_align(model, proc, disc, env["examples"], _cfg(steps=1), log=lambda st, m: logged.append(m))
     m = logged[0]
     assert m["nonfinite_scores"] >= 4 * 2 and m["d_skipped"] == 1 and m["actor/skipped_updates"] == 0
+
+
+def test_the_actor_token_budget_cuts_the_update_and_leaves_the_training_unchanged(env, monkeypatch):
+    """`actor_max_tokens_per_micro_batch` reaches the actor's micro-batching (one row per micro-batch at a budget of
+    one token) and the trained policy equals the one of row micro-batches."""
+    import prism_lab.trainers.align as align_mod
+
+    budgets = []
+    real = align_mod.micro_batches
+
+    def spying(*a, **kw):
+        out = real(*a, **kw)
+        budgets.append((kw["max_tokens"], len(out)))
+        return out
+
+    monkeypatch.setattr(align_mod, "micro_batches", spying)
+    trained = []
+    for extra in ({}, {"actor_max_tokens_per_micro_batch": 1}):
+        model, proc, disc = _fresh(env)
+        run_align(model, proc, disc, env["examples"], _cfg(steps=1, **extra))
+        trained.append([p.detach().clone() for p in model.parameters()])
+    assert budgets[0][0] is None and budgets[-1] == (1, 4)  # 2 prompts x 2 rollouts, each alone
+    for a, b in zip(*trained):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)

@@ -252,3 +252,49 @@ def test_shared_prefix_forward_equals_full_forward(tok, examples):
         assert torch.allclose(a, b, atol=1e-5, rtol=1e-4)
     for i, o in enumerate(outs):
         assert torch.allclose(got[True][0][i, : len(o.token_ids)], torch.tensor(o.logprobs), atol=1e-4)
+
+
+def test_shared_prefix_with_one_token_runs_the_same_two_passes(tok, examples):
+    """A batch of one-token completions still makes two model calls (as longer ones do: under FSDP every rank
+    must run as many passes as the others, whatever its micro-batch) and gives the full forward's log-probs."""
+    from prism_lab.rollout import Prompt, build_prompt_inputs
+    from prism_lab.trainers.logprobs import completion_logprobs, make_sequence_batch
+
+    model, proc = _policy(tok)
+    prompts = [Prompt(ex.prompt, ex.load_images()) for ex in examples[:2]]
+    sb = make_sequence_batch(build_prompt_inputs(proc, prompts), [0, 1, 0], [[7], [9], [11]], pad_token_id=0)
+    calls = []
+    hook = model.register_forward_hook(lambda *_: calls.append(1))
+    try:
+        shared, _ = completion_logprobs(model, sb, shared_prefix=True)
+    finally:
+        hook.remove()
+    full, _ = completion_logprobs(model, sb, shared_prefix=False)
+    assert len(calls) == 2
+    assert shared.shape == full.shape == (3, 1)
+    assert torch.allclose(shared, full, atol=1e-5)
+
+
+def test_token_budgets_reach_the_update_and_the_recompute_and_leave_the_training_unchanged(tok, examples, monkeypatch):
+    """`max_tokens_per_micro_batch` / `log_prob_max_tokens_per_micro_batch` (algorithm overrides) cut the update's and
+    the old-log-prob recompute's micro-batches; the trained weights equal those of row micro-batches."""
+    budgets = []
+    real = rl_mod.micro_batches
+
+    def spying(*a, **kw):
+        out = real(*a, **kw)
+        budgets.append((kw["max_tokens"], len(out)))
+        return out
+
+    monkeypatch.setattr(rl_mod, "micro_batches", spying)
+    trained = []
+    for extra in ({}, {"max_tokens_per_micro_batch": 40, "log_prob_max_tokens_per_micro_batch": 10_000}):
+        model, proc = _policy(tok)
+        train_rl(model, proc, examples, _cfg("gspo_paper", steps=1, algorithm_overrides={"lr": 1e-3, **extra}),
+                 score_fn=parity_score)
+        trained.append([p.detach().clone() for p in model.parameters()])
+    cut = [n for b, n in budgets if b == 40]
+    assert len(cut) == 4 and sum(cut) > 4  # 4 mini-batches, at least one cut in several micro-batches
+    assert [n for b, n in budgets if b == 10_000] == [1]  # the recompute: every row in one micro-batch
+    for a, b in zip(*trained):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
