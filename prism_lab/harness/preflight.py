@@ -12,7 +12,6 @@ only for runs that need sizing.
 from __future__ import annotations
 
 import importlib.util
-import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -49,14 +48,12 @@ class Cleared:
 def check_address(address: str | None, environ: Mapping[str, str] | None = None) -> None:
     """The Ray address (``--address``, else ``RAY_ADDRESS``) answers, checked before anything is written.
     The check itself is harness/executors/ray_address.py's (one gRPC call to the head; no Ray import)."""
-    env = os.environ if environ is None else environ
-    option = "--address" if address else "RAY_ADDRESS"
-    address = address or env.get("RAY_ADDRESS") or None
     if importlib.util.find_spec("ray") is None:
         raise PrismError("--executor ray needs the `ray` extra: pip install -e \".[ray]\"")
-    if address:
-        from prism_lab.harness.executors.ray_address import check_address as ray_check_address
+    from prism_lab.harness.executors.ray_address import address_from, check_address as ray_check_address
 
+    address, option = address_from(address, environ)
+    if address:
         ray_check_address(address, option=option)
 
 

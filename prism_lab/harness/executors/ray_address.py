@@ -17,6 +17,7 @@ connects to the GCS directly.
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 
 from prism_lab.errors import PrismError
 
@@ -27,11 +28,11 @@ _TOKEN_HINT = ("set RAY_AUTH_MODE=token for prism-lab and give it the cluster's 
                "RAY_AUTH_TOKEN_PATH or RAY_AUTH_TOKEN), as Ray documents for token authentication")
 
 
-def address_from(address: str | None) -> tuple[str | None, str]:
+def address_from(address: str | None, environ: Mapping[str, str] | None = None) -> tuple[str | None, str]:
     """(the address to connect to, the name to blame): ``--address``, else ``RAY_ADDRESS``, else None."""
     if address:
         return address, "--address"
-    env = os.environ.get("RAY_ADDRESS") or None
+    env = (os.environ if environ is None else environ).get("RAY_ADDRESS") or None
     return env, "RAY_ADDRESS"
 
 
