@@ -32,6 +32,7 @@ import hashlib
 import importlib.metadata
 import json
 import subprocess
+from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import cache
@@ -170,9 +171,9 @@ class Mixed:
     """A benchmark whose eval runs were made under more than one fingerprint."""
 
     benchmark: str
-    hashes: tuple[str, ...]  # in the order the runs were given
+    hashes: tuple[str, ...]  # the one with most runs first (then by hash)
     runs: int
-    fields: dict[str, tuple[Any, ...]]  # dotted field name -> its distinct values
+    fields: dict[str, tuple[Any, ...]]  # dotted field name -> its distinct values, in the order of ``hashes``
 
 
 def mixed_fingerprints(per_run: Mapping[str, Mapping[str, Mapping[str, Any]]]) -> list[Mixed]:
@@ -184,9 +185,11 @@ def mixed_fingerprints(per_run: Mapping[str, Mapping[str, Mapping[str, Any]]]) -
             by_bench.setdefault(bench, []).append(fp)
     out = []
     for bench, fps in by_bench.items():
-        hashes = tuple(dict.fromkeys(str(fp.get("hash")) for fp in fps))
-        if len(hashes) < 2:
+        counts = Counter(str(fp.get("hash")) for fp in fps)
+        if len(counts) < 2:
             continue
+        hashes = tuple(sorted(counts, key=lambda h: (-counts[h], h)))  # the most runs first
+        fps = sorted(fps, key=lambda fp: hashes.index(str(fp.get("hash"))))
         flats = [_flat(fp.get("fields") or {}) for fp in fps]
         names = list(dict.fromkeys(n for f in flats for n in f))
         fields = {}
