@@ -29,6 +29,7 @@ Nothing here imports torch.
 from __future__ import annotations
 
 import hashlib
+import importlib
 import importlib.metadata
 import json
 import subprocess
@@ -110,10 +111,8 @@ def backend_version(name: str) -> str | None:
     if dist is None:
         return None
     found = _installed(dist)
-    if found is None and name == "builtin":
-        from prism_lab import __version__
-
-        return __version__
+    if found is None and name == "builtin":  # a checkout used without installing it
+        return importlib.import_module("prism_lab").__version__
     if found is None and name == "vlmevalkit":  # VLMEvalKit usually lives in a virtualenv of its own
         from prism_lab.errors import ConfigError
         from prism_lab.eval.vlmeval.backend import find_vlmeval_python
