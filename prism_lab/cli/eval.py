@@ -97,6 +97,7 @@ def _evaluate(checkpoint: Path, benchmark: list[str], backend: str, bench_dir: P
     from prism_lab.cli.options import resolve_root, stdout_to_stderr
     from prism_lab.config.eval import EvalConfig
     from prism_lab.eval.backends import EVAL_BACKENDS
+    from prism_lab.eval.fingerprint import protocol_key
     from prism_lab.eval.run import checkpoint_fingerprint
     from prism_lab.harness.ledger import Ledger, run_is_stale
     from prism_lab.harness.plan import content_key
@@ -139,7 +140,8 @@ def _evaluate(checkpoint: Path, benchmark: list[str], backend: str, bench_dir: P
                    status="done", artifact_path=str(model_dir))
     config = cfg.model_dump(mode="json")
     inputs = {"checkpoint": ckpt_key}
-    key = content_key("eval", STAGE_KINDS.get("eval").version, config, inputs)
+    key = content_key("eval", STAGE_KINDS.get("eval").version, config, inputs,
+                      protocol_key(config["benchmarks"], config["backend"]))
     ledger.add_run(key, "eval", f"eval {checkpoint.name}", config, inputs)
     row = ledger.get_run(key)
     if row.status == "running" and run_is_stale(row):  # left by an eval that was killed

@@ -29,6 +29,8 @@ def report(
 
     ledger_root = Path(root or os.environ.get("PRISM_LAB_ROOT") or "runs")
     paths = build_report(ledger_root, target, out)
+    for line in paths.warnings:  # benchmarks whose eval runs mix fingerprints: never only in the file
+        typer.echo(f"warning: {line}", err=True)
     typer.echo(f"report: {paths.markdown}")
     typer.echo(f"tables: {paths.results_csv}, {paths.deltas_csv}, "
                + ", ".join(str(p) for p in paths.tables.values()))

@@ -48,6 +48,7 @@ def _load_plan(grid_path: Path, *, check_inputs: bool = False, strict_benchmarks
 def _run_records(plan, root: Path, *, with_metrics: bool) -> list[dict]:
     from prism_lab.harness.ledger import Ledger
 
+    from prism_lab.eval.fingerprint import recorded_fingerprints as eval_fingerprints
     from prism_lab.harness.freshness import recorded_fingerprints, stale_runs
 
     ledger = Ledger.open_existing(root)
@@ -55,6 +56,7 @@ def _run_records(plan, root: Path, *, with_metrics: bool) -> list[dict]:
     stale = stale_runs(ledger, rows) if ledger and with_metrics else {}
     done = [k for k, r in rows.items() if r.status == "done"]
     prints = recorded_fingerprints(ledger, done) if ledger and with_metrics else {}
+    evals = eval_fingerprints(ledger, [k for k in done if plan.runs[k].kind == "eval"]) if ledger and with_metrics else {}
     records = []
     for key, run in plan.runs.items():
         row = rows.get(key)
@@ -75,6 +77,8 @@ def _run_records(plan, root: Path, *, with_metrics: bool) -> list[dict]:
                 "machine": (prints.get(key) or {}).get("machine"),
             })
             rec["truncated"] = bool(rec["metrics"].get("truncated"))
+            if run.kind == "eval":
+                rec["eval_fingerprints"] = evals.get(key)
         records.append(rec)
     if ledger:
         ledger.close()
@@ -269,11 +273,22 @@ def sweep_run(
         raise typer.Exit(1)
 
 
+def _warn_mixed_eval_fingerprints(records: list[dict]) -> None:
+    """One warning line on stderr per benchmark whose done eval runs were made under different evaluation
+    fingerprints (prism_lab/eval/fingerprint.py): the status and the report would mix protocols."""
+    from prism_lab.eval.fingerprint import mixed_fingerprints, mixed_warning
+
+    per_run = {r["key"]: r["eval_fingerprints"] for r in records if r.get("eval_fingerprints")}
+    for mixed in mixed_fingerprints(per_run):
+        err.print(f"warning: {mixed_warning(mixed)}", markup=False, highlight=False)
+
+
 @sweep_app.command("status")
 def sweep_status(grid: GridArg, format: FormatOpt = Format.table, root: RootOpt = None) -> None:
     """Status of every stage run of a grid, with the latest metrics of each."""
     plan = _load_plan(grid)
     records = _run_records(plan, resolve_root(root), with_metrics=True)
+    _warn_mixed_eval_fingerprints(records)
     if format is Format.json:
         print(json.dumps([{k: v for k, v in r.items() if k != "config"} for r in records], indent=2, default=str))
         return

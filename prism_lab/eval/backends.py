@@ -154,6 +154,15 @@ class EvalBackend:
     def close(self) -> None:
         """Release the model (called once the checkpoint's benchmarks are done)."""
 
+    def inference_engine(self) -> str | None:
+        """The engine that generates this backend's predictions (``hf`` / ``vllm``), without loading a model; None
+        when prism-lab cannot say (the evaluation fingerprint records it)."""
+        return None
+
+    def judge_identity(self) -> tuple[str | None, str | None]:
+        """(the model judge scoring this backend's answers, its version); (None, None): rule scoring only."""
+        return None, None
+
 
 # ----------------------------------------------------------------------------------------------- registry
 EVAL_BACKENDS: Registry[type[EvalBackend] | str] = Registry("eval backend")

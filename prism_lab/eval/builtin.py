@@ -205,6 +205,11 @@ class BuiltinBackend(EvalBackend):
         self._engine = None
         self._engine_dir = None
 
+    def inference_engine(self) -> str:
+        from prism_lab.rollout import resolve_engine_kind
+
+        return resolve_engine_kind(self.engine_kind)
+
     # -- generation
     def _gen_kwargs(self, engine: Any, settings: GenerationSettings) -> dict[str, Any]:
         kw: dict[str, Any] = {"n": 1, "max_new_tokens": settings.max_new_tokens, "do_sample": settings.do_sample}

@@ -258,6 +258,9 @@ class LmEvalBackend(EvalBackend):
         self._lm = None
         self._dir = None
 
+    def inference_engine(self) -> str:
+        return "hf"  # lm-eval's HFLM around the loaded checkpoint
+
     def evaluate(self, checkpoint_dir: str | Path, spec: Any, items: Sequence[Any],
                  settings: GenerationSettings) -> BenchmarkResult:
         if not lmeval_available():

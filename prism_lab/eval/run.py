@@ -4,7 +4,8 @@ command (``python -m prism_lab.eval.run CHECKPOINT --bench-dir DIR -b synth-perc
 For every benchmark: read its TSV, resolve the generation settings (YAML overridden by the EvalConfig),
 look the predictions up in the cache, generate and score on a miss, then write
 ``<out_dir>/predictions/<benchmark>.jsonl``. ``<out_dir>/results.json`` collects per-benchmark metrics,
-settings and cache keys; the returned dict has the same content, with flat ledger metrics under
+settings, cache keys and evaluation fingerprints (``prism_lab.eval.fingerprint``; also under
+``"fingerprints"``); the returned dict has the same content, with flat ledger metrics under
 ``"metrics"``::
 
     eval/<bench>/accuracy, eval/<bench>/format_rate, eval/<bench>/n, eval/<bench>/mean_response_tokens,
@@ -35,6 +36,7 @@ from prism_lab.eval.backends import BenchmarkResult, get_backend_class, resolve_
 from prism_lab.eval.baselines import chance, majority
 from prism_lab.prompts import Prompting
 from prism_lab.eval.benchmarks import RETENTION_GROUP, BenchmarkSpec, load_benchmark
+from prism_lab.eval.fingerprint import benchmark_fingerprint
 from prism_lab.eval.predictions import PredictionCache, cache_key, file_sha256, write_json_atomic, write_jsonl_atomic
 
 __all__ = ["RESULTS_FILE", "PREDICTIONS_DIR", "benchmark_tsv", "checkpoint_fingerprint", "evaluate_checkpoint", "main"]
@@ -196,13 +198,14 @@ def _averages(specs: Sequence[BenchmarkSpec], per_bench: dict[str, Any]) -> dict
 
 
 def _bench_entry(spec: BenchmarkSpec, result: BenchmarkResult, path: Path | None, sha: str, key: str, n_noimg: int,
-                 base: dict[str, float]) -> dict[str, Any]:
-    """One benchmark's entry of results.json: its metrics, where its data came from, its settings and cache key,
-    and its baselines (``base``)."""
+                 base: dict[str, float], fingerprint: dict[str, Any]) -> dict[str, Any]:
+    """One benchmark's entry of results.json: its metrics, where its data came from, its settings, cache key and
+    evaluation fingerprint, and its baselines (``base``)."""
     return {
         **{k: _finite(v) for k, v in result.metrics.items()},
         "kind": spec.kind, "group": spec.group, "file": str(path) if path else None, "file_sha256": sha,
         "settings": result.settings.to_dict(), "cache_key": key, "cache_hit": result.cached,
+        "fingerprint": fingerprint,
         "skipped_noimg": n_noimg, **({"info": result.info} if result.info else {}),
         **base,
     }
@@ -273,7 +276,8 @@ def evaluate_checkpoint(
             if out is not None:
                 write_jsonl_atomic(out / PREDICTIONS_DIR / f"{spec.name}.jsonl", result.rows)
             base = _baselines(spec, items)
-            per_bench[spec.name] = _bench_entry(spec, result, path, sha, key, n_noimg, base)
+            fp = benchmark_fingerprint(spec, sha, prompting, result.settings, backend_for(_backend_name(spec, cfg)))
+            per_bench[spec.name] = _bench_entry(spec, result, path, sha, key, n_noimg, base, fp)
             items_out[spec.name] = item_scores(result.rows)
             metrics.update(_ledger_metrics(spec.name, m))
             metrics.update({f"eval/{spec.name}/{k}": v for k, v in base.items()})
@@ -292,6 +296,7 @@ def evaluate_checkpoint(
         "prompting": prompting.to_dict(),
         "config": cfg.model_dump(),
         "benchmarks": per_bench,
+        "fingerprints": {name: b["fingerprint"] for name, b in per_bench.items()},
         "skipped": skipped,
         "avg": {"accuracy": _finite(metrics.get("eval/avg/accuracy", math.nan)),
                 "format_rate": _finite(metrics.get("eval/avg/format_rate", math.nan))},

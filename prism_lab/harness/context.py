@@ -38,6 +38,8 @@ class StageContext:
     tracker: Tracker
     attempt: int = 1
     log: logging.Logger = field(default_factory=lambda: logging.getLogger("prism_lab.stage"))
+    #: Further entries of the run's run.json (the eval stage's fingerprints); the harness's own entries win.
+    record: dict[str, Any] = field(default_factory=dict)
 
     def log_metrics(self, step: int, values: dict[str, float]) -> None:
         self.tracker.log(step, values)

@@ -305,9 +305,8 @@ class PrismPipeline:
             base_up = ["size", "data", "base"] + (["seed"] if seeded else [])
             base = builder.add("base", cfg("base", model=spec.models[ax["size"]]), {"data": data},
                                label=label("base", *base_up), cell=cell, role="base")
-            builder.add("eval", cfg("eval", seeded=seeded, benchmarks=list(spec.benchmarks)),
-                        {"checkpoint": base, "data": data}, label=label("eval:base", *base_up, "eval"), cell=cell,
-                        role="eval/base")
+            self._eval(builder, lambda kind, **kw: cfg(kind, seeded=seeded, **kw), cell, base, data, "base",
+                       label("eval:base", *base_up, "eval"))
             sft_inputs["policy"] = base
         up = ["size", "seed", "sft", "data"] + (["base"] if "base" in spec.stages else [])
         sft = builder.add("sft", cfg("sft", model=spec.models[ax["size"]]), sft_inputs,
@@ -329,8 +328,21 @@ class PrismPipeline:
 
     @staticmethod
     def _eval(builder: PlanBuilder, cfg: Any, cell: Cell, ckpt: str, data: str, of: str, label: str) -> None:
-        builder.add("eval", cfg("eval", benchmarks=list(builder.grid.spec.benchmarks)),
-                    {"checkpoint": ckpt, "data": data}, label=label, cell=cell, role=f"eval/{of}")
+        raw = cfg("eval", benchmarks=list(builder.grid.spec.benchmarks))
+        builder.add("eval", raw, {"checkpoint": ckpt, "data": data}, label=label, cell=cell, role=f"eval/{of}",
+                    fingerprint=eval_protocol(builder, builder.resolve_config("eval", raw, ("stages", "eval"))))
+
+
+def eval_protocol(builder: PlanBuilder, config: dict) -> str:
+    """The part of an eval run's evaluation fingerprint its config and inputs do not already key
+    (``prism_lab.eval.fingerprint.protocol_key``: the benchmark definitions, the external backends' versions),
+    computed once per plan for each benchmark list and backend."""
+    memo = "eval-protocol:" + canonical_json([config["benchmarks"], config["backend"]])
+    if memo not in builder.memo:
+        from prism_lab.eval.fingerprint import protocol_key
+
+        builder.memo[memo] = protocol_key(config["benchmarks"], config["backend"])
+    return builder.memo[memo]
 
 
 PIPELINES.add("prism", PrismPipeline())

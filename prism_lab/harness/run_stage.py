@@ -167,6 +167,7 @@ def run_spec(spec: RunSpec, reports: RunReports) -> int:
             "git_commit": git_commit(), "packages": package_versions(), "host": host_info(),
             "stage_version": kind.version, "code": code,
         }
+        record = {**ctx.record, **record}
         (work / "run.json").write_text(json.dumps(record, indent=2, sort_keys=True, default=str))
         if final.exists():
             shutil.rmtree(final)

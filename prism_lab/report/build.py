@@ -28,6 +28,7 @@ from prism_lab.report.out_dir import claim_out_dir, discard, make_staging, publi
 from prism_lab.report.paper import canonical_column
 from prism_lab.report.drift import DriftPoint, drift_chains, plot_drift
 from prism_lab.report.plots import plot_curves, plot_deltas
+from prism_lab.report.protocol import mixed_lines, render_fingerprints, sweep_fingerprints
 from prism_lab.report.deltas import Delta, build_deltas, deltas_frame
 from prism_lab.report.tables import (
     Baseline,
@@ -51,6 +52,7 @@ class ReportPaths:
     deltas_csv: Path
     tables: dict[str, Path] = field(default_factory=dict)  # size -> wide CSV
     plots: list[Path] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)  # one line each: benchmarks whose runs mix eval fingerprints
 
     def all_files(self) -> list[Path]:
         return [self.markdown, self.results_csv, self.curves_csv, self.deltas_csv, *self.tables.values(), *self.plots]
@@ -143,6 +145,8 @@ def build_report(ledger_root: str | Path, sweep_name_or_grid_path: str | Path,
     try:
         rep = compute_report(ledger, sweep_name_or_grid_path)
         flags = run_flags(ledger, rep.data)
+        prints = sweep_fingerprints(ledger, rep.data)
+        flags["mixed_eval"] = mixed_lines(prints)
     finally:
         ledger.close()
     data = rep.data
@@ -152,11 +156,13 @@ def build_report(ledger_root: str | Path, sweep_name_or_grid_path: str | Path,
     created = not claimed.path.exists()
     staging = make_staging(claimed)
     try:
-        written = _write_files(rep, flags, staging)
+        written = _write_files(rep, flags, staging, render_fingerprints(prints, data.benchmarks))
         publish(claimed, staging, sweep=data.name)
     finally:
         discard(claimed, staging, created=created)
-    return _final_paths(written, staging, claimed.path)
+    paths = _final_paths(written, staging, claimed.path)
+    paths.warnings = list(flags["mixed_eval"])
+    return paths
 
 
 def _final_paths(written: ReportPaths, staging: Path, out: Path) -> ReportPaths:
@@ -170,8 +176,8 @@ def _final_paths(written: ReportPaths, staging: Path, out: Path) -> ReportPaths:
                        plots=[moved(p) for p in written.plots])
 
 
-def _write_files(rep: Report, flags: Any, out: Path) -> ReportPaths:
-    """Render every file of the report into ``out``."""
+def _write_files(rep: Report, flags: Any, out: Path, fingerprints: str = "") -> ReportPaths:
+    """Render every file of the report into ``out`` (``fingerprints``: the evaluation fingerprints section)."""
     data = rep.data
     plots_dir = out / "plots"
 
@@ -213,5 +219,6 @@ def _write_files(rep: Report, flags: Any, out: Path) -> ReportPaths:
 
     text = render_report(data, rep, failed=failed_runs(data), counts=status_counts(data), files=files, out_dir=out)
     flag_text = render_flags(flags)
-    paths.markdown.write_text(text + ("\n" + flag_text if flag_text else ""), encoding="utf-8")
+    extra = "".join("\n" + part for part in (fingerprints, flag_text) if part)
+    paths.markdown.write_text(text + extra, encoding="utf-8")
     return paths

@@ -1,6 +1,7 @@
 """Runs a reader must not take at face value: made by other code than the code installed now (stale),
-stopped by a wall-clock budget (truncated: the result depends on the machine it ran on), or made on more than
-one kind of machine (their numbers reproduce bitwise only on the kind that made them)."""
+stopped by a wall-clock budget (truncated: the result depends on the machine it ran on), made on more than
+one kind of machine (their numbers reproduce bitwise only on the kind that made them), or evaluated under more
+than one evaluation fingerprint for one benchmark (``mixed_eval``: lines of report/protocol.py)."""
 
 from __future__ import annotations
 
@@ -50,10 +51,15 @@ def _machines(machines: list[dict[str, Any]]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _warnings(flags: dict[str, list[dict[str, Any]]], mixed: bool) -> str:
-    if not flags["stale"] and not flags["truncated"] and not mixed:
+def _warnings(flags: dict[str, list[Any]], mixed: bool) -> str:
+    protocols = flags.get("mixed_eval", [])
+    if not flags["stale"] and not flags["truncated"] and not mixed and not protocols:
         return ""
     lines = ["## Warnings", ""]
+    if protocols:
+        lines += ["Benchmarks evaluated under more than one evaluation fingerprint (see Evaluation fingerprints): "
+                  "their rows, columns and deltas mix protocols.", ""]
+        lines += [f"- {line}" for line in protocols] + [""]
     if mixed:
         lines += ["Runs made on more than one kind of machine (see Machines below): a chain whose stages ran on "
                   "different kinds, or rows from different kinds, do not reproduce bitwise on any one machine.", ""]

@@ -41,6 +41,7 @@ __all__ = [
     "text_position_ids",
     "to_content_messages",
     "vision_token_ids",
+    "resolve_engine_kind",
     "vllm_available",
 ]
 
@@ -53,6 +54,16 @@ def vllm_available() -> bool:
         return False
 
 
+def resolve_engine_kind(kind: str = "auto") -> str:
+    """The engine ``make_engine(kind=kind)`` builds: ``hf`` or ``vllm`` (``auto``: vLLM when it is installed AND a
+    GPU is present, else HF); loads no model (the evaluation fingerprint names the engine of a cached result)."""
+    if kind not in ("auto", "hf", "vllm"):
+        raise ConfigError(f"unknown rollout engine {kind!r}; expected auto, hf or vllm")
+    if kind == "auto":
+        return "vllm" if (vllm_available() and torch.cuda.is_available()) else "hf"
+    return kind
+
+
 def make_engine(model, processor, kind: str = "auto", **kwargs: Any) -> RolloutEngine:
     """A rollout engine for ``model``.
 
@@ -60,10 +71,7 @@ def make_engine(model, processor, kind: str = "auto", **kwargs: Any) -> RolloutE
     built from a checkpoint directory, ``kwargs["checkpoint_dir"]``, or from ``model`` saved to a
     temporary directory), or ``"auto"``: vLLM when it is installed AND a GPU is present, else HF.
     """
-    if kind not in ("auto", "hf", "vllm"):
-        raise ConfigError(f"unknown rollout engine {kind!r}; expected auto, hf or vllm")
-    if kind == "auto":
-        kind = "vllm" if (vllm_available() and torch.cuda.is_available()) else "hf"
+    kind = resolve_engine_kind(kind)
     if kind == "hf":
         return HFGenerateEngine(model, processor)
     if not vllm_available():

@@ -4,19 +4,23 @@ Inputs: ``checkpoint`` (an artifact whose HF checkpoint is ``<path>/model``) and
 its catalog's ``bench_dir`` holds the benchmark TSVs). Writes ``predictions/<benchmark>.jsonl`` and
 ``results.json`` into the run directory, logs ``eval/<bench>/{accuracy,format_rate,n,...}`` and
 ``eval/avg/accuracy`` at step 0, and returns the same metrics as the run's summary; every item's score
-goes to the ledger's ``item_scores`` (the report's paired item bootstrap), and the drift measurements
+goes to the ledger's ``item_scores`` (the report's paired item bootstrap), each benchmark's evaluation
+fingerprint to run.json (``eval_fingerprints``) and to the ledger (an ``eval_fingerprint`` event; see
+``prism_lab.eval.fingerprint``), and the drift measurements
 (``drift/*``, ``stages/drift.py``) are logged with the benchmark metrics. Predictions are cached under
 ``<root>/cache/predictions`` (see ``prism_lab.eval.predictions``).
 """
 
 from __future__ import annotations
 
+import json
 import math
 import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from prism_lab.config.eval import EvalConfig
+from prism_lab.eval.fingerprint import FINGERPRINT_EVENT
 from prism_lab.stages.artifacts import (
     PREDICTION_CACHE,
     checkpoint_dir_of,
@@ -64,6 +68,8 @@ def run(ctx: StageContext) -> dict:
     ctx.log_metrics(0, metrics)
     for bench, scores in results["items"].items():
         ctx.ledger.log_item_scores(ctx.key, bench, scores)
+    ctx.ledger.event(FINGERPRINT_EVENT, json.dumps(results["fingerprints"], sort_keys=True), run_key=ctx.key)
+    ctx.record["eval_fingerprints"] = results["fingerprints"]
     for bench, rows in results["samples"].items():
         ctx.tracker.log_table(f"eval_samples/{bench}", ["index", "prompt", "image", "response", "score"],
                               [[r["index"], r["prompt"], r["image"], r["response"], r["score"]] for r in rows])

@@ -6,6 +6,7 @@ import json
 
 import pytest
 
+from prism_lab.eval.fingerprint import recorded_fingerprints
 from prism_lab.harness.ledger import Ledger
 from tests.conftest import run_cli
 
@@ -44,7 +45,17 @@ def test_eval_command_records_an_eval_run_and_reuses_it(tiny_ckpt_and_bench):
     metrics = led.last_metrics(out["run_key"])
     assert metrics["eval/synth-reasoning/n"] == 4 and "eval/avg/accuracy" in metrics
     assert out["metrics"] == dict(sorted(metrics.items()))
-    assert (d / "root" / "runs" / "eval" / out["run_key"][:16] / "predictions" / "synth-reasoning.jsonl").is_file()
+    run_dir = d / "root" / "runs" / "eval" / out["run_key"][:16]
+    assert (run_dir / "predictions" / "synth-reasoning.jsonl").is_file()
+    # the evaluation fingerprint of each benchmark: in the ledger, run.json and results.json alike
+    prints = recorded_fingerprints(led, [out["run_key"]])[out["run_key"]]
+    assert set(prints) == {"synth-reasoning", "synth-hallusion"}
+    fields = prints["synth-reasoning"]["fields"]
+    assert fields["decoding"]["max_new_tokens"] == 16 and fields["decoding"]["limit"] == 4
+    assert fields["backend"] == "builtin" and fields["engine"] == "hf" and fields["judge"] is None
+    assert json.loads((run_dir / "run.json").read_text())["eval_fingerprints"] == prints
+    results = json.loads((run_dir / "results.json").read_text())
+    assert {b: e["fingerprint"] for b, e in results["benchmarks"].items()} == prints
     led.close()
     second = run_cli(*args)
     assert second.returncode == 0

@@ -408,6 +408,7 @@ class _Ctx:
         self.out_dir.mkdir(parents=True)
         self.log = logging.getLogger("test.eval")
         self.logged: list[tuple[int, dict]] = []
+        self.record: dict = {}  # run.json's further entries (StageContext.record)
 
     def input(self, role):
         return self.inputs[role]
@@ -442,6 +443,10 @@ def test_stage_runner(bench_dir, tmp_path, monkeypatch):
     assert len(list((tmp_path / "cache" / "predictions").glob("*.jsonl"))) == 1
     scores = ctx.ledger.item_scores([ctx.key])[ctx.key]["t-open"]  # per-item scores for the item bootstrap
     assert sorted(scores.values()) == [0.0, 1.0] and len(scores) == 2
+    from prism_lab.eval.fingerprint import recorded_fingerprints
+
+    prints = recorded_fingerprints(ctx.ledger, [ctx.key])[ctx.key]  # the ledger's, run.json's and results.json's
+    assert prints == ctx.record["eval_fingerprints"] == {"t-open": res["benchmarks"]["t-open"]["fingerprint"]}
     [(name, columns, rows)] = ctx.tables  # the W&B table of sample generations
     assert name == "eval_samples/t-open" and columns == ["index", "prompt", "image", "response", "score"]
     assert len(rows) == 2 and rows[0][2].size == (32, 32) and {r[4] for r in rows} == {0.0, 1.0}

@@ -228,6 +228,18 @@ class VLMEvalKitBackend(EvalBackend):
         by_idx = {str(r.get("index")): r for r in rows}
         return [by_idx[str(it.index)] for it in items]
 
+    def inference_engine(self) -> str:
+        from prism_lab.rollout import resolve_engine_kind
+
+        return resolve_engine_kind(self.engine_kind)
+
+    def judge_identity(self) -> tuple[str | None, str | None]:
+        """The OpenAI-compatible judge of ``PRISM_JUDGE_*`` (its model name, else its URL), when one is set."""
+        from prism_lab.eval.vlmeval.judge import JudgeConfig
+
+        cfg = JudgeConfig.from_env()
+        return (cfg.model or cfg.url, None) if cfg.url else (None, None)
+
     def close(self) -> None:
         proc, self._proc = self._proc, None
         if proc is not None:

@@ -1,0 +1,96 @@
+"""`sweep status` and `report` flag a benchmark whose eval runs were made under different evaluation fingerprints
+(issue #34 item 4), and the report shows each benchmark's fingerprint.
+
+The ledger is built by hand from the real plan of a tiny grid (no stage runs): every run done, and every eval run
+recording what the eval stage records, the fingerprints the real builder makes from the run's own eval config."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import yaml
+from typer.testing import CliRunner
+
+from prism_lab.cli import app
+from prism_lab.config.eval import EvalConfig
+from prism_lab.eval.backends import resolve_settings
+from prism_lab.eval.benchmarks import load_benchmark
+from prism_lab.eval.builtin import BuiltinBackend
+from prism_lab.eval.fingerprint import FINGERPRINT_EVENT, benchmark_fingerprint
+from prism_lab.harness import planning
+from prism_lab.harness.ledger import Ledger
+from prism_lab.prompts import Prompting
+from tests.conftest import REPO
+
+
+def _sweep(tmp_path: Path, name: str, **axes) -> tuple[Path, Path]:
+    """A smoke-grid sweep (extra ``axes``) whose runs are all done; returns (grid file, root)."""
+    for f in ("smoke.yaml", "toy.yaml"):
+        shutil.copy(REPO / "experiments" / f, tmp_path / f)
+    grid = tmp_path / f"{name}.yaml"
+    grid.write_text(yaml.safe_dump({"extends": "smoke.yaml", "name": name, "axes": axes}))
+    plan = planning.build_plan(planning.load_grid(grid))
+    root = tmp_path / f"root-{name}"
+    ledger = Ledger(root)
+    ledger.record_plan(plan)
+    for run in plan.runs.values():
+        if run.kind == "eval":
+            cfg = EvalConfig.model_validate(run.config)
+            prints = {}
+            for b in cfg.benchmarks:
+                spec = load_benchmark(b)
+                prints[b] = benchmark_fingerprint(spec, "d" * 64, Prompting(), resolve_settings(spec, cfg),
+                                                  BuiltinBackend())
+            ledger.log_metrics(run.key, 0, {**{f"eval/{b}/accuracy": 0.5 for b in cfg.benchmarks},
+                                            "eval/avg/accuracy": 0.5})
+            ledger.event(FINGERPRINT_EVENT, json.dumps(prints), run_key=run.key)
+        ledger.mark_done(run.key, str(tmp_path / "art" / run.key[:16]))
+    ledger.close()
+    return grid, root
+
+
+def _warnings(text: str) -> list[str]:
+    return [line for line in text.splitlines() if line.startswith("warning: benchmark ")]
+
+
+def test_status_and_report_flag_a_benchmark_evaluated_under_two_fingerprints(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    runner = CliRunner()
+    grid, root = _sweep(tmp_path, "mixed", **{"eval.max_new_tokens": [8, 16]})
+    benches = planning.load_grid(grid).spec.benchmarks
+
+    res = runner.invoke(app, ["sweep", "status", str(grid), "--root", str(root)])
+    assert res.exit_code == 0, res.output
+    lines = _warnings(res.stderr)
+    assert len(lines) == len(benches), res.stderr  # one line per benchmark, each naming it and the field
+    for bench, line in zip(benches, lines):
+        assert f"benchmark {bench}:" in line and "its 10 eval runs" in line
+        assert "decoding.max_new_tokens 8 vs 16" in line or "decoding.max_new_tokens 16 vs 8" in line
+
+    res = runner.invoke(app, ["report", str(grid), "--root", str(root), "--out", str(tmp_path / "out")])
+    assert res.exit_code == 0, res.output
+    assert _warnings(res.stderr) == lines
+    text = (tmp_path / "out" / "report.md").read_text()
+    section = text[text.index("## Evaluation fingerprints"):]
+    rows = [r for r in section.splitlines() if r.startswith(f"| {benches[0]} |")]
+    assert len(rows) == 2 and "max_new_tokens 8" in "".join(rows) and "max_new_tokens 16" in "".join(rows)
+    assert all("(5 of 10 runs)" in r for r in rows)  # per value: eval of base, sft, align and 2 rl checkpoints
+    warnings = text[text.index("## Warnings"):]
+    assert all(line.removeprefix("warning: ") in warnings for line in lines)
+
+
+def test_one_protocol_is_shown_and_not_flagged(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    runner = CliRunner()
+    grid, root = _sweep(tmp_path, "same")
+    res = runner.invoke(app, ["sweep", "status", str(grid), "--root", str(root)])
+    assert res.exit_code == 0 and _warnings(res.stderr) == [], res.stderr
+    res = runner.invoke(app, ["report", str(grid), "--root", str(root), "--out", str(tmp_path / "out")])
+    assert res.exit_code == 0 and _warnings(res.stderr) == [], res.stderr
+    text = (tmp_path / "out" / "report.md").read_text()
+    section = text[text.index("## Evaluation fingerprints"):].split("\n## ")[0]
+    bench = planning.load_grid(grid).spec.benchmarks[0]
+    (row,) = [r for r in section.splitlines() if r.startswith(f"| {bench} |")]
+    assert "runs)" not in row and "builtin" in row and "| hf |" in row and "max_new_tokens 96, greedy, limit 16" in row
