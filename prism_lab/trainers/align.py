@@ -3,7 +3,7 @@
 :func:`run_align` is the loop, callable without a StageContext. One step, in the original's order (docs/prism_method.md §6.2):
 
 1. pick ``prompts_per_step`` prompts (:class:`~prism_lab.trainers.sampling.EpochSampler`, repositioned from the step on resume)
-   and roll out ``n`` responses each with the policy (T = ``cfg.temperature``, top_p, log-probs returned);
+   and roll out ``n`` responses each with the policy (``cfg.rollout()``: T, top_p, log-probs returned);
 2. split every response at the caption boundary from token offsets (:func:`split_rollout`; no prefix
    re-decoding). Format-invalid responses use the fallback boundary ``max(1, L // 2)``;
 3. score caption and cot (``prism``) or the whole response (``gad``) with the PRE-update discriminator in eval
@@ -67,7 +67,7 @@ from prism_lab.errors import ConfigError, DataError
 from prism_lab.models.discriminator import Discriminator
 from prism_lab.prompts import is_format_valid
 from prism_lab.rollout import Prompt, make_engine, vision_token_ids
-from prism_lab.seeds import derive_seed
+from prism_lab.rollout.sample import sample_rollouts
 from prism_lab.trainers import distributed as dist_
 from prism_lab.trainers.actor import (
     micro_batches,
@@ -230,7 +230,7 @@ def run_align(
     """Run ``cfg.steps`` alignment steps of ``cfg.variant`` on ``policy`` and ``disc`` in place (``cfg``: an
     AlignConfig); the variant (align_variants.py) decides the scores, advantages and discriminator loss.
 
-    ``engine``: a rollout engine to use instead of ``make_engine(policy, processor, cfg.rollout_engine)`` (it
+    ``engine``: a rollout engine to use instead of ``make_engine(policy, processor, cfg.rollout().engine)`` (it
     must sample from ``policy``; if it returns no log-probs they are recomputed). ``out_dir``: where the resume
     state lives (``out_dir/resume``; restored when present, saved every ``cfg.save_every`` steps, removed at the
     end unless ``keep_resume``). Final weights are NOT written here (the stage saves them). ``env``: the stage
@@ -249,7 +249,8 @@ def run_align(
     mp = resolve_precision(cfg.precision, env.device.type if env.sharded else next(policy.parameters()).device.type)
     acc = _shard_models(policy, disc, cfg, env, mp)  # before the optimizers: FSDP2 replaces the parameters
     autocast = acc.autocast if acc is not None else autocast_for(mp, policy)[0]
-    engine = engine if engine is not None else make_engine(policy, processor, kind=cfg.rollout_engine)
+    rollout = cfg.rollout()  # what every generate call samples with, whole
+    engine = engine if engine is not None else make_engine(policy, processor, kind=rollout.engine)
     dist_.sync_engine(engine, env)
     actor = cfg.actor()  # passed whole to the shared PPO update and its registered loss
     actor_opt = torch.optim.AdamW([p for p in policy.parameters() if p.requires_grad], lr=actor.lr,
@@ -257,8 +258,8 @@ def run_align(
     disc_params = [p for p in disc.parameters() if p.requires_grad]
     disc_opt = torch.optim.AdamW(disc_params, lr=cfg.critic_lr, weight_decay=cfg.weight_decay)
     suppress = vision_token_ids(policy)
-    examples = _fitting_prompts(processor, list(examples), cfg.max_prompt_length)
-    R = cfg.max_new_tokens
+    examples = _fitting_prompts(processor, list(examples), rollout.max_prompt_length)
+    R = rollout.max_new_tokens
     teacher_ids = [None] * len(examples)  # token ids of the teacher's caption, cot, whole response, on demand
     total = cfg.steps if max_steps is None else min(cfg.steps, int(max_steps))
     out_path = Path(out_dir) if out_dir is not None else None
@@ -283,10 +284,8 @@ def run_align(
         mine = dist_.shard_slice(list(range(len(prompts))), env)
         ranked = (env.rank,) if env.sharded else ()  # each rank samples its own share
         with autocast():
-            rolls = engine.generate([prompts[j] for j in mine], n=cfg.n, max_new_tokens=R, temperature=cfg.temperature,
-                                    top_p=cfg.top_p, do_sample=True,
-                                    seed=derive_seed(cfg.seed, "align/rollout", step, *ranked),
-                                    return_logprobs=True, batch_size=max(cfg.n, cfg.rollout_batch_size))
+            rolls = sample_rollouts(engine, [prompts[j] for j in mine], rollout,
+                                    seed=rollout.seed_for("align/rollout", step, *ranked))
         rolls = global_rollouts(rolls, mine, env)
         t_roll = time.monotonic() - t0
         splits = [split_rollout(processor, r.token_ids) for r in rolls]
@@ -344,8 +343,8 @@ def run_align(
         old = {i: torch.as_tensor(list(r.logprobs), dtype=torch.float32) for i, r in enumerate(rolls)} if from_rollout \
             else recompute_logprobs(policy, mini[0] if actor.log_prob_token_budget == actor.max_tokens_per_micro_batch
                                     else cut(actor.log_prob_token_budget), [len(c) for c in comps],
-                                    temperature=cfg.temperature, suppress_token_ids=suppress, autocast=autocast)
-        metrics.update(ppo_update(policy, actor_opt, mini, old, adv.tolist(), actor, temperature=cfg.temperature,
+                                    temperature=rollout.temperature, suppress_token_ids=suppress, autocast=autocast)
+        metrics.update(ppo_update(policy, actor_opt, mini, old, adv.tolist(), actor, temperature=rollout.temperature,
                                   suppress_token_ids=suppress,
                                   old_from_rollout=from_rollout, env=env, autocast=autocast,
                                   backward=acc.backward if acc is not None else None))
