@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from prism_lab.config.algorithms import ActorConfig, AggModeName
 from prism_lab.config.base import KeyStable, Seed, registered_name
 from prism_lab.config.resources import ResourcesConfig, check_covers_processes, resources_field
+from prism_lab.config.rollout import RolloutConfig
 
 __all__ = ["AdvantageModeName", "AlignVariantName", "AlignConfig", "DiscWarmupConfig", "DiscriminatorConfig"]
 
@@ -256,3 +257,11 @@ class AlignConfig(_Strict, KeyStable):
                            loss_agg_mode=self.loss_agg_mode, ppo_epochs=self.ppo_epochs,
                            max_tokens_per_micro_batch=self.actor_max_tokens_per_micro_batch,
                            log_prob_max_tokens_per_micro_batch=self.log_prob_max_tokens_per_micro_batch)
+
+    def rollout(self) -> RolloutConfig:
+        """What alignment rolls out with, as the :class:`RolloutConfig` RL uses: generate batches of
+        ``rollout_batch_size`` sequences, at least ``n`` (a prompt's group is never split)."""
+        return RolloutConfig(n=self.n, temperature=self.temperature, top_p=self.top_p,
+                             max_prompt_length=self.max_prompt_length, max_new_tokens=self.max_new_tokens,
+                             engine=self.rollout_engine, batch_size=max(self.n, self.rollout_batch_size),
+                             seed=self.seed)

@@ -8,6 +8,7 @@ from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from prism_lab.config.base import Seed, StrictModel
 from prism_lab.config.resources import ResourcesConfig, check_covers_processes, resources_field
+from prism_lab.config.rollout import RolloutConfig
 
 
 class RLConfig(StrictModel):
@@ -39,6 +40,13 @@ class RLConfig(StrictModel):
     seed: Seed = Field(0, description="Seed for sampling, data order and dropout.")
     resources: ResourcesConfig = resources_field(
         "`prompts_per_step` stays global: each process rolls out its share of the prompts.")
+
+    def rollout(self) -> RolloutConfig:
+        """What the RL trainer rolls out with (shared with alignment); a generate batch holds every rollout
+        of a call (the whole generation batch of prompts x ``n``)."""
+        return RolloutConfig(n=self.n, temperature=self.temperature, top_p=self.top_p,
+                             max_prompt_length=self.max_prompt_length, max_new_tokens=self.max_new_tokens,
+                             engine=self.rollout_engine, batch_size=None, seed=self.seed)
 
     @model_validator(mode="after")
     def _prompts_cover_processes(self) -> RLConfig:

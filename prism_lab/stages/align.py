@@ -22,7 +22,6 @@ from prism_lab.stages.artifacts import (
     MODEL_SUBDIR,
     checkpoint_dir_of,
     discriminator_dir_of,
-    model_dir,
 )
 
 if TYPE_CHECKING:  # the harness hands every runner its context; stages never import the harness
@@ -34,10 +33,9 @@ def run(ctx: StageContext) -> dict:
     from prism_lab.data.catalog import DataCatalog
     from prism_lab.data.rl_parquet import read_rl_parquet
     from prism_lab.models import load_policy
-    from prism_lab.models.discriminator import load_discriminator, save_discriminator
-    from prism_lab.trainers import distributed as dist_
+    from prism_lab.models.discriminator import load_discriminator
+    from prism_lab.stages.finish import finish_stage
     from prism_lab.trainers.align import align_examples_from_rl, run_align
-    from prism_lab.trainers.checkpoint import full_state_dict, save_final
     from prism_lab.trainers.progress import StepProgress
     from prism_lab.trainers.recipe import start_run
 
@@ -58,21 +56,13 @@ def run(ctx: StageContext) -> dict:
                             keys=("gap/caption", "gap/cot", "cap_acc", "cot_acc", "format_rate", "response_length"))
     summary = run_align(policy, processor, disc, examples, cfg, out_dir=ctx.out_dir, log=progress,
                         heartbeat=ctx.heartbeat, env=env)
-    saved = save_final(policy, processor, model_dir(ctx.out_dir), env)  # gathered on rank 0 when sharded
-    full_disc = full_state_dict(disc, env) if env.sharded else None
-    if saved is None:  # a rank other than 0: rank 0 writes everything
-        dist_.finish(env)
-        return {}
-    from prism_lab.prompts import Prompting
 
-    Prompting.carry_over(checkpoint_dir_of(ctx.input("policy").path), model_dir(ctx.out_dir))
-    save_discriminator(disc, processor, ctx.out_dir / DISC_SUBDIR, state_dict=full_disc)
-    (ctx.out_dir / "align_curves.json").write_text(json.dumps(summary.get("curves", {}), indent=1))
-    dist_.finish(env)
-    return {
-        **{k: v for k, v in summary.items() if k != "curves"},
-        "model_dir": MODEL_SUBDIR,
-        "discriminator_dir": DISC_SUBDIR,
-        "stage_wall_s": round(time.monotonic() - t0, 2),
-        "processes": env.world_size,
-    }
+    def write() -> dict:
+        (ctx.out_dir / "align_curves.json").write_text(json.dumps(summary.get("curves", {}), indent=1))
+        return {**{k: v for k, v in summary.items() if k != "curves"}, "model_dir": MODEL_SUBDIR,
+                "discriminator_dir": DISC_SUBDIR, "stage_wall_s": round(time.monotonic() - t0, 2),
+                "processes": env.world_size}
+
+    # the resumable state is removed by run_align itself (keep_resume)
+    return finish_stage(ctx.out_dir, env, write=write, policy=policy, processor=processor,
+                        prompting_from=checkpoint_dir_of(ctx.input("policy").path), discriminator=disc)

@@ -12,14 +12,13 @@ killed run restarts after the last phase it finished; the SFT-loop phases also h
 from __future__ import annotations
 
 import json
-import shutil
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from prism_lab.config.pretrain import BaseStageConfig
 from prism_lab.data.catalog import DataCatalog
-from prism_lab.stages.artifacts import MODEL_SUBDIR, model_dir, resume_dir
+from prism_lab.stages.artifacts import MODEL_SUBDIR, resume_dir
 from prism_lab.stages.sft import build_policy, load_examples
 
 if TYPE_CHECKING:  # the harness hands every runner its context; stages never import the harness
@@ -43,7 +42,7 @@ def run(ctx: StageContext) -> dict:
 
     from prism_lab.models import count_parameters, load_policy
     from prism_lab.prompts import Prompting
-    from prism_lab.trainers import distributed as dist_
+    from prism_lab.stages.finish import finish_stage
     from prism_lab.trainers.checkpoint import remove_resume_state, save_final
     from prism_lab.trainers.common import setup_threads
     from prism_lab.trainers.recipe import start_run
@@ -98,20 +97,16 @@ def run(ctx: StageContext) -> dict:
     phases["mixed"] = res.summary()
     if res.stopped_by == "time":
         ctx.log_metrics(offset + res.steps, {"truncated": 1.0})
-    saved = save_final(model, processor, model_dir(ctx.out_dir), env)
-    if saved is None:
-        dist_.finish(env)
-        return {}
     has_system = any(m.get("role") == "system" for ex in mixed[:50] for m in ex.messages)
-    Prompting(system_prompt=has_system, yesno_instruction=False).write(saved)
-    remove_resume_state(resume_dir(ctx.out_dir) / "mixed")
-    shutil.rmtree(resume_dir(ctx.out_dir), ignore_errors=True)
-    for sub in (VISION_SUBDIR, CAPTIONS_SUBDIR):
-        shutil.rmtree(ctx.out_dir / sub, ignore_errors=True)
-    (ctx.out_dir / "train_history.json").write_text(json.dumps(res.history, indent=1))
-    dist_.finish(env)
-    return {
-        "steps": offset + res.steps, "final_loss": res.final_loss, "stopped_by": res.stopped_by,
-        "phases": phases, "n_examples": len(mixed), "model_dir": MODEL_SUBDIR,
-        "stage_wall_s": round(time.monotonic() - t0, 2), "processes": env.world_size, **info,
-    }
+
+    def write() -> dict:
+        (ctx.out_dir / "train_history.json").write_text(json.dumps(res.history, indent=1))
+        return {"steps": offset + res.steps, "final_loss": res.final_loss, "stopped_by": res.stopped_by,
+                "phases": phases, "n_examples": len(mixed), "model_dir": MODEL_SUBDIR,
+                "stage_wall_s": round(time.monotonic() - t0, 2), "processes": env.world_size, **info}
+
+    # the resumable states of the SFT-loop phases, then the finished phases' checkpoints
+    return finish_stage(ctx.out_dir, env, write=write, policy=model, processor=processor,
+                        prompting=Prompting(system_prompt=has_system, yesno_instruction=False),
+                        remove=[resume_dir(ctx.out_dir) / "mixed", resume_dir(ctx.out_dir),
+                                ctx.out_dir / VISION_SUBDIR, ctx.out_dir / CAPTIONS_SUBDIR])

@@ -68,8 +68,7 @@ def run(ctx: StageContext) -> dict:
     from prism_lab.data.catalog import DataCatalog
     from prism_lab.data.warmup_jsonl import read_warmup_jsonl
     from prism_lab.models import load_policy
-    from prism_lab.models.discriminator import save_discriminator
-    from prism_lab.trainers.checkpoint import full_state_dict, remove_resume_state
+    from prism_lab.stages.finish import finish_stage
     from prism_lab.trainers.recipe import start_run
     from prism_lab.trainers.disc_warmup import run_disc_warmup
     from prism_lab.trainers.progress import StepProgress
@@ -106,21 +105,13 @@ def run(ctx: StageContext) -> dict:
                             keys=("warmup/loss", "warmup/acc"), always_keys=("warmup/heldout_acc",))
     summary = run_disc_warmup(disc, processor, comps, cfg, out_dir=ctx.out_dir, log=progress,
                               heartbeat=ctx.heartbeat, terminator=terminator, positions=positions, env=env)
-    full = full_state_dict(disc, env) if env.sharded else None  # gathered on rank 0
-    if not env.is_main:
-        dist_.finish(env)
-        return {}
-    save_discriminator(disc, processor, ctx.out_dir / DISC_SUBDIR, state_dict=full)
-    remove_resume_state(resume_dir(ctx.out_dir))
-    (ctx.out_dir / "warmup_history.json").write_text(json.dumps(summary.get("heldout_curve", []), indent=1))
-    dist_.finish(env)
-    return {
-        **{k: v for k, v in summary.items() if k != "heldout_curve"},
-        **{f"data/{k}": v for k, v in stats.items()},
-        "skipped_lines": skipped,
-        "kind": dcfg.kind,
-        "params": n_params,
-        "discriminator_dir": DISC_SUBDIR,
-        "stage_wall_s": round(time.monotonic() - t0, 2),
-        "processes": env.world_size,
-    }
+
+    def write() -> dict:
+        (ctx.out_dir / "warmup_history.json").write_text(json.dumps(summary.get("heldout_curve", []), indent=1))
+        return {**{k: v for k, v in summary.items() if k != "heldout_curve"},
+                **{f"data/{k}": v for k, v in stats.items()}, "skipped_lines": skipped, "kind": dcfg.kind,
+                "params": n_params, "discriminator_dir": DISC_SUBDIR, "stage_wall_s": round(time.monotonic() - t0, 2),
+                "processes": env.world_size}
+
+    return finish_stage(ctx.out_dir, env, write=write, processor=processor, discriminator=disc,
+                        remove=[resume_dir(ctx.out_dir)])

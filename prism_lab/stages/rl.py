@@ -18,9 +18,8 @@ from prism_lab.data.catalog import DataCatalog
 from prism_lab.data.rl_parquet import read_rl_parquet
 from prism_lab.errors import DataError
 from prism_lab.models import load_policy, pick_device
-from prism_lab.stages.artifacts import checkpoint_dir_of, model_dir, resume_dir
-from prism_lab.trainers import distributed as dist_
-from prism_lab.trainers.checkpoint import remove_resume_state, save_final
+from prism_lab.stages.artifacts import checkpoint_dir_of, resume_dir
+from prism_lab.stages.finish import finish_stage
 from prism_lab.trainers.common import set_seed, setup_threads
 from prism_lab.trainers.progress import StepProgress
 from prism_lab.trainers.recipe import start_run
@@ -52,13 +51,7 @@ def run(ctx: StageContext) -> dict:
     if result.stopped_early:  # the wall-clock budget (max_minutes) stopped it: the result depends on the machine
         ctx.log_metrics(result.steps_done, {"truncated": 1.0})
     model.eval()
-    if save_final(model, processor, model_dir(ctx.out_dir), env) is None:  # a rank other than 0: rank 0 writes
-        dist_.finish(env)
-        return {}
-    from prism_lab.prompts import Prompting
-
-    Prompting.carry_over(checkpoint_dir_of(ctx.input("policy").path), model_dir(ctx.out_dir))
-    remove_resume_state(resume_dir(ctx.out_dir))
-    dist_.finish(env)
-    return {"algorithm": cfg.algorithm, "num_prompts": len(examples), "processes": env.world_size,
-            **result.summary()}
+    return finish_stage(ctx.out_dir, env, policy=model, processor=processor,
+                        prompting_from=checkpoint_dir_of(ctx.input("policy").path), remove=[resume_dir(ctx.out_dir)],
+                        write=lambda: {"algorithm": cfg.algorithm, "num_prompts": len(examples),
+                                       "processes": env.world_size, **result.summary()})

@@ -28,7 +28,7 @@ from prism_lab.data.catalog import DataCatalog
 from prism_lab.data.sft_json import SFTExample, read_sft_json
 from prism_lab.errors import ConfigError, DataError
 from prism_lab.prompts import SYSTEM_PROMPT
-from prism_lab.stages.artifacts import BASE_SUBDIR, MODEL_SUBDIR, model_dir, resume_dir
+from prism_lab.stages.artifacts import BASE_SUBDIR, MODEL_SUBDIR, resume_dir
 
 if TYPE_CHECKING:  # the harness hands every runner its context; stages never import the harness
     from prism_lab.harness.context import StageContext
@@ -126,8 +126,8 @@ def starting_policy(ctx: StageContext, cfg: SFTConfig, catalog: DataCatalog):
 
 def run(ctx: StageContext) -> dict:
     from prism_lab.models import count_parameters, save_policy
-    from prism_lab.trainers import distributed as dist_
-    from prism_lab.trainers.checkpoint import remove_resume_state, save_final
+    from prism_lab.prompts import Prompting
+    from prism_lab.stages.finish import finish_stage
     from prism_lab.trainers.recipe import start_run
     from prism_lab.trainers.sft import train_sft
 
@@ -151,25 +151,13 @@ def run(ctx: StageContext) -> dict:
                        heartbeat=ctx.heartbeat, env=env)
     if result.stopped_by == "time":  # the wall-clock budget (max_minutes) stopped it: the result depends on the machine
         ctx.log_metrics(result.steps, {"truncated": 1.0})
-    saved = save_final(model, processor, model_dir(ctx.out_dir), env)
-    if saved is None:  # a rank other than 0 of a sharded run: rank 0 writes everything
-        dist_.finish(env)
-        return {}
     # the prompt convention the model was trained with; evaluation and later stages follow it
-    from prism_lab.prompts import Prompting
-
     has_system = any(m.get("role") == "system" for ex in examples[:50] for m in ex.messages)
-    Prompting(system_prompt=has_system, yesno_instruction=False).write(saved)
-    remove_resume_state(resume)
-    summary = {
-        **result.summary(),
-        "n_examples": len(examples),
-        "params": params["total"],
-        "model_dir": MODEL_SUBDIR,
-        "stage_wall_s": round(time.monotonic() - t0, 2),
-        "processes": env.world_size,
-        **info,
-    }
-    (ctx.out_dir / "train_history.json").write_text(json.dumps(result.history, indent=1))
-    dist_.finish(env)
-    return summary
+
+    def write() -> dict:
+        (ctx.out_dir / "train_history.json").write_text(json.dumps(result.history, indent=1))
+        return {**result.summary(), "n_examples": len(examples), "params": params["total"], "model_dir": MODEL_SUBDIR,
+                "stage_wall_s": round(time.monotonic() - t0, 2), "processes": env.world_size, **info}
+
+    return finish_stage(ctx.out_dir, env, write=write, policy=model, processor=processor,
+                        prompting=Prompting(system_prompt=has_system, yesno_instruction=False), remove=[resume])

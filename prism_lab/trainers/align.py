@@ -3,7 +3,7 @@
 :func:`run_align` is the loop, callable without a StageContext. One step, in the original's order (docs/prism_method.md §6.2):
 
 1. pick ``prompts_per_step`` prompts (:class:`~prism_lab.trainers.sampling.EpochSampler`, repositioned from the step on resume)
-   and roll out ``n`` responses each with the policy (T = ``cfg.temperature``, top_p, log-probs returned);
+   and roll out ``n`` responses each with the policy (``cfg.rollout()``: T, top_p, log-probs returned);
 2. split every response at the caption boundary from token offsets (:func:`split_rollout`; no prefix
    re-decoding). Format-invalid responses use the fallback boundary ``max(1, L // 2)``;
 3. score caption and cot (``prism``) or the whole response (``gad``) with the PRE-update discriminator in eval
@@ -55,7 +55,6 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import torch
@@ -67,7 +66,7 @@ from prism_lab.errors import ConfigError, DataError
 from prism_lab.models.discriminator import Discriminator
 from prism_lab.prompts import is_format_valid
 from prism_lab.rollout import Prompt, make_engine, vision_token_ids
-from prism_lab.seeds import derive_seed
+from prism_lab.rollout.sample import sample_rollouts
 from prism_lab.trainers import distributed as dist_
 from prism_lab.trainers.actor import (
     micro_batches,
@@ -212,6 +211,186 @@ def _summary(history: list[dict[str, float]], keys: Sequence[str], **fields: Any
             "curves": {k: [(h["step"], h.get(k)) for h in history] for k in keys}}
 
 
+@dataclass
+class _AlignRun:
+    """One alignment run after its setup (:func:`_setup`): the models, optimizers, engine and data, and the step and
+    save :func:`~prism_lab.trainers.recipe.run_steps` calls. One step reads top to bottom in the original's order."""
+
+    policy: Any
+    processor: Any
+    disc: Discriminator
+    cfg: Any
+    env: dist_.DistEnv
+    variant: AlignVariant
+    toks: DiscTokens
+    acc: Any  # the ShardedAccelerator of a sharded run, else None
+    autocast: Callable[[], Any]
+    engine: Any
+    rollout: Any  # the RolloutConfig every generate call samples with
+    actor: Any  # the ActorConfig, passed whole to the shared PPO update and its registered loss
+    actor_opt: torch.optim.Optimizer
+    disc_opt: torch.optim.Optimizer
+    suppress: list[int]
+    examples: list[AlignExample]
+    sampler: EpochSampler
+    total: int
+    start: int
+    history: list[dict[str, float]]
+    out_path: Path | None
+    teacher_ids: list[Any] = dataclasses.field(default_factory=list)
+
+    def _teacher(self, i: int) -> Any:
+        """Token ids of example ``i``'s teacher caption, cot and whole response (made on first use)."""
+        if self.teacher_ids[i] is None:
+            ex, R, p = self.examples[i], self.rollout.max_new_tokens, self.processor
+            self.teacher_ids[i] = (plain_ids(p, ex.teacher_caption, R), plain_ids(p, ex.teacher_cot, R),
+                                   plain_ids(p, ex.teacher_caption + "\n" + ex.teacher_cot, R))
+        return self.teacher_ids[i]
+
+    def _roll_out(self, step: int, prompts: list[Prompt]) -> list[Any]:
+        """This rank's share of the prompts rolled out, then every rank's rollouts in prompt order."""
+        env = self.env
+        mine = dist_.shard_slice(list(range(len(prompts))), env)
+        ranked = (env.rank,) if env.sharded else ()  # each rank samples its own share
+        with self.autocast():
+            rolls = sample_rollouts(self.engine, [prompts[j] for j in mine], self.rollout,
+                                    seed=self.rollout.seed_for("align/rollout", step, *ranked))
+        return global_rollouts(rolls, mine, env)
+
+    def step(self, step: int) -> dict[str, float]:
+        cfg, env, toks, processor = self.cfg, self.env, self.toks, self.processor
+        t0 = time.monotonic()
+        idx = self.sampler.take(cfg.prompts_per_step)
+        prompts = [self.examples[i].prompt() for i in idx]
+        # 1. rollouts (this rank's share of the prompts, then every rank's); 2. split at the caption boundary
+        rolls = self._roll_out(step, prompts)
+        t_roll = time.monotonic() - t0
+        splits = [split_rollout(processor, r.token_ids) for r in rolls]
+        st = AlignStep(pb=PromptBatch.build(processor, prompts), rows=[r.prompt_index for r in rolls], rollouts=rolls,
+                       splits=splits, valid=torch.tensor([sp.valid for sp in splits], dtype=torch.bool),
+                       teacher_ids=[self._teacher(i) for i in idx],
+                       answers=[(self.examples[i].ground_truth, self.examples[i].equivalent_answers) for i in idx],
+                       toks=toks, terminator=cfg.terminator_convention,
+                       score_kw=dict(pad_token_id=toks.pad, positions=cfg.critic_positions, micro_batch=cfg.disc_micro_batch),
+                       env=env)
+        B = len(rolls)
+        metrics: dict[str, float] = {
+            "valid_ratio": float(st.fmt.mean()),
+            "format_rate": sum(is_format_valid(sp.text) for sp in splits) / max(1, B),
+            "response_length": sum(len(r.token_ids) for r in rolls) / max(1, B),
+            "truncated_rate": sum(r.finish_reason == "length" for r in rolls) / max(1, B),
+        }
+        # 3-4. advantages from the pre-update discriminator (eval mode, no grad)
+        self.disc.eval()
+        with torch.no_grad(), self.autocast():
+            adv, nonfinite, m = self.variant.advantages(self.disc, st, cfg)
+        adv, n_bad_adv = replace_nonfinite(adv.float())
+        metrics.update(m, **{"adv/mean": mean_or_nan(adv), "adv/std": float(adv.std()) if adv.numel() > 1 else 0.0})
+        if n_bad_adv:
+            metrics["nonfinite_advantages"] = float(n_bad_adv)
+        # 5. discriminator update; 6. actor update
+        nonfinite += self._update_disc(st, metrics)
+        metrics["nonfinite_scores"] = float(nonfinite)
+        if nonfinite and env.is_main:
+            log_.warning("alignment step %d: %d non-finite discriminator scores replaced by 0", step + 1, nonfinite)
+        metrics.update(self._update_actor(st, rolls, adv))
+        metrics.update({"time/rollout_s": t_roll, "time/step_s": time.monotonic() - t0})
+        self.history.append({"step": step + 1, **{k: v for k, v in metrics.items()
+                                                  if isinstance(v, float) and math.isfinite(v)}})
+        return metrics
+
+    def _update_disc(self, st: AlignStep, metrics: dict[str, float]) -> int:
+        """Train mode, ``critic_epochs`` passes over one mini-batch of every rollout; a non-finite grad norm skips
+        the update. Adds its metrics; returns the non-finite scores its forwards replaced."""
+        disc, cfg = self.disc, self.cfg
+        disc.train()
+        d_skipped = nonfinite = 0
+        dm: dict[str, float] = {}
+        for _ in range(cfg.critic_epochs):
+            self.disc_opt.zero_grad(set_to_none=True)
+            with self.autocast():
+                loss, n_bad, dm = self.variant.disc_loss(disc, st, cfg)
+            nonfinite += n_bad
+            st.backward(loss, scale=self.env.world_size)
+            gn = clip_gradients([p for p in disc.parameters() if p.requires_grad], cfg.grad_clip)
+            if math.isfinite(gn):
+                self.disc_opt.step()
+                dm["d_grad_norm"] = float(gn)
+            else:
+                d_skipped += 1
+                self.disc_opt.zero_grad(set_to_none=True)
+        disc.eval()
+        metrics.update(dm, d_skipped=float(d_skipped))
+        return nonfinite
+
+    def _update_actor(self, st: AlignStep, rolls: list[Any], adv: torch.Tensor) -> dict[str, float]:
+        """PPO-clip, on-policy: the rollout's log-probs are the old ones when it returned them."""
+        policy, actor, B = self.policy, self.actor, len(rolls)
+        comps = [r.token_ids for r in rolls]
+
+        def cut(max_tokens: int | None) -> list:
+            return micro_batches(st.pb.batch, st.rows, comps, list(range(B)), size=self.cfg.actor_micro_batch,
+                                 pad_token_id=self.toks.pad, image_chunks=st.pb.image_chunks,
+                                 device=next(policy.parameters()).device, env=self.env, max_tokens=max_tokens)
+
+        mini = [cut(actor.max_tokens_per_micro_batch)]
+        T = self.rollout.temperature
+        from_rollout = all(r.logprobs is not None for r in rolls)
+        old = {i: torch.as_tensor(list(r.logprobs), dtype=torch.float32) for i, r in enumerate(rolls)} if from_rollout \
+            else recompute_logprobs(policy, mini[0] if actor.log_prob_token_budget == actor.max_tokens_per_micro_batch
+                                    else cut(actor.log_prob_token_budget), [len(c) for c in comps],
+                                    temperature=T, suppress_token_ids=self.suppress, autocast=self.autocast)
+        out = ppo_update(policy, self.actor_opt, mini, old, adv.tolist(), actor, temperature=T,
+                         suppress_token_ids=self.suppress, old_from_rollout=from_rollout, env=self.env,
+                         autocast=self.autocast, backward=self.acc.backward if self.acc is not None else None)
+        sync = getattr(self.engine, "sync_weights", None)
+        if sync is not None:  # engines holding their own copy of the weights (vLLM)
+            sync(policy)
+        policy.eval()
+        return out
+
+    def save(self, steps_done: int) -> None:
+        if self.out_path is not None:
+            save_align_resume(self.out_path, policy=self.policy, disc=self.disc, actor_opt=self.actor_opt,
+                              disc_opt=self.disc_opt, meta={"step": steps_done, "total_steps": self.total,
+                                                            "history": self.history}, env=self.env)
+
+
+def _setup(policy: Any, processor: Any, disc: Discriminator, examples: Sequence[AlignExample], cfg: Any, *,
+           out_dir: str | Path | None, engine: Any | None, max_steps: int | None,
+           env: dist_.DistEnv | None) -> _AlignRun:
+    """The run before its first step: seeds, precision, sharding (before the optimizers: FSDP2 replaces the
+    parameters), the engine, both optimizers, the prompts that fit, and the resume state when there is one."""
+    _check_teacher_segments(examples)
+    set_seed(cfg.seed)
+    env = env if env is not None else start_run(getattr(cfg, "resources", None))
+    mp = resolve_precision(cfg.precision, env.device.type if env.sharded else next(policy.parameters()).device.type)
+    acc = _shard_models(policy, disc, cfg, env, mp)
+    rollout, actor = cfg.rollout(), cfg.actor()
+    engine = engine if engine is not None else make_engine(policy, processor, kind=rollout.engine)
+    dist_.sync_engine(engine, env)
+    actor_opt = torch.optim.AdamW([p for p in policy.parameters() if p.requires_grad], lr=actor.lr,
+                                  weight_decay=actor.weight_decay)
+    disc_opt = torch.optim.AdamW([p for p in disc.parameters() if p.requires_grad], lr=cfg.critic_lr,
+                                 weight_decay=cfg.weight_decay)
+    examples = _fitting_prompts(processor, list(examples), rollout.max_prompt_length)
+    total = cfg.steps if max_steps is None else min(cfg.steps, int(max_steps))
+    out_path = Path(out_dir) if out_dir is not None else None
+    meta = load_align_resume(out_path, policy=policy, disc=disc, actor_opt=actor_opt, disc_opt=disc_opt, env=env) \
+        if out_path is not None else None
+    start, history = (int(meta["step"]), list(meta.get("history", []))) if meta else (0, [])
+    if meta:
+        log_.info("resuming alignment at step %d/%d", start, total)
+    sampler = EpochSampler(len(examples), cfg.seed, "align/prompts", what="alignment prompts")
+    sampler.seek(start * cfg.prompts_per_step)
+    return _AlignRun(policy=policy, processor=processor, disc=disc, cfg=cfg, env=env,
+                     variant=ALIGN_VARIANTS.get(cfg.variant)(), toks=disc_tokens(processor), acc=acc,
+                     autocast=acc.autocast if acc is not None else autocast_for(mp, policy)[0], engine=engine,
+                     rollout=rollout, actor=actor, actor_opt=actor_opt, disc_opt=disc_opt,
+                     suppress=vision_token_ids(policy), examples=examples, sampler=sampler, total=total, start=start,
+                     history=history, out_path=out_path, teacher_ids=[None] * len(examples))
+
+
 def run_align(
     policy: Any,
     processor: Any,
@@ -230,7 +409,7 @@ def run_align(
     """Run ``cfg.steps`` alignment steps of ``cfg.variant`` on ``policy`` and ``disc`` in place (``cfg``: an
     AlignConfig); the variant (align_variants.py) decides the scores, advantages and discriminator loss.
 
-    ``engine``: a rollout engine to use instead of ``make_engine(policy, processor, cfg.rollout_engine)`` (it
+    ``engine``: a rollout engine to use instead of ``make_engine(policy, processor, cfg.rollout().engine)`` (it
     must sample from ``policy``; if it returns no log-probs they are recomputed). ``out_dir``: where the resume
     state lives (``out_dir/resume``; restored when present, saved every ``cfg.save_every`` steps, removed at the
     end unless ``keep_resume``). Final weights are NOT written here (the stage saves them). ``env``: the stage
@@ -238,137 +417,16 @@ def run_align(
     :func:`~prism_lab.trainers.recipe.run_steps`; the precision is ``cfg.precision`` (trainers/precision.py).
     Returns a summary.
     """
-    # One function on purpose (about 130 lines): the setup, then the step that reads top to bottom in the
-    # original's order; what differs between variants lives in align_variants.py.
     n_given = len(examples)
-    _check_teacher_segments(examples)
-    set_seed(cfg.seed)
-    variant: AlignVariant = ALIGN_VARIANTS.get(cfg.variant)()
-    toks: DiscTokens = disc_tokens(processor)
-    env = env if env is not None else start_run(getattr(cfg, "resources", None))
-    mp = resolve_precision(cfg.precision, env.device.type if env.sharded else next(policy.parameters()).device.type)
-    acc = _shard_models(policy, disc, cfg, env, mp)  # before the optimizers: FSDP2 replaces the parameters
-    autocast = acc.autocast if acc is not None else autocast_for(mp, policy)[0]
-    engine = engine if engine is not None else make_engine(policy, processor, kind=cfg.rollout_engine)
-    dist_.sync_engine(engine, env)
-    actor = cfg.actor()  # passed whole to the shared PPO update and its registered loss
-    actor_opt = torch.optim.AdamW([p for p in policy.parameters() if p.requires_grad], lr=actor.lr,
-                                  weight_decay=actor.weight_decay)
-    disc_params = [p for p in disc.parameters() if p.requires_grad]
-    disc_opt = torch.optim.AdamW(disc_params, lr=cfg.critic_lr, weight_decay=cfg.weight_decay)
-    suppress = vision_token_ids(policy)
-    examples = _fitting_prompts(processor, list(examples), cfg.max_prompt_length)
-    R = cfg.max_new_tokens
-    teacher_ids = [None] * len(examples)  # token ids of the teacher's caption, cot, whole response, on demand
-    total = cfg.steps if max_steps is None else min(cfg.steps, int(max_steps))
-    out_path = Path(out_dir) if out_dir is not None else None
-    meta = load_align_resume(out_path, policy=policy, disc=disc, actor_opt=actor_opt, disc_opt=disc_opt, env=env) \
-        if out_path is not None else None
-    start, history = (int(meta["step"]), list(meta.get("history", []))) if meta else (0, [])
-    if meta:
-        log_.info("resuming alignment at step %d/%d", start, total)
-    sampler = EpochSampler(len(examples), cfg.seed, "align/prompts", what="alignment prompts")
-    sampler.seek(start * cfg.prompts_per_step)
-
-    def one_step(step: int) -> dict[str, float]:
-        t0 = time.monotonic()
-        idx = sampler.take(cfg.prompts_per_step)
-        for i in idx:
-            if teacher_ids[i] is None:
-                ex = examples[i]
-                teacher_ids[i] = (plain_ids(processor, ex.teacher_caption, R), plain_ids(processor, ex.teacher_cot, R),
-                                  plain_ids(processor, ex.teacher_caption + "\n" + ex.teacher_cot, R))
-        prompts = [examples[i].prompt() for i in idx]
-        # 1. rollouts (this rank's share of the prompts, then every rank's); 2. split at the caption boundary
-        mine = dist_.shard_slice(list(range(len(prompts))), env)
-        ranked = (env.rank,) if env.sharded else ()  # each rank samples its own share
-        with autocast():
-            rolls = engine.generate([prompts[j] for j in mine], n=cfg.n, max_new_tokens=R, temperature=cfg.temperature,
-                                    top_p=cfg.top_p, do_sample=True,
-                                    seed=derive_seed(cfg.seed, "align/rollout", step, *ranked),
-                                    return_logprobs=True, batch_size=max(cfg.n, cfg.rollout_batch_size))
-        rolls = global_rollouts(rolls, mine, env)
-        t_roll = time.monotonic() - t0
-        splits = [split_rollout(processor, r.token_ids) for r in rolls]
-        st = AlignStep(pb=PromptBatch.build(processor, prompts), rows=[r.prompt_index for r in rolls], rollouts=rolls,
-                       splits=splits, valid=torch.tensor([sp.valid for sp in splits], dtype=torch.bool),
-                       teacher_ids=[teacher_ids[i] for i in idx],
-                       answers=[(examples[i].ground_truth, examples[i].equivalent_answers) for i in idx], toks=toks,
-                       terminator=cfg.terminator_convention,
-                       score_kw=dict(pad_token_id=toks.pad, positions=cfg.critic_positions, micro_batch=cfg.disc_micro_batch),
-                       env=env)
-        B = len(rolls)
-        metrics: dict[str, float] = {
-            "valid_ratio": float(st.fmt.mean()),
-            "format_rate": sum(is_format_valid(sp.text) for sp in splits) / max(1, B),
-            "response_length": sum(len(r.token_ids) for r in rolls) / max(1, B),
-            "truncated_rate": sum(r.finish_reason == "length" for r in rolls) / max(1, B),
-        }
-        # 3-4. advantages from the pre-update discriminator (eval mode, no grad)
-        disc.eval()
-        with torch.no_grad(), autocast():
-            adv, nonfinite, m = variant.advantages(disc, st, cfg)
-        adv, n_bad_adv = replace_nonfinite(adv.float())
-        metrics.update(m, **{"adv/mean": mean_or_nan(adv), "adv/std": float(adv.std()) if adv.numel() > 1 else 0.0})
-        if n_bad_adv:
-            metrics["nonfinite_advantages"] = float(n_bad_adv)
-        # 5. discriminator update (train mode, critic_epochs passes over one mini-batch of every rollout)
-        disc.train()
-        d_skipped = 0
-        for _ in range(cfg.critic_epochs):
-            disc_opt.zero_grad(set_to_none=True)
-            with autocast():
-                loss, n_bad, dm = variant.disc_loss(disc, st, cfg)
-            nonfinite += n_bad
-            st.backward(loss, scale=env.world_size)
-            gn = clip_gradients(disc_params, cfg.grad_clip)
-            if math.isfinite(gn):
-                disc_opt.step()
-                dm["d_grad_norm"] = float(gn)
-            else:
-                d_skipped += 1
-                disc_opt.zero_grad(set_to_none=True)
-        disc.eval()
-        metrics.update(dm, d_skipped=float(d_skipped), nonfinite_scores=float(nonfinite))
-        if nonfinite and env.is_main:
-            log_.warning("alignment step %d: %d non-finite discriminator scores replaced by 0", step + 1, nonfinite)
-        # 6. actor update: PPO-clip, on-policy (the rollout's log-probs are the old ones when it returned them)
-        comps = [r.token_ids for r in rolls]
-        def cut(max_tokens: int | None) -> list:
-            return micro_batches(st.pb.batch, st.rows, comps, list(range(B)), size=cfg.actor_micro_batch,
-                                 pad_token_id=toks.pad, image_chunks=st.pb.image_chunks,
-                                 device=next(policy.parameters()).device, env=env, max_tokens=max_tokens)
-
-        mini = [cut(actor.max_tokens_per_micro_batch)]
-        from_rollout = all(r.logprobs is not None for r in rolls)
-        old = {i: torch.as_tensor(list(r.logprobs), dtype=torch.float32) for i, r in enumerate(rolls)} if from_rollout \
-            else recompute_logprobs(policy, mini[0] if actor.log_prob_token_budget == actor.max_tokens_per_micro_batch
-                                    else cut(actor.log_prob_token_budget), [len(c) for c in comps],
-                                    temperature=cfg.temperature, suppress_token_ids=suppress, autocast=autocast)
-        metrics.update(ppo_update(policy, actor_opt, mini, old, adv.tolist(), actor, temperature=cfg.temperature,
-                                  suppress_token_ids=suppress,
-                                  old_from_rollout=from_rollout, env=env, autocast=autocast,
-                                  backward=acc.backward if acc is not None else None))
-        sync = getattr(engine, "sync_weights", None)
-        if sync is not None:  # engines holding their own copy of the weights (vLLM)
-            sync(policy)
-        policy.eval()
-        metrics.update({"time/rollout_s": t_roll, "time/step_s": time.monotonic() - t0})
-        history.append({"step": step + 1, **{k: v for k, v in metrics.items() if isinstance(v, float) and math.isfinite(v)}})
-        return metrics
-
-    def save(steps_done: int) -> None:
-        if out_path is not None:
-            save_align_resume(out_path, policy=policy, disc=disc, actor_opt=actor_opt, disc_opt=disc_opt,
-                              meta={"step": steps_done, "total_steps": total, "history": history}, env=env)
-
-    run_steps(SimpleNamespace(step=one_step, save=save), StepPlan(total=total, start=start, save_every=cfg.save_every),
-              env, log=(lambda done, values: log(done, dict(values))) if log is not None else None,
-              heartbeat=heartbeat)
+    run = _setup(policy, processor, disc, examples, cfg, out_dir=out_dir, engine=engine, max_steps=max_steps, env=env)
+    env = run.env
+    run_steps(run, StepPlan(total=run.total, start=run.start, save_every=cfg.save_every), env,
+              log=(lambda done, values: log(done, dict(values))) if log is not None else None, heartbeat=heartbeat)
     dist_.barrier(env)
-    if out_path is not None and not keep_resume and env.is_main:
-        remove_resume_state(out_path / RESUME_DIR)
-    keys = ["format_rate", "valid_ratio", "d_acc", "d_loss", "response_length", *variant.summary_keys]
-    return _summary(history, keys, steps=total, resumed_from=start, variant=cfg.variant, prompts=len(examples),
-                    overlong_prompts_skipped=n_given - len(examples),
+    if run.out_path is not None and not keep_resume and env.is_main:
+        remove_resume_state(run.out_path / RESUME_DIR)
+    history = run.history
+    keys = ["format_rate", "valid_ratio", "d_acc", "d_loss", "response_length", *run.variant.summary_keys]
+    return _summary(history, keys, steps=run.total, resumed_from=run.start, variant=cfg.variant,
+                    prompts=len(run.examples), overlong_prompts_skipped=n_given - len(run.examples),
                     nonfinite_scores=sum(int(h.get("nonfinite_scores", 0)) for h in history))

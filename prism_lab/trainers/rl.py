@@ -4,10 +4,10 @@ One training step (docs/prism_method.md §7.2, docs/rl_objectives.md)::
 
     prompts  <- next `prompts_per_step` examples of a seeded per-epoch permutation of the RL data
                 (x gen_batch_multiplier when DAPO dynamic sampling is on)
-    rollouts <- engine.generate(prompts, n, T=cfg.temperature, top_p=cfg.top_p)   (log-probs kept)
+    rollouts <- sample_rollouts(engine, prompts, cfg.rollout())   (n per prompt, T, top_p; log-probs kept)
     reward   <- compute_score(text, gt) = acc_weight*acc + format_weight*format
                 (+ DAPO overlong penalty when algo.overlong_buffer.enabled; buffer resolved
-                against cfg.max_new_tokens)
+                against the rollout's max_new_tokens)
     DAPO     <- drop zero-variance groups on algo.filter_groups.metric, regenerate until
                 prompts_per_step groups survive (<= max_num_gen_batches, else PrismError)
     A_i      <- GRPO advantage grouped by prompt
@@ -57,7 +57,7 @@ from prism_lab.rollout import (
     vision_token_ids,
 )
 from prism_lab.rollout.inputs import image_chunks_per_row
-from prism_lab.seeds import derive_seed
+from prism_lab.rollout.sample import sample_rollouts
 from prism_lab.trainers import distributed as dist_
 from prism_lab.trainers.actor import (
     micro_batches,
@@ -102,6 +102,7 @@ class _RLRun:
         self.examples = list(examples)
         self.cfg = cfg
         self.algo = algo
+        self.rollout = cfg.rollout()  # what every generate call of the run samples with, whole
         self.log_fn = log_fn
         self.out_dir = Path(out_dir) if out_dir is not None else None
         self.heartbeat = heartbeat
@@ -118,7 +119,7 @@ class _RLRun:
             self.model = model = self.acc.prepare_model(model)
         elif cfg.resources.gradient_checkpointing:
             dist_.enable_gradient_checkpointing(model)
-        self.engine: RolloutEngine = engine if engine is not None else make_engine(model, processor, cfg.rollout_engine)
+        self.engine: RolloutEngine = engine if engine is not None else make_engine(model, processor, self.rollout.engine)
         dist_.sync_engine(self.engine, self.env)
         self.suppress = list(getattr(self.engine, "suppress_token_ids", None) or vision_token_ids(model))
         self.pad_id = pad_token_id(model, processor)
@@ -133,15 +134,16 @@ class _RLRun:
             for p in self.ref_model.parameters():
                 p.requires_grad_(False)
         if algo.overlong_buffer.enabled:
-            buf = algo.overlong_buffer.resolve_len(cfg.max_new_tokens)  # ConfigError when len > max_new_tokens
-            self.overlong = (cfg.max_new_tokens, buf, algo.overlong_buffer.penalty_factor)
+            max_new = self.rollout.max_new_tokens
+            buf = algo.overlong_buffer.resolve_len(max_new)  # ConfigError when len > max_new_tokens
+            self.overlong = (max_new, buf, algo.overlong_buffer.penalty_factor)
         else:
             self.overlong = None
         # the actor config, passed whole to the shared update and its registered loss
         self.actor = algo
         if algo.loss_agg_mode == "seq-mean-token-sum-norm" and algo.loss_scale_factor is None:
             # constant divisor: micro-batch invariant
-            self.actor = algo.model_copy(update={"loss_scale_factor": float(cfg.max_new_tokens)})
+            self.actor = algo.model_copy(update={"loss_scale_factor": float(self.rollout.max_new_tokens)})
         self.logprob_tolerance = logprob_tolerance
         params = [p for p in model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(params, lr=algo.lr, weight_decay=algo.weight_decay, betas=(0.9, 0.999))
@@ -172,7 +174,7 @@ class _RLRun:
         if i not in self._len_cache:
             batch = build_prompt_inputs(self.processor, [self._prompt(i)])
             self._len_cache[i] = int(batch["input_ids"].shape[1])
-        return self._len_cache[i] <= self.cfg.max_prompt_length
+        return self._len_cache[i] <= self.rollout.max_prompt_length
 
     # ---------------------------------------------------------------- one step
     def _generate(self, step: int, k: int, n_prompts: int):
@@ -181,14 +183,11 @@ class _RLRun:
         mine = dist_.shard_slice(list(range(len(idx))), self.env)  # positions this rank rolls out
         exs = [self.examples[idx[j]] for j in mine]
         ranked = (self.env.rank,) if self.env.sharded else ()  # each rank samples its own share
-        seed = derive_seed(self.cfg.seed, "rl/rollout", step, k, *ranked)
+        seed = self.rollout.seed_for("rl/rollout", step, k, *ranked)
         t0 = time.perf_counter()
         with self.autocast():
-            rollouts = self.engine.generate(
-                [prompts[j] for j in mine], n=self.cfg.n, max_new_tokens=self.cfg.max_new_tokens,
-                temperature=self.cfg.temperature, top_p=self.cfg.top_p, do_sample=True, seed=seed,
-                return_logprobs=True, batch_size=max(1, n_prompts * self.cfg.n),
-            )
+            rollouts = sample_rollouts(self.engine, [prompts[j] for j in mine], self.rollout, seed=seed,
+                                       batch_prompts=n_prompts)
         t1 = time.perf_counter()
         scored = score_rollouts(rollouts, exs, acc_weight=self.cfg.acc_weight, format_weight=self.cfg.format_weight,
                                 overlong=self.overlong, score_fn=self.score_fn)
@@ -291,7 +290,7 @@ class _RLRun:
                 else cut(list(range(len(samples))), algo.log_prob_token_budget))  # the recompute's own budget
         have_lp = all(s.rollout_logprobs is not None and len(s.rollout_logprobs) == len(s.token_ids) for s in samples)
         from_rollout = algo.is_on_policy and have_lp and self.trust_rollout_logprobs
-        lp_kw = dict(temperature=cfg.temperature, suppress_token_ids=self.suppress, autocast=self.autocast)
+        lp_kw = dict(temperature=self.rollout.temperature, suppress_token_ids=self.suppress, autocast=self.autocast)
         if from_rollout:
             old = {i: torch.tensor(s.rollout_logprobs, dtype=torch.float32) for i, s in enumerate(samples)}
         else:
@@ -299,7 +298,7 @@ class _RLRun:
             old = recompute_logprobs(self.model, flat, lengths, **lp_kw)
         ref = recompute_logprobs(self.ref_model, flat, lengths, **lp_kw) if self.ref_model is not None else None
         res = ppo_update(self.model, self.optimizer, mini, old, [s.advantage for s in samples], self.actor,
-                         temperature=cfg.temperature, logprob_tolerance=self.logprob_tolerance,
+                         temperature=self.rollout.temperature, logprob_tolerance=self.logprob_tolerance,
                          suppress_token_ids=self.suppress, ref=ref, old_from_rollout=from_rollout,
                          autocast=self.autocast, env=self.env, backward=self.acc.backward if self.acc else None)
         res["clipfrac/low"] = res.get("actor/pg_clipfrac_low", 0.0)
