@@ -199,8 +199,12 @@ def supports_shared_prefix(model) -> bool:
 
 
 def _shared_prefix_logits(model, batch: SequenceBatch) -> Tensor:
-    """Logits ``[B, C, V]`` predicting every completion token, prompts run once each."""
-    from transformers import DynamicCache
+    """Logits ``[B, C, V]`` predicting every completion token, prompts run once each.
+
+    The caches of :mod:`prism_lab.trainers.prefix_cache` are replay-safe, so this also holds with the
+    decoder layers checkpointed in training (``gradient_checkpointing``).
+    """
+    from prism_lab.trainers.prefix_cache import RecordingCache, cache_through_checkpointing
 
     assert batch.prefix is not None and batch.prefix_index is not None
     pre = dict(batch.prefix)
@@ -208,26 +212,26 @@ def _shared_prefix_logits(model, batch: SequenceBatch) -> Tensor:
     has_images = "image_grid_thw" in pre
     if not has_images:
         pre["position_ids"] = text_position_ids(pre["attention_mask"])
-    cache = DynamicCache(config=model.config)
-    out = model(**pre, cache=cache, use_cache=True, logits_to_keep=1)
-    first = out.logits[:, -1:, :].index_select(0, idx)  # predicts completion token 0
-    c = batch.completion_ids.shape[1]
-    # One completion token needs no second pass, but it runs anyway on that token (its logits dropped, kept in
-    # the graph): every batch then makes the same two model calls, as FSDP needs when the ranks' batches differ.
-    steps = max(c - 1, 1)
-    deltas = getattr(getattr(model, "model", None), "rope_deltas", None) if has_images else None
-    u = pre["attention_mask"].shape[0]
-    if deltas is None:
-        deltas = torch.zeros((u, 1), dtype=torch.long, device=first.device)
-    for layer in cache.layers:
-        layer.keys = layer.keys.index_select(0, idx)
-        layer.values = layer.values.index_select(0, idx)
-    p_mask = pre["attention_mask"].index_select(0, idx)
-    r_mask = batch.response_mask[:, :steps].to(p_mask.dtype)
-    attn = torch.cat([p_mask, r_mask], dim=1)
-    start = p_mask.sum(dim=1, keepdim=True) + deltas.view(-1, 1).index_select(0, idx)
-    pos = start + torch.arange(steps, device=start.device).view(1, -1)
-    pos = pos.unsqueeze(0).expand(3, -1, -1)
-    rest = model(input_ids=batch.completion_ids[:, :steps], attention_mask=attn, position_ids=pos, cache=cache,
-                 use_cache=True)
+    recorded = RecordingCache()
+    with cache_through_checkpointing(model):
+        out = model(**pre, cache=recorded, use_cache=True, logits_to_keep=1)
+        first = out.logits[:, -1:, :].index_select(0, idx)  # predicts completion token 0
+        c = batch.completion_ids.shape[1]
+        # One completion token needs no second pass, but it runs anyway on that token (its logits dropped, kept in
+        # the graph): every batch then makes the same two model calls, as FSDP needs when the ranks' batches differ.
+        steps = max(c - 1, 1)
+        deltas = getattr(getattr(model, "model", None), "rope_deltas", None) if has_images else None
+        u = pre["attention_mask"].shape[0]
+        if deltas is None:
+            deltas = torch.zeros((u, 1), dtype=torch.long, device=first.device)
+        cache = recorded.gather(idx)
+        del recorded, out
+        p_mask = pre["attention_mask"].index_select(0, idx)
+        r_mask = batch.response_mask[:, :steps].to(p_mask.dtype)
+        attn = torch.cat([p_mask, r_mask], dim=1)
+        start = p_mask.sum(dim=1, keepdim=True) + deltas.view(-1, 1).index_select(0, idx)
+        pos = start + torch.arange(steps, device=start.device).view(1, -1)
+        pos = pos.unsqueeze(0).expand(3, -1, -1)
+        rest = model(input_ids=batch.completion_ids[:, :steps], attention_mask=attn, position_ids=pos, cache=cache,
+                     use_cache=True)
     return torch.cat([first, rest.logits], dim=1)[:, :c]
