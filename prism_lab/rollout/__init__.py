@@ -38,6 +38,7 @@ __all__ = [
     "pad_token_id",
     "prompt_texts",
     "repeat_batch",
+    "resolve_engine_kind",
     "text_position_ids",
     "to_content_messages",
     "vision_token_ids",
@@ -53,17 +54,26 @@ def vllm_available() -> bool:
         return False
 
 
-def make_engine(model, processor, kind: str = "auto", **kwargs: Any) -> RolloutEngine:
+def resolve_engine_kind(kind: str) -> str:
+    """``"hf"`` or ``"vllm"`` for an engine setting; ``"auto"`` = vLLM when it is installed AND a GPU is present."""
+    if kind not in ("auto", "hf", "vllm"):
+        raise ConfigError(f"unknown rollout engine {kind!r}; expected auto, hf or vllm")
+    if kind == "auto":
+        return "vllm" if (vllm_available() and torch.cuda.is_available()) else "hf"
+    return kind
+
+
+def make_engine(model, processor, kind: str = "auto", *, max_model_len: int | None = None,
+                **kwargs: Any) -> RolloutEngine:
     """A rollout engine for ``model``.
 
     ``kind``: ``"hf"`` (transformers generate), ``"vllm"`` (requires vllm and a GPU; the engine is
     built from a checkpoint directory, ``kwargs["checkpoint_dir"]``, or from ``model`` saved to a
-    temporary directory), or ``"auto"``: vLLM when it is installed AND a GPU is present, else HF.
+    temporary directory), or ``"auto"`` (:func:`resolve_engine_kind`). ``max_model_len``: the longest
+    prompt plus the longest response the engine serves (:mod:`prism_lab.rollout.model_len`); a vLLM
+    engine needs it, the HF engine ignores it.
     """
-    if kind not in ("auto", "hf", "vllm"):
-        raise ConfigError(f"unknown rollout engine {kind!r}; expected auto, hf or vllm")
-    if kind == "auto":
-        kind = "vllm" if (vllm_available() and torch.cuda.is_available()) else "hf"
+    kind = resolve_engine_kind(kind)
     if kind == "hf":
         return HFGenerateEngine(model, processor)
     if not vllm_available():
@@ -73,6 +83,8 @@ def make_engine(model, processor, kind: str = "auto", **kwargs: Any) -> RolloutE
         )
     if not torch.cuda.is_available():
         raise PrismError("rollout_engine 'vllm' needs a CUDA GPU; none is visible. Use rollout_engine: hf (or auto)")
+    if max_model_len is None:
+        raise ValueError("a vLLM engine needs max_model_len (prompt + response tokens; see prism_lab.rollout.model_len)")
     from prism_lab.rollout.vllm import VLLMEngine
 
-    return VLLMEngine.from_model(model, processor, **kwargs)
+    return VLLMEngine.from_model(model, processor, max_model_len=max_model_len, **kwargs)

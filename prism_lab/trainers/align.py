@@ -67,6 +67,7 @@ from prism_lab.errors import ConfigError, DataError
 from prism_lab.models.discriminator import Discriminator
 from prism_lab.prompts import is_format_valid
 from prism_lab.rollout import Prompt, make_engine, vision_token_ids
+from prism_lab.rollout.model_len import stage_max_model_len
 from prism_lab.seeds import derive_seed
 from prism_lab.trainers import distributed as dist_
 from prism_lab.trainers.actor import (
@@ -249,7 +250,8 @@ def run_align(
     mp = resolve_precision(cfg.precision, env.device.type if env.sharded else next(policy.parameters()).device.type)
     acc = _shard_models(policy, disc, cfg, env, mp)  # before the optimizers: FSDP2 replaces the parameters
     autocast = acc.autocast if acc is not None else autocast_for(mp, policy)[0]
-    engine = engine if engine is not None else make_engine(policy, processor, kind=cfg.rollout_engine)
+    if engine is None:
+        engine = make_engine(policy, processor, kind=cfg.rollout_engine, max_model_len=stage_max_model_len(cfg))
     dist_.sync_engine(engine, env)
     actor = cfg.actor()  # passed whole to the shared PPO update and its registered loss
     actor_opt = torch.optim.AdamW([p for p in policy.parameters() if p.requires_grad], lr=actor.lr,
