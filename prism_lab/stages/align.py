@@ -58,7 +58,7 @@ def run(ctx: StageContext) -> dict:
                             keys=("gap/caption", "gap/cot", "cap_acc", "cot_acc", "format_rate", "response_length"))
     summary = run_align(policy, processor, disc, examples, cfg, out_dir=ctx.out_dir, log=progress,
                         heartbeat=ctx.heartbeat, env=env)
-    saved = save_final(policy, processor, model_dir(ctx.out_dir), env)  # gathered on rank 0 when sharded
+    saved = save_final(policy, processor, model_dir(ctx.out_dir), env, cfg.resources.export_dtype)  # rank 0 gathers
     full_disc = full_state_dict(disc, env) if env.sharded else None
     if saved is None:  # a rank other than 0: rank 0 writes everything
         dist_.finish(env)

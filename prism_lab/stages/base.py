@@ -98,7 +98,7 @@ def run(ctx: StageContext) -> dict:
     phases["mixed"] = res.summary()
     if res.stopped_by == "time":
         ctx.log_metrics(offset + res.steps, {"truncated": 1.0})
-    saved = save_final(model, processor, model_dir(ctx.out_dir), env)
+    saved = save_final(model, processor, model_dir(ctx.out_dir), env, cfg.resources.export_dtype)
     if saved is None:
         dist_.finish(env)
         return {}

@@ -52,7 +52,7 @@ def run(ctx: StageContext) -> dict:
     if result.stopped_early:  # the wall-clock budget (max_minutes) stopped it: the result depends on the machine
         ctx.log_metrics(result.steps_done, {"truncated": 1.0})
     model.eval()
-    if save_final(model, processor, model_dir(ctx.out_dir), env) is None:  # a rank other than 0: rank 0 writes
+    if save_final(model, processor, model_dir(ctx.out_dir), env, cfg.resources.export_dtype) is None:  # rank 0 writes
         dist_.finish(env)
         return {}
     from prism_lab.prompts import Prompting

@@ -151,7 +151,7 @@ def run(ctx: StageContext) -> dict:
                        heartbeat=ctx.heartbeat, env=env)
     if result.stopped_by == "time":  # the wall-clock budget (max_minutes) stopped it: the result depends on the machine
         ctx.log_metrics(result.steps, {"truncated": 1.0})
-    saved = save_final(model, processor, model_dir(ctx.out_dir), env)
+    saved = save_final(model, processor, model_dir(ctx.out_dir), env, cfg.resources.export_dtype)
     if saved is None:  # a rank other than 0 of a sharded run: rank 0 writes everything
         dist_.finish(env)
         return {}
