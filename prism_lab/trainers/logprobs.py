@@ -27,7 +27,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from prism_lab.algos.entropy import entropy_from_logits
+from prism_lab.algos.token_stats import DEFAULT_CHUNK_ROWS, token_logprobs_and_entropy
 from prism_lab.rollout.inputs import image_chunks_per_row, text_position_ids
 
 __all__ = [
@@ -131,11 +131,9 @@ def make_sequence_batch(
                          prefix_index=prefix_index)
 
 
-def token_logprobs_from_logits(logits: Tensor, tokens: Tensor) -> Tensor:
-    """``log softmax(logits)[tokens]`` along the last dim, via logsumexp (no full log-softmax tensor)."""
-    z = logits.float() if logits.dtype in (torch.float16, torch.bfloat16) else logits
-    picked = z.gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
-    return picked - torch.logsumexp(z, dim=-1)
+def token_logprobs_from_logits(logits: Tensor, tokens: Tensor, *, chunk_rows: int | None = DEFAULT_CHUNK_ROWS) -> Tensor:
+    """``log softmax(logits)[tokens]`` along the last dim, via logsumexp, ``chunk_rows`` rows at a time."""
+    return token_logprobs_and_entropy(logits, tokens, chunk_rows=chunk_rows)[0]
 
 
 def completion_logprobs(
@@ -147,6 +145,7 @@ def completion_logprobs(
     entropy_grad: bool = True,
     suppress_token_ids: Sequence[int] = (),
     shared_prefix: bool = True,
+    chunk_rows: int | None = DEFAULT_CHUNK_ROWS,
 ) -> tuple[Tensor, Tensor | None]:
     """One forward pass: per-token log-probs ``[B, C]`` of the completions (0 on padding) and,
     when asked, the entropies ``[B, C]`` of ``softmax(z / T)``. Gradients flow when enabled.
@@ -160,6 +159,9 @@ def completion_logprobs(
     gather its KV cache for the sequences that continue it, and run only the completion tokens on
     top. Values and gradients equal the full forward (to float rounding); with ``n`` samples per
     prompt the prompt positions cost ``1/n`` of the full forward. Other models use the full forward.
+
+    ``chunk_rows``: completion tokens whose ``[vocab]``-wide float32 working copies exist at once
+    (:func:`prism_lab.algos.token_stats.token_logprobs_and_entropy`); None = the whole batch at once.
     """
     c = batch.completion_ids.shape[1]
     if shared_prefix and batch.prefix is not None and supports_shared_prefix(model):
@@ -171,22 +173,13 @@ def completion_logprobs(
             inputs = {**inputs, "position_ids": text_position_ids(inputs["attention_mask"])}
         out = model(**inputs, use_cache=False, logits_to_keep=c + 1)
         logits = out.logits[:, :-1, :]  # position P-1+t predicts completion token t
-    if temperature != 1.0:
-        logits = logits / temperature
+    sup = None
     if suppress_token_ids:
-        logits = logits.float() if logits.dtype in (torch.float16, torch.bfloat16) else logits
         sup = torch.zeros(logits.shape[-1], dtype=torch.bool, device=logits.device)
         sup[list(suppress_token_ids)] = True
-        logits = logits.masked_fill(sup, torch.finfo(logits.dtype).min)
-    logp = token_logprobs_from_logits(logits, batch.completion_ids)
+    logp, ent = token_logprobs_and_entropy(logits, batch.completion_ids, temperature=temperature, suppress=sup,
+                                           with_entropy=with_entropy, entropy_grad=entropy_grad, chunk_rows=chunk_rows)
     logp = logp * batch.response_mask.to(logp.dtype)
-    ent = None
-    if with_entropy:
-        if entropy_grad:
-            ent = entropy_from_logits(logits)
-        else:
-            with torch.no_grad():
-                ent = entropy_from_logits(logits.detach())
     return logp, ent
 
 
