@@ -83,7 +83,8 @@ def token_logprobs_and_entropy(
 
 def _row_blocks(logits: Tensor, tokens: Tensor) -> list[tuple[Tensor, Tensor]]:
     """``[rows, V]`` views of ``logits`` with their tokens: one view when the leading dims flatten without a copy,
-    else one per leading index (``logits[:, :-1]`` of a ``[B, C + 1, V]`` output is not flat, each ``[C, V]`` row is)."""
+    else one per leading index (``logits[:, :-1]`` of a ``[B, C + 1, V]`` output does not flatten; each
+    ``[C, V]`` row of it does)."""
     vocab = logits.shape[-1]
     try:
         return [(logits.view(-1, vocab), tokens)]

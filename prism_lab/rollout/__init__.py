@@ -84,7 +84,7 @@ def make_engine(model, processor, kind: str = "auto", *, max_model_len: int | No
     if not torch.cuda.is_available():
         raise PrismError("rollout_engine 'vllm' needs a CUDA GPU; none is visible. Use rollout_engine: hf (or auto)")
     if max_model_len is None:
-        raise ValueError("a vLLM engine needs max_model_len (prompt + response tokens; see prism_lab.rollout.model_len)")
+        raise ValueError("a vLLM engine needs max_model_len (prompt + response tokens: prism_lab.rollout.model_len)")
     from prism_lab.rollout.vllm import VLLMEngine
 
     return VLLMEngine.from_model(model, processor, max_model_len=max_model_len, **kwargs)

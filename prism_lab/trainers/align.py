@@ -297,8 +297,8 @@ def run_align(
                        teacher_ids=[teacher_ids[i] for i in idx],
                        answers=[(examples[i].ground_truth, examples[i].equivalent_answers) for i in idx], toks=toks,
                        terminator=cfg.terminator_convention,
-                       score_kw=dict(pad_token_id=toks.pad, positions=cfg.critic_positions, micro_batch=cfg.disc_micro_batch,
-                                     max_tokens=cfg.disc_max_tokens_per_micro_batch),
+                       score_kw=dict(pad_token_id=toks.pad, positions=cfg.critic_positions,
+                                     micro_batch=cfg.disc_micro_batch, max_tokens=cfg.disc_max_tokens_per_micro_batch),
                        env=env)
         B = len(rolls)
         metrics: dict[str, float] = {

@@ -121,7 +121,8 @@ class AlignStep:
             self.pending.append((full, pieces))
         return full
 
-    def _groups(self, mine: list[int], rows: Sequence[int], segments: Sequence[Sequence[int]], n: int) -> list[list[int]]:
+    def _groups(self, mine: list[int], rows: Sequence[int], segments: Sequence[Sequence[int]],
+                n: int) -> list[list[int]]:
         """This rank's positions cut into forwards: ``micro_batch`` at a time, or by the token budget ``max_tokens``
         (prompt + segment tokens; data/token_budget.py). Every rank gets as many forwards (empty ones pad)."""
         budget = self.score_kw.get("max_tokens")

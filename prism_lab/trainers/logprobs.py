@@ -131,7 +131,8 @@ def make_sequence_batch(
                          prefix_index=prefix_index)
 
 
-def token_logprobs_from_logits(logits: Tensor, tokens: Tensor, *, chunk_rows: int | None = DEFAULT_CHUNK_ROWS) -> Tensor:
+def token_logprobs_from_logits(logits: Tensor, tokens: Tensor, *,
+                               chunk_rows: int | None = DEFAULT_CHUNK_ROWS) -> Tensor:
     """``log softmax(logits)[tokens]`` along the last dim, via logsumexp, ``chunk_rows`` rows at a time."""
     return token_logprobs_and_entropy(logits, tokens, chunk_rows=chunk_rows)[0]
 
