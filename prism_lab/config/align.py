@@ -133,7 +133,8 @@ class AlignConfig(_Strict, KeyStable):
     """Stage 2: on-policy adversarial distillation against the discriminator (§6)."""
 
     added_fields = ("actor_micro_batch", "disc_micro_batch", "rollout_batch_size", "rollout_engine", "precision",
-                    "actor_max_tokens_per_micro_batch", "log_prob_max_tokens_per_micro_batch")
+                    "actor_max_tokens_per_micro_batch", "log_prob_max_tokens_per_micro_batch",
+                    "disc_max_tokens_per_micro_batch")
 
     steps: int = Field(
         500,
@@ -217,6 +218,10 @@ class AlignConfig(_Strict, KeyStable):
     )
     disc_micro_batch: int = Field(
         16, ge=1, description="Sequences per forward pass when the discriminator scores and trains."
+    )
+    disc_max_tokens_per_micro_batch: int | None = Field(
+        None, ge=1, description="Token budget (prompt + segment tokens) of one discriminator forward per process; "
+        "when set it replaces `disc_micro_batch` (data/token_budget.py, as the actor's budget)."
     )
     rollout_batch_size: int = Field(
         64, ge=1, description="Rollouts generated per generate call (at least `n`: a prompt's group is never split)."

@@ -17,7 +17,7 @@ from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
-from prism_lab.config.base import StrictModel
+from prism_lab.config.base import KeyStable, StrictModel
 
 #: The most CPU cores one run may ask for: above the largest single machines sold (a few hundred cores,
 #: up to ~2000 hardware threads), so a typo like 10**6 is refused at load instead of queued forever.
@@ -28,11 +28,13 @@ MAX_CPUS = 4096
 PLANNER_HINTS: dict[str, object] = {"memory_gb": None}
 
 
-class ResourcesConfig(StrictModel):
+class ResourcesConfig(StrictModel, KeyStable):
     """Processes, devices and memory policy of one stage run (field names are stable: executors read them).
 
     The counts and switches are strict: ``processes: true`` or ``offload: "yes"`` are refused, not read
     as 1 and True (pydantic's lax mode would)."""
+
+    added_fields = ("export_dtype",)
 
     processes: int = Field(
         1, ge=1, le=1024, strict=True,
@@ -67,6 +69,12 @@ class ResourcesConfig(StrictModel):
         False, strict=True,
         description="Keep sharded parameters, gradients and optimizer state in host memory (FSDP2 CPUOffloadPolicy; "
         "the paper's param + optimizer offload). Only meaningful on GPUs.",
+    )
+    export_dtype: Literal["auto", "fp32", "bf16"] = Field(
+        "auto",
+        description="Dtype of the floating weights in the stage's final policy checkpoint, stated in its config.json "
+        "(`dtype`), which vLLM and `from_pretrained(dtype='auto')` load. `auto` = bf16 when the run trains on CUDA, "
+        "fp32 on CPU. Intermediate, resumable and discriminator checkpoints stay as trained.",
     )
     memory_gb: float | None = Field(
         None, gt=0, le=1 << 20, strict=True,

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -179,31 +179,50 @@ class BuiltinBackend(EvalBackend):
         self.engine_kind = engine_kind
         self._engine = None
         self._engine_dir: Path | None = None
+        self._engine_len = 0  # the vLLM engine's max_model_len (0: an HF engine, or none yet)
 
     # -- model
-    def engine(self, checkpoint_dir: str | Path):
-        """The rollout engine for ``checkpoint_dir`` (the model is loaded on first use only)."""
+    def engine(self, checkpoint_dir: str | Path, prompts: Iterable[Any] = (), max_new_tokens: int = 1):
+        """The rollout engine for ``checkpoint_dir`` (the model is loaded on first use only). A vLLM engine serves
+        the longest of ``prompts`` plus ``max_new_tokens`` (prism_lab.rollout.model_len); it is rebuilt when a
+        benchmark needs more than the current one was built for."""
+        from prism_lab import rollout
+        from prism_lab.rollout.model_len import longest_prompt_tokens, max_model_len
+
         d = Path(checkpoint_dir)
-        if self._engine is not None and self._engine_dir == d:
-            return self._engine
+        vllm = rollout.resolve_engine_kind(self.engine_kind) == "vllm"
+        current = self._engine if self._engine_dir == d else None
+        loaded = None if current is not None else self._load(d)
+        need = None
+        if vllm:
+            processor = current.processor if current is not None else loaded[1]
+            need = max_model_len(longest_prompt_tokens(processor, prompts), int(max_new_tokens))
+        if current is not None and (need or 0) <= self._engine_len:
+            return current
+        model, processor = loaded if loaded is not None else self._load(d)
         self.close()
+        self._engine = rollout.make_engine(model, processor, kind=self.engine_kind, checkpoint_dir=str(d),
+                                           max_model_len=need)
+        self._engine_dir = d
+        self._engine_len = need or 0
+        return self._engine
+
+    def _load(self, d: Path) -> tuple[Any, Any]:
         import torch
 
-        from prism_lab import rollout
         from prism_lab.models import load_policy
 
         if self.threads:
             torch.set_num_threads(self.threads)
         t0 = time.perf_counter()
         model, processor = load_policy(d)
-        self._engine = rollout.make_engine(model, processor, kind=self.engine_kind, checkpoint_dir=str(d))
-        self._engine_dir = d
-        self.log(f"loaded {d} in {time.perf_counter() - t0:.1f}s ({type(self._engine).__name__})")
-        return self._engine
+        self.log(f"loaded {d} in {time.perf_counter() - t0:.1f}s")
+        return model, processor
 
     def close(self) -> None:
         self._engine = None
         self._engine_dir = None
+        self._engine_len = 0
 
     def inference_engine(self) -> str:
         from prism_lab.rollout import resolve_engine_kind
@@ -243,7 +262,8 @@ class BuiltinBackend(EvalBackend):
         )
 
         items = list(items)
-        engine = self.engine(checkpoint_dir)
+        engine = self.engine(checkpoint_dir, (build_prompt(spec, it, self.prompting) for it in items),
+                             settings.max_new_tokens)
         kw = self._gen_kwargs(engine, settings)
         bs = max(1, int(self.batch_size))
         rows: list[dict[str, Any]] = []

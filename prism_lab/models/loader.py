@@ -137,13 +137,25 @@ def _scale_vision_position_init(model, std: float = 0.02) -> None:
         model.model.visual.pos_embed.weight.normal_(0.0, std)
 
 
-def save_policy(model, processor, out_dir: str | Path) -> Path:
+def save_policy(model, processor, out_dir: str | Path, *, dtype: torch.dtype | None = None,
+                state_dict: dict | None = None) -> Path:
     """Write an HF checkpoint directory: model.safetensors, config.json, generation_config.json,
     processor_config.json, tokenizer files, chat_template.jinja and video_preprocessor_config.json,
-    portable: plain ``AutoProcessor`` / ``AutoModelForImageTextToText`` load it (models/portable.py)."""
+    portable: plain ``AutoProcessor`` / ``AutoModelForImageTextToText`` load it (models/portable.py).
+
+    ``state_dict``: the weights to write (default: the model's). ``dtype``: cast the floating weights to it
+    and state it in ``config.json`` (models/export_dtype.py); None writes them as they are."""
+    from prism_lab.models.export_dtype import cast_floating, in_dtype, state_dtype_in_config
+
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(str(out))
+    if dtype is not None:
+        weights = state_dict if state_dict is not None else model.state_dict()
+        if not in_dtype(weights, dtype):
+            state_dict = cast_floating(weights, dtype)
+    model.save_pretrained(str(out), state_dict=state_dict)
+    if dtype is not None:
+        state_dtype_in_config(out, dtype)
     processor.save_pretrained(str(out))
     make_portable(out, processor.tokenizer, model.config)
     return out

@@ -38,6 +38,7 @@ __all__ = [
     "pad_token_id",
     "prompt_texts",
     "repeat_batch",
+    "resolve_engine_kind",
     "text_position_ids",
     "to_content_messages",
     "vision_token_ids",
@@ -64,12 +65,15 @@ def resolve_engine_kind(kind: str = "auto") -> str:
     return kind
 
 
-def make_engine(model, processor, kind: str = "auto", **kwargs: Any) -> RolloutEngine:
+def make_engine(model, processor, kind: str = "auto", *, max_model_len: int | None = None,
+                **kwargs: Any) -> RolloutEngine:
     """A rollout engine for ``model``.
 
     ``kind``: ``"hf"`` (transformers generate), ``"vllm"`` (requires vllm and a GPU; the engine is
     built from a checkpoint directory, ``kwargs["checkpoint_dir"]``, or from ``model`` saved to a
-    temporary directory), or ``"auto"``: vLLM when it is installed AND a GPU is present, else HF.
+    temporary directory), or ``"auto"`` (:func:`resolve_engine_kind`). ``max_model_len``: the longest
+    prompt plus the longest response the engine serves (:mod:`prism_lab.rollout.model_len`); a vLLM
+    engine needs it, the HF engine ignores it.
     """
     kind = resolve_engine_kind(kind)
     if kind == "hf":
@@ -81,6 +85,8 @@ def make_engine(model, processor, kind: str = "auto", **kwargs: Any) -> RolloutE
         )
     if not torch.cuda.is_available():
         raise PrismError("rollout_engine 'vllm' needs a CUDA GPU; none is visible. Use rollout_engine: hf (or auto)")
+    if max_model_len is None:
+        raise ValueError("a vLLM engine needs max_model_len (prompt + response tokens: prism_lab.rollout.model_len)")
     from prism_lab.rollout.vllm import VLLMEngine
 
-    return VLLMEngine.from_model(model, processor, **kwargs)
+    return VLLMEngine.from_model(model, processor, max_model_len=max_model_len, **kwargs)

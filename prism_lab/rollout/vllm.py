@@ -24,7 +24,7 @@ from prism_lab.errors import PrismError
 from prism_lab.rollout.inputs import prompt_texts
 from prism_lab.rollout.types import Prompt, Rollout
 
-__all__ = ["VLLMEngine"]
+__all__ = ["VLLMEngine", "llm_kwargs"]
 
 
 def _import_vllm():
@@ -38,26 +38,35 @@ def _import_vllm():
     return vllm
 
 
+def llm_kwargs(checkpoint_dir: str | Path, *, max_model_len: int, gpu_memory_utilization: float = 0.6,
+               dtype: str = "auto", seed: int = 0) -> dict[str, Any]:
+    """Keyword arguments of ``vllm.LLM`` for a checkpoint directory. ``max_model_len`` is required: vLLM's default
+    is the model's whole context (see :mod:`prism_lab.rollout.model_len`)."""
+    if isinstance(max_model_len, bool) or not isinstance(max_model_len, int) or max_model_len < 1:
+        raise ValueError(f"max_model_len must be a positive integer, got {max_model_len!r}")
+    return dict(model=str(checkpoint_dir), gpu_memory_utilization=gpu_memory_utilization, dtype=dtype, seed=seed,
+                limit_mm_per_prompt={"image": 8}, max_model_len=max_model_len)
+
+
 class VLLMEngine:
     """Rollouts with ``vllm.LLM`` built from a checkpoint directory (config + safetensors + processor)."""
 
     kind = "vllm"
 
-    def __init__(self, checkpoint_dir: str | Path, processor, *, gpu_memory_utilization: float = 0.6,
-                 max_model_len: int | None = None, dtype: str = "auto", seed: int = 0,
+    def __init__(self, checkpoint_dir: str | Path, processor, *, max_model_len: int,
+                 gpu_memory_utilization: float = 0.6, dtype: str = "auto", seed: int = 0,
                  suppress_token_ids: list[int] | None = None, eos_token_ids: list[int] | None = None,
                  _tmpdir: str | None = None) -> None:
+        kwargs = llm_kwargs(checkpoint_dir, max_model_len=max_model_len, gpu_memory_utilization=gpu_memory_utilization,
+                            dtype=dtype, seed=seed)
         vllm = _import_vllm()
         self._vllm = vllm
+        self.max_model_len = max_model_len
         self.processor = processor
         self.checkpoint_dir = str(checkpoint_dir)
         self.suppress_token_ids = list(suppress_token_ids or [])
         self.eos_ids = list(eos_token_ids or [])
         self._tmpdir = _tmpdir
-        kwargs: dict[str, Any] = dict(model=self.checkpoint_dir, gpu_memory_utilization=gpu_memory_utilization,
-                                      dtype=dtype, seed=seed, limit_mm_per_prompt={"image": 8})
-        if max_model_len is not None:
-            kwargs["max_model_len"] = max_model_len
         self.llm = vllm.LLM(**kwargs)
 
     @classmethod

@@ -65,4 +65,5 @@ def run(ctx: StageContext) -> dict:
 
     # the resumable state is removed by run_align itself (keep_resume)
     return finish_stage(ctx.out_dir, env, write=write, policy=policy, processor=processor,
-                        prompting_from=checkpoint_dir_of(ctx.input("policy").path), discriminator=disc)
+                        prompting_from=checkpoint_dir_of(ctx.input("policy").path), discriminator=disc,
+                        export_dtype=cfg.resources.export_dtype)

@@ -109,4 +109,5 @@ def run(ctx: StageContext) -> dict:
     return finish_stage(ctx.out_dir, env, write=write, policy=model, processor=processor,
                         prompting=Prompting(system_prompt=has_system, yesno_instruction=False),
                         remove=[resume_dir(ctx.out_dir) / "mixed", resume_dir(ctx.out_dir),
-                                ctx.out_dir / VISION_SUBDIR, ctx.out_dir / CAPTIONS_SUBDIR])
+                                ctx.out_dir / VISION_SUBDIR, ctx.out_dir / CAPTIONS_SUBDIR],
+                        export_dtype=cfg.resources.export_dtype)

@@ -26,18 +26,19 @@ __all__ = ["finish_stage"]
 
 def finish_stage(out_dir: Path, env: Any, *, write: Callable[[], dict], policy: Any = None, processor: Any = None,
                  prompting: Prompting | None = None, prompting_from: Path | None = None, discriminator: Any = None,
-                 remove: Sequence[Path] = ()) -> dict:
+                 remove: Sequence[Path] = (), export_dtype: str | None = None) -> dict:
     """Finish a stage run on every rank (see the module docstring); returns the summary ``write()`` made on rank 0,
     ``{}`` on the other ranks.
 
     ``policy``/``processor``: the trained policy (None: the stage trains none). ``prompting``: the convention to
     write next to it, or ``prompting_from``: the checkpoint directory whose convention it keeps. ``discriminator``:
     the trained discriminator (saved with ``processor``). ``remove``: resumable states (or other in-progress
-    directories) to delete, each with its ``.old`` twin. ``env``: the run's DistEnv."""
+    directories) to delete, each with its ``.old`` twin. ``export_dtype``: the policy's dtype on disk
+    (``resources.export_dtype``; None: as trained). ``env``: the run's DistEnv."""
     from prism_lab.trainers import distributed as dist_
     from prism_lab.trainers.checkpoint import full_state_dict, remove_resume_state, save_final
 
-    saved = save_final(policy, processor, model_dir(out_dir), env) if policy is not None else None
+    saved = save_final(policy, processor, model_dir(out_dir), env, export_dtype) if policy is not None else None
     full_disc = full_state_dict(discriminator, env) if discriminator is not None and env.sharded else None
     if not env.is_main:
         dist_.finish(env)

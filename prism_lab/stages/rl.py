@@ -54,4 +54,5 @@ def run(ctx: StageContext) -> dict:
     return finish_stage(ctx.out_dir, env, policy=model, processor=processor,
                         prompting_from=checkpoint_dir_of(ctx.input("policy").path), remove=[resume_dir(ctx.out_dir)],
                         write=lambda: {"algorithm": cfg.algorithm, "num_prompts": len(examples),
-                                       "processes": env.world_size, **result.summary()})
+                                       "processes": env.world_size, **result.summary()},
+                        export_dtype=cfg.resources.export_dtype)

@@ -160,4 +160,5 @@ def run(ctx: StageContext) -> dict:
                 "stage_wall_s": round(time.monotonic() - t0, 2), "processes": env.world_size, **info}
 
     return finish_stage(ctx.out_dir, env, write=write, policy=model, processor=processor,
-                        prompting=Prompting(system_prompt=has_system, yesno_instruction=False), remove=[resume])
+                        prompting=Prompting(system_prompt=has_system, yesno_instruction=False), remove=[resume],
+                        export_dtype=cfg.resources.export_dtype)

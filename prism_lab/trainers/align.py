@@ -66,6 +66,7 @@ from prism_lab.errors import ConfigError, DataError
 from prism_lab.models.discriminator import Discriminator
 from prism_lab.prompts import is_format_valid
 from prism_lab.rollout import Prompt, make_engine, vision_token_ids
+from prism_lab.rollout.model_len import stage_max_model_len
 from prism_lab.rollout.sample import sample_rollouts
 from prism_lab.trainers import distributed as dist_
 from prism_lab.trainers.actor import (
@@ -271,7 +272,8 @@ class _AlignRun:
                        teacher_ids=[self._teacher(i) for i in idx],
                        answers=[(self.examples[i].ground_truth, self.examples[i].equivalent_answers) for i in idx],
                        toks=toks, terminator=cfg.terminator_convention,
-                       score_kw=dict(pad_token_id=toks.pad, positions=cfg.critic_positions, micro_batch=cfg.disc_micro_batch),
+                       score_kw=dict(pad_token_id=toks.pad, positions=cfg.critic_positions, micro_batch=cfg.disc_micro_batch,
+                                     max_tokens=cfg.disc_max_tokens_per_micro_batch),
                        env=env)
         B = len(rolls)
         metrics: dict[str, float] = {
@@ -367,7 +369,8 @@ def _setup(policy: Any, processor: Any, disc: Discriminator, examples: Sequence[
     mp = resolve_precision(cfg.precision, env.device.type if env.sharded else next(policy.parameters()).device.type)
     acc = _shard_models(policy, disc, cfg, env, mp)
     rollout, actor = cfg.rollout(), cfg.actor()
-    engine = engine if engine is not None else make_engine(policy, processor, kind=rollout.engine)
+    if engine is None:
+        engine = make_engine(policy, processor, kind=rollout.engine, max_model_len=stage_max_model_len(rollout))
     dist_.sync_engine(engine, env)
     actor_opt = torch.optim.AdamW([p for p in policy.parameters() if p.requires_grad], lr=actor.lr,
                                   weight_decay=actor.weight_decay)

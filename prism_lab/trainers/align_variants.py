@@ -43,6 +43,7 @@ from prism_lab.algos.multi_reward import (
     gad_whole_response_advantage,
     grpo_multi_reward,
 )
+from prism_lab.data.token_budget import token_budget_groups
 from prism_lab.registry import Registry
 from prism_lab.trainers import distributed as dist_
 from prism_lab.trainers.disc_inputs import (
@@ -101,15 +102,14 @@ class AlignStep:
         each; a rank with a smaller share re-scores row 0 as padding). With grad enabled the result is a
         leaf, remembered with the forwards behind it for :meth:`backward`."""
         n, env = len(rows), self.env
-        mb = max(1, int(self.score_kw.get("micro_batch", 16)))
-        kw = {**self.score_kw, "micro_batch": mb}
+        kw = {k: v for k, v in self.score_kw.items() if k not in ("micro_batch", "max_tokens")}
         mine = dist_.shard_slice(list(range(n)), env)
+        groups = self._groups(mine, rows, segments, n)
         pieces: list[tuple[list[int], Tensor]] = []
-        for k in range(math.ceil(math.ceil(n / env.world_size) / mb)):
-            idx = mine[k * mb:(k + 1) * mb]
+        for idx in groups:
             pick = idx or [0]
             pieces.append((idx, score_segments(disc, self.pb, [rows[i] for i in pick], [segments[i] for i in pick],
-                                               **kw)))
+                                               micro_batch=len(pick), **kw)))
         device = pieces[0][1].device if pieces else torch.device("cpu")
         full = torch.zeros(n, dtype=torch.float32, device=device)
         local = [(idx, s.detach().float().cpu()) for idx, s in pieces if idx]
@@ -120,6 +120,20 @@ class AlignStep:
             full.requires_grad_(True)
             self.pending.append((full, pieces))
         return full
+
+    def _groups(self, mine: list[int], rows: Sequence[int], segments: Sequence[Sequence[int]],
+                n: int) -> list[list[int]]:
+        """This rank's positions cut into forwards: ``micro_batch`` at a time, or by the token budget ``max_tokens``
+        (prompt + segment tokens; data/token_budget.py). Every rank gets as many forwards (empty ones pad)."""
+        budget = self.score_kw.get("max_tokens")
+        if budget is None:
+            mb = max(1, int(self.score_kw.get("micro_batch", 16)))
+            return [mine[k * mb:(k + 1) * mb] for k in range(math.ceil(math.ceil(n / self.env.world_size) / mb))]
+        prompt_len = self.pb.batch["attention_mask"].sum(dim=1).tolist()
+        lengths = [int(prompt_len[rows[i]]) + len(segments[i]) for i in mine]
+        groups = [[mine[j] for j in g] for g in token_budget_groups(lengths, int(budget))]
+        count = int(dist_.all_reduce_max(len(groups), self.env))
+        return groups + [[] for _ in range(count - len(groups))]
 
     def backward(self, loss: Tensor, *, scale: float = 1.0) -> None:
         """Backpropagate ``loss`` (computed from :meth:`scores` leaves) into the discriminator.

@@ -204,17 +204,25 @@ def full_state_dict(model: nn.Module, env: DistEnv) -> dict[str, torch.Tensor]:
     return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
 
 
-def save_hf_checkpoint(model: nn.Module, processor: Any, out_dir: str | Path, env: DistEnv) -> Path | None:
+def save_hf_checkpoint(model: nn.Module, processor: Any, out_dir: str | Path, env: DistEnv,
+                       dtype: torch.dtype | None = None) -> Path | None:
     """Gather the weights and write an ordinary HF checkpoint directory from rank 0 (collective).
 
     ``model`` may be FSDP-sharded: ``save_pretrained`` is called with the gathered full state dict, so
-    the files are the same ``model.safetensors`` + ``config.json`` a single process writes.
+    the files are the same ``model.safetensors`` + ``config.json`` a single process writes. ``dtype``: the
+    floating weights' dtype on disk, stated in ``config.json`` (None: as gathered).
     """
+    from prism_lab.models.export_dtype import cast_floating, in_dtype, state_dtype_in_config
+
     sd = full_state_dict(model, env)
     out = Path(out_dir)
     if env.is_main:
         out.mkdir(parents=True, exist_ok=True)
+        if dtype is not None and not in_dtype(sd, dtype):
+            sd = cast_floating(sd, dtype)
         model.save_pretrained(str(out), state_dict=sd)
+        if dtype is not None:
+            state_dtype_in_config(out, dtype)
         if processor is not None:
             processor.save_pretrained(str(out))
     barrier(env)
@@ -333,16 +341,24 @@ def load_resume(directory: str | Path, *, model: nn.Module, optimizer: torch.opt
 
 
 
-def save_final(model: nn.Module, processor: Any, directory: str | Path, env: DistEnv) -> Path | None:
+def save_final(model: nn.Module, processor: Any, directory: str | Path, env: DistEnv,
+               export_dtype: str | None = None) -> Path | None:
     """The end of every training stage: the trained policy as an ordinary HF checkpoint directory (weights,
     config, processor). A sharded model is gathered on rank 0 into the same files one process writes
-    (collective). Returns the directory on rank 0, None on the other ranks."""
+    (collective). ``export_dtype`` (``resources.export_dtype``: auto, fp32 or bf16; trainers/precision.py) sets
+    the floating weights' dtype on disk, stated in ``config.json``; None writes them as trained (the base stage's
+    intermediate checkpoints, which it resumes from). Returns the directory on rank 0, None on the other ranks."""
     from prism_lab.models import save_policy
+    from prism_lab.trainers.precision import resolve_export_dtype
 
+    dtype = None
+    if export_dtype is not None:
+        device_type = env.device.type if env.sharded else next(model.parameters()).device.type
+        dtype = resolve_export_dtype(export_dtype, device_type)
     if env.sharded:
-        save_hf_checkpoint(model, processor, directory, env)
+        save_hf_checkpoint(model, processor, directory, env, dtype=dtype)
         return Path(directory) if env.is_main else None
-    return save_policy(model, processor, directory)
+    return save_policy(model, processor, directory, dtype=dtype)
 
 
 # ------------------------------------------------------------------------------------------ alignment (two models)

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from prism_lab.algos.entropy import entropy_from_logits
+from prism_lab.algos.token_stats import DEFAULT_CHUNK_ROWS, token_logprobs_and_entropy
 from prism_lab.rollout.inputs import image_chunks_per_row, text_position_ids
 
 __all__ = [
@@ -131,11 +131,10 @@ def make_sequence_batch(
                          prefix_index=prefix_index)
 
 
-def token_logprobs_from_logits(logits: Tensor, tokens: Tensor) -> Tensor:
-    """``log softmax(logits)[tokens]`` along the last dim, via logsumexp (no full log-softmax tensor)."""
-    z = logits.float() if logits.dtype in (torch.float16, torch.bfloat16) else logits
-    picked = z.gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
-    return picked - torch.logsumexp(z, dim=-1)
+def token_logprobs_from_logits(logits: Tensor, tokens: Tensor, *,
+                               chunk_rows: int | None = DEFAULT_CHUNK_ROWS) -> Tensor:
+    """``log softmax(logits)[tokens]`` along the last dim, via logsumexp, ``chunk_rows`` rows at a time."""
+    return token_logprobs_and_entropy(logits, tokens, chunk_rows=chunk_rows)[0]
 
 
 def completion_logprobs(
@@ -147,6 +146,7 @@ def completion_logprobs(
     entropy_grad: bool = True,
     suppress_token_ids: Sequence[int] = (),
     shared_prefix: bool = True,
+    chunk_rows: int | None = DEFAULT_CHUNK_ROWS,
 ) -> tuple[Tensor, Tensor | None]:
     """One forward pass: per-token log-probs ``[B, C]`` of the completions (0 on padding) and,
     when asked, the entropies ``[B, C]`` of ``softmax(z / T)``. Gradients flow when enabled.
@@ -160,6 +160,9 @@ def completion_logprobs(
     gather its KV cache for the sequences that continue it, and run only the completion tokens on
     top. Values and gradients equal the full forward (to float rounding); with ``n`` samples per
     prompt the prompt positions cost ``1/n`` of the full forward. Other models use the full forward.
+
+    ``chunk_rows``: completion tokens whose ``[vocab]``-wide float32 working copies exist at once
+    (:func:`prism_lab.algos.token_stats.token_logprobs_and_entropy`); None = the whole batch at once.
     """
     c = batch.completion_ids.shape[1]
     if shared_prefix and batch.prefix is not None and supports_shared_prefix(model):
@@ -171,22 +174,13 @@ def completion_logprobs(
             inputs = {**inputs, "position_ids": text_position_ids(inputs["attention_mask"])}
         out = model(**inputs, use_cache=False, logits_to_keep=c + 1)
         logits = out.logits[:, :-1, :]  # position P-1+t predicts completion token t
-    if temperature != 1.0:
-        logits = logits / temperature
+    sup = None
     if suppress_token_ids:
-        logits = logits.float() if logits.dtype in (torch.float16, torch.bfloat16) else logits
         sup = torch.zeros(logits.shape[-1], dtype=torch.bool, device=logits.device)
         sup[list(suppress_token_ids)] = True
-        logits = logits.masked_fill(sup, torch.finfo(logits.dtype).min)
-    logp = token_logprobs_from_logits(logits, batch.completion_ids)
+    logp, ent = token_logprobs_and_entropy(logits, batch.completion_ids, temperature=temperature, suppress=sup,
+                                           with_entropy=with_entropy, entropy_grad=entropy_grad, chunk_rows=chunk_rows)
     logp = logp * batch.response_mask.to(logp.dtype)
-    ent = None
-    if with_entropy:
-        if entropy_grad:
-            ent = entropy_from_logits(logits)
-        else:
-            with torch.no_grad():
-                ent = entropy_from_logits(logits.detach())
     return logp, ent
 
 
@@ -199,8 +193,12 @@ def supports_shared_prefix(model) -> bool:
 
 
 def _shared_prefix_logits(model, batch: SequenceBatch) -> Tensor:
-    """Logits ``[B, C, V]`` predicting every completion token, prompts run once each."""
-    from transformers import DynamicCache
+    """Logits ``[B, C, V]`` predicting every completion token, prompts run once each.
+
+    The caches of :mod:`prism_lab.trainers.prefix_cache` are replay-safe, so this also holds with the
+    decoder layers checkpointed in training (``gradient_checkpointing``).
+    """
+    from prism_lab.trainers.prefix_cache import RecordingCache, cache_through_checkpointing
 
     assert batch.prefix is not None and batch.prefix_index is not None
     pre = dict(batch.prefix)
@@ -208,26 +206,26 @@ def _shared_prefix_logits(model, batch: SequenceBatch) -> Tensor:
     has_images = "image_grid_thw" in pre
     if not has_images:
         pre["position_ids"] = text_position_ids(pre["attention_mask"])
-    cache = DynamicCache(config=model.config)
-    out = model(**pre, cache=cache, use_cache=True, logits_to_keep=1)
-    first = out.logits[:, -1:, :].index_select(0, idx)  # predicts completion token 0
-    c = batch.completion_ids.shape[1]
-    # One completion token needs no second pass, but it runs anyway on that token (its logits dropped, kept in
-    # the graph): every batch then makes the same two model calls, as FSDP needs when the ranks' batches differ.
-    steps = max(c - 1, 1)
-    deltas = getattr(getattr(model, "model", None), "rope_deltas", None) if has_images else None
-    u = pre["attention_mask"].shape[0]
-    if deltas is None:
-        deltas = torch.zeros((u, 1), dtype=torch.long, device=first.device)
-    for layer in cache.layers:
-        layer.keys = layer.keys.index_select(0, idx)
-        layer.values = layer.values.index_select(0, idx)
-    p_mask = pre["attention_mask"].index_select(0, idx)
-    r_mask = batch.response_mask[:, :steps].to(p_mask.dtype)
-    attn = torch.cat([p_mask, r_mask], dim=1)
-    start = p_mask.sum(dim=1, keepdim=True) + deltas.view(-1, 1).index_select(0, idx)
-    pos = start + torch.arange(steps, device=start.device).view(1, -1)
-    pos = pos.unsqueeze(0).expand(3, -1, -1)
-    rest = model(input_ids=batch.completion_ids[:, :steps], attention_mask=attn, position_ids=pos, cache=cache,
-                 use_cache=True)
+    recorded = RecordingCache()
+    with cache_through_checkpointing(model):
+        out = model(**pre, cache=recorded, use_cache=True, logits_to_keep=1)
+        first = out.logits[:, -1:, :].index_select(0, idx)  # predicts completion token 0
+        c = batch.completion_ids.shape[1]
+        # One completion token needs no second pass, but it runs anyway on that token (its logits dropped, kept in
+        # the graph): every batch then makes the same two model calls, as FSDP needs when the ranks' batches differ.
+        steps = max(c - 1, 1)
+        deltas = getattr(getattr(model, "model", None), "rope_deltas", None) if has_images else None
+        u = pre["attention_mask"].shape[0]
+        if deltas is None:
+            deltas = torch.zeros((u, 1), dtype=torch.long, device=first.device)
+        cache = recorded.gather(idx)
+        del recorded, out
+        p_mask = pre["attention_mask"].index_select(0, idx)
+        r_mask = batch.response_mask[:, :steps].to(p_mask.dtype)
+        attn = torch.cat([p_mask, r_mask], dim=1)
+        start = p_mask.sum(dim=1, keepdim=True) + deltas.view(-1, 1).index_select(0, idx)
+        pos = start + torch.arange(steps, device=start.device).view(1, -1)
+        pos = pos.unsqueeze(0).expand(3, -1, -1)
+        rest = model(input_ids=batch.completion_ids[:, :steps], attention_mask=attn, position_ids=pos, cache=cache,
+                     use_cache=True)
     return torch.cat([first, rest.logits], dim=1)[:, :c]

@@ -24,7 +24,7 @@ import torch
 
 from prism_lab.errors import ConfigError
 
-__all__ = ["autocast_for", "resolve_precision"]
+__all__ = ["autocast_for", "resolve_export_dtype", "resolve_precision"]
 
 
 def resolve_precision(precision: str, device_type: str) -> str:
@@ -52,3 +52,16 @@ def autocast_for(mode: str, model: Any) -> tuple[Callable[[], Any], bool]:
         device_type = param.device.type
         return (lambda: torch.autocast(device_type=device_type, dtype=torch.bfloat16)), True
     return contextlib.nullcontext, param_bf16
+
+
+def resolve_export_dtype(export_dtype: str, device_type: str) -> torch.dtype:
+    """The dtype of a stage's exported policy weights (``resources.export_dtype``) for a run on ``device_type``:
+    ``fp32`` / ``bf16`` as named; ``auto`` = bf16 when the run trains on CUDA, fp32 otherwise (CPU runs keep
+    their fp32 checkpoints)."""
+    if export_dtype == "fp32":
+        return torch.float32
+    if export_dtype == "bf16":
+        return torch.bfloat16
+    if export_dtype == "auto":
+        return torch.bfloat16 if device_type == "cuda" else torch.float32
+    raise ConfigError(f"export_dtype must be auto, fp32 or bf16, got {export_dtype!r}")

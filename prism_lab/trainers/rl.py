@@ -57,6 +57,7 @@ from prism_lab.rollout import (
     vision_token_ids,
 )
 from prism_lab.rollout.inputs import image_chunks_per_row
+from prism_lab.rollout.model_len import stage_max_model_len
 from prism_lab.rollout.sample import sample_rollouts
 from prism_lab.trainers import distributed as dist_
 from prism_lab.trainers.actor import (
@@ -119,7 +120,9 @@ class _RLRun:
             self.model = model = self.acc.prepare_model(model)
         elif cfg.resources.gradient_checkpointing:
             dist_.enable_gradient_checkpointing(model)
-        self.engine: RolloutEngine = engine if engine is not None else make_engine(model, processor, self.rollout.engine)
+        if engine is None:
+            engine = make_engine(model, processor, self.rollout.engine, max_model_len=stage_max_model_len(self.rollout))
+        self.engine: RolloutEngine = engine
         dist_.sync_engine(self.engine, self.env)
         self.suppress = list(getattr(self.engine, "suppress_token_ids", None) or vision_token_ids(model))
         self.pad_id = pad_token_id(model, processor)

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from prism_lab.rollout import Prompt, make_engine
+from prism_lab.rollout.model_len import prompts_max_model_len
 from prism_lab.seeds import derive_seed
 from prism_lab.trainers.disc_inputs import (
     limit_pixels,
@@ -82,7 +83,8 @@ def policy_student_segments(
     Returns one dict per prompt: ``caption_ids``, ``cot_ids``, ``response_ids`` (all generated tokens), ``valid``
     (format-valid; invalid ones are split at the fallback boundary) and ``finish_reason``.
     """
-    engine = make_engine(policy, processor, kind=engine_kind)
+    engine = make_engine(policy, processor, kind=engine_kind,
+                         max_model_len=prompts_max_model_len(engine_kind, processor, prompts, max_new_tokens))
     out: list[dict[str, Any]] = []
     chunk = max(1, batch_size)
     for start in range(0, len(prompts), chunk):

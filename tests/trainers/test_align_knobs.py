@@ -12,7 +12,8 @@ from prism_lab.harness.planning import build_plan, load_grid
 from tests.conftest import REPO
 
 KNOBS = {"actor_micro_batch": 3, "disc_micro_batch": 5, "rollout_batch_size": 8, "rollout_engine": "hf",
-         "precision": "bf16", "actor_max_tokens_per_micro_batch": 64, "log_prob_max_tokens_per_micro_batch": 96}
+         "precision": "bf16", "actor_max_tokens_per_micro_batch": 64, "log_prob_max_tokens_per_micro_batch": 96,
+         "disc_max_tokens_per_micro_batch": 128}
 
 
 def _grid(tmp_path: Path, align: str) -> Path:
@@ -33,7 +34,8 @@ def test_a_grid_sets_the_alignment_knobs(tmp_path):
 @pytest.mark.parametrize("field,value", [("actor_micro_batch", 0), ("disc_micro_batch", -1),
                                          ("rollout_batch_size", 0), ("rollout_engine", "sglang"),
                                          ("precision", "fp16"), ("actor_max_tokens_per_micro_batch", 0),
-                                         ("log_prob_max_tokens_per_micro_batch", -5)])
+                                         ("log_prob_max_tokens_per_micro_batch", -5),
+                                         ("disc_max_tokens_per_micro_batch", 0)])
 def test_a_bad_knob_is_a_config_error_naming_it(tmp_path, field, value):
     with pytest.raises(ConfigError, match=rf"stages\.align\.{field}"):
         build_plan(load_grid(_grid(tmp_path, f"    {field}: {value}\n")))

@@ -260,3 +260,32 @@ def test_the_actor_token_budget_cuts_the_update_and_leaves_the_training_unchange
     assert budgets[0][0] is None and budgets[-1] == (1, 4)  # 2 prompts x 2 rollouts, each alone
     for a, b in zip(*trained):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+
+
+def test_the_discriminator_token_budget_cuts_its_forwards_and_leaves_the_training_unchanged(env, monkeypatch):
+    """`disc_max_tokens_per_micro_batch` replaces `disc_micro_batch` rows: at a budget of one token every scored
+    sequence is a forward of its own, and the trained discriminator and policy equal those of row micro-batches
+    (the score head's dropout off: its masks depend on the batch shapes, with any micro-batching)."""
+    import prism_lab.trainers.align_variants as variants_mod
+
+    rows_per_forward: list[list[int]] = []
+    real = variants_mod.score_segments
+
+    def spying(disc, pb, rows, segments, **kw):
+        rows_per_forward[-1].append(len(rows))
+        return real(disc, pb, rows, segments, **kw)
+
+    monkeypatch.setattr(variants_mod, "score_segments", spying)
+    trained = []
+    for extra in ({}, {"disc_max_tokens_per_micro_batch": 1}):
+        rows_per_forward.append([])
+        model, proc, disc = _fresh(env)
+        for m in disc.modules():
+            if isinstance(m, torch.nn.Dropout):
+                m.p = 0.0
+        run_align(model, proc, disc, env["examples"], _cfg(steps=1, **extra))
+        trained.append([p.detach().clone() for m in (disc, model) for p in m.parameters()])
+    assert max(rows_per_forward[0]) > 1 and set(rows_per_forward[1]) == {1}
+    assert sum(rows_per_forward[0]) == sum(rows_per_forward[1])  # the same sequences scored
+    for a, b in zip(*trained):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)

@@ -127,7 +127,8 @@ class PrismVLM(BaseModel):
                 "finish_reason": finish_reason}
 
     def _generate(self, messages: Sequence[Sequence[Mapping[str, Any]]], seed_base: int) -> list[dict]:
-        engine = self._builtin.engine(self.checkpoint_dir)
+        engine = self._builtin.engine(self.checkpoint_dir, (self._chat(m) for m in messages),
+                                      self.settings.max_new_tokens)
         kw = self._builtin._gen_kwargs(engine, self.settings)
         out: list[dict] = []
         for start in range(0, len(messages), self.batch_size):
