@@ -150,7 +150,7 @@ def _print_machines(records: list[dict]) -> None:
 
 
 def _print_resources(plan, grid: Path, format: Format) -> None:
-    from prism_lab.harness.memory_fit import estimate_runs
+    from prism_lab.harness.memory_fit import estimate_runs, largest_terms
     from prism_lab.harness.devices import detect_gpus
 
     recs = estimate_runs(plan, list(plan.runs), detect_gpus())
@@ -160,8 +160,9 @@ def _print_resources(plan, grid: Path, format: Format) -> None:
                            "fits": r["fits"], **r["estimate"].to_dict()} for r in recs], indent=2))
         return
     table = Table(title=f"memory per device of {plan.grid.name} ({grid})")
-    for col in ("kind", "run", "procs", "gpus", "dtype", "ckpt", "offload", "params (B)", "peak GB", "device GB", "fits"):
-        table.add_column(col, justify="right" if col[0] in "pd" and col != "dtype" else "left")
+    for col in ("kind", "run", "procs", "gpus", "dtype", "ckpt", "offload", "params (B)", "peak GB", "device GB",
+                "host GB/node", "fits", "largest terms (GB)"):
+        table.add_column(col, justify="right" if col[0] in "pdh" and col != "dtype" else "left")
     for r in recs:
         res, est = r["resources"], r["estimate"]
         params = "+".join(f"{n / 1e9:.3g}" for n in r["params"].values())
@@ -169,10 +170,13 @@ def _print_resources(plan, grid: Path, format: Format) -> None:
         table.add_row(r["kind"], r["label"], str(res.get("processes", 1)), str(res.get("gpus", 0)),
                       res.get("param_dtype", "auto"), "on" if res.get("gradient_checkpointing") else "off",
                       "on" if res.get("offload") else "off", params, f"{est.peak / 1e9:.1f}",
-                      f"{r['device_bytes'] / 1e9:.0f}" if r["device_bytes"] else "?", fits)
+                      f"{r['device_bytes'] / 1e9:.0f}" if r["device_bytes"] else "?", f"{est.host_node / 1e9:.0f}", fits,
+                      largest_terms(est, top=2))
     out.print(table)
-    out.print("peak = sharded weights, gradients and AdamW state + the larger of the training phase (gathered "
-              "blocks, activations, logits) and generation (KV cache); 'fits' allows 90% of the device.")
+    out.print("peak = sharded state on the device + the training phase (gathered blocks, activations, the loss's "
+              "tokens x vocab buffers) and the rollout phase (vLLM's reservation, added: it keeps it during "
+              "training; HF generate's KV cache, the larger of the two); host GB/node = every rank loading its models "
+              "in fp32, or its offloaded state; 'fits' allows 90% of the device (and of resources.host_memory_gb).")
 
 
 @sweep_app.command("plan")

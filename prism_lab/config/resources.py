@@ -25,7 +25,9 @@ MAX_CPUS = 4096
 
 #: Fields that only the planner reads, with their defaults: content keys hash them at these values
 #: (harness/plan.py), so a hint never changes a run's identity.
-PLANNER_HINTS: dict[str, object] = {"memory_gb": None}
+PLANNER_HINTS: dict[str, object] = {"memory_gb": None, "host_memory_gb": None}
+#: Planner hints added after runs were keyed: left out of the hashed config entirely, so every earlier key holds.
+UNKEYED_HINTS = ("host_memory_gb",)
 
 
 class ResourcesConfig(StrictModel, KeyStable):
@@ -80,6 +82,12 @@ class ResourcesConfig(StrictModel, KeyStable):
         None, gt=0, le=1 << 20, strict=True,
         description="Memory of one device in GB for the planner's fit check (None = what the executor detects: "
         "the GPUs' memory, or host memory on CPU).",
+    )
+    host_memory_gb: float | None = Field(
+        None, gt=0, le=1 << 24, strict=True,
+        description="Host memory of the node running a GPU run's ranks, in GB, for the planner's host check: every "
+        "rank loads its models in fp32 before sharding, and offloaded state lives there (None = not checked; a CPU "
+        "run's host memory is its device, checked against `memory_gb` or the detected memory).",
     )
 
     @model_validator(mode="after")

@@ -18,14 +18,22 @@ et al. 2020, §5 for the per-parameter byte counts):
   kept, plus one layer's full set while it is recomputed (Korthikanti et al. 2022, "Reducing Activation
   Recomputation in Large Transformer Models", §4, for the method; SDPA/flash attention keep no
   T x T scores). Vision tower: the same for its tokens, ``(8 hv + 2 iv)`` per layer.
-* logits: ``T x vocab x (bytes + 4 + 4)`` (the logits, their fp32 copy and the fp32 gradient of the loss).
-* generation (rl, align): the HF engine's KV cache for this rank's share of the rollouts,
-  ``seqs x (prompt + response) x layers x 2 x kv x bytes``, with the gathered weights.
-* align adds the discriminator (its own sharded state, optimizer and activations).
+* loss buffers (``memory_terms``): the logits of the micro-batch's T tokens in the compute dtype plus
+  three fp32 ``[T x vocab]`` buffers at the peak of the loss backward (SFT and the actor update, T = the
+  token budget when set, else rows x length); the no-grad log-prob recompute (RL, its own budget) keeps
+  the logits plus two fp32 buffers.
+* rollout (rl, align): vLLM's ``gpu_memory_utilization`` share of the GPU, or HF generate's gathered
+  weights and KV cache for this rank's rollouts of one call, ``seqs x (prompt + response) x layers x 2
+  x kv x bytes`` (DAPO: ``gen_batch_multiplier`` x the prompts).
+* align adds the discriminator: its sharded state, and the graphs of every scoring call of the step,
+  kept until its backward.
 
-Peak = sharded state on the device + the largest phase (training or generation). It is an estimate
-for planning (it ignores the allocator's fragmentation and CUDA context, ~1-2 GB per GPU); the
-``margin`` of the fit check covers that.
+Peak = sharded state on the device + the training phase (the models train one after the other) and
+the rollout phase: added when the engine keeps its memory (vLLM without sleep mode), the larger of the
+two when it frees it (HF generate). RL loads the full fp32 policy onto its device before sharding; on
+CPU every rank does. ``host_node``: the host memory of the node running all ranks (every rank loads its
+models in fp32 before sharding; offloaded state). It is an estimate for planning (it ignores the
+allocator's fragmentation and CUDA context, ~1-2 GB per GPU); the ``margin`` of the fit check covers that.
 """
 
 from __future__ import annotations
@@ -34,6 +42,8 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
+
+from prism_lab.harness import memory_terms as terms
 
 GB = 1e9
 DTYPE_BYTES = {"fp32": 4, "bf16": 2}
@@ -57,6 +67,7 @@ class MemoryEstimate:
     components: dict[str, float] = field(default_factory=dict)
     host: float = 0.0
     peak: float = 0.0
+    host_node: float = 0.0  # host memory of the node running every rank (loading or offloaded state)
     notes: list[str] = field(default_factory=list)
 
     def gb(self, name: str) -> float:
@@ -64,6 +75,7 @@ class MemoryEstimate:
 
     def to_dict(self) -> dict[str, Any]:
         return {"world_size": self.world_size, "peak_gb": round(self.peak / GB, 2), "host_gb": round(self.host / GB, 2),
+                "host_node_gb": round(self.host_node / GB, 2),
                 **{f"{k}_gb": round(v / GB, 2) for k, v in self.components.items()}, "notes": list(self.notes)}
 
 
@@ -100,11 +112,14 @@ def layer_activation_bytes_per_token(shape: Mapping[str, Any], nbytes: int) -> f
     return (6 * h + 2 * q + 2 * kv + 4 * i) * nbytes
 
 
-def activation_bytes(shape: Mapping[str, Any], tokens: int, images: int, nbytes: int, checkpointing: bool) -> float:
-    """Activations kept for the backward pass of one micro-batch of ``tokens`` text tokens and ``images`` images."""
+def activation_bytes(shape: Mapping[str, Any], tokens: int, images: int, nbytes: int, checkpointing: bool,
+                     recompute_tokens: int | None = None) -> float:
+    """Activations kept for the backward pass of ``tokens`` text tokens and ``images`` images; with
+    checkpointing, ``recompute_tokens`` (default: all of them) have one layer's full set recomputed at once."""
     per_layer = layer_activation_bytes_per_token(shape, nbytes)
+    rt = tokens if recompute_tokens is None else recompute_tokens
     if checkpointing:
-        text = shape["layers"] * tokens * shape["hidden"] * nbytes + tokens * per_layer
+        text = shape["layers"] * tokens * shape["hidden"] * nbytes + rt * per_layer
     else:
         text = shape["layers"] * tokens * per_layer
     vt = images * shape["image_tokens"]
@@ -117,30 +132,37 @@ def activation_bytes(shape: Mapping[str, Any], tokens: int, images: int, nbytes:
 
 
 def logits_bytes(shape: Mapping[str, Any], tokens: int, nbytes: int) -> float:
-    return tokens * shape["vocab"] * (nbytes + 8)
+    """The loss's [tokens x vocab] buffers at the peak of its backward (memory_terms.loss_buffer_bytes)."""
+    return terms.loss_buffer_bytes(tokens, shape["vocab"], nbytes)
 
 
 def kv_cache_bytes(shape: Mapping[str, Any], seqs: int, length: int, nbytes: int) -> float:
     return seqs * length * shape["layers"] * 2 * shape["kv_dim"] * nbytes
 
 
+def _seq_length(cfg: Mapping[str, Any], kind: str) -> int:
+    """Prompt + response tokens of one rollout (rl: 2048 + 8192, align: 2048 + 6144 by default)."""
+    return cfg.get("max_prompt_length", 2048) + cfg.get("max_new_tokens", 6144 if kind == "align" else 8192)
+
+
 def _train_tokens(kind: str, cfg: Mapping[str, Any], world: int) -> tuple[int, int]:
     """(tokens, images) of one rank's micro-batch: the padded upper bound. SFT and warm-up batches are
-    global (split over the ranks); the RL micro-batch is per rank."""
+    global (split over the ranks); the RL and alignment actor micro-batch is per rank: its token budget
+    (``update_token_budget``) when set, else ``micro_batch_size`` rows of prompt + response."""
     if kind in ("base", "sft"):
         rows = math.ceil(cfg.get("batch_size", 2) / world)
         return rows * cfg.get("max_length", 8192), rows
     if kind == "disc_warmup":
         rows = 2 * math.ceil(cfg.get("batch_size", 4) / world)  # teacher and student of each comparison
         return rows * cfg.get("max_length", 8192), rows
-    rows = cfg.get("micro_batch_size", 1)
-    length = cfg.get("max_prompt_length", 2048) + cfg.get("max_new_tokens", 8192)
-    return rows * length, rows
+    length = _seq_length(cfg, kind)
+    tokens = terms.micro_batch_tokens(cfg.get("update_token_budget"), cfg.get("micro_batch_size", 1), length)
+    return tokens, max(1, tokens // length)
 
 
-def _model_part(name: str, shape: Mapping[str, Any], world: int, prec: Precision, offload: bool, tokens: int,
-                images: int, checkpointing: bool, est: MemoryEstimate) -> tuple[float, float]:
-    """Adds one trained model's components; returns (resident on the device, peak of its training phase)."""
+def _state(name: str, shape: Mapping[str, Any], world: int, prec: Precision, offload: bool,
+           est: MemoryEstimate) -> float:
+    """Adds one trained model's sharded state; returns what of it stays on the device."""
     resident = 0.0
     for k, v in sharded_state_bytes(shape["params"], world, prec).items():
         est.components[f"{name}/{k}"] = 0.0 if offload else v
@@ -148,14 +170,71 @@ def _model_part(name: str, shape: Mapping[str, Any], world: int, prec: Precision
             est.host += v
         else:
             resident += v
-    gathered = gathered_bytes(shape, 1 if (world == 1 and not offload) else max(world, 2), prec)
-    act = activation_bytes(shape, tokens, images, prec.param, checkpointing)
-    # the policy's loss needs its vocabulary logits; the discriminator's head gives one score per token
-    lg = logits_bytes(shape, tokens, prec.param) if name == "policy" else tokens * 4.0
-    est.components[f"{name}/gathered"] = gathered
-    est.components[f"{name}/activations"] = act
-    est.components[f"{name}/logits"] = lg
-    return resident, gathered + act + lg
+    return resident
+
+
+def _gathered(name: str, shape: Mapping[str, Any], world: int, prec: Precision, offload: bool,
+              est: MemoryEstimate) -> float:
+    est.components[f"{name}/gathered"] = g = gathered_bytes(
+        shape, 1 if (world == 1 and not offload) else max(world, 2), prec)
+    return g
+
+
+def _actor_phase(kind: str, cfg: Mapping[str, Any], shape: Mapping[str, Any], world: int, prec: Precision,
+                 gc: bool, gathered: float, est: MemoryEstimate) -> float:
+    """The policy's training phase: the larger of its update micro-batch (activations + loss buffers) and,
+    in RL, the no-grad log-prob recompute with its own token budget."""
+    tokens, images = _train_tokens(kind, cfg, world)
+    act = activation_bytes(shape, tokens, images, prec.param, gc)
+    loss = logits_bytes(shape, tokens, prec.param)
+    est.components["policy/activations"] = act
+    est.components["policy/loss_buffers"] = loss
+    update = gathered + act + loss
+    if kind != "rl":  # alignment takes the rollout's log-probs as the old ones (trainers/align.py)
+        return update
+    length = _seq_length(cfg, kind)
+    rt = terms.micro_batch_tokens(cfg.get("log_prob_token_budget", cfg.get("update_token_budget")),
+                                  cfg.get("micro_batch_size", 1), length)
+    ract = terms.no_grad_activation_bytes(layer_activation_bytes_per_token(shape, prec.param), rt)
+    rbuf = terms.recompute_buffer_bytes(rt, shape["vocab"], prec.param)
+    est.components["policy/recompute_buffers"] = rbuf
+    return max(update, gathered + ract + rbuf)
+
+
+def _disc_phase(kind: str, cfg: Mapping[str, Any], shape: Mapping[str, Any], world: int, prec: Precision,
+                gc: bool, gathered: float, est: MemoryEstimate) -> float:
+    """The discriminator's training phase. Warm-up: one micro-batch of comparisons. Alignment: the graphs
+    of every scoring call of the step stay until its backward (``disc_micro_batch`` rows recomputed at a
+    time under checkpointing)."""
+    if kind == "disc_warmup":
+        tokens, images = _train_tokens(kind, cfg, world)
+        act = activation_bytes(shape, tokens, images, prec.param, gc)
+    else:
+        prompts, length = cfg.get("prompts_per_step", 4), _seq_length(cfg, kind)
+        tokens, images = terms.disc_graph_tokens(prompts * cfg.get("n", 16), prompts, world,
+                                                 cfg.get("max_prompt_length", 2048), length - cfg.get("max_prompt_length", 2048))
+        act = activation_bytes(shape, tokens, images, prec.param, gc,
+                               recompute_tokens=min(images, cfg.get("disc_micro_batch", 16)) * length)
+    est.components["discriminator/activations"] = act
+    est.components["discriminator/scores"] = scores = tokens * 4.0  # one fp32 score per token from the head
+    return gathered + act + scores
+
+
+def _rollout_phase(kind: str, cfg: Mapping[str, Any], shape: Mapping[str, Any], world: int, prec: Precision,
+                   on_gpu: bool, device_bytes: float | None, gathered: float,
+                   est: MemoryEstimate) -> tuple[float, bool]:
+    """(bytes of the rollout phase, whether the engine frees them before training)."""
+    engine = cfg.get("rollout_engine", "hf" if kind == "align" else "auto")
+    mult = cfg.get("gen_batch_multiplier", 1.0)
+    if on_gpu and engine in ("vllm", "auto") and device_bytes:
+        est.components["generation/vllm"] = kv = terms.vllm_rollout_bytes(VLLM_GPU_MEMORY_UTILIZATION, device_bytes)
+        if mult > 1:
+            est.notes.append(f"generation batches of {mult:g}x the prompts queue inside vLLM's reservation")
+        return kv, terms.VLLM_SLEEPS
+    batch = max(cfg.get("n", 1), cfg.get("rollout_batch_size", 64)) if kind == "align" else None
+    seqs = terms.rollout_sequences(cfg.get("prompts_per_step", 1), world, cfg.get("n", 1), mult, batch)
+    est.components["generation/kv_cache"] = kv = kv_cache_bytes(shape, seqs, _seq_length(cfg, kind), prec.param)
+    return gathered + kv, True  # HF generate drops its KV cache when the call returns
 
 
 def estimate(kind: str, cfg: Mapping[str, Any], shapes: Mapping[str, Mapping[str, Any]], *,
@@ -163,9 +242,10 @@ def estimate(kind: str, cfg: Mapping[str, Any], shapes: Mapping[str, Mapping[str
     """Peak bytes per device of a ``kind`` run with stage config ``cfg`` (its ``resources`` included).
 
     ``shapes``: ``{"policy": ModelShape dict}``, plus ``"discriminator"`` for disc_warmup and align
-    (disc_warmup trains only the discriminator). With the vLLM engine on a GPU the generation phase is
-    vLLM's reservation, ``gpu_memory_utilization x device_bytes`` (0.6, the engine's default), plus its
-    bf16 copy of the weights.
+    (disc_warmup trains only the discriminator). ``cfg`` holds the stage fields plus the resolved actor
+    settings (memory_fit.planner_config): ``update_token_budget``, ``log_prob_token_budget``,
+    ``gen_batch_multiplier``. With the vLLM engine on a GPU the rollout phase is vLLM's reservation,
+    ``gpu_memory_utilization x device_bytes`` (0.6, the engine's default), weights and KV cache included.
     """
     res = cfg.get("resources") or {}
     world = int(res.get("processes", 1))
@@ -173,34 +253,30 @@ def estimate(kind: str, cfg: Mapping[str, Any], shapes: Mapping[str, Mapping[str
     offload = bool(res.get("offload", False)) and on_gpu
     gc = bool(res.get("gradient_checkpointing", False))
     est = MemoryEstimate(world_size=world)
-    tokens, images = _train_tokens(kind, cfg, world)
     trained = ["discriminator"] if kind == "disc_warmup" else ["policy"] + (["discriminator"] if kind == "align" else [])
-    resident, phases = 0.0, []
-    for name in trained:
-        r, p = _model_part(name, shapes[name], world, prec, offload, tokens, images, gc, est)
-        resident += r
-        phases.append(p)
-    train_peak = max(phases)  # the models train one after the other
-    gen_peak = 0.0
+    resident = sum(_state(name, shapes[name], world, prec, offload, est) for name in trained)
+    gathered = {name: _gathered(name, shapes[name], world, prec, offload, est) for name in trained}
+    phases = []  # the models train one after the other
+    if "policy" in trained:
+        phases.append(_actor_phase(kind, cfg, shapes["policy"], world, prec, gc, gathered["policy"], est))
+    if "discriminator" in trained:
+        phases.append(_disc_phase(kind, cfg, shapes["discriminator"], world, prec, gc, gathered["discriminator"], est))
+    training = max(phases)
+    rollout, sleeps = 0.0, True
     if kind in ("rl", "align"):
-        pol = shapes["policy"]
-        engine = cfg.get("rollout_engine", "hf")
-        if on_gpu and engine == "vllm" and device_bytes:
-            kv = VLLM_GPU_MEMORY_UTILIZATION * device_bytes
-            est.components["generation/vllm"] = kv
-            gen_peak = kv + pol["params"] * 2
-        else:
-            seqs = math.ceil(cfg.get("prompts_per_step", 1) / world) * cfg.get("n", 1)
-            length = cfg.get("max_prompt_length", 2048) + cfg.get("max_new_tokens", 8192)
-            kv = kv_cache_bytes(pol, seqs, length, prec.param)
-            est.components["generation/kv_cache"] = kv
-            gen_peak = est.components["policy/gathered"] + kv
+        rollout, sleeps = _rollout_phase(kind, cfg, shapes["policy"], world, prec, on_gpu, device_bytes,
+                                         gathered["policy"], est)
     if res.get("offload") and not on_gpu:
         est.notes.append("offload ignored on CPU (host memory is the device)")
+    load = terms.host_load_bytes([s["params"] for s in shapes.values()])
     if not on_gpu:  # every rank is a Python process with torch loaded, in the same host memory
         est.components["process/runtime"] = PROCESS_RUNTIME_BYTES
         resident += PROCESS_RUNTIME_BYTES
-    est.peak = resident + max(train_peak, gen_peak)
+    est.peak = resident + terms.phase_peak(rollout, training, sleeps)
+    if not on_gpu or kind == "rl":  # the full fp32 model on the device before sharding (rl loads onto it)
+        est.peak = max(est.peak, load + (0.0 if on_gpu else PROCESS_RUNTIME_BYTES))
+    est.host_node = terms.host_node_bytes(world, load, est.host, PROCESS_RUNTIME_BYTES,
+                                          LAUNCHER_BYTES if world > 1 else 0.0)
     return est
 
 
@@ -255,13 +331,12 @@ def _discriminator_spec(plan: Any, key: str) -> ModelSpec:
 
 
 def model_specs(plan: Any, key: str) -> dict[str, ModelSpec]:
-    """``{"policy": ..., "discriminator": ...}`` as far as the run's kind trains them ({} for other kinds)."""
+    """``{"policy": ..., "discriminator": ...}`` as far as the run's kind loads them ({} for other kinds):
+    the warm-up trains only the discriminator but loads the policy too (to generate student answers)."""
     kind = plan.runs[key].kind
     if kind not in TRAINING_KINDS:
         return {}
-    out = {}
-    if kind in ("base", "sft", "align", "rl"):
-        out["policy"] = _policy_spec(plan, key)
+    out = {"policy": _policy_spec(plan, key)}
     if kind in ("disc_warmup", "align"):
         out["discriminator"] = _discriminator_spec(plan, key)
     return out

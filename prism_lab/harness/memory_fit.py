@@ -47,6 +47,51 @@ def _located_shape(plan, spec: mem.ModelSpec, cache: dict) -> dict[str, Any]:
         raise plan.grid.error(where, " ".join(str(exc).split())) from None
 
 
+def planner_config(kind: str, raw: dict[str, Any]) -> dict[str, Any]:
+    """The run's config as the planner reads it: the plan's fields, every default it leaves out (fields
+    added later are dumped only when set) and the resolved actor settings (token budgets, DAPO's
+    generation batch multiplier)."""
+    from prism_lab.harness.stage_kinds import STAGE_KINDS
+
+    out = dict(raw)
+    try:
+        cfg = STAGE_KINDS.get(kind).config_model().model_validate(raw)
+    except Exception:  # noqa: BLE001 - a plugin kind or config the planner does not know: the raw fields
+        return out
+    for name in ("batch_size", "max_length", "prompts_per_step", "n", "max_prompt_length", "max_new_tokens",
+                 "micro_batch_size", "rollout_engine", "rollout_batch_size", "disc_micro_batch", "precision"):
+        if hasattr(cfg, name):
+            out[name] = getattr(cfg, name)
+    actor = None
+    if kind == "rl":
+        from prism_lab.config.algorithms import resolve_algorithm
+
+        actor = resolve_algorithm(cfg.algorithm, cfg.algorithm_overrides)
+        fg = actor.filter_groups
+        out["gen_batch_multiplier"] = fg.gen_batch_multiplier if fg.enabled else 1.0
+    elif kind == "align":
+        actor = cfg.actor()
+        out["micro_batch_size"] = cfg.actor_micro_batch
+    if actor is not None:
+        out["update_token_budget"] = actor.max_tokens_per_micro_batch
+        out["log_prob_token_budget"] = actor.log_prob_token_budget
+    return out
+
+
+def largest_terms(est: mem.MemoryEstimate, top: int = 3) -> str:
+    """The ``top`` biggest components of an estimate, ``name GB`` each (the table's last column)."""
+    biggest = sorted(((v, k) for k, v in est.components.items() if v > 0), reverse=True)[:top]
+    return ", ".join(f"{k.replace('discriminator/', 'disc/')} {v / mem.GB:.1f}" for v, k in biggest)
+
+
+def host_fits(est: mem.MemoryEstimate, resources: dict[str, Any]) -> bool | None:
+    """Whether the node's host memory (``resources.host_memory_gb``) holds every rank's share; None when
+    the resources do not say it (a CPU run's host memory is its device: checked there)."""
+    if not resources.get("host_memory_gb") or not resources.get("gpus"):
+        return None
+    return est.host_node <= float(resources["host_memory_gb"]) * mem.GB * mem.DEFAULT_MARGIN
+
+
 def device_memory(resources: dict[str, Any], gpus: list | None) -> tuple[float | None, str]:
     """(bytes of one device, what it is): ``resources.memory_gb``, else the smallest GPU of the pool for a
     GPU run, else host memory shared by the run's processes."""
@@ -74,9 +119,12 @@ def estimate_runs(plan, keys: list[str], gpus: list | None = None) -> list[dict[
         cap, what = device_memory(res, gpus)
         on_gpu = bool(res.get("gpus"))
         shapes = {role: _located_shape(plan, spec, cache) for role, spec in specs.items()}
-        est = mem.estimate(run.kind, run.config, shapes, on_gpu=on_gpu, device_bytes=cap)
+        est = mem.estimate(run.kind, planner_config(run.kind, run.config), shapes, on_gpu=on_gpu, device_bytes=cap)
+        host_ok = host_fits(est, res)
+        fits = None if cap is None else mem.fits(est, cap)
         out.append({"key": key, "kind": run.kind, "label": run.label, "resources": res, "estimate": est,
-                    "device_bytes": cap, "device": what, "fits": None if cap is None else mem.fits(est, cap),
+                    "device_bytes": cap, "device": what, "host_fits": host_ok,
+                    "fits": fits if host_ok is None or fits is False else host_ok,
                     "params": {role: s["params"] for role, s in shapes.items()}})
     return out
 
@@ -89,6 +137,12 @@ def check_fit(plan, keys: list[str], gpus: list | None = None) -> None:
     tiny = {n for n in PRESETS.names() if PRESETS.get(n).family == "tiny"}
     todo = [k for k in keys if mem.needs_check(plan, k, tiny)]
     for rec in estimate_runs(plan, todo, gpus):
+        if rec["host_fits"] is False:
+            raise ConfigError(f"stage run {rec['label']}: estimated host memory {rec['estimate'].host_node / mem.GB:.1f} "
+                              f"GB per node at {rec['estimate'].world_size} process(es) > "
+                              f"{rec['resources']['host_memory_gb'] * mem.DEFAULT_MARGIN:.1f} GB usable of "
+                              f"resources.host_memory_gb {rec['resources']['host_memory_gb']:g} (every rank loads its "
+                              "models in fp32 before sharding); use fewer processes per node or a larger node")
         if rec["fits"] is False:
             raise ConfigError(mem.describe(rec["label"], rec["estimate"], rec["device_bytes"])
                               + "; use more processes, gradient_checkpointing, offload or a smaller batch")

@@ -33,10 +33,11 @@ def _keyed_config(config: dict) -> dict:
     res = config.get("resources")
     if res is None:
         return config
-    from prism_lab.config.resources import PLANNER_HINTS, ResourcesConfig
+    from prism_lab.config.resources import PLANNER_HINTS, UNKEYED_HINTS, ResourcesConfig
 
-    res = {k: (PLANNER_HINTS[k] if k in PLANNER_HINTS else v) for k, v in res.items()}
-    if res == ResourcesConfig().model_dump(mode="json"):
+    res = {k: (PLANNER_HINTS[k] if k in PLANNER_HINTS else v) for k, v in res.items() if k not in UNKEYED_HINTS}
+    default = {k: v for k, v in ResourcesConfig().model_dump(mode="json").items() if k not in UNKEYED_HINTS}
+    if res == default:
         return {k: v for k, v in config.items() if k != "resources"}
     return {**config, "resources": res}
 

@@ -47,7 +47,7 @@ def test_byte_counts_by_hand():
     assert mem.activation_bytes(SHAPE, 5, 1, 2, False) == 2 * 5 * 136 + 3 * 24 * 2
     # checkpointing: each layer keeps its input (h), plus one layer recomputed
     assert mem.activation_bytes(SHAPE, 5, 1, 2, True) == 2 * 5 * 4 * 2 + 5 * 136 + (1 * 3 * 2 * 2 + 3 * 48)
-    assert mem.logits_bytes(SHAPE, 5, 2) == 5 * 10 * (2 + 8)
+    assert mem.logits_bytes(SHAPE, 5, 2) == 5 * 10 * (2 + 3 * 4)  # bf16 logits + the backward's 3 fp32 buffers
     assert mem.kv_cache_bytes(SHAPE, 3, 7, 2) == 3 * 7 * 2 * 2 * 2 * 2
 
 
@@ -79,6 +79,12 @@ def test_sweep_plan_resources_for_the_paper_grid():
     sft4 = next(r for r in recs if r["label"] == "sft size=4b seed=0")
     assert sft4["resources"]["processes"] == 8 and abs(sft4["params"]["policy"] - 4.438e9) < 1e7
     assert sft4["fits"] is True and 0 < sft4["peak_gb"] < 80
+    # the loss backward's fp32 [tokens x vocab] buffers: 2 rows x 8192 tokens x 151,936 x (2 + 3 x 4) bytes
+    assert sft4["policy/loss_buffers_gb"] == pytest.approx(34.85, abs=0.01)
+    rl4 = next(r for r in recs if r["label"] == "rl size=4b seed=0 algorithm=grpo alignment=none")
+    assert rl4["generation/vllm_gb"] == 48.0 and rl4["peak_gb"] > 48.0 + rl4["policy/loss_buffers_gb"]  # phases add
+    sft8 = next(r for r in recs if r["label"] == "sft size=8b seed=0")
+    assert 270 < sft8["host_node_gb"] < 300  # 8 ranks each loading the fp32 8B model
 
 
 def test_sweep_run_refuses_a_stage_that_cannot_fit(tmp_path):
