@@ -186,7 +186,10 @@ def _actor_phase(kind: str, cfg: Mapping[str, Any], shape: Mapping[str, Any], wo
     in RL, the no-grad log-prob recompute with its own token budget."""
     tokens, images = _train_tokens(kind, cfg, world)
     act = activation_bytes(shape, tokens, images, prec.param, gc)
-    loss = logits_bytes(shape, tokens, prec.param)
+    if kind in ("rl", "align"):  # the actor's log-probs and entropies are computed in chunks
+        loss = terms.chunked_loss_buffer_bytes(tokens, shape["vocab"], prec.param)
+    else:
+        loss = logits_bytes(shape, tokens, prec.param)
     est.components["policy/activations"] = act
     est.components["policy/loss_buffers"] = loss
     update = gathered + act + loss
@@ -196,7 +199,7 @@ def _actor_phase(kind: str, cfg: Mapping[str, Any], shape: Mapping[str, Any], wo
     rt = terms.micro_batch_tokens(cfg.get("log_prob_token_budget", cfg.get("update_token_budget")),
                                   cfg.get("micro_batch_size", 1), length)
     ract = terms.no_grad_activation_bytes(layer_activation_bytes_per_token(shape, prec.param), rt)
-    rbuf = terms.recompute_buffer_bytes(rt, shape["vocab"], prec.param)
+    rbuf = terms.chunked_recompute_buffer_bytes(rt, shape["vocab"], prec.param)
     est.components["policy/recompute_buffers"] = rbuf
     return max(update, gathered + ract + rbuf)
 

@@ -13,8 +13,10 @@ Loss buffers, read from the code that runs (bytes per token of the micro-batch a
 * The no-grad log-prob recompute keeps the logits in the compute dtype plus two fp32 buffers at its
   peak: the fp32 (vision-token-masked) copy and the logsumexp's exp temporary.
 
-A chunked log-softmax lowers these counts; change ``LOSS_FP32_BUFFERS`` / ``RECOMPUTE_FP32_BUFFERS``
-with it.
+The actor update and the recompute of RL and alignment compute their log-probs and entropies in chunks of
+``LOGPROB_CHUNK_ROWS`` tokens (prism_lab/algos/token_stats.py): their fp32 buffers exist for one chunk at a
+time, while the logits (and, in the update, the gradient of the logits) stay ``[tokens x vocab]`` in the
+compute dtype. SFT's cross-entropy is not chunked.
 
 Phases of RL and alignment: the rollout engine's memory and the training memory add while the engine
 keeps its memory during training (vLLM without sleep mode keeps its ``gpu_memory_utilization`` share of
@@ -30,6 +32,9 @@ import math
 LOSS_FP32_BUFFERS = 3
 #: fp32 [tokens x vocab] buffers alive at the peak of the no-grad log-prob recompute.
 RECOMPUTE_FP32_BUFFERS = 2
+#: Tokens per chunk of the log-prob/entropy computation of the actor (prism_lab.algos.token_stats.DEFAULT_CHUNK_ROWS;
+#: a test keeps the two equal).
+LOGPROB_CHUNK_ROWS = 1024
 #: Whether prism_lab.rollout.vllm.VLLMEngine frees its GPU memory between rollouts (it builds
 #: ``vllm.LLM`` without sleep mode, so it does not).
 VLLM_SLEEPS = False
@@ -48,6 +53,20 @@ def loss_buffer_bytes(tokens: int, vocab: int, nbytes: int) -> float:
 def recompute_buffer_bytes(tokens: int, vocab: int, nbytes: int) -> float:
     """Logits of the no-grad log-prob recompute in the compute dtype plus its fp32 temporaries."""
     return float(tokens) * vocab * (nbytes + 4 * RECOMPUTE_FP32_BUFFERS)
+
+
+def chunked_loss_buffer_bytes(tokens: int, vocab: int, nbytes: int, chunk_rows: int = LOGPROB_CHUNK_ROWS) -> float:
+    """The actor update's logits and their gradient (compute dtype, every token) plus the loss backward's fp32
+    buffers for one chunk of ``chunk_rows`` tokens."""
+    rows = min(int(tokens), int(chunk_rows))
+    return float(tokens) * vocab * 2 * nbytes + float(rows) * vocab * 4 * LOSS_FP32_BUFFERS
+
+
+def chunked_recompute_buffer_bytes(tokens: int, vocab: int, nbytes: int,
+                                   chunk_rows: int = LOGPROB_CHUNK_ROWS) -> float:
+    """The no-grad recompute's logits (compute dtype, every token) plus its fp32 temporaries for one chunk."""
+    rows = min(int(tokens), int(chunk_rows))
+    return float(tokens) * vocab * nbytes + float(rows) * vocab * 4 * RECOMPUTE_FP32_BUFFERS
 
 
 def no_grad_activation_bytes(per_layer_token: float, tokens: int) -> float:

@@ -56,7 +56,8 @@ def rl_cfg(**kw):
             "update_token_budget": 8, "log_prob_token_budget": 12, "precision": "bf16", "resources": BF16_GPU, **kw}
 
 
-UPDATE = GATHERED + (2 * 8 * 136 + 1 * 3 * 48) + 8 * 10 * 14  # token budget 8: 1 image (8 // 5 rows)
+# token budget 8: 1 image (8 // 5 rows); bf16 logits and their gradient + 3 fp32 buffers of one (short) chunk
+UPDATE = GATHERED + (2 * 8 * 136 + 1 * 3 * 48) + 8 * 10 * (2 * 2 + 12)
 RECOMPUTE = GATHERED + 12 * 136 + 12 * 10 * 10  # one layer at a time, bf16 logits + 2 fp32 buffers
 
 
@@ -91,7 +92,7 @@ def test_align_keeps_every_scoring_graph_of_the_discriminator():
     # at once; 10 images of 3 vision tokens the same way
     assert est.components["discriminator/activations"] == 2 * 42 * 4 * 2 + 10 * 136 + 30 * 2 * 2 + 30 * 48
     # the actor's 16-row micro-batch without a token budget: 16 x 5 tokens through the loss
-    assert est.components["policy/loss_buffers"] == 16 * 5 * 10 * 14
+    assert est.components["policy/loss_buffers"] == 16 * 5 * 10 * (2 * 2 + 12)  # chunked: + the logits' gradient
 
 
 def test_planner_config_resolves_the_algorithm_and_the_defaults_the_plan_leaves_out():
@@ -111,3 +112,13 @@ def test_host_memory_is_checked_where_the_resources_say_it():
     assert host_fits(est, {"gpus": 8, "host_memory_gb": 100}) is False  # 90% of it usable
     assert host_fits(est, {"gpus": 8, "host_memory_gb": 200}) is True
     assert host_fits(est, {"gpus": 8}) is None and host_fits(est, {"host_memory_gb": 50}) is None
+
+
+def test_the_actor_loss_buffers_are_chunked_like_the_trainers_log_probs():
+    from prism_lab.algos.token_stats import DEFAULT_CHUNK_ROWS
+
+    assert terms.LOGPROB_CHUNK_ROWS == DEFAULT_CHUNK_ROWS
+    # 10 tokens, vocab 7, bf16, chunks of 4: logits + their gradient in bf16, 3 fp32 buffers of one chunk
+    assert terms.chunked_loss_buffer_bytes(10, 7, 2, chunk_rows=4) == 10 * 7 * 2 * 2 + 4 * 7 * 4 * 3
+    assert terms.chunked_recompute_buffer_bytes(10, 7, 2, chunk_rows=4) == 10 * 7 * 2 + 4 * 7 * 4 * 2
+    assert terms.chunked_loss_buffer_bytes(3, 7, 2, chunk_rows=4) == 3 * 7 * 2 * 2 + 3 * 7 * 4 * 3  # one short chunk
