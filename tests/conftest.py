@@ -53,3 +53,34 @@ def copy_root(root: Path, dst: Path) -> Path:
 
     shutil.copytree(root, dst)
     return dst
+
+
+#: Test files whose work is longest, handed to the workers first (after the smoke group) so that none of
+#: them starts near the end and holds the whole run up (pytest-xdist hands out groups in collection order).
+LONG_FIRST = (
+    "tests/trainers/test_distributed.py",
+    "tests/harness/test_ray_executor.py",
+    "tests/hostile/test_bad_data.py",
+    "tests/tune/test_tune.py",
+    "tests/harness/test_executor.py",
+    "tests/hostile/test_preflight.py",
+    "tests/hostile/test_cli_errors.py",
+)
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(config, items):
+    """Groups for pytest-xdist's ``--dist loadgroup`` (pyproject.toml): the tests that read the session's smoke
+    run form one group (one worker builds it, once), every other test file is a group of its own (its module
+    fixtures are built once, as with ``--dist loadfile``). The smoke group goes first, then LONG_FIRST."""
+    def group(item) -> str:
+        mark = item.get_closest_marker("xdist_group")
+        if mark is not None:
+            return mark.kwargs.get("name") or mark.args[0]
+        return "smoke" if "smoke_root" in getattr(item, "fixturenames", ()) else item.nodeid.split("::")[0]
+
+    for item in items:
+        if item.get_closest_marker("xdist_group") is None:
+            item.add_marker(pytest.mark.xdist_group(group(item)))
+    order = {"smoke": 0, **{path: i + 1 for i, path in enumerate(LONG_FIRST)}}
+    items.sort(key=lambda item: order.get(group(item), len(order)))

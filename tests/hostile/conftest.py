@@ -117,7 +117,25 @@ class Session:
 
 @pytest.fixture(scope="session")
 def session(tmp_path_factory) -> Session:
-    d = tmp_path_factory.mktemp("hostile-session")
+    """Built once per test run, also under pytest-xdist: the first worker that needs it builds it in the run's
+    shared temp directory while the others wait on a file lock, then every worker reads it (tests copy what
+    they change)."""
+    from filelock import FileLock
+
+    base = tmp_path_factory.getbasetemp()
+    shared = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base  # pytest-N/popen-gwK -> pytest-N
+    d = shared / "hostile-session"
+    with FileLock(str(shared / "hostile-session.lock")):
+        if not (d / "built").is_file():
+            shutil.rmtree(d, ignore_errors=True)
+            d.mkdir()
+            _build_session(d)
+            (d / "built").write_text("ok\n")
+    models = sorted((d / "root" / "runs" / "sft").glob("*/model"))
+    return Session(dir=d, data=d / "data", checkpoint=models[0], root=d / "root")
+
+
+def _build_session(d: Path) -> None:
     for name in ("smoke.yaml", "toy.yaml"):
         shutil.copy(REPO / "experiments" / name, d / name)
     write_grid(d / "base.yaml", BASE_GRID)
@@ -129,7 +147,6 @@ def session(tmp_path_factory) -> Session:
     assert res.returncode == 0, res.stderr[-3000:]
     models = sorted((root / "runs" / "sft").glob("*/model"))
     assert len(models) == 1 and (models[0] / "model.safetensors").is_file(), models
-    return Session(dir=d, data=d / "data", checkpoint=models[0], root=root)
 
 
 @dataclass
