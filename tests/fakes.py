@@ -52,3 +52,51 @@ def fake_nvidia_smi(bin_dir: Path, gpus: dict[str, int]) -> str:
     exe.write_text(f"#!/bin/sh\nprintf '{lines}'\n")
     exe.chmod(0o755)
     return f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}"
+
+
+class RecordingEngine:
+    """A test double for a colocated vLLM engine (vLLM is a GPU-only library): the small interface the trainers'
+    colocated rollouts call (``load_weights``, ``generate``, ``sleep``, ``wake_up``), recording every call.
+
+    It proves what prism-lab hands to an engine and in which order (prism_lab/rollout/colocate.py); it proves
+    nothing about vLLM itself. ``load_weights`` keeps a CPU copy of each tensor it gets (``loads``: one list of
+    ``(name, tensor)`` per call); ``generate`` answers with ``reply(prompts, **kwargs)`` (default: ``n`` rollouts per
+    prompt of the tokens ``tokens``, without log-probs)."""
+
+    kind = "vllm"
+
+    def __init__(self, reply=None, tokens: tuple[int, ...] = (5, 6, 7)) -> None:
+        self.events: list[tuple] = []
+        self.loads: list[list[tuple[str, Any]]] = []
+        self.reply = reply
+        self.tokens = list(tokens)
+
+    def sleep(self, level: int = 1) -> None:
+        self.events.append(("sleep", level))
+
+    def wake_up(self, tags: list[str] | None = None) -> None:
+        self.events.append(("wake_up", tuple(tags or ())))
+
+    def load_weights(self, weights) -> None:
+        got = [(name, t.detach().to("cpu", copy=True)) for name, t in weights]
+        self.loads.append(got)
+        self.events.append(("load_weights", len(got)))
+
+    def generate(self, prompts, **kwargs):
+        from prism_lab.rollout import Rollout
+
+        self.events.append(("generate", len(prompts)))
+        if self.reply is not None:
+            return self.reply(prompts, **kwargs)
+        return [Rollout(prompt_index=i, token_ids=list(self.tokens), text="", logprobs=None, finish_reason="length")
+                for i in range(len(prompts)) for _ in range(kwargs.get("n", 1))]
+
+    def phases(self) -> list[str]:
+        """The events as the phase names of prism_lab.rollout.colocate.PHASES (a run of loads is one ``sync``)."""
+        names = {"sleep": "sleep", "generate": "generate", "load_weights": "sync"}
+        out: list[str] = []
+        for ev in self.events:
+            name = names.get(ev[0]) or ("wake_weights" if ev[1] == ("weights",) else "wake_kv_cache")
+            if not (name == "sync" and out and out[-1] == "sync"):
+                out.append(name)
+        return out

@@ -17,6 +17,11 @@ in; `pip install -e ".[gpu]"` adds vLLM and flash-attn). Prints one line per che
   largest weight difference between them (bf16: expect about 1e-3, not 0).
 * ``fsdp-rl-2gpu`` (2 GPUs or more): the same for 2 RL steps (2 ranks roll out their prompts).
 * ``vllm`` (vllm importable): a tiny-xs checkpoint served by the vLLM engine generates 4 prompts x 2.
+* ``vllm-colocated`` (vllm importable): ``benchmarks/gpu/colocate_check.py`` under torchrun on 1 GPU and (2 GPUs
+  or more) on every GPU: one colocated engine per rank built from a tiny-xs checkpoint, synced from moved
+  weights, rolls out through prism_lab.rollout.colocate; reports the max |log-prob delta| between vLLM and the
+  policy on the sampled tokens (a sync that did not happen shows as a large delta) and the GPU memory used
+  with the engine asleep and awake.
 Logs of every check go to ``--out``. Exit code: 0 when nothing failed.
 """
 
@@ -132,6 +137,32 @@ def check_vllm(out: Path) -> bool:
                 f"(vllm {vllm.__version__})")
 
 
+def check_vllm_colocated(out: Path, n_gpus: int, timeout: float) -> bool:
+    try:
+        import vllm  # noqa: F401
+    except ImportError:
+        return line("SKIP", "vllm-colocated", "vllm is not installed")
+    ok = True
+    for n in sorted({1, n_gpus}):
+        d = out / f"colocate{n}"
+        rc, dt = sh([sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={n}",
+                     str(REPO / "benchmarks" / "gpu" / "colocate_check.py"), str(d)], out / f"colocate{n}.log", timeout,
+                    env={"CUDA_VISIBLE_DEVICES": ",".join(str(i) for i in range(n)),
+                         "VLLM_ENABLE_V1_MULTIPROCESSING": "0"})
+        if rc != 0:
+            ok = line("FAIL", "vllm-colocated", f"{n} GPU(s) exited {rc}; see {out / f'colocate{n}.log'}") and ok
+            continue
+        ranks = json.loads((d / "colocate.json").read_text())
+        delta = max(r["max_abs_logprob_delta"] for r in ranks)
+        good = all(r["rollouts"] == 8 and r["syncs"] == 1 for r in ranks) and delta < 0.1
+        ok = line("PASS" if good else "FAIL", "vllm-colocated",
+                  f"{n} GPU(s) {dt:.0f} s: max |logprob delta| vLLM vs policy after sync {delta:.2e}; GPU GiB used "
+                  f"asleep {max(r['gib_engine_asleep'] for r in ranks):.1f}, awake "
+                  f"{max(r['gib_engine_awake'] for r in ranks):.1f} (before the engine "
+                  f"{max(r['gib_before_engine'] for r in ranks):.1f})") and ok
+    return ok
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", type=Path, default=None, help="Where logs and run directories go (default: a temp dir).")
@@ -149,6 +180,7 @@ def main() -> int:
     else:
         results.append(line("SKIP", "fsdp-2gpu", f"{n} GPU visible; needs 2"))
     results.append(check_vllm(out))
+    results.append(check_vllm_colocated(out, n, args.timeout))
     return 0 if all(results) else 1
 
 

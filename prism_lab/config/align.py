@@ -134,7 +134,7 @@ class AlignConfig(_Strict, KeyStable):
 
     added_fields = ("actor_micro_batch", "disc_micro_batch", "rollout_batch_size", "rollout_engine", "precision",
                     "actor_max_tokens_per_micro_batch", "log_prob_max_tokens_per_micro_batch",
-                    "disc_max_tokens_per_micro_batch")
+                    "disc_max_tokens_per_micro_batch", "rollout_gpu_memory_utilization")
 
     steps: int = Field(
         500,
@@ -227,8 +227,13 @@ class AlignConfig(_Strict, KeyStable):
         64, ge=1, description="Rollouts generated per generate call (at least `n`: a prompt's group is never split)."
     )
     rollout_engine: Literal["hf", "vllm"] = Field(
-        "hf", description="Rollout engine. `hf` = HF generate on the trained weights; `vllm` would need the weights "
-        "synced after every actor update."
+        "hf", description="Rollout engine. `hf` = HF generate on the trained weights; `vllm` = one colocated engine "
+        "per process, given the policy's weights before each step's rollout and asleep while it trains "
+        "(prism_lab/rollout/colocate.py)."
+    )
+    rollout_gpu_memory_utilization: float = Field(
+        0.6, gt=0, lt=1, description="Share of each GPU the colocated vLLM engine reserves while it rolls out (the "
+        "paper's alignment ran at 0.25, with parameter and optimizer offload)."
     )
     precision: Literal["auto", "fp32", "bf16"] = Field(
         "fp32", description="Training precision, resolved as every stage's (trainers/precision.py). fp32 by default, "
@@ -269,4 +274,4 @@ class AlignConfig(_Strict, KeyStable):
         return RolloutConfig(n=self.n, temperature=self.temperature, top_p=self.top_p,
                              max_prompt_length=self.max_prompt_length, max_new_tokens=self.max_new_tokens,
                              engine=self.rollout_engine, batch_size=max(self.n, self.rollout_batch_size),
-                             seed=self.seed)
+                             seed=self.seed, gpu_memory_utilization=self.rollout_gpu_memory_utilization)

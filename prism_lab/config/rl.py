@@ -6,13 +6,15 @@ from typing import Any, Literal
 
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 
-from prism_lab.config.base import Seed, StrictModel
+from prism_lab.config.base import KeyStable, Seed, StrictModel
 from prism_lab.config.resources import ResourcesConfig, check_covers_processes, resources_field
 from prism_lab.config.rollout import RolloutConfig
 
 
-class RLConfig(StrictModel):
+class RLConfig(StrictModel, KeyStable):
     """One RL loop for GRPO, DAPO and GSPO; `algorithm` picks the preset, `algorithm_overrides` edit it."""
+
+    added_fields = ("rollout_gpu_memory_utilization",)
 
     algorithm: str = Field("grpo", description="Algorithm preset: grpo, dapo, gspo, gspo_token, dr_grpo.")
     algorithm_overrides: dict[str, Any] = Field(
@@ -29,7 +31,11 @@ class RLConfig(StrictModel):
     format_weight: float = Field(0.2, ge=0, description="Weight of the format term of the reward.")
     micro_batch_size: int = Field(8, ge=1, description="Sequences per forward/backward micro-batch.")
     rollout_engine: Literal["auto", "hf", "vllm"] = Field(
-        "auto", description="`auto`: vLLM when installed with a GPU, else HF generate."
+        "auto", description="`auto`: vLLM when installed with a GPU, else HF generate. vLLM runs colocated: one "
+        "engine per process, asleep while the policy trains (prism_lab/rollout/colocate.py)."
+    )
+    rollout_gpu_memory_utilization: float = Field(
+        0.6, gt=0, lt=1, description="Share of each GPU the colocated vLLM engine reserves while it rolls out."
     )
     precision: Literal["auto", "fp32", "bf16"] = Field("auto", description="Training precision.")
     save_every: int = Field(120, ge=1, description="Resumable checkpoint every N steps (paper: 120).")
@@ -46,7 +52,8 @@ class RLConfig(StrictModel):
         of a call (the whole generation batch of prompts x ``n``)."""
         return RolloutConfig(n=self.n, temperature=self.temperature, top_p=self.top_p,
                              max_prompt_length=self.max_prompt_length, max_new_tokens=self.max_new_tokens,
-                             engine=self.rollout_engine, batch_size=None, seed=self.seed)
+                             engine=self.rollout_engine, batch_size=None, seed=self.seed,
+                             gpu_memory_utilization=self.rollout_gpu_memory_utilization)
 
     @model_validator(mode="after")
     def _prompts_cover_processes(self) -> RLConfig:

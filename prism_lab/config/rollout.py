@@ -31,10 +31,19 @@ class RolloutConfig(BaseModel):
     batch_size: int | None = Field(
         None, ge=1, description="Sequences per generate batch; None = every rollout of a call in one batch.")
     seed: Seed = Field(description="Base seed of the rollouts; each call samples with seed_for(stream, ...).")
+    gpu_memory_utilization: float = Field(
+        0.6, gt=0, lt=1, description="Share of each GPU a colocated vLLM engine reserves (weights + KV cache) "
+        "while it is awake (prism_lab.rollout.colocate).")
 
     def seed_for(self, stream: str, *parts: int) -> int:
         """The sampling seed of one generate call (``stream`` names the stage, ``parts`` the step, batch, rank)."""
         return derive_seed(self.seed, stream, *parts)
+
+    @property
+    def max_model_len(self) -> int:
+        """The longest sequence a rollout holds: the prompt cap plus the response cap (a vLLM engine's
+        ``max_model_len``; longer prompts are filtered before rollout)."""
+        return self.max_prompt_length + self.max_new_tokens
 
     def batch_for(self, n_prompts: int) -> int:
         """Sequences per generate batch for a call with ``n_prompts`` prompts."""

@@ -19,7 +19,7 @@ from typing import Any
 
 from prism_lab.rollout.types import Prompt
 
-__all__ = ["longest_prompt_tokens", "max_model_len", "prompts_max_model_len", "stage_max_model_len"]
+__all__ = ["longest_prompt_tokens", "max_model_len", "prompts_max_model_len"]
 
 
 def max_model_len(prompt_tokens: int, response_tokens: int) -> int:
@@ -28,12 +28,6 @@ def max_model_len(prompt_tokens: int, response_tokens: int) -> int:
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"{name} must be a positive integer, got {value!r}")
     return prompt_tokens + response_tokens
-
-
-def stage_max_model_len(cfg: Any) -> int:
-    """``max_model_len`` of a stage config that caps prompts (``max_prompt_length``) and responses
-    (``max_new_tokens``): the RL and alignment configs."""
-    return max_model_len(int(cfg.max_prompt_length), int(cfg.max_new_tokens))
 
 
 def longest_prompt_tokens(processor: Any, prompts: Iterable[Prompt], *, chunk: int = 16) -> int:

@@ -5,8 +5,9 @@ artifact, ``<path>/discriminator``) and ``data`` (its catalog's RL parquet, whic
 ``teacher_caption``/``teacher_cot``). The discriminator must read the policy's inputs (same tokenizer and image
 preprocessing; checked before loading). Outputs: ``<out_dir>/model`` (the aligned policy) and
 ``<out_dir>/discriminator`` (the updated discriminator). The resumable state lives in ``<out_dir>/resume`` and
-is removed at the end. Rollouts use the HF engine (its weights are the trained ones; a vLLM engine would need
-weight syncing after every actor update). With ``resources.processes`` > 1 every rank runs this under torchrun
+is removed at the end. Rollouts use the HF engine on the trained weights, or (``rollout_engine: vllm``) one
+colocated vLLM engine per rank, built from the input policy's checkpoint and synced before each step's rollout
+(prism_lab/rollout/colocate.py). With ``resources.processes`` > 1 every rank runs this under torchrun
 (trainers/align.py shards the work); rank 0 alone writes the gathered policy and discriminator.
 """
 
@@ -55,7 +56,7 @@ def run(ctx: StageContext) -> dict:
     progress = StepProgress("align", ctx.log_metrics, total=cfg.steps, enabled=env.is_main,
                             keys=("gap/caption", "gap/cot", "cap_acc", "cot_acc", "format_rate", "response_length"))
     summary = run_align(policy, processor, disc, examples, cfg, out_dir=ctx.out_dir, log=progress,
-                        heartbeat=ctx.heartbeat, env=env)
+                        heartbeat=ctx.heartbeat, env=env, checkpoint_dir=checkpoint_dir_of(ctx.input("policy").path))
 
     def write() -> dict:
         (ctx.out_dir / "align_curves.json").write_text(json.dumps(summary.get("curves", {}), indent=1))

@@ -47,7 +47,7 @@ def run(ctx: StageContext) -> dict:
     progress = StepProgress("rl", ctx.log_metrics, total=cfg.steps, enabled=env.is_main,
                             keys=("reward/mean", "acc/mean", "format/mean", "response_length/mean"))
     result = train_rl(model, processor, examples, cfg, algo, log=progress, out_dir=ctx.out_dir,
-                      heartbeat=ctx.heartbeat, env=env)
+                      heartbeat=ctx.heartbeat, env=env, checkpoint_dir=checkpoint_dir_of(ctx.input("policy").path))
     if result.stopped_early:  # the wall-clock budget (max_minutes) stopped it: the result depends on the machine
         ctx.log_metrics(result.steps_done, {"truncated": 1.0})
     model.eval()

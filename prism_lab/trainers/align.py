@@ -65,8 +65,8 @@ from prism_lab.algos.disc_loss import (
 from prism_lab.errors import ConfigError, DataError
 from prism_lab.models.discriminator import Discriminator
 from prism_lab.prompts import is_format_valid
-from prism_lab.rollout import Prompt, make_engine, vision_token_ids
-from prism_lab.rollout.model_len import stage_max_model_len
+from prism_lab.rollout import Prompt, vision_token_ids
+from prism_lab.rollout.colocate import make_training_engine
 from prism_lab.rollout.sample import sample_rollouts
 from prism_lab.trainers import distributed as dist_
 from prism_lab.trainers.actor import (
@@ -345,9 +345,9 @@ class _AlignRun:
         out = ppo_update(policy, self.actor_opt, mini, old, adv.tolist(), actor, temperature=T,
                          suppress_token_ids=self.suppress, old_from_rollout=from_rollout, env=self.env,
                          autocast=self.autocast, backward=self.acc.backward if self.acc is not None else None)
-        sync = getattr(self.engine, "sync_weights", None)
-        if sync is not None:  # engines holding their own copy of the weights (vLLM)
-            sync(policy)
+        updated = getattr(self.engine, "policy_updated", None)
+        if updated is not None:  # an engine with its own copy of the weights (colocated vLLM) syncs before rolling out
+            updated()
         policy.eval()
         return out
 
@@ -360,7 +360,7 @@ class _AlignRun:
 
 def _setup(policy: Any, processor: Any, disc: Discriminator, examples: Sequence[AlignExample], cfg: Any, *,
            out_dir: str | Path | None, engine: Any | None, max_steps: int | None,
-           env: dist_.DistEnv | None) -> _AlignRun:
+           env: dist_.DistEnv | None, checkpoint_dir: str | Path | None = None) -> _AlignRun:
     """The run before its first step: seeds, precision, sharding (before the optimizers: FSDP2 replaces the
     parameters), the engine, both optimizers, the prompts that fit, and the resume state when there is one."""
     _check_teacher_segments(examples)
@@ -370,7 +370,8 @@ def _setup(policy: Any, processor: Any, disc: Discriminator, examples: Sequence[
     acc = _shard_models(policy, disc, cfg, env, mp)
     rollout, actor = cfg.rollout(), cfg.actor()
     if engine is None:
-        engine = make_engine(policy, processor, kind=rollout.engine, max_model_len=stage_max_model_len(rollout))
+        engine = make_training_engine(policy, processor, rollout, checkpoint_dir=checkpoint_dir, rank=env.rank,
+                                      device=env.device if env.sharded else next(policy.parameters()).device)
     dist_.sync_engine(engine, env)
     actor_opt = torch.optim.AdamW([p for p in policy.parameters() if p.requires_grad], lr=actor.lr,
                                   weight_decay=actor.weight_decay)
@@ -408,11 +409,13 @@ def run_align(
     max_steps: int | None = None,
     keep_resume: bool = False,
     env: dist_.DistEnv | None = None,
+    checkpoint_dir: str | Path | None = None,
 ) -> dict[str, Any]:
     """Run ``cfg.steps`` alignment steps of ``cfg.variant`` on ``policy`` and ``disc`` in place (``cfg``: an
     AlignConfig); the variant (align_variants.py) decides the scores, advantages and discriminator loss.
 
-    ``engine``: a rollout engine to use instead of ``make_engine(policy, processor, cfg.rollout().engine)`` (it
+    ``engine``: a rollout engine to use instead of the stage's (:func:`~prism_lab.rollout.colocate.make_training_engine`:
+    HF on ``policy``, or a colocated vLLM engine built from ``checkpoint_dir``, the input policy's checkpoint) (it
     must sample from ``policy``; if it returns no log-probs they are recomputed). ``out_dir``: where the resume
     state lives (``out_dir/resume``; restored when present, saved every ``cfg.save_every`` steps, removed at the
     end unless ``keep_resume``). Final weights are NOT written here (the stage saves them). ``env``: the stage
@@ -421,7 +424,8 @@ def run_align(
     Returns a summary.
     """
     n_given = len(examples)
-    run = _setup(policy, processor, disc, examples, cfg, out_dir=out_dir, engine=engine, max_steps=max_steps, env=env)
+    run = _setup(policy, processor, disc, examples, cfg, out_dir=out_dir, engine=engine, max_steps=max_steps, env=env,
+                 checkpoint_dir=checkpoint_dir)
     env = run.env
     run_steps(run, StepPlan(total=run.total, start=run.start, save_every=cfg.save_every), env,
               log=(lambda done, values: log(done, dict(values))) if log is not None else None, heartbeat=heartbeat)

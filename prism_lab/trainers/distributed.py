@@ -270,8 +270,9 @@ def all_true(flag: bool, env: DistEnv) -> bool:
 
 
 def sync_engine(engine: Any, env: DistEnv) -> None:
-    """Make a rollout engine that runs the sharded model keep every rank's forward passes in step."""
-    if not env.sharded:
+    """Make a rollout engine that runs the sharded model keep every rank's forward passes in step (an engine that
+    samples on its rank alone, ``generates_locally``, needs nothing: the colocated vLLM engine)."""
+    if not env.sharded or getattr(engine, "generates_locally", False):
         return
     if getattr(engine, "kind", None) != "hf":
         raise ConfigError(f"rollout engine {getattr(engine, 'kind', type(engine).__name__)!r} with resources.processes > 1 "

@@ -52,12 +52,11 @@ from prism_lab.rollout import (
     Prompt,
     RolloutEngine,
     build_prompt_inputs,
-    make_engine,
     pad_token_id,
     vision_token_ids,
 )
+from prism_lab.rollout.colocate import make_training_engine
 from prism_lab.rollout.inputs import image_chunks_per_row
-from prism_lab.rollout.model_len import stage_max_model_len
 from prism_lab.rollout.sample import sample_rollouts
 from prism_lab.trainers import distributed as dist_
 from prism_lab.trainers.actor import (
@@ -97,7 +96,7 @@ LOGPROB_TOLERANCE = 1e-3
 
 class _RLRun:
     def __init__(self, model, processor, examples, cfg: RLConfig, algo: AlgorithmConfig, *, log_fn, out_dir,
-                 engine, heartbeat, score_fn, logprob_tolerance, max_steps, env=None):
+                 engine, heartbeat, score_fn, logprob_tolerance, max_steps, env=None, checkpoint_dir=None):
         self.model = model
         self.processor = processor
         self.examples = list(examples)
@@ -121,7 +120,9 @@ class _RLRun:
         elif cfg.resources.gradient_checkpointing:
             dist_.enable_gradient_checkpointing(model)
         if engine is None:
-            engine = make_engine(model, processor, self.rollout.engine, max_model_len=stage_max_model_len(self.rollout))
+            engine = make_training_engine(model, processor, self.rollout, checkpoint_dir=checkpoint_dir,
+                                          rank=self.env.rank,
+                                          device=self.env.device if self.env.sharded else next(model.parameters()).device)
         self.engine: RolloutEngine = engine
         dist_.sync_engine(self.engine, self.env)
         self.suppress = list(getattr(self.engine, "suppress_token_ids", None) or vision_token_ids(model))
@@ -245,9 +246,9 @@ class _RLRun:
             s.advantage = a
         t_train0 = time.perf_counter()
         train_metrics = self._update(prompts, samples)
-        sync = getattr(self.engine, "sync_weights", None)
-        if sync is not None:  # engines holding their own copy of the weights (vLLM)
-            sync(self.model)
+        updated = getattr(self.engine, "policy_updated", None)
+        if updated is not None:  # an engine with its own copy of the weights (colocated vLLM) syncs before rolling out
+            updated()
         t_end = time.perf_counter()
         gen = self._all_generated
         metrics: dict[str, float] = {
@@ -346,6 +347,7 @@ def train_rl(
     max_steps: int | None = None,
     remove_resume: bool = False,
     env: dist_.DistEnv | None = None,
+    checkpoint_dir: str | Path | None = None,
 ) -> RLResult:
     """Run the RL loop on ``model`` in place (no StageContext needed).
 
@@ -357,7 +359,8 @@ def train_rl(
     loaded when present); None disables resuming. ``max_steps`` stops after that many steps in
     total (the LR schedule still spans ``cfg.steps``; for tests of resuming).
     ``remove_resume``: delete the resume state after the last step. ``env``: the stage run's distributed env
-    (:func:`~prism_lab.trainers.recipe.start_run`; None: started here).
+    (:func:`~prism_lab.trainers.recipe.start_run`; None: started here). ``checkpoint_dir``: the input policy's
+    checkpoint, which a colocated vLLM engine is built from (:mod:`prism_lab.rollout.colocate`).
     The loop around the steps (budgets, logging, heartbeat, saves) is :func:`~prism_lab.trainers.recipe.run_steps`.
     """
     if algo is None:
@@ -366,7 +369,7 @@ def train_rl(
         logger.warning("n=%d: GRPO groups of one sample carry no group baseline", cfg.n)
     run = _RLRun(model, processor, examples, cfg, algo, log_fn=log, out_dir=out_dir, engine=engine,
                  heartbeat=heartbeat, score_fn=score_fn, logprob_tolerance=logprob_tolerance, max_steps=max_steps,
-                 env=env)
+                 env=env, checkpoint_dir=checkpoint_dir)
     meta = run.load()
     start = 0
     if meta is not None:

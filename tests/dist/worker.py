@@ -1,10 +1,12 @@
 """A torchrun worker for the multi-process tests: train tiny-xs for a few steps, write the gathered weights.
 
-    torchrun --nproc_per_node N tests/dist/worker.py sft|rl|disc|align OUT_DIR [--kill-after K]
+    torchrun --nproc_per_node N tests/dist/worker.py sft|rl|disc|align|colocate OUT_DIR [--kill-after K]
 
 Writes ``OUT_DIR/weights.safetensors`` (the full state dict, from rank 0) and ``OUT_DIR/hf/`` (the HF
 checkpoint rank 0 saves); ``align`` also writes ``OUT_DIR/disc.safetensors`` (the gathered discriminator).
-The same script at N=1 is the single-process reference.
+The same script at N=1 is the single-process reference. ``colocate`` runs RL with the colocated engine around a
+recording test double of vLLM (tests.fakes.RecordingEngine) and writes what each rank's double received
+(``received_rank{R}.safetensors``, ``events_rank{R}.json``) and the gathered weights after step 1 (``step1.safetensors``).
 """
 
 from __future__ import annotations
@@ -132,6 +134,59 @@ def run_rl(model, processor, out: Path, kill_after: int | None, steps: int) -> N
              score_fn=length_parity_score, log=lambda step, m: hook(step, m))
 
 
+def run_colocate(model, processor, out: Path, steps: int) -> None:
+    """RL steps whose rollouts come from a recording double of a colocated vLLM engine, synced from the sharded
+    policy by prism_lab.rollout.colocate (the double proves what it receives, nothing about vLLM)."""
+    from safetensors.torch import save_file
+
+    from prism_lab.rollout import Rollout
+    from prism_lab.rollout.colocate import ColocatedEngine
+    from tests.fakes import RecordingEngine
+
+    def reply(prompts, *, n, **_kw):  # lengths 1..3 by copy: the parity reward varies inside each group
+        return [Rollout(prompt_index=i, token_ids=[5 + (i + c) % 7] * (1 + c % 3), text="x" * (1 + c % 3),
+                        logprobs=None, finish_reason="length") for i in range(len(prompts)) for c in range(n)]
+
+    fake = RecordingEngine(reply=reply)
+    engine = ColocatedEngine(fake, model, device=torch.device("cpu"))
+    world = dist_.env_world_size()
+
+    def after_step_one(step: int, _m: dict) -> None:  # collective: every rank logs every step
+        if step == 1:
+            sd = checkpoint.full_state_dict(model, dist_.init_distributed())
+            if sd:
+                save_file({k: v.detach().clone().contiguous() for k, v in sd.items()}, str(out / "step1.safetensors"))
+
+    from prism_lab.config.rl import RLConfig
+    from prism_lab.data.rl_parquet import RLExample
+    from prism_lab.trainers.rl import train_rl
+
+    examples = [RLExample(index=i, data_source="mm_gad", prompt=[{"role": "user", "content": f"add {i} ."}], images=[],
+                          ground_truth="0", equivalent_answers=[]) for i in range(8)]
+    cfg = RLConfig(algorithm="grpo", algorithm_overrides={"lr": 1e-3}, steps=steps, prompts_per_step=4, n=4,
+                   max_new_tokens=4, max_prompt_length=512, micro_batch_size=4, precision="fp32", save_every=100,
+                   log_every=1, seed=0, rollout_engine="vllm", resources={"processes": world})
+    dist_.init_distributed(world)
+    train_rl(model, processor, examples, cfg, engine=engine, score_fn=length_parity_score, log=after_step_one)
+    rank = dist_.init_distributed().rank
+    save_file({f"{k}/{name}": t.contiguous() for k, load in enumerate(_per_sync(fake)) for name, t in load},
+              str(out / f"received_rank{rank}.safetensors"))
+    (out / f"events_rank{rank}.json").write_text(json.dumps({"phases": fake.phases(), "order": [
+        [name for name, _ in load] for load in _per_sync(fake)]}))
+
+
+def _per_sync(fake) -> list[list]:
+    """The double's loads grouped by sync (one sync = the buckets between a weights wake-up and the KV cache's)."""
+    syncs, i = [], 0
+    for ev in fake.events:
+        if ev[0] == "wake_up" and ev[1] == ("weights",):
+            syncs.append([])
+        elif ev[0] == "load_weights":
+            syncs[-1].extend(fake.loads[i])
+            i += 1
+    return [s for s in syncs if s]
+
+
 def run_disc(model, processor, out: Path, kill_after: int | None, steps: int):
     """Warm up an upcycled MoE discriminator (from the tiny-xs policy) on synthetic comparisons.
 
@@ -233,7 +288,7 @@ def run_align(model, processor, out: Path, kill_after: int | None, steps: int):
 
 def main() -> int:
     ap = argparse.ArgumentParser()
-    ap.add_argument("mode", choices=["sft", "rl", "disc", "align"])
+    ap.add_argument("mode", choices=["sft", "rl", "disc", "align", "colocate"])
     ap.add_argument("out", type=Path)
     ap.add_argument("--kill-after", type=int, default=None)
     ap.add_argument("--steps", type=int, default=4)
@@ -254,6 +309,8 @@ def main() -> int:
         run_rl(model, processor, args.out, args.kill_after, args.steps)
     elif args.mode == "align":
         run_align(model, processor, args.out, args.kill_after, args.steps)
+    elif args.mode == "colocate":
+        run_colocate(model, processor, args.out, args.steps)
     else:
         model = run_disc(model, processor, args.out, args.kill_after, args.steps)
     env = dist_.init_distributed()
@@ -262,7 +319,7 @@ def main() -> int:
         from safetensors.torch import save_file
 
         save_file({k: v.detach().clone().contiguous() for k, v in sd.items()}, str(args.out / "weights.safetensors"))
-    if args.mode in ("sft", "rl"):
+    if args.mode in ("sft", "rl", "colocate"):
         checkpoint.save_hf_checkpoint(model, processor, args.out / "hf", env)
     if env.sharded:
         torch.distributed.destroy_process_group()

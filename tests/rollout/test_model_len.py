@@ -18,7 +18,6 @@ from prism_lab.rollout.model_len import (
     longest_prompt_tokens,
     max_model_len,
     prompts_max_model_len,
-    stage_max_model_len,
 )
 from prism_lab.rollout.vllm import VLLMEngine, llm_kwargs
 from tests.fakes import counting_corpus
@@ -32,10 +31,10 @@ def test_max_model_len_is_prompt_plus_response():
 
 
 def test_stage_configs_give_their_prompt_and_response_caps():
-    assert stage_max_model_len(RLConfig()) == 2048 + 8192
-    assert stage_max_model_len(RLConfig(max_prompt_length=512, max_new_tokens=64)) == 576
-    assert stage_max_model_len(AlignConfig()) == 2048 + 6144
-    assert stage_max_model_len(AlignConfig(max_prompt_length=100, max_new_tokens=28)) == 128
+    assert RLConfig().rollout().max_model_len == 2048 + 8192
+    assert RLConfig(max_prompt_length=512, max_new_tokens=64).rollout().max_model_len == 576
+    assert AlignConfig().rollout().max_model_len == 2048 + 6144
+    assert AlignConfig(max_prompt_length=100, max_new_tokens=28).rollout().max_model_len == 128
 
 
 def test_llm_kwargs_carry_max_model_len_and_require_it():

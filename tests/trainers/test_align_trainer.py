@@ -289,3 +289,30 @@ def test_the_discriminator_token_budget_cuts_its_forwards_and_leaves_the_trainin
     assert sum(rows_per_forward[0]) == sum(rows_per_forward[1])  # the same sequences scored
     for a, b in zip(*trained):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+
+
+def test_alignment_rolls_out_through_a_colocated_engine(env):
+    """The colocated engine around a recording test double of vLLM (tests.fakes; it proves what the trainer does
+    with an engine's answers, nothing about vLLM): one sync per step, before the rollout, and log-probs that differ
+    from the policy's do not steer the update (the actor checks them against its own forward: the PPO KL stays ~0)."""
+    from prism_lab.rollout.colocate import ColocatedEngine
+    from tests.fakes import RecordingEngine
+
+    model, proc, disc = _fresh(env)
+    by_text = {ex.messages[-1]["content"]: ex for ex in env["examples"]}
+    half = HalfValidEngine(model, proc, by_text)
+
+    def reply(prompts, **kw):  # the policy's rollouts, with log-probs of another distribution
+        import dataclasses
+
+        return [dataclasses.replace(r, logprobs=[-5.0] * len(r.token_ids)) for r in half.generate(prompts, **kw)]
+
+    fake = RecordingEngine(reply=reply)
+    logged: list[tuple[int, dict]] = []
+    run_align(model, proc, disc, env["examples"], _cfg(n=4), log=lambda st, m: logged.append((st, m)),
+              engine=ColocatedEngine(fake, model, device=torch.device("cpu")))
+    one = ["wake_weights", "sync", "wake_kv_cache", "generate", "sleep"]
+    assert fake.phases() == ["sleep", *one, *one]
+    _finite(logged)
+    for _, m in logged:
+        assert abs(m["actor/ppo_kl"]) < 1e-4

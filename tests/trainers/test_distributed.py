@@ -238,3 +238,30 @@ def test_sweep_runs_sft_align_and_rl_stages_with_two_processes(tmp_path, smoke_r
             assert record["summary"]["processes"] == 2
             assert (run_dir / "model" / "model.safetensors").is_file() and not (run_dir / "resume").exists()
     assert len(runs["rl"]) == 2  # with and without alignment
+
+
+def test_colocated_engine_gets_the_whole_policy_on_every_rank_once_per_step(tmp_path):
+    """Two gloo ranks of RL with the colocated engine around a recording test double of vLLM (tests.fakes; it
+    proves what prism-lab hands over, nothing about vLLM): each rank's double gets every parameter of the sharded
+    policy, whole, under the checkpoint's names, in the same order on both ranks, once per step, between waking
+    its weights and its KV cache; the second step's sync carries the weights the first step trained."""
+    _ok(torchrun(2, "colocate", str(tmp_path), "--steps", "2"))
+    one_step = ["wake_weights", "sync", "wake_kv_cache", "generate", "sleep"]
+    events = [json.loads((tmp_path / f"events_rank{r}.json").read_text()) for r in (0, 1)]
+    received = [load_file(str(tmp_path / f"received_rank{r}.safetensors")) for r in (0, 1)]
+    for ev in events:
+        assert ev["phases"] == ["sleep", *one_step, *one_step]
+    assert events[0]["order"] == events[1]["order"] and len(events[0]["order"]) == 2
+    names = events[0]["order"][0]
+    assert names == events[0]["order"][1] and len(set(names)) == len(names)
+    assert sorted(names) == sorted(load_file(str(tmp_path / "hf" / "model.safetensors")))  # what vLLM loads
+    init = load_file(str(tmp_path / "init.safetensors"))
+    step1 = load_file(str(tmp_path / "step1.safetensors"))
+    assert max_diff(step1, init) > 20 * ATOL  # the first step trained
+    for got in received:
+        assert got.keys() == received[0].keys()
+        for k, expected in ((0, init), (1, step1)):
+            for name in names:
+                t = got[f"{k}/{name}"]
+                assert t.dtype == torch.bfloat16 and t.shape == expected[name].shape  # whole, not a shard
+                assert torch.equal(t, expected[name].to(torch.bfloat16)), (k, name)

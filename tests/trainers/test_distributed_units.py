@@ -53,6 +53,7 @@ def test_what_does_not_shard_yet_is_refused_in_one_line():
     hf = SimpleNamespace(kind="hf", synced=False)
     dist_.sync_engine(hf, two)
     assert hf.synced and callable(hf.all_finished)
+    dist_.sync_engine(SimpleNamespace(kind="vllm", generates_locally=True), two)  # colocated: each rank samples alone
 
 
 def test_a_world_size_that_differs_from_the_config_is_an_error(monkeypatch):
