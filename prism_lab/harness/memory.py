@@ -230,7 +230,8 @@ def _rollout_phase(kind: str, cfg: Mapping[str, Any], shape: Mapping[str, Any], 
     engine = cfg.get("rollout_engine", "hf" if kind == "align" else "auto")
     mult = cfg.get("gen_batch_multiplier", 1.0)
     if on_gpu and engine in ("vllm", "auto") and device_bytes:
-        est.components["generation/vllm"] = kv = terms.vllm_rollout_bytes(VLLM_GPU_MEMORY_UTILIZATION, device_bytes)
+        share = cfg.get("rollout_gpu_memory_utilization", VLLM_GPU_MEMORY_UTILIZATION)
+        est.components["generation/vllm"] = kv = terms.vllm_rollout_bytes(share, device_bytes)
         if mult > 1:
             est.notes.append(f"generation batches of {mult:g}x the prompts queue inside vLLM's reservation")
         return kv, terms.VLLM_SLEEPS

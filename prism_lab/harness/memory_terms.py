@@ -35,9 +35,9 @@ RECOMPUTE_FP32_BUFFERS = 2
 #: Tokens per chunk of the log-prob/entropy computation of the actor (prism_lab.algos.token_stats.DEFAULT_CHUNK_ROWS;
 #: a test keeps the two equal).
 LOGPROB_CHUNK_ROWS = 1024
-#: Whether prism_lab.rollout.vllm.VLLMEngine frees its GPU memory between rollouts (it builds
-#: ``vllm.LLM`` without sleep mode, so it does not).
-VLLM_SLEEPS = False
+#: Whether the vLLM engine of a training stage frees its GPU memory before the update: the colocated engine
+#: (prism_lab.rollout.colocate) is built with sleep mode and sleeps after every generate call.
+VLLM_SLEEPS = True
 
 
 def micro_batch_tokens(budget: int | None, rows: int, length: int) -> int:

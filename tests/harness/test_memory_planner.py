@@ -82,7 +82,8 @@ def test_sweep_plan_resources_for_the_paper_grid():
     # the loss backward's fp32 [tokens x vocab] buffers: 2 rows x 8192 tokens x 151,936 x (2 + 3 x 4) bytes
     assert sft4["policy/loss_buffers_gb"] == pytest.approx(34.85, abs=0.01)
     rl4 = next(r for r in recs if r["label"] == "rl size=4b seed=0 algorithm=grpo alignment=none")
-    assert rl4["generation/vllm_gb"] == 48.0 and rl4["peak_gb"] > 48.0 + rl4["policy/loss_buffers_gb"]  # phases add
+    assert rl4["generation/vllm_gb"] == 48.0 and rl4["peak_gb"] >= 48.0  # the colocated engine sleeps: phases take turns
+    assert rl4["peak_gb"] < 48.0 + rl4["policy/loss_buffers_gb"]
     sft8 = next(r for r in recs if r["label"] == "sft size=8b seed=0")
     assert 270 < sft8["host_node_gb"] < 300  # 8 ranks each loading the fp32 8B model
 

@@ -61,11 +61,17 @@ UPDATE = GATHERED + (2 * 8 * 136 + 1 * 3 * 48) + 8 * 10 * (2 * 2 + 12)
 RECOMPUTE = GATHERED + 12 * 136 + 12 * 10 * 10  # one layer at a time, bf16 logits + 2 fp32 buffers
 
 
-def test_rl_phases_add_while_vllm_keeps_its_reservation():
+def test_rl_phases_take_turns_while_the_colocated_vllm_sleeps(monkeypatch):
     est = mem.estimate("rl", rl_cfg(rollout_engine="vllm"), {"policy": SHAPE}, on_gpu=True, device_bytes=100_000)
     assert est.components["policy/recompute_buffers"] == 12 * 10 * 10
     assert est.components["generation/vllm"] == 0.6 * 100_000
     assert max(UPDATE, RECOMPUTE) == UPDATE
+    assert est.peak == RESIDENT + max(0.6 * 100_000, UPDATE)  # the engine sleeps before the update
+    share = mem.estimate("rl", rl_cfg(rollout_engine="vllm", rollout_gpu_memory_utilization=0.25), {"policy": SHAPE},
+                         on_gpu=True, device_bytes=100_000)
+    assert share.components["generation/vllm"] == 0.25 * 100_000  # the stage's memory share
+    monkeypatch.setattr(terms, "VLLM_SLEEPS", False)  # an engine that kept its reservation: the phases add
+    est = mem.estimate("rl", rl_cfg(rollout_engine="vllm"), {"policy": SHAPE}, on_gpu=True, device_bytes=100_000)
     assert est.peak == RESIDENT + 0.6 * 100_000 + UPDATE
 
 

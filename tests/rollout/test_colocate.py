@@ -61,7 +61,7 @@ def test_colocated_engine_kwargs_follow_the_stage_config():
     assert a["max_model_len"] == 1024 + 6144 and a["gpu_memory_utilization"] == 0.25
     plain = llm_kwargs("/p", max_model_len=64)  # evaluation's engine: vLLM's own executor, no sleep mode
     assert "distributed_executor_backend" not in plain and "enable_sleep_mode" not in plain
-    with pytest.raises(ValueError, match="needs max_model_len"):
+    with pytest.raises(TypeError, match="max_model_len"):  # every engine gets one (rollout/model_len.py)
         llm_kwargs("/p", colocated=True)
 
 
