@@ -211,7 +211,8 @@ def sweep_run(
         "upstream runs are too.")] = None,
     retry_failed: Annotated[bool, typer.Option("--retry-failed/--no-retry-failed",
                                                help="Run failed runs again (default) or leave them failed.")] = True,
-    wandb: Annotated[WandbMode, typer.Option("--wandb", help="W&B mode for every stage run.")] = WandbMode.offline,
+    wandb: Annotated[Optional[WandbMode], typer.Option("--wandb", help="W&B mode of every stage run "
+                  "(default: $PRISM_LAB_WANDB, else $WANDB_MODE, else offline).")] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the stage commands in dependency order and run nothing; run by hand "
                   "one after another they do the sweep (each plans the grid into the ledger if needed).")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress display.")] = False,
@@ -253,7 +254,8 @@ def sweep_run(
     reset = preflight.commit(cleared, rerun_stale=rerun_stale)
     if rerun_stale and cleared.stale:
         err.print(f"--rerun-stale: {len(cleared.stale)} stale run(s); {len(reset)} run(s) made pending again")
-    os.environ["PRISM_LAB_WANDB"] = wandb.value
+    if wandb is not None:  # else the stage processes read the environment (harness/tracking.py)
+        os.environ["PRISM_LAB_WANDB"] = wandb.value
     t0 = time.time()
     options = ExecutorOptions(executor.value, workers=workers, gpus=pool, share_gpus=share_gpus, address=address,
                               worker_retries=worker_retries, shared_root=request.shared_root)

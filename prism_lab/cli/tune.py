@@ -55,7 +55,8 @@ def tune(
         "--heartbeat-interval", min=0.1, help="Seconds between a running trial's heartbeats.")] = 30.0,
     stage_workers: Annotated[int, typer.Option(
         "--stage-workers", min=1, help="Stage runs executed in parallel inside one trial.")] = 1,
-    wandb: Annotated[WandbMode, typer.Option("--wandb", help="W&B mode of every stage run.")] = WandbMode.offline,
+    wandb: Annotated[Optional[WandbMode], typer.Option("--wandb", help="W&B mode of every stage run "
+                  "(default: $PRISM_LAB_WANDB, else $WANDB_MODE, else offline).")] = None,
     executor: ExecutorOpt = ExecutorName.local,
     address: AddressOpt = None,
     shared_root: SharedRootOpt = None,
@@ -83,7 +84,8 @@ def tune(
     root_dir = Path(root or os.environ.get("PRISM_LAB_ROOT") or "runs")
     cleared = preflight.check_plan(spec.reference, root_dir.resolve(), request, None, list(spec.reference.runs),
                                    rerun_stale=rerun_stale)  # the base cell fits; its runs other code made
-    os.environ["PRISM_LAB_WANDB"] = wandb.value
+    if wandb is not None:  # else the stage processes read the environment (harness/tracking.py)
+        os.environ["PRISM_LAB_WANDB"] = wandb.value
     options = TuneOptions(root=root_dir, trials=trials, workers=workers, storage=storage, study_name=study,
                           out_dir=out, enqueue_defaults=enqueue_defaults, max_retries=max_retries,
                           grace_period=grace_period, heartbeat_interval=heartbeat_interval,

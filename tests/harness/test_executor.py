@@ -60,6 +60,8 @@ def test_runs_in_dependency_order_and_skips_done_runs(tmp_path):
     finals = [p for p in runs_dir.iterdir() if not p.name.startswith(".")]
     assert len(finals) == 5 and all((p / "run.json").is_file() and (p / "stage.log").is_file() for p in finals)
     assert not [p for p in runs_dir.iterdir() if p.name.endswith(".partial")]
+    # no --wandb: the stage processes follow $PRISM_LAB_WANDB (tests/conftest.py sets `disabled`), no W&B run
+    assert not [p for p in finals if (p / "wandb").exists()]
     # again: nothing re-executed
     res = run_cli("sweep", "run", str(grid), "--root", str(root), "-q", env=cli_env(**PLUGIN))
     assert res.returncode == 0, res.stderr
