@@ -38,8 +38,9 @@ ONE_THREAD = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "OPENBLAS_NUM_THRE
 @pytest.fixture(scope="session")
 def smoke_root(tmp_path_factory) -> Path:
     """The smoke grid run once per session (every real stage, W&B offline), shared by the slow tests that
-    read it (tests/e2e/test_e2e_smoke.py) or compare another run of the same grid with it (the Ray executor,
-    CPU load, a study that reuses its runs). Tests that add runs work on a copy (``copy_root``)."""
+    read it or compare another run of the same grid with it (the Ray executor, CPU load, a study that reuses
+    its runs, sharded trainers), all in tests/e2e/test_smoke_grid.py so that one xdist worker runs them. Tests
+    that add runs work on a copy (``copy_root``)."""
     root = tmp_path_factory.mktemp("smoke") / "root"
     res = run_cli("sweep", "run", "experiments/smoke.yaml", "--root", str(root), "--wandb", "offline", "-q",
                   "--workers", "2", env=cli_env(PRISM_LAB_WANDB="offline", **ONE_THREAD), timeout=1800)
@@ -55,9 +56,12 @@ def copy_root(root: Path, dst: Path) -> Path:
     return dst
 
 
-#: Test files whose work is longest, handed to the workers first (after the smoke group) so that none of
-#: them starts near the end and holds the whole run up (pytest-xdist hands out groups in collection order).
+#: The test files with the most work, in the order pytest-xdist hands them to its workers (``--dist loadfile
+#: --no-loadscope-reorder`` in pyproject.toml: a file's tests go to one worker, so its module and session fixtures
+#: are built once, and files go out in collection order): the longest first, so that none of them starts near the
+#: end and holds the whole run up. tests/e2e/test_smoke_grid.py holds every test that reads the smoke run.
 LONG_FIRST = (
+    "tests/e2e/test_smoke_grid.py",
     "tests/trainers/test_distributed.py",
     "tests/harness/test_ray_executor.py",
     "tests/hostile/test_bad_data.py",
@@ -70,17 +74,6 @@ LONG_FIRST = (
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(config, items):
-    """Groups for pytest-xdist's ``--dist loadgroup`` (pyproject.toml): the tests that read the session's smoke
-    run form one group (one worker builds it, once), every other test file is a group of its own (its module
-    fixtures are built once, as with ``--dist loadfile``). The smoke group goes first, then LONG_FIRST."""
-    def group(item) -> str:
-        mark = item.get_closest_marker("xdist_group")
-        if mark is not None:
-            return mark.kwargs.get("name") or mark.args[0]
-        return "smoke" if "smoke_root" in getattr(item, "fixturenames", ()) else item.nodeid.split("::")[0]
-
-    for item in items:
-        if item.get_closest_marker("xdist_group") is None:
-            item.add_marker(pytest.mark.xdist_group(group(item)))
-    order = {"smoke": 0, **{path: i + 1 for i, path in enumerate(LONG_FIRST)}}
-    items.sort(key=lambda item: order.get(group(item), len(order)))
+    """LONG_FIRST's files first, in its order; the others after them, as collected (a stable sort)."""
+    order = {path: i for i, path in enumerate(LONG_FIRST)}
+    items.sort(key=lambda item: order.get(item.nodeid.split("::")[0], len(order)))
