@@ -92,10 +92,10 @@ def test_report_from_the_smoke_ledger(smoke_root, tmp_path):
 
 
 def test_the_same_runs_under_heavy_cpu_load_give_identical_eval_metrics(smoke_root, tmp_path):
-    """Budgets are steps, so machine load cannot change a result: the smoke grid's base and SFT runs and their
-    evals again in another root, with a busy-looping process beside the two stage workers (more runnable
-    processes than a 2-core machine has cores, on top of whatever the other test workers run), give
-    bit-identical eval metrics for every key. (The chain up to SFT and its evals: the rest of the grid adds no
+    """Budgets are steps, so machine load cannot change a result: the smoke grid's base run and its eval again
+    in another root, with a busy-looping process beside the stage process (more runnable processes than a
+    2-core machine has cores, on top of whatever the other test workers run), give bit-identical eval metrics
+    for every key. (The base stage trains through the same loop as every trainer: the rest of the grid adds no
     new way for load to reach a number.)"""
     import subprocess
     import sys
@@ -103,7 +103,7 @@ def test_the_same_runs_under_heavy_cpu_load_give_identical_eval_metrics(smoke_ro
     burners = [subprocess.Popen([sys.executable, "-c", "while True: pass"])]
     try:
         res = run_cli("sweep", "run", "experiments/smoke.yaml", "--root", str(tmp_path / "loaded"), "-q",
-                      "--stages", "data,base,sft,eval", "--workers", "2", env=cli_env(**ONE_THREAD), timeout=2400)
+                      "--stages", "data,base,eval", "--workers", "2", env=cli_env(**ONE_THREAD), timeout=2400)
     finally:
         for b in burners:
             b.kill()
@@ -120,7 +120,7 @@ def test_the_same_runs_under_heavy_cpu_load_give_identical_eval_metrics(smoke_ro
             led.close()
 
     quiet, loaded = eval_metrics(smoke_root), eval_metrics(tmp_path / "loaded")
-    assert len({key for key, _ in loaded}) == 2 and len(loaded) > 20  # the Instruct and +SFT evals
+    assert len({key for key, _ in loaded}) == 1 and len(loaded) > 10  # the Instruct eval
     assert loaded == {k: quiet[k] for k in loaded}
 
 
@@ -151,10 +151,10 @@ def item_scores(root, keys: list[str]) -> dict:
 
 def test_smoke_grid_on_ray_matches_the_local_executor(tmp_path, smoke_root):
     """The session's smoke run (the local executor, one thread per stage process) against the same grid on Ray,
-    up to SFT and its evals (data, base, sft and two evals: every way a stage process runs on Ray; the trainers
-    after SFT add none, and tests/harness/test_ray_executor.py runs a 2-process stage on Ray)."""
+    up to the base model and its eval (data, base and eval: every way a stage process runs on Ray; the other
+    trainers add none, and tests/harness/test_ray_executor.py runs a 2-process stage on Ray)."""
     pytest.importorskip("ray")
-    args = ("sweep", "run", "experiments/smoke.yaml", "--wandb", "disabled", "-q", "--stages", "data,base,sft,eval")
+    args = ("sweep", "run", "experiments/smoke.yaml", "--wandb", "disabled", "-q", "--stages", "data,base,eval")
     cluster = LocalRayCluster(cli_env(**ONE_THREAD))
     try:
         cluster.wait_ready()
@@ -165,11 +165,11 @@ def test_smoke_grid_on_ray_matches_the_local_executor(tmp_path, smoke_root):
     assert on_ray.returncode == 0, on_ray.stderr[-3000:]
     planned = results(tmp_path / "ray")
     got = {key: value for key, value in planned.items() if value[0] == "done"}
-    assert len(planned) == 12 and len(got) == 5  # every run planned; data, base, sft and two evals ran
+    assert len(planned) == 12 and len(got) == 3  # every run planned; data, base and its eval ran
     local = results(smoke_root)
     want = {key: local[key] for key in got}
     evals = [key for key in got if "eval/avg/accuracy" in got[key][2]]
-    assert len(evals) == 2 and item_scores(tmp_path / "ray", evals) == item_scores(smoke_root, evals) != {}
+    assert len(evals) == 1 and item_scores(tmp_path / "ray", evals) == item_scores(smoke_root, evals) != {}
     for key, (status, attempts, metrics, n_rows) in want.items():
         assert got[key][:2] == (status, attempts) == ("done", 1), key
         assert got[key][3] == n_rows, key  # every logged metric taken in once
