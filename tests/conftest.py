@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -37,15 +38,29 @@ ONE_THREAD = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "OPENBLAS_NUM_THRE
 
 @pytest.fixture(scope="session")
 def smoke_root(tmp_path_factory) -> Path:
-    """The smoke grid run once per session (every real stage, W&B offline), shared by the slow tests that
-    read it or compare another run of the same grid with it (the Ray executor, CPU load, a study that reuses
-    its runs, sharded trainers), all in tests/e2e/test_smoke_grid.py so that one xdist worker runs them. Tests
-    that add runs work on a copy (``copy_root``)."""
-    root = tmp_path_factory.mktemp("smoke") / "root"
-    res = run_cli("sweep", "run", "experiments/smoke.yaml", "--root", str(root), "--wandb", "offline", "-q",
-                  "--workers", "2", env=cli_env(PRISM_LAB_WANDB="offline", **ONE_THREAD), timeout=1800)
-    assert res.returncode == 0, res.stderr[-3000:]
+    """The smoke grid run once per test run (every real stage, W&B offline), also under pytest-xdist, shared by
+    the slow tests that read it or compare another run of the same grid with it (tests/e2e/test_smoke_*.py:
+    the Ray executor, CPU load, a study that reuses its runs, sharded trainers). Tests that add runs work on a
+    copy (``copy_root``)."""
+    from filelock import FileLock
+
+    shared = run_shared_dir(tmp_path_factory)
+    root = shared / "smoke" / "root"
+    with FileLock(str(shared / "smoke.lock")):  # under pytest-xdist the first worker runs it, the others wait
+        if not (root.parent / "done").is_file():
+            shutil.rmtree(root.parent, ignore_errors=True)
+            res = run_cli("sweep", "run", "experiments/smoke.yaml", "--root", str(root), "--wandb", "offline", "-q",
+                          "--workers", "2", env=cli_env(PRISM_LAB_WANDB="offline", **ONE_THREAD), timeout=1800)
+            assert res.returncode == 0, res.stderr[-3000:]
+            (root.parent / "done").write_text("ok\n")
     return root
+
+
+def run_shared_dir(tmp_path_factory) -> Path:
+    """A directory of this test run that every pytest-xdist worker sees (the run's temp root), for fixtures
+    built once per run behind a file lock."""
+    base = tmp_path_factory.getbasetemp()
+    return base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
 
 
 def copy_root(root: Path, dst: Path) -> Path:
@@ -59,11 +74,15 @@ def copy_root(root: Path, dst: Path) -> Path:
 #: The test files with the most work, in the order pytest-xdist hands them to its workers (``--dist loadfile
 #: --no-loadscope-reorder`` in pyproject.toml: a file's tests go to one worker, so its module and session fixtures
 #: are built once, and files go out in collection order): the longest first, so that none of them starts near the
-#: end and holds the whole run up. tests/e2e/test_smoke_grid.py holds every test that reads the smoke run.
+#: end and holds the whole run up. The smoke files wait for one worker's smoke run (``smoke_root``), then run
+#: side by side.
 LONG_FIRST = (
     "tests/e2e/test_smoke_grid.py",
     "tests/trainers/test_distributed.py",
+    "tests/e2e/test_smoke_sharded.py",
+    "tests/e2e/test_smoke_ray.py",
     "tests/harness/test_ray_executor.py",
+    "tests/e2e/test_smoke_tune.py",
     "tests/hostile/test_bad_data.py",
     "tests/tune/test_tune.py",
     "tests/harness/test_executor.py",

@@ -14,7 +14,6 @@ a tiny SFT checkpoint (``prism-lab sweep run --stages base,sft`` on a one-step g
 from __future__ import annotations
 
 import hashlib
-import os
 import resource
 import shutil
 import subprocess
@@ -26,7 +25,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.conftest import REPO, cli_env
+from tests.conftest import REPO, cli_env, run_shared_dir
 
 #: Rows of the tiny synthetic dataset every probe copies.
 SYNTH = {"n_sft_public": 8, "n_teacher": 4, "n_caption": 4, "n_instruct": 4, "n_rl": 4, "n_warmup": 4, "n_bench": 4,
@@ -122,8 +121,7 @@ def session(tmp_path_factory) -> Session:
     they change)."""
     from filelock import FileLock
 
-    base = tmp_path_factory.getbasetemp()
-    shared = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base  # pytest-N/popen-gwK -> pytest-N
+    shared = run_shared_dir(tmp_path_factory)
     d = shared / "hostile-session"
     with FileLock(str(shared / "hostile-session.lock")):
         if not (d / "built").is_file():
