@@ -6,6 +6,8 @@ rank runs the same stage code. This module is the one place that knows about tha
 * :func:`init_distributed` joins the process group torchrun describes (``RANK``, ``WORLD_SIZE``,
   ``LOCAL_RANK``): on GPUs NCCL with a gloo CPU backend beside it (``cpu:gloo,cuda:nccl``, so CPU-offloaded
   tensors can take part in collectives), gloo on CPU; and picks the rank's device (``cuda:LOCAL_RANK``).
+  Every collective waits at most :func:`collective_timeout` (``$PRISM_LAB_COLLECTIVE_TIMEOUT_S``, default 2 hours:
+  torch's 10-minute default is shorter than rank 0 generating a warm-up's student answers while the others wait).
   Stage runs call it once, through :func:`prism_lab.trainers.recipe.start_run`.
 * :func:`shard_model` applies ``torch.distributed.fsdp.fully_shard`` (FSDP2) to every transformer
   block (the classes a Hugging Face model lists in ``_no_split_modules``: decoder layers and vision
@@ -20,6 +22,7 @@ The checkpoints of a sharded run (DCP resumable state, the gathered HF save) are
 from __future__ import annotations
 
 import contextlib
+import datetime
 import os
 import warnings
 from collections.abc import Iterator, Sequence
@@ -58,6 +61,27 @@ class DistEnv:
 
 SINGLE = DistEnv()
 
+#: The environment variable that sets how long a collective (a barrier included) waits for every rank, in seconds.
+COLLECTIVE_TIMEOUT_ENV = "PRISM_LAB_COLLECTIVE_TIMEOUT_S"
+#: Its default: 2 hours, room for rank 0's longest solo phase (generating and caching the warm-up's student
+#: answers with `student_source: policy`, or an eval's generations) while the other ranks wait on a barrier.
+DEFAULT_COLLECTIVE_TIMEOUT_S = 2 * 3600
+
+
+def collective_timeout(environ: dict[str, str] | None = None) -> datetime.timedelta:
+    """How long the process group's collectives wait: ``$PRISM_LAB_COLLECTIVE_TIMEOUT_S`` seconds (a positive
+    number), else :data:`DEFAULT_COLLECTIVE_TIMEOUT_S`. Anything else is a ConfigError naming the variable."""
+    raw = (os.environ if environ is None else environ).get(COLLECTIVE_TIMEOUT_ENV, "").strip()
+    if not raw:
+        return datetime.timedelta(seconds=DEFAULT_COLLECTIVE_TIMEOUT_S)
+    try:
+        seconds = float(raw)
+    except ValueError:
+        seconds = float("nan")
+    if not seconds > 0 or seconds == float("inf"):
+        raise ConfigError(f"${COLLECTIVE_TIMEOUT_ENV}: expected a positive number of seconds, got {raw!r}")
+    return datetime.timedelta(seconds=seconds)
+
 
 def env_world_size() -> int:
     """``WORLD_SIZE`` as torchrun sets it (1 when not under torchrun)."""
@@ -85,9 +109,11 @@ def init_distributed(expected_world_size: int | None = None) -> DistEnv:
         device = torch.device("cuda", local)
     else:
         device = torch.device("cpu")
+    timeout = collective_timeout()  # read before joining: a bad value fails every rank alike
     if not dist.is_initialized():
         # a CPU backend beside NCCL: CPU-offloaded tensors (and CPU objects) can take part in collectives
-        dist.init_process_group("cpu:gloo,cuda:nccl" if use_cuda else "gloo", device_id=device if use_cuda else None)
+        dist.init_process_group("cpu:gloo,cuda:nccl" if use_cuda else "gloo", device_id=device if use_cuda else None,
+                                timeout=timeout)
     return DistEnv(rank=rank, world_size=world, local_rank=local, device=device)
 
 
