@@ -60,6 +60,22 @@ class RLConfig(StrictModel, KeyStable):
         check_covers_processes(self.prompts_per_step, "prompts_per_step", self.resources)
         return self
 
+    @model_validator(mode="after")
+    def _overlong_buffer_fits_the_responses(self) -> RLConfig:
+        """DAPO's overlong buffer must fit in ``max_new_tokens``: checked when the grid is read, not when the
+        RL stage starts."""
+        from prism_lab.config.algorithms import ALGORITHM_PRESETS, resolve_algorithm
+        from prism_lab.errors import ConfigError
+
+        if self.algorithm in ALGORITHM_PRESETS:
+            buffer = resolve_algorithm(self.algorithm, self.algorithm_overrides).overlong_buffer
+            if buffer.enabled:
+                try:
+                    buffer.resolve_len(self.max_new_tokens)
+                except ConfigError as exc:
+                    raise ValueError(str(exc).replace("max_response_length", "max_new_tokens")) from None
+        return self
+
     @field_validator("algorithm_overrides")
     @classmethod
     def _check_overrides(cls, value: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:

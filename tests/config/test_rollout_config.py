@@ -71,3 +71,12 @@ def test_the_rollout_code_takes_the_settings_whole():
     sample_rollouts(eng, ["p1", "p2"], AlignConfig(n=4, temperature=0.5, top_p=0.8, max_new_tokens=7).rollout(), seed=1)
     assert eng.kw == dict(n=4, max_new_tokens=7, temperature=0.5, top_p=0.8, do_sample=True, seed=1,
                           return_logprobs=True, batch_size=64)
+
+
+def test_an_overlong_buffer_longer_than_the_responses_is_refused_when_the_config_is_read():
+    import pydantic
+
+    with pytest.raises(pydantic.ValidationError, match="overlong_buffer.len=4096 exceeds max_new_tokens=64"):
+        RLConfig(algorithm="dapo", max_new_tokens=64)
+    assert RLConfig(algorithm="dapo", max_new_tokens=64, algorithm_overrides={"overlong_buffer": {"len": 32}})
+    assert RLConfig(algorithm="grpo", max_new_tokens=64)  # no buffer
