@@ -113,9 +113,14 @@ def test_presets_run_with_finite_metrics(tok, examples, algorithm, overrides):
 
 
 def test_dapo_overlong_buffer_must_fit(tok, examples):
+    import pydantic
+
+    with pytest.raises(pydantic.ValidationError, match="len_ratio"):
+        _cfg("dapo")  # refused when the grid is read (4096 > max_new_tokens 8)
     model, proc = _policy(tok)
-    with pytest.raises(ConfigError, match="len_ratio"):
-        train_rl(model, proc, examples, _cfg("dapo"), score_fn=parity_score)
+    unchecked = _cfg("grpo").model_copy(update={"algorithm": "dapo"})  # built without validation
+    with pytest.raises(ConfigError, match="len_ratio"):  # the trainer keeps its own check
+        train_rl(model, proc, examples, unchecked, score_fn=parity_score)
 
 
 def test_dynamic_sampling_gives_up_with_a_clear_error(tok, examples):
