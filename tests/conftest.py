@@ -6,6 +6,7 @@ import os
 import shutil
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -42,31 +43,34 @@ def smoke_root(tmp_path_factory) -> Path:
     the slow tests that read it or compare another run of the same grid with it (tests/e2e/test_smoke_*.py:
     the Ray executor, CPU load, a study that reuses its runs, sharded trainers). Tests that add runs work on a
     copy (``copy_root``)."""
+    def build(d: Path) -> None:
+        res = run_cli("sweep", "run", "experiments/smoke.yaml", "--root", str(d / "root"), "--wandb", "offline", "-q",
+                      "--workers", "2", env=cli_env(PRISM_LAB_WANDB="offline", **ONE_THREAD), timeout=1800)
+        assert res.returncode == 0, res.stderr[-3000:]
+
+    return built_once(tmp_path_factory, "smoke", build) / "root"
+
+
+def built_once(tmp_path_factory, name: str, build: Callable[[Path], None]) -> Path:
+    """The directory ``name`` of this test run, made by ``build(directory)`` once per run, also under
+    pytest-xdist: the first worker that asks builds it in the run's temp root (every worker sees it) while the
+    others wait on a file lock; a build that failed is redone by the next one that asks."""
     from filelock import FileLock
 
-    shared = run_shared_dir(tmp_path_factory)
-    root = shared / "smoke" / "root"
-    with FileLock(str(shared / "smoke.lock")):  # under pytest-xdist the first worker runs it, the others wait
-        if not (root.parent / "done").is_file():
-            shutil.rmtree(root.parent, ignore_errors=True)
-            res = run_cli("sweep", "run", "experiments/smoke.yaml", "--root", str(root), "--wandb", "offline", "-q",
-                          "--workers", "2", env=cli_env(PRISM_LAB_WANDB="offline", **ONE_THREAD), timeout=1800)
-            assert res.returncode == 0, res.stderr[-3000:]
-            (root.parent / "done").write_text("ok\n")
-    return root
-
-
-def run_shared_dir(tmp_path_factory) -> Path:
-    """A directory of this test run that every pytest-xdist worker sees (the run's temp root), for fixtures
-    built once per run behind a file lock."""
     base = tmp_path_factory.getbasetemp()
-    return base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+    shared = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base  # pytest-N/popen-gwK -> pytest-N
+    d = shared / name
+    with FileLock(str(shared / f"{name}.lock")):
+        if not (d / ".built").is_file():
+            shutil.rmtree(d, ignore_errors=True)
+            d.mkdir()
+            build(d)
+            (d / ".built").write_text("ok\n")
+    return d
 
 
 def copy_root(root: Path, dst: Path) -> Path:
     """A private copy of a finished root (its ledger and run directories; artifact paths are relative)."""
-    import shutil
-
     shutil.copytree(root, dst)
     return dst
 

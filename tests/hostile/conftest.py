@@ -25,7 +25,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.conftest import REPO, cli_env, run_shared_dir
+from tests.conftest import REPO, built_once, cli_env
 
 #: Rows of the tiny synthetic dataset every probe copies.
 SYNTH = {"n_sft_public": 8, "n_teacher": 4, "n_caption": 4, "n_instruct": 4, "n_rl": 4, "n_warmup": 4, "n_bench": 4,
@@ -119,16 +119,7 @@ def session(tmp_path_factory) -> Session:
     """Built once per test run, also under pytest-xdist: the first worker that needs it builds it in the run's
     shared temp directory while the others wait on a file lock, then every worker reads it (tests copy what
     they change)."""
-    from filelock import FileLock
-
-    shared = run_shared_dir(tmp_path_factory)
-    d = shared / "hostile-session"
-    with FileLock(str(shared / "hostile-session.lock")):
-        if not (d / "built").is_file():
-            shutil.rmtree(d, ignore_errors=True)
-            d.mkdir()
-            _build_session(d)
-            (d / "built").write_text("ok\n")
+    d = built_once(tmp_path_factory, "hostile-session", _build_session)
     models = sorted((d / "root" / "runs" / "sft").glob("*/model"))
     return Session(dir=d, data=d / "data", checkpoint=models[0], root=d / "root")
 
