@@ -2,15 +2,52 @@
 
 from __future__ import annotations
 
-from pydantic import Field
+import re
 
-from prism_lab.config.base import Seed, StrictModel, registered_name
+from pydantic import Field, ValidationInfo, field_validator
+
+from prism_lab.config.base import KeyStable, Seed, StrictModel, registered_name
 
 EvalBackendName = registered_name("prism_lab.eval.backends", "EVAL_BACKENDS", "eval backend", ("register_backend",))
 
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
-class EvalConfig(StrictModel):
+
+class JudgeSettings(StrictModel):
+    """An OpenAI-compatible chat-completions endpoint asked about the answers the rule judge did not accept (the
+    paper's protocol: a served Qwen2.5-32B-Instruct, binary verdict on the full response; prism_lab/eval/judge.py)."""
+
+    url: str = Field(description="Base URL of the endpoint, e.g. `http://127.0.0.1:8000/v1` (it serves `/models` "
+                     "and `/chat/completions`).")
+    model: str = Field(min_length=1, description="The served model name to ask (it must be listed by `/models`).")
+    api_key_env: str | None = Field(
+        None, description="Name of the environment variable holding the API key (None: no key is sent).")
+    timeout_s: float = Field(60.0, gt=0, le=3600, description="Seconds to wait for one answer.")
+    retries: int = Field(2, ge=0, le=10, description="Tries after the first when the endpoint cannot be reached, "
+                         "times out or answers 429/5xx.")
+
+    @field_validator("url")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        from urllib.parse import urlsplit
+
+        parts = urlsplit(value.strip())
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"expected an http(s) base URL such as http://127.0.0.1:8000/v1, got {value!r}")
+        return value.strip().rstrip("/")
+
+    @field_validator("api_key_env")
+    @classmethod
+    def _env_name(cls, value: str | None) -> str | None:
+        if value is not None and not _ENV_NAME.fullmatch(value):
+            raise ValueError(f"expected the name of an environment variable (letters, digits, _), got {value!r}")
+        return value
+
+
+class EvalConfig(StrictModel, KeyStable):
     """Generation and scoring settings; predictions are cached per (checkpoint, benchmark, settings)."""
+
+    added_fields = ("judge",)
 
     benchmarks: list[str] = Field(default_factory=list, description="Benchmark names (benchmarks/*.yaml).")
     backend: EvalBackendName = Field(
@@ -37,3 +74,16 @@ class EvalConfig(StrictModel):
     drift_max_new_tokens: int = Field(
         64, ge=1, description="Length of the base's samples (KL from base) and of the checkpoint's responses "
         "(discriminator gaps).")
+    judge: JudgeSettings | None = Field(
+        None, description="The model judge asked about every answer of a TSV benchmark the rule judge did not accept "
+        "(builtin backend; None: rule scoring only). Its model and served version enter each benchmark's evaluation "
+        "fingerprint.")
+
+    @field_validator("judge")
+    @classmethod
+    def _judge_needs_builtin(cls, value: JudgeSettings | None, info: ValidationInfo) -> JudgeSettings | None:
+        backend = info.data.get("backend", "builtin")
+        if value is not None and backend != "builtin":
+            raise ValueError(f"applies to the builtin backend's scoring only, not {backend!r} (VLMEvalKit reads "
+                             "PRISM_JUDGE_URL in its worker: docs/vlmevalkit.md)")
+        return value

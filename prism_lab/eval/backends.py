@@ -126,6 +126,8 @@ class EvalBackend:
     """
 
     name = "base"
+    #: The model judge of this backend's answers (``prism_lab.eval.judge.JudgeClient``; None: rule scoring only).
+    judge: Any = None
 
     def __init__(self, *, batch_size: int = 16, prompting: Prompting | None = None, threads: int | None = None,
                  log: Any = None, progress: bool = True) -> None:
@@ -161,7 +163,7 @@ class EvalBackend:
 
     def judge_identity(self) -> tuple[str | None, str | None]:
         """(the model judge scoring this backend's answers, its version); (None, None): rule scoring only."""
-        return None, None
+        return self.judge.identity() if self.judge is not None else (None, None)
 
 
 # ----------------------------------------------------------------------------------------------- registry

@@ -5,7 +5,8 @@ For every benchmark: read its TSV, resolve the generation settings (YAML overrid
 look the predictions up in the cache, generate and score on a miss, then write
 ``<out_dir>/predictions/<benchmark>.jsonl``. ``<out_dir>/results.json`` collects per-benchmark metrics,
 settings, cache keys and evaluation fingerprints (``prism_lab.eval.fingerprint``; also under
-``"fingerprints"``); the returned dict has the same content, with flat ledger metrics under
+``"fingerprints"``) and, when ``eval.judge`` is set, the model judge (``"judge"``: its model, served version,
+calls; ``prism_lab.eval.judge``: asked about every answer the rule did not accept); the returned dict has the same content, with flat ledger metrics under
 ``"metrics"``::
 
     eval/<bench>/accuracy, eval/<bench>/format_rate, eval/<bench>/n, eval/<bench>/mean_response_tokens,
@@ -37,6 +38,7 @@ from prism_lab.eval.baselines import chance, majority
 from prism_lab.prompts import Prompting
 from prism_lab.eval.benchmarks import RETENTION_GROUP, BenchmarkSpec, load_benchmark
 from prism_lab.eval.fingerprint import benchmark_fingerprint
+from prism_lab.eval.judge import VERDICT_CACHE_DIR, JudgeClient, judge_rows
 from prism_lab.eval.predictions import PredictionCache, cache_key, file_sha256, write_json_atomic, write_jsonl_atomic
 
 __all__ = ["RESULTS_FILE", "PREDICTIONS_DIR", "benchmark_tsv", "checkpoint_fingerprint", "evaluate_checkpoint", "main"]
@@ -246,12 +248,15 @@ def evaluate_checkpoint(
     ckpt_key = checkpoint_key or checkpoint_fingerprint(checkpoint_dir)
     prompting = prompting or Prompting.from_checkpoint(checkpoint_dir)
     backends: dict[str, Any] = {}
+    judge = _judge_client(cfg, cache_dir)  # asks the endpoint which model it serves: fails before any generation
 
     def backend_for(name: str):
         if name not in backends:
             extra = {"bench_dir": bench_dir} if name == "lmeval" else {}
             backends[name] = get_backend_class(name)(batch_size=cfg.batch_size, prompting=prompting,
                                                      threads=cfg.threads, log=log, progress=progress, **extra)
+            if name == "builtin":
+                backends[name].judge = judge
         return backends[name]
 
     cache = PredictionCache(cache_dir) if cache_dir is not None else None
@@ -272,6 +277,8 @@ def evaluate_checkpoint(
                 skipped[spec.name] = str(e)
                 _emit(log, f"eval {spec.name}: skipped ({e})")
                 continue
+            if judge is not None and result.backend == "builtin" and spec.kind != "lmeval":
+                result.rows = judge_rows(result.rows, judge)
             m = result.metrics
             if out is not None:
                 write_jsonl_atomic(out / PREDICTIONS_DIR / f"{spec.name}.jsonl", result.rows)
@@ -297,6 +304,7 @@ def evaluate_checkpoint(
         "config": cfg.model_dump(),
         "benchmarks": per_bench,
         "fingerprints": {name: b["fingerprint"] for name, b in per_bench.items()},
+        "judge": judge.summary() if judge is not None else None,
         "skipped": skipped,
         "avg": {"accuracy": _finite(metrics.get("eval/avg/accuracy", math.nan)),
                 "format_rate": _finite(metrics.get("eval/avg/format_rate", math.nan))},
@@ -308,6 +316,15 @@ def evaluate_checkpoint(
     if out is not None:
         write_json_atomic(out / RESULTS_FILE, {k: v for k, v in results.items() if k not in ("items", "samples")})
     return results
+
+
+def _judge_client(cfg: EvalConfig, cache_dir: str | Path | None) -> JudgeClient | None:
+    """The configured model judge (``cfg.judge``), its identity already asked (None: rule scoring only)."""
+    if cfg.judge is None:
+        return None
+    judge = JudgeClient(cfg.judge, cache_dir=Path(cache_dir) / VERDICT_CACHE_DIR if cache_dir is not None else None)
+    judge.identity()
+    return judge
 
 
 class _Skip(Exception):

@@ -5,7 +5,8 @@ its catalog's ``bench_dir`` holds the benchmark TSVs). Writes ``predictions/<ben
 ``results.json`` into the run directory, logs ``eval/<bench>/{accuracy,format_rate,n,...}`` and
 ``eval/avg/accuracy`` at step 0, and returns the same metrics as the run's summary; every item's score
 goes to the ledger's ``item_scores`` (the report's paired item bootstrap), each benchmark's evaluation
-fingerprint to run.json (``eval_fingerprints``) and to the ledger (an ``eval_fingerprint`` event; see
+fingerprint to run.json (``eval_fingerprints``; the model judge's model, version and calls under ``judge``) and to
+the ledger (an ``eval_fingerprint`` event; see
 ``prism_lab.eval.fingerprint``), and the drift measurements
 (``drift/*``, ``stages/drift.py``) are logged with the benchmark metrics. Predictions are cached under
 ``<root>/cache/predictions`` (see ``prism_lab.eval.predictions``).
@@ -70,6 +71,8 @@ def run(ctx: StageContext) -> dict:
         ctx.ledger.log_item_scores(ctx.key, bench, scores)
     ctx.ledger.event(FINGERPRINT_EVENT, json.dumps(results["fingerprints"], sort_keys=True), run_key=ctx.key)
     ctx.record["eval_fingerprints"] = results["fingerprints"]
+    if results.get("judge") is not None:
+        ctx.record["judge"] = results["judge"]
     for bench, rows in results["samples"].items():
         ctx.tracker.log_table(f"eval_samples/{bench}", ["index", "prompt", "image", "response", "score"],
                               [[r["index"], r["prompt"], r["image"], r["response"], r["score"]] for r in rows])
