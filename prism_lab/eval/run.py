@@ -255,8 +255,7 @@ def evaluate_checkpoint(
             extra = {"bench_dir": bench_dir} if name == "lmeval" else {}
             backends[name] = get_backend_class(name)(batch_size=cfg.batch_size, prompting=prompting,
                                                      threads=cfg.threads, log=log, progress=progress, **extra)
-            if name == "builtin":
-                backends[name].judge = judge
+            backends[name].judge = judge if name == "builtin" else None
         return backends[name]
 
     cache = PredictionCache(cache_dir) if cache_dir is not None else None
@@ -277,8 +276,6 @@ def evaluate_checkpoint(
                 skipped[spec.name] = str(e)
                 _emit(log, f"eval {spec.name}: skipped ({e})")
                 continue
-            if judge is not None and result.backend == "builtin" and spec.kind != "lmeval":
-                result.rows = judge_rows(result.rows, judge)
             m = result.metrics
             if out is not None:
                 write_jsonl_atomic(out / PREDICTIONS_DIR / f"{spec.name}.jsonl", result.rows)
@@ -327,6 +324,11 @@ def _judge_client(cfg: EvalConfig, cache_dir: str | Path | None) -> JudgeClient 
     return judge
 
 
+def _judged(backend: Any, spec: BenchmarkSpec, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """``rows`` with the backend's model judge's verdicts on the answers the rule did not accept (if it has one)."""
+    return judge_rows(rows, backend.judge) if backend.judge is not None and spec.kind != "lmeval" else rows
+
+
 class _Skip(Exception):
     """A benchmark that cannot run here (an lm-eval task without its data offline)."""
 
@@ -354,7 +356,7 @@ def _run_one(spec: BenchmarkSpec, cfg: EvalConfig, path: Path | None, sha: str, 
     cached_rows = cache.get(key) if cache is not None else None
     if cached_rows is not None:
         try:
-            rows = backend.rescore(spec, items, cached_rows)
+            rows = _judged(backend, spec, backend.rescore(spec, items, cached_rows))
             _emit(log, f"eval {spec.name}: {len(rows)} predictions from the cache ({key[:12]})")
             return BenchmarkResult(spec.name, rows, settings, backend.name, cached=True), key, len(noimg), items
         except (KeyError, ValueError) as e:
@@ -375,6 +377,7 @@ def _run_one(spec: BenchmarkSpec, cfg: EvalConfig, path: Path | None, sha: str, 
             "file_sha256": sha, "settings": settings.to_dict(), "prompting": prompting.to_dict(),
             "backend": backend.name, "n": len(result.rows), "created_at": time.time(),
         })
+    result.rows = _judged(backend, spec, result.rows)  # after the cache: it keeps the rule's scores only
     return result, key, len(noimg), items
 
 

@@ -29,6 +29,7 @@ from prism_lab.report.paper import canonical_column
 from prism_lab.report.drift import DriftPoint, drift_chains, plot_drift
 from prism_lab.report.plots import plot_curves, plot_deltas
 from prism_lab.report.protocol import mixed_lines, render_fingerprints, sweep_fingerprints
+from prism_lab.report.protocol_table import protocol_deltas, render_protocol_table
 from prism_lab.report.deltas import Delta, build_deltas, deltas_frame
 from prism_lab.report.tables import (
     Baseline,
@@ -156,7 +157,10 @@ def build_report(ledger_root: str | Path, sweep_name_or_grid_path: str | Path,
     created = not claimed.path.exists()
     staging = make_staging(claimed)
     try:
-        written = _write_files(rep, flags, staging, render_fingerprints(prints, data.benchmarks))
+        checkpoint_of = {k: data.runs[k].inputs.get("checkpoint", "") for k in prints}
+        protocols = render_protocol_table(protocol_deltas(prints, data.items, checkpoint_of))
+        written = _write_files(rep, flags, staging,
+                               "\n".join(p for p in (render_fingerprints(prints, data.benchmarks), protocols) if p))
         publish(claimed, staging, sweep=data.name)
     finally:
         discard(claimed, staging, created=created)

@@ -46,6 +46,9 @@ def _sweep(tmp_path: Path, name: str, **axes) -> tuple[Path, Path]:
             ledger.log_metrics(run.key, 0, {**{f"eval/{b}/accuracy": 0.5 for b in cfg.benchmarks},
                                             "eval/avg/accuracy": 0.5})
             ledger.event(FINGERPRINT_EVENT, json.dumps(prints), run_key=run.key)
+            for b in cfg.benchmarks:  # 4 items: all right with 16 new tokens, only the first with fewer
+                ledger.log_item_scores(run.key, b, {f"i{i}": float(i == 0 or cfg.max_new_tokens == 16)
+                                                    for i in range(4)})
         ledger.mark_done(run.key, str(tmp_path / "art" / run.key[:16]))
     ledger.close()
     return grid, root
@@ -73,12 +76,19 @@ def test_status_and_report_flag_a_benchmark_evaluated_under_two_fingerprints(tmp
     assert res.exit_code == 0, res.output
     assert _warnings(res.stderr) == lines
     text = (tmp_path / "out" / "report.md").read_text()
-    section = text[text.index("## Evaluation fingerprints"):]
+    section = text[text.index("## Evaluation fingerprints"):].split("\n## ")[0]
     rows = [r for r in section.splitlines() if r.startswith(f"| {benches[0]} |")]
     assert len(rows) == 2 and "max_new_tokens 8" in "".join(rows) and "max_new_tokens 16" in "".join(rows)
     assert all("(5 of 10 runs)" in r for r in rows)  # per value: eval of base, sft, align and 2 rl checkpoints
     warnings = text[text.index("## Warnings"):]
     assert all(line.removeprefix("warning: ") in warnings for line in lines)
+    # the protocol table: the 5 checkpoints (base, sft, align, 2 rl) each scored under both, 16 − 8 per item
+    # (0, 1, 1, 1) -> +75 points; the reference is the smaller hash (5 runs each)
+    section = text[text.index("## Evaluation protocols"):].split("\n## ")[0]
+    rows = [r for r in section.splitlines() if r.startswith("| ") and "Benchmark" not in r and "---" not in r]
+    assert [r.split(" | ")[0].removeprefix("| ") for r in rows] == benches
+    for r in rows:
+        assert "decoding.max_new_tokens" in r and "| 5 | 4 |" in r and ("+75.0" in r or "-75.0" in r)
 
 
 def test_one_protocol_is_shown_and_not_flagged(tmp_path, monkeypatch):
@@ -93,4 +103,5 @@ def test_one_protocol_is_shown_and_not_flagged(tmp_path, monkeypatch):
     section = text[text.index("## Evaluation fingerprints"):].split("\n## ")[0]
     bench = planning.load_grid(grid).spec.benchmarks[0]
     (row,) = [r for r in section.splitlines() if r.startswith(f"| {bench} |")]
+    assert "## Evaluation protocols" not in text
     assert "runs)" not in row and "builtin" in row and "| hf |" in row and "max_new_tokens 96, greedy, limit 16" in row
