@@ -31,17 +31,22 @@ PROMPTS, SAMPLES, MAX_PROMPT, MAX_NEW = 4, 2, 256, 16
 TOKENIZER_VOCAB = 400
 
 
+#: Policies by name: a tiny preset, or a hub model's dimensions built at random (no download).
+POLICIES = {"tiny": "tiny-xs", "2b": "qwen3-vl-2b", "4b": "qwen3-vl-4b"}
+
+
 def policy_preset(name: str):
-    """The ModelPreset a policy name builds: ``tiny`` (tiny-xs) or ``2b`` (Qwen3-VL-2B's dims, random init)."""
+    """The ModelPreset a policy name builds: ``tiny`` (tiny-xs), or ``2b`` / ``4b``: Qwen3-VL-2B / 4B's dimensions
+    as a random-init preset with the test tokenizer's small vocabulary."""
     from prism_lab.models.presets import PRESETS
 
-    if name == "tiny":
-        return PRESETS.get("tiny-xs")
-    if name == "2b":
-        hub = PRESETS.get("qwen3-vl-2b")
-        return dataclasses.replace(hub, name="qwen3-vl-2b-shaped", family="tiny", hub_id=None,
-                                   description="Qwen3-VL-2B dims, random init, small test vocabulary")
-    raise ValueError(f"policy must be tiny or 2b, got {name!r}")
+    if name not in POLICIES:
+        raise ValueError(f"policy must be one of {sorted(POLICIES)}, got {name!r}")
+    preset = PRESETS.get(POLICIES[name])
+    if preset.family == "tiny":
+        return preset
+    return dataclasses.replace(preset, name=f"{preset.name}-shaped", family="tiny", hub_id=None,
+                               description=f"{preset.name}'s dimensions, random init, small test vocabulary")
 
 
 def tokenizer():
