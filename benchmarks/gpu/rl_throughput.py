@@ -171,7 +171,10 @@ def worker_trl(spec: dict) -> None:
         return [toy_reward(c[0]["content"] if isinstance(c, list) else c) for c in completions]
 
     class Timer(TrainerCallback):
-        times: list[float] = []
+        """Wall time of each optimizer step (its generation included) and the logged mean completion length."""
+
+        def __init__(self) -> None:
+            self.t0, self.times, self.lengths = 0.0, [], []
 
         def on_step_begin(self, a, state, control, **kw):
             self.t0 = time.perf_counter()
@@ -179,21 +182,16 @@ def worker_trl(spec: dict) -> None:
         def on_step_end(self, a, state, control, **kw):
             self.times.append(time.perf_counter() - self.t0)
 
+        def on_log(self, a, state, control, logs=None, **kw):
+            if logs and "completions/mean_length" in logs:
+                self.lengths.append(float(logs["completions/mean_length"]))
+
     timer = Timer()
     trainer = GRPOTrainer(model=model, reward_funcs=[reward], args=GRPOConfig(**trl_config_kwargs(
         args, spec["world"], str(out / "trl_out"))), train_dataset=ds, processing_class=proc, callbacks=[timer])
-    lengths: list[float] = []
-    original_log = trainer.log
-
-    def log(logs, *a, **kw):
-        if "completions/mean_length" in logs:
-            lengths.append(float(logs["completions/mean_length"]))
-        return original_log(logs, *a, **kw)
-
-    trainer.log = log
     trainer.train()
     if trainer.accelerator.is_main_process:
-        _write(out, "trl", timer.times[args.warmup:], lengths[args.warmup:],
+        _write(out, "trl", timer.times[args.warmup:], timer.lengths[args.warmup:],
                args.prompts_per_gpu * spec["world"] * args.n)
 
 
