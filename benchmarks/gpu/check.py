@@ -1,187 +1,152 @@
-"""GPU check: the smoke grid in bf16 on one GPU, a 2-GPU FSDP step, and the vLLM rollout engine.
+"""GPU check: the paper grid's stages on the GPUs and the colocated vLLM engine, in one table, in under 5 minutes.
 
-    python benchmarks/gpu/check.py [--out DIR] [--timeout 1800]
+    python benchmarks/gpu/check.py [--out DIR] [--budget 285] [--util 0.3] [--rollout-engine hf|vllm]
+    python benchmarks/gpu/check.py --dry-run [--gpus 8] [--memory-gb 80]     # CPU: configs and plans only
 
-For a machine with CUDA (run it from the repository root in the environment prism-lab is installed
-in; `pip install -e ".[gpu]"` adds vLLM and flash-attn). Prints one line per check:
+Run it from the repository root after the README's set-up and ``pip install -e ".[gpu]"`` (vLLM, flash-attn).
+Nothing is downloaded (every model is a random-init preset). One table, one row per check:
 
-    PASS|FAIL|SKIP  <check>  <figures or reason>
+* ``a <stage>`` (issue #31 item 6): ``experiments/paper-cpu.yaml``'s shapes on the GPUs: tiny models, bf16,
+  NCCL with as many processes as GPUs (at most the paper's), the paper's checkpointing and offload; the stage
+  runs sft, disc_warmup, align, rl (grpo, dapo, gspo) and one eval, each through the stage's own process as
+  ``sweep run`` starts it (benchmarks/gpu/grid_stages.py). Measured: the peak of ``torch.cuda``'s allocated
+  memory over the ranks; planned: the memory planner's figure for the same run (``sweep plan --resources``).
+* ``b vllm <policy> x<N> proc`` (issue #32 item 5): the colocated vLLM engine (benchmarks/gpu/colocate_rows.py)
+  for the tiny and a 2B-shaped policy, on 1 process and on every GPU: max |log-prob delta| vLLM vs the policy
+  after a weight sync, and the peak GPU memory of a training step with the engine asleep (measured column)
+  and awake (no sleep mode), each against the planner.
+* ``vllm eval engine``: the plain engine of evaluation and the warm-up, when time is left.
 
-* ``cuda``: devices, memory, bf16 support and the attention kernel the models will use (sdpa or
-  flash_attention_2).
-* ``smoke-grid``: ``experiments/smoke.yaml`` with every training stage on GPU 0 in bf16 (resources
-  gpus 1, param_dtype bf16) through ``prism-lab sweep run --gpus 0``; reports the wall time and the
-  device and precision the SFT run recorded.
-* ``fsdp-2gpu`` (2 GPUs or more): ``tests/dist/worker.py`` trains tiny-xs SFT for 4 steps on 1 GPU and
-  on 2 GPUs under torchrun (NCCL, bf16 compute), gathers both into HF checkpoints and reports the
-  largest weight difference between them (bf16: expect about 1e-3, not 0).
-* ``fsdp-rl-2gpu`` (2 GPUs or more): the same for 2 RL steps (2 ranks roll out their prompts).
-* ``vllm`` (vllm importable): a tiny-xs checkpoint served by the vLLM engine generates 4 prompts x 2.
-* ``vllm-colocated`` (vllm importable): ``benchmarks/gpu/colocate_check.py`` under torchrun on 1 GPU and (2 GPUs
-  or more) on every GPU: one colocated engine per rank built from a tiny-xs checkpoint, synced from moved
-  weights, rolls out through prism_lab.rollout.colocate; reports the max |log-prob delta| between vLLM and the
-  policy on the sampled tokens (a sync that did not happen shows as a large delta) and the GPU memory used
-  with the engine asleep and awake.
-Logs of every check go to ``--out``. Exit code: 0 when nothing failed.
+A row ends ``ok``, ``failed`` with the error's line, or ``skipped`` with the reason; no row stops the table. The
+wall-clock guard (``--budget`` seconds in all; part (a) gets at most half) kills a row that runs past it and
+skips the rows that no longer fit. Without a CUDA device, or with ``--dry-run``, every row's config and plan
+are built and the table prints with ``skipped`` (tests/benchmarks/test_gpu_scripts.py runs that on CPU).
+Logs go to ``--out`` (default: a temporary directory). Exit code 1 when a row failed, else 0.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(REPO))
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+from benchmarks.gpu import colocate_rows, grid_stages  # noqa: E402
+from benchmarks.gpu.rows import Guard, Row, base_env, format_table, log_error, one_line, run_process  # noqa: E402
+
+#: Share of the budget part (a) may use; part (b) gets the rest.
+STAGES_SHARE = 0.5
 
 
-def line(status: str, check: str, detail: str) -> bool:
-    print(f"{status:<5} {check:<13} {detail}", flush=True)
-    return status != "FAIL"
-
-
-def sh(cmd: list[str], log: Path, timeout: float, env: dict | None = None) -> tuple[int, float]:
-    t0 = time.time()
-    with open(log, "w") as fh:
-        try:
-            rc = subprocess.run(cmd, stdout=fh, stderr=subprocess.STDOUT, cwd=REPO, timeout=timeout,
-                                env={**os.environ, "PYTHONPATH": str(REPO), "PRISM_LAB_WANDB": "disabled",
-                                     **(env or {})}).returncode
-        except subprocess.TimeoutExpired:
-            rc = 124
-    return rc, time.time() - t0
-
-
-def check_cuda() -> tuple[bool, int]:
+def detect_gpus() -> tuple[int, float, str] | None:
+    """(count, GB of the smallest, description) of the visible CUDA devices; None without any."""
     import torch
 
+    if not torch.cuda.is_available() or torch.cuda.device_count() == 0:
+        return None
     from prism_lab.models.attention import choose_attn_implementation
 
-    if not torch.cuda.is_available():
-        line("FAIL", "cuda", f"torch {torch.__version__}: no CUDA device visible")
-        return False, 0
     n = torch.cuda.device_count()
-    names = ", ".join(f"{torch.cuda.get_device_name(i)} {torch.cuda.get_device_properties(i).total_memory / 2**30:.0f} GiB"
-                      for i in range(n))
-    line("PASS", "cuda", f"{n} GPU(s): {names}; bf16 {torch.cuda.is_bf16_supported()}; attention "
-         f"{choose_attn_implementation('cuda')}; torch {torch.__version__} CUDA {torch.version.cuda}")
-    return True, n
+    props = [torch.cuda.get_device_properties(i) for i in range(n)]
+    gb = min(p.total_memory for p in props) / 1e9
+    desc = (f"{n} x {props[0].name} ({gb:.0f} GB); bf16 {torch.cuda.is_bf16_supported()}; attention "
+            f"{choose_attn_implementation('cuda')}; torch {torch.__version__}, CUDA {torch.version.cuda}")
+    return n, gb, desc
 
 
-def check_smoke(out: Path, timeout: float) -> bool:
-    grid = out / "smoke_gpu.yaml"
-    gpu = "{gpus: 1, processes: 1, param_dtype: bf16}"
-    grid.write_text(f"extends: {REPO / 'experiments' / 'smoke.yaml'}\nname: smoke-gpu\nstages:\n"
-                    + "".join(f"  {k}:\n    resources: {gpu}\n" for k in ("sft", "disc_warmup", "align", "rl")))
-    root = out / "smoke_root"
-    rc, dt = sh([sys.executable, "-m", "prism_lab.cli", "sweep", "run", str(grid), "--root", str(root), "--gpus", "0",
-                 "-q"], out / "smoke.log", timeout)
-    if rc != 0:
-        return line("FAIL", "smoke-grid", f"sweep run exited {rc} after {dt:.0f} s; see {out / 'smoke.log'}")
-    runs = [json.loads(p.read_text()) for p in (root / "runs" / "sft").glob("*/run.json")]
-    summary = runs[0]["summary"] if runs else {}
-    return line("PASS", "smoke-grid", f"{dt:.0f} s; sft on {summary.get('device')} with mixed precision "
-                f"{summary.get('mixed_precision')}, {summary.get('samples_per_s', 0):.0f} samples/s")
+def vllm_eval_row(out: Path, guard: Guard) -> Row:
+    """The plain vLLM engine (evaluation, warm-up): a tiny checkpoint generates 4 prompts x 2 with log-probs."""
+    row = Row("vllm eval engine")
+    if (missing := colocate_rows.vllm_missing()):
+        row.status = f"skipped: {missing}"
+        return row
+    if not guard.allows(45.0):
+        row.status = f"skipped: wall-clock guard ({max(0.0, guard.left()):.0f} s left)"
+        return row
+    code = ("import sys; from pathlib import Path; from benchmarks.gpu.colocate_check import tokenizer;"
+            "from prism_lab.models import build_tiny_policy, save_policy; from prism_lab.rollout import Prompt;"
+            "from prism_lab.rollout.vllm import VLLMEngine;"
+            "m, p = build_tiny_policy('tiny-xs', tokenizer(), seed=0); d = save_policy(m, p, Path(sys.argv[1]));"
+            "e = VLLMEngine(d, p, max_model_len=272);"
+            "r = e.generate([Prompt(messages=[{'role': 'user', 'content': f'add {i} .'}]) for i in range(4)], n=2,"
+            " max_new_tokens=16, seed=0, return_logprobs=True);"
+            "assert len(r) == 8 and all(x.logprobs is not None and len(x.logprobs) == len(x.token_ids) for x in r)")
+    log = out / "logs" / "vllm-eval.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    rc, row.seconds = run_process([sys.executable, "-c", code, str(out / "vllm_eval_ckpt")], log, guard.left(),
+                                  base_env({"CUDA_VISIBLE_DEVICES": "0", "VLLM_ENABLE_V1_MULTIPROCESSING": "0"}))
+    row.status = "ok" if rc == 0 else f"failed: {log_error(log)}"
+    return row
 
 
-def _max_diff(a_dir: Path, b_dir: Path) -> float:
-    from safetensors.torch import load_file
-
-    a, b = load_file(str(a_dir / "weights.safetensors")), load_file(str(b_dir / "weights.safetensors"))
-    return max(float((a[k].float() - b[k].float()).abs().max()) for k in a)
-
-
-def check_fsdp(out: Path, mode: str, timeout: float) -> bool:
-    name = f"fsdp-{mode}-2gpu" if mode == "rl" else "fsdp-2gpu"
-    args = [str(REPO / "tests" / "dist" / "worker.py"), mode]
-    extra = ["--steps", "2"] if mode == "rl" else []
-    res = {}
-    for n in (1, 2):
-        d = out / f"{mode}{n}"
-        rc, dt = sh([sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={n}", *args,
-                     str(d), *extra], out / f"{mode}{n}.log", timeout,
-                    env={"CUDA_VISIBLE_DEVICES": ",".join(str(i) for i in range(n))})
-        if rc != 0:
-            return line("FAIL", name, f"{n} GPU(s) exited {rc}; see {out / f'{mode}{n}.log'}")
-        res[n] = (d, dt)
-    ok = (res[2][0] / "hf" / "model.safetensors").is_file()
-    diff = _max_diff(res[1][0], res[2][0])
-    return line("PASS" if ok else "FAIL", name, f"1 GPU {res[1][1]:.0f} s, 2 GPUs {res[2][1]:.0f} s (start-up included); "
-                f"max |weight diff| 1 vs 2 GPUs {diff:.2e}; gathered HF checkpoint {'written' if ok else 'MISSING'}")
-
-
-def check_vllm(out: Path) -> bool:
+def build_rows(out: Path, n_gpus: int, memory_gb: float, util: float, rollout_engine: str | None):
+    """(plan, keys, part (a) rows, part (b) rows), every config and planner figure built; nothing run."""
+    plan, keys = None, []
     try:
-        import vllm  # noqa: F401
-    except ImportError:
-        return line("SKIP", "vllm", "vllm is not installed")
-    os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
-    from prism_lab.models import build_tiny_policy, build_tokenizer, save_policy
-    from prism_lab.rollout import Prompt
-    from prism_lab.rollout.vllm import VLLMEngine
-    from tests.fakes import counting_corpus
-
-    model, proc = build_tiny_policy("tiny-xs", build_tokenizer(counting_corpus(), vocab_size=400), seed=0)
-    ckpt = save_policy(model, proc, out / "vllm_ckpt")
-    t0 = time.time()
-    engine = VLLMEngine(ckpt, proc)
-    prompts = [Prompt(messages=[{"role": "user", "content": f"add {i} ."}]) for i in range(4)]
-    rollouts = engine.generate(prompts, n=2, max_new_tokens=16, temperature=1.0, seed=0, return_logprobs=True)
-    ok = len(rollouts) == 8 and all(r.logprobs is not None and len(r.logprobs) == len(r.token_ids) for r in rollouts)
-    return line("PASS" if ok else "FAIL", "vllm", f"{len(rollouts)} rollouts with log-probs in {time.time() - t0:.0f} s "
-                f"(vllm {vllm.__version__})")
+        grid = grid_stages.write_grid(out, grid_stages.grid_overrides(n_gpus, memory_gb, rollout_engine))
+        plan, keys, a_rows = grid_stages.plan_rows(grid)
+    except Exception as exc:  # noqa: BLE001 - the grid's error is the row's finding
+        a_rows = [Row("a grid", status=f"failed: {one_line(f'{type(exc).__name__}: {exc}')}")]
+    return plan, keys, a_rows, colocate_rows.plan_rows(n_gpus, util, memory_gb * 1e9)
 
 
-def check_vllm_colocated(out: Path, n_gpus: int, timeout: float) -> bool:
+def _guarded(rows: list[Row], fn, *args) -> None:
+    """``fn(*args)``; an unexpected error marks the rows it left unfinished as failed, and the table goes on."""
     try:
-        import vllm  # noqa: F401
-    except ImportError:
-        return line("SKIP", "vllm-colocated", "vllm is not installed")
-    ok = True
-    for n in sorted({1, n_gpus}):
-        d = out / f"colocate{n}"
-        rc, dt = sh([sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={n}",
-                     str(REPO / "benchmarks" / "gpu" / "colocate_check.py"), str(d)], out / f"colocate{n}.log", timeout,
-                    env={"CUDA_VISIBLE_DEVICES": ",".join(str(i) for i in range(n)),
-                         "VLLM_ENABLE_V1_MULTIPROCESSING": "0"})
-        if rc != 0:
-            ok = line("FAIL", "vllm-colocated", f"{n} GPU(s) exited {rc}; see {out / f'colocate{n}.log'}") and ok
-            continue
-        ranks = json.loads((d / "colocate.json").read_text())
-        delta = max(r["max_abs_logprob_delta"] for r in ranks)
-        good = all(r["rollouts"] == 8 and r["syncs"] == 1 for r in ranks) and delta < 0.1
-        ok = line("PASS" if good else "FAIL", "vllm-colocated",
-                  f"{n} GPU(s) {dt:.0f} s: max |logprob delta| vLLM vs policy after sync {delta:.2e}; GPU GiB used "
-                  f"asleep {max(r['gib_engine_asleep'] for r in ranks):.1f}, awake "
-                  f"{max(r['gib_engine_awake'] for r in ranks):.1f} (before the engine "
-                  f"{max(r['gib_before_engine'] for r in ranks):.1f})") and ok
-    return ok
+        fn(*args)
+    except Exception as exc:  # noqa: BLE001
+        why = one_line(f"{type(exc).__name__}: {exc}")
+        for r in rows:
+            if r.status == "skipped: not run":
+                r.status = f"failed: {why}"
 
 
-def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--out", type=Path, default=None, help="Where logs and run directories go (default: a temp dir).")
-    ap.add_argument("--timeout", type=float, default=1800, help="Seconds per check.")
-    args = ap.parse_args()
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", type=Path, default=None, help="Logs and run directories (default: a temporary dir).")
+    ap.add_argument("--budget", type=float, default=285.0, help="Wall-clock seconds for the whole check.")
+    ap.add_argument("--util", type=float, default=0.3, help="gpu_memory_utilization of the colocated engines.")
+    ap.add_argument("--rollout-engine", choices=["hf", "vllm"], default=None,
+                    help="Rollouts of part (a)'s align and rl runs (default: paper-cpu.yaml's).")
+    ap.add_argument("--dry-run", action="store_true", help="Build every row's config and plan; run nothing.")
+    ap.add_argument("--gpus", type=int, default=None, help="GPUs to plan for in a dry run (default: those visible, else 1).")
+    ap.add_argument("--memory-gb", type=float, default=80.0, help="GB per GPU to plan for in a dry run.")
+    args = ap.parse_args(argv)
+    guard = Guard(args.budget)
+    t0 = time.monotonic()
     out = args.out or Path(tempfile.mkdtemp(prefix="prism_gpu_check_"))
     out.mkdir(parents=True, exist_ok=True)
+    gpus = None if args.dry_run else detect_gpus()
+    n_gpus, memory_gb = (gpus[0], gpus[1]) if gpus else (args.gpus or 1, args.memory_gb)
     print(f"logs: {out}", flush=True)
-    ok, n = check_cuda()
-    if not ok:
-        return 1
-    results = [check_smoke(out, args.timeout)]
-    if n >= 2:
-        results += [check_fsdp(out, "sft", args.timeout), check_fsdp(out, "rl", args.timeout)]
+    print(gpus[2] if gpus else f"{'--dry-run' if args.dry_run else 'no CUDA device'}: planning for {n_gpus} GPU(s) "
+          f"of {memory_gb:.0f} GB, nothing runs", flush=True)
+    plan, keys, a_rows, b_rows = build_rows(out, n_gpus, memory_gb, args.util, args.rollout_engine)
+    extra: list[Row] = []
+    if gpus is None:
+        reason = "--dry-run" if args.dry_run else "no GPU"
+        for r in a_rows + b_rows:
+            if r.status == "skipped: not run":
+                r.status = f"skipped: {reason}"
+        extra.append(Row("vllm eval engine", status=f"skipped: {reason}"))
+        if plan is not None:
+            grid_stages.hide_setup(plan, keys, a_rows)
     else:
-        results.append(line("SKIP", "fsdp-2gpu", f"{n} GPU visible; needs 2"))
-    results.append(check_vllm(out))
-    results.append(check_vllm_colocated(out, n, args.timeout))
-    return 0 if all(results) else 1
+        if plan is not None:
+            _guarded(a_rows, grid_stages.run_rows, plan, keys, a_rows, out / "gpu-check.yaml", out, n_gpus, guard,
+                     guard.at(STAGES_SHARE))
+        _guarded(b_rows, colocate_rows.run_rows, b_rows, out, args.util, guard)
+        extra.append(vllm_eval_row(out, guard))
+    rows = [r for r in a_rows + b_rows + extra if not r.extra.get("hide")]
+    print(format_table(rows), flush=True)
+    print(f"{sum(r.ok for r in rows)} ok, {sum(r.failed for r in rows)} failed, "
+          f"{sum(r.status.startswith('skipped') for r in rows)} skipped in {time.monotonic() - t0:.0f} s", flush=True)
+    return 1 if any(r.failed for r in rows) else 0
 
 
 if __name__ == "__main__":
