@@ -38,8 +38,8 @@ _TAGS = ("weights", "kv_cache")
 
 class HFColocatedEngine:
     """One rank's unsharded transformers copy of the policy behind the colocated interface (``load_weights``,
-    ``generate``, ``sleep``, ``wake_up``). Built asleep-ready and awake; :class:`~prism_lab.rollout.colocate.ColocatedEngine`
-    puts it to sleep until the first rollout."""
+    ``generate``, ``sleep``, ``wake_up``). Built awake; :class:`~prism_lab.rollout.colocate.ColocatedEngine` puts
+    it to sleep until the first rollout."""
 
     kind = "hf_colocated"
 
@@ -80,7 +80,8 @@ class HFColocatedEngine:
                 if param is None:
                     if name == "lm_head.weight" and self._tied_head:
                         continue  # the head is the embedding, loaded under its own name
-                    raise ValueError(f"the colocated HF engine has no parameter {name!r} (the sync sends checkpoint names)")
+                    raise ValueError(f"the colocated HF engine has no parameter {name!r} (the sync sends "
+                                     "checkpoint names)")
                 if tuple(tensor.shape) != tuple(param.shape):
                     raise ValueError(f"{name}: got shape {tuple(tensor.shape)}, the model's is {tuple(param.shape)} "
                                      "(the sync must send whole tensors, not shards)")
