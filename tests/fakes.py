@@ -61,31 +61,43 @@ class RecordingEngine:
     It proves what prism-lab hands to an engine and in which order (prism_lab/rollout/colocate.py); it proves
     nothing about vLLM itself. ``load_weights`` keeps a CPU copy of each tensor it gets (``loads``: one list of
     ``(name, tensor)`` per call); ``generate`` answers with ``reply(prompts, **kwargs)`` (default: ``n`` rollouts per
-    prompt of the tokens ``tokens``, without log-probs)."""
+    prompt of the tokens ``tokens``, without log-probs). ``inner``: a real colocated engine (the transformers copy of
+    ``rollout_engine: hf_colocated``) that every call is passed on to after it is recorded."""
 
     kind = "vllm"
 
-    def __init__(self, reply=None, tokens: tuple[int, ...] = (5, 6, 7)) -> None:
+    def __init__(self, reply=None, tokens: tuple[int, ...] = (5, 6, 7), inner=None) -> None:
         self.events: list[tuple] = []
         self.loads: list[list[tuple[str, Any]]] = []
         self.reply = reply
         self.tokens = list(tokens)
+        self.inner = inner
+        if inner is not None:
+            self.kind, self.suppress_token_ids = inner.kind, inner.suppress_token_ids
 
     def sleep(self, level: int = 1) -> None:
         self.events.append(("sleep", level))
+        if self.inner is not None:
+            self.inner.sleep(level=level)
 
     def wake_up(self, tags: list[str] | None = None) -> None:
         self.events.append(("wake_up", tuple(tags or ())))
+        if self.inner is not None:
+            self.inner.wake_up(tags=tags)
 
     def load_weights(self, weights) -> None:
         got = [(name, t.detach().to("cpu", copy=True)) for name, t in weights]
         self.loads.append(got)
         self.events.append(("load_weights", len(got)))
+        if self.inner is not None:
+            self.inner.load_weights(weights)
 
     def generate(self, prompts, **kwargs):
         from prism_lab.rollout import Rollout
 
         self.events.append(("generate", len(prompts)))
+        if self.inner is not None:
+            return self.inner.generate(prompts, **kwargs)
         if self.reply is not None:
             return self.reply(prompts, **kwargs)
         return [Rollout(prompt_index=i, token_ids=list(self.tokens), text="", logprobs=None, finish_reason="length")

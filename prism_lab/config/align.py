@@ -226,10 +226,11 @@ class AlignConfig(_Strict, KeyStable):
     rollout_batch_size: int = Field(
         64, ge=1, description="Rollouts generated per generate call (at least `n`: a prompt's group is never split)."
     )
-    rollout_engine: Literal["hf", "vllm"] = Field(
+    rollout_engine: Literal["hf", "vllm", "hf_colocated"] = Field(
         "hf", description="Rollout engine. `hf` = HF generate on the trained weights; `vllm` = one colocated engine "
         "per process, given the policy's weights before each step's rollout and asleep while it trains "
-        "(prism_lab/rollout/colocate.py)."
+        "(prism_lab/rollout/colocate.py); `hf_colocated` = the same colocated path with a transformers copy per "
+        "process (runs on a CPU)."
     )
     rollout_gpu_memory_utilization: float = Field(
         0.6, gt=0, lt=1, description="Share of each GPU the colocated vLLM engine reserves while it rolls out (the "

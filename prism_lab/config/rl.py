@@ -30,9 +30,10 @@ class RLConfig(StrictModel, KeyStable):
     acc_weight: float = Field(0.8, ge=0, description="Reward = acc_weight*acc + format_weight*format.")
     format_weight: float = Field(0.2, ge=0, description="Weight of the format term of the reward.")
     micro_batch_size: int = Field(8, ge=1, description="Sequences per forward/backward micro-batch.")
-    rollout_engine: Literal["auto", "hf", "vllm"] = Field(
+    rollout_engine: Literal["auto", "hf", "vllm", "hf_colocated"] = Field(
         "auto", description="`auto`: vLLM when installed with a GPU, else HF generate. vLLM runs colocated: one "
-        "engine per process, asleep while the policy trains (prism_lab/rollout/colocate.py)."
+        "engine per process, asleep while the policy trains (prism_lab/rollout/colocate.py); `hf_colocated` is the "
+        "same colocated path with a transformers copy per process (runs on a CPU)."
     )
     rollout_gpu_memory_utilization: float = Field(
         0.6, gt=0, lt=1, description="Share of each GPU the colocated vLLM engine reserves while it rolls out."

@@ -27,7 +27,8 @@ class RolloutConfig(BaseModel):
     top_p: float = Field(gt=0, le=1, description="Nucleus threshold.")
     max_prompt_length: int = Field(ge=1, description="Prompts longer than this (in tokens) are skipped.")
     max_new_tokens: int = Field(ge=1, description="Max response tokens.")
-    engine: Literal["auto", "hf", "vllm"] = Field(description="Rollout engine (prism_lab.rollout.make_engine).")
+    engine: Literal["auto", "hf", "vllm", "hf_colocated"] = Field(
+        description="Rollout engine (prism_lab.rollout.colocate.make_training_engine).")
     batch_size: int | None = Field(
         None, ge=1, description="Sequences per generate batch; None = every rollout of a call in one batch.")
     seed: Seed = Field(description="Base seed of the rollouts; each call samples with seed_for(stream, ...).")

@@ -1,7 +1,8 @@
 """Rollout engines: sample ``n`` completions per multimodal prompt, with optional log-probs.
 
 ``types`` holds the contract every engine keeps, ``inputs`` turns prompts into model inputs, ``hf`` is
-the default engine and ``vllm`` the optional GPU one; :func:`make_engine` picks one.
+the default engine and ``vllm`` the optional GPU one; :func:`make_engine` picks one. The training stages'
+colocated engines (``vllm``, ``hf_colocated``) are built by :func:`prism_lab.rollout.colocate.make_training_engine`.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from prism_lab.rollout.types import Prompt, Rollout, RolloutEngine
 
 __all__ = [
     "IMAGE_PLACEHOLDER",
+    "ENGINE_KINDS",
     "HFGenerateEngine",
     "Prompt",
     "Rollout",
@@ -42,7 +44,6 @@ __all__ = [
     "text_position_ids",
     "to_content_messages",
     "vision_token_ids",
-    "resolve_engine_kind",
     "vllm_available",
 ]
 
@@ -55,11 +56,16 @@ def vllm_available() -> bool:
         return False
 
 
+#: The rollout engines a config may name (``hf_colocated``: the training stages' colocated path with a
+#: transformers copy per rank, :mod:`prism_lab.rollout.hf_colocated`).
+ENGINE_KINDS = ("auto", "hf", "vllm", "hf_colocated")
+
+
 def resolve_engine_kind(kind: str = "auto") -> str:
-    """The engine ``make_engine(kind=kind)`` builds: ``hf`` or ``vllm`` (``auto``: vLLM when it is installed AND a
+    """The engine ``kind`` names: ``hf``, ``vllm`` or ``hf_colocated`` (``auto``: vLLM when it is installed AND a
     GPU is present, else HF); loads no model (the evaluation fingerprint names the engine of a cached result)."""
-    if kind not in ("auto", "hf", "vllm"):
-        raise ConfigError(f"unknown rollout engine {kind!r}; expected auto, hf or vllm")
+    if kind not in ENGINE_KINDS:
+        raise ConfigError(f"unknown rollout engine {kind!r}; expected one of {', '.join(ENGINE_KINDS)}")
     if kind == "auto":
         return "vllm" if (vllm_available() and torch.cuda.is_available()) else "hf"
     return kind
@@ -78,6 +84,9 @@ def make_engine(model, processor, kind: str = "auto", *, max_model_len: int | No
     kind = resolve_engine_kind(kind)
     if kind == "hf":
         return HFGenerateEngine(model, processor)
+    if kind == "hf_colocated":
+        raise PrismError("rollout_engine 'hf_colocated' is the RL and alignment stages' colocated engine (fed from the "
+                         "policy they train: prism_lab.rollout.colocate.make_training_engine); use hf here")
     if not vllm_available():
         raise PrismError(
             "rollout_engine 'vllm' was requested but vllm is not installed; install vllm (GPU only) or set "

@@ -16,9 +16,10 @@ take turns, in this order every step (:data:`PHASES`)::
 * ``sleep(level)``: weights and KV cache leave the GPU, and the trainer's update has it.
 
 The engine is asleep from its construction until the first rollout. ``engine`` implements the small
-interface of :class:`ColocatableEngine`; :class:`prism_lab.rollout.vllm.VLLMEngine` is the real one, the
-CPU tests use a recording test double (which proves the choreography and the weights handed over, nothing
-about vLLM itself).
+interface of :class:`ColocatableEngine`; :class:`prism_lab.rollout.vllm.VLLMEngine` is the real one on a GPU,
+:class:`prism_lab.rollout.hf_colocated.HFColocatedEngine` a transformers copy that runs anywhere
+(``rollout_engine: hf_colocated``, the CPU grids' engine), and the CPU tests also use a recording test double
+(which proves the choreography and the weights handed over, nothing about vLLM itself).
 """
 
 from __future__ import annotations
@@ -103,16 +104,26 @@ class ColocatedEngine:
 def make_training_engine(policy: torch.nn.Module, processor: Any, settings: RolloutConfig, *,
                          checkpoint_dir: str | Path | None, rank: int, device: torch.device) -> RolloutEngine:
     """The rollout engine of a training stage: the HF engine on ``policy``, or (``settings.engine`` resolving to
-    vLLM) rank ``rank``'s colocated vLLM engine, built from the stage's input checkpoint ``checkpoint_dir``."""
+    ``vllm`` or ``hf_colocated``) rank ``rank``'s colocated engine, built once per run from the stage's input
+    checkpoint ``checkpoint_dir`` and fed the policy's weights through the phases above: vLLM's on a GPU, or a
+    transformers copy (:class:`prism_lab.rollout.hf_colocated.HFColocatedEngine`) on any device."""
     from prism_lab.rollout import HFGenerateEngine, resolve_engine_kind
 
-    if resolve_engine_kind(settings.engine) == "hf":
+    kind = resolve_engine_kind(settings.engine)
+    if kind == "hf":
         return HFGenerateEngine(policy, processor)
     if checkpoint_dir is None:
-        raise PrismError("rollout_engine 'vllm' builds its engine from the stage's input checkpoint directory; "
+        raise PrismError(f"rollout_engine {kind!r} builds its engine from the stage's input checkpoint directory; "
                          "none was given (use rollout_engine: hf)")
+    if kind == "hf_colocated":
+        from prism_lab.rollout.hf_colocated import HFColocatedEngine
+
+        dtype = next(policy.parameters()).dtype  # the copy samples in the dtype the policy trains in
+        copy = HFColocatedEngine.from_checkpoint(checkpoint_dir, processor, device=device, dtype=dtype)
+        return ColocatedEngine(copy, policy, device=device, dtype=copy.dtype)
     if not torch.cuda.is_available():
-        raise PrismError("rollout_engine 'vllm' needs a CUDA GPU; none is visible. Use rollout_engine: hf (or auto)")
+        raise PrismError("rollout_engine 'vllm' needs a CUDA GPU; none is visible. Use rollout_engine: hf_colocated "
+                         "(the same colocated path with a transformers copy) or hf")
     from prism_lab.rollout.vllm import VLLMEngine
 
     engine = VLLMEngine.colocated(checkpoint_dir, processor, settings, rank=rank, model=policy)

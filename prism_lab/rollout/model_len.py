@@ -52,9 +52,9 @@ def longest_prompt_tokens(processor: Any, prompts: Iterable[Prompt], *, chunk: i
 
 def prompts_max_model_len(kind: str, processor: Any, prompts: Sequence[Prompt], max_new_tokens: int) -> int | None:
     """``max_model_len`` for an engine of ``kind`` serving ``prompts``: None when it resolves to the HF engine
-    (which needs none), else the longest prompt plus ``max_new_tokens``."""
+    (or the transformers copy of ``hf_colocated``: neither needs one), else the longest prompt plus ``max_new_tokens``."""
     from prism_lab.rollout import resolve_engine_kind
 
-    if resolve_engine_kind(kind) == "hf":
+    if resolve_engine_kind(kind) in ("hf", "hf_colocated"):
         return None
     return max_model_len(longest_prompt_tokens(processor, prompts), int(max_new_tokens))

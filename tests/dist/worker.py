@@ -4,9 +4,12 @@
 
 Writes ``OUT_DIR/weights.safetensors`` (the full state dict, from rank 0) and ``OUT_DIR/hf/`` (the HF
 checkpoint rank 0 saves); ``align`` also writes ``OUT_DIR/disc.safetensors`` (the gathered discriminator).
-The same script at N=1 is the single-process reference. ``colocate`` runs RL with the colocated engine around a
-recording test double of vLLM (tests.fakes.RecordingEngine) and writes what each rank's double received
-(``received_rank{R}.safetensors``, ``events_rank{R}.json``) and the gathered weights after step 1 (``step1.safetensors``).
+The same script at N=1 is the single-process reference. ``colocate`` runs RL through the colocated path with each
+rank's transformers copy (rollout_engine hf_colocated) behind a recording test double (tests.fakes.RecordingEngine)
+and writes what each rank's double received (``received_rank{R}.safetensors``), the phases, a generation beside the
+plain HF engine's and both runs' metrics (``events_rank{R}.json``), the copy's weights after its last sync
+(``engine_rank{R}.safetensors``), the gathered weights after step 1 (``step1.safetensors``) and those of the same
+run through the plain HF engine (``hf_weights.safetensors``).
 """
 
 from __future__ import annotations
@@ -135,44 +138,72 @@ def run_rl(model, processor, out: Path, kill_after: int | None, steps: int) -> N
 
 
 def run_colocate(model, processor, out: Path, steps: int) -> None:
-    """RL steps whose rollouts come from a recording double of a colocated vLLM engine, synced from the sharded
-    policy by prism_lab.rollout.colocate (the double proves what it receives, nothing about vLLM)."""
+    """RL steps rolled out through the colocated path with a real generator: each rank's transformers copy
+    (``rollout_engine: hf_colocated``, built from the input checkpoint) behind a recording test double that
+    writes what it receives (the double proves what prism-lab hands over, nothing about vLLM). Then one more
+    sync of the trained policy and a generation beside the plain HF engine's on the sharded policy (same seed),
+    and the same RL from the same init through the plain HF engine, for its metrics and weights."""
+    import copy
+
     from safetensors.torch import save_file
-
-    from prism_lab.rollout import Rollout
-    from prism_lab.rollout.colocate import ColocatedEngine
-    from tests.fakes import RecordingEngine
-
-    def reply(prompts, *, n, **_kw):  # lengths 1..3 by copy: the parity reward varies inside each group
-        return [Rollout(prompt_index=i, token_ids=[5 + (i + c) % 7] * (1 + c % 3), text="x" * (1 + c % 3),
-                        logprobs=None, finish_reason="length") for i in range(len(prompts)) for c in range(n)]
-
-    fake = RecordingEngine(reply=reply)
-    engine = ColocatedEngine(fake, model, device=torch.device("cpu"))
-    world = dist_.env_world_size()
-
-    def after_step_one(step: int, _m: dict) -> None:  # collective: every rank logs every step
-        if step == 1:
-            sd = checkpoint.full_state_dict(model, dist_.init_distributed())
-            if sd:
-                save_file({k: v.detach().clone().contiguous() for k, v in sd.items()}, str(out / "step1.safetensors"))
 
     from prism_lab.config.rl import RLConfig
     from prism_lab.data.rl_parquet import RLExample
+    from prism_lab.models import save_policy
+    from prism_lab.rollout import HFGenerateEngine, Prompt
+    from prism_lab.rollout.colocate import ColocatedEngine
+    from prism_lab.rollout.hf_colocated import HFColocatedEngine
     from prism_lab.trainers.rl import train_rl
+    from tests.fakes import RecordingEngine
+
+    world = dist_.env_world_size()
+    env = dist_.init_distributed(world)
+    twin = copy.deepcopy(model)  # the plain HF run's policy: the same init
+    if env.is_main:
+        save_policy(model, processor, out / "input")  # the stage's input checkpoint
+    if env.sharded:
+        torch.distributed.barrier()
+    fake = RecordingEngine(inner=HFColocatedEngine.from_checkpoint(out / "input", processor, dtype=torch.float32))
+    engine = ColocatedEngine(fake, model, device=torch.device("cpu"), dtype=torch.float32)
+    metrics: dict[str, list] = {"hf_colocated": [], "hf": []}
+
+    def logger(name: str):
+        def log(step: int, m: dict) -> None:  # collective: every rank logs every step
+            metrics[name].append(m)
+            if name == "hf_colocated" and step == 1:
+                sd = checkpoint.full_state_dict(model, env)
+                if sd:
+                    save_file({k: v.detach().clone().contiguous() for k, v in sd.items()}, str(out / "step1.safetensors"))
+        return log
 
     examples = [RLExample(index=i, data_source="mm_gad", prompt=[{"role": "user", "content": f"add {i} ."}], images=[],
                           ground_truth="0", equivalent_answers=[]) for i in range(8)]
     cfg = RLConfig(algorithm="grpo", algorithm_overrides={"lr": 1e-3}, steps=steps, prompts_per_step=4, n=4,
                    max_new_tokens=4, max_prompt_length=512, micro_batch_size=4, precision="fp32", save_every=100,
-                   log_every=1, seed=0, rollout_engine="vllm", resources={"processes": world})
-    dist_.init_distributed(world)
-    train_rl(model, processor, examples, cfg, engine=engine, score_fn=length_parity_score, log=after_step_one)
-    rank = dist_.init_distributed().rank
+                   log_every=1, seed=0, rollout_engine="hf_colocated", resources={"processes": world})
+    res = train_rl(model, processor, examples, cfg, engine=engine, score_fn=length_parity_score,
+                   log=logger("hf_colocated"))
+    engine.policy_updated()  # as after an update: the next rollout syncs the trained policy
+    prompts = [Prompt(messages=[{"role": "user", "content": f"how many red circles are there ? add {env.rank} ."}])]
+    kw = dict(n=2, max_new_tokens=6, seed=11 + env.rank, return_logprobs=True)
+    mine = engine.generate(prompts, **kw)
+    plain = HFGenerateEngine(model, processor)
+    dist_.sync_engine(plain, env)
+    theirs = plain.generate(prompts, **kw)
+    save_file({k: v.detach().clone().contiguous() for k, v in fake.inner.model.state_dict().items()},
+              str(out / f"engine_rank{env.rank}.safetensors"))
+    twin_res = train_rl(twin, processor, examples, cfg.model_copy(update={"rollout_engine": "hf"}),
+                        score_fn=length_parity_score, log=logger("hf"))
+    sd = checkpoint.full_state_dict(twin, env)
+    if sd:
+        save_file({k: v.detach().clone().contiguous() for k, v in sd.items()}, str(out / "hf_weights.safetensors"))
     save_file({f"{k}/{name}": t.contiguous() for k, load in enumerate(_per_sync(fake)) for name, t in load},
-              str(out / f"received_rank{rank}.safetensors"))
-    (out / f"events_rank{rank}.json").write_text(json.dumps({"phases": fake.phases(), "order": [
-        [name for name, _ in load] for load in _per_sync(fake)]}))
+              str(out / f"received_rank{env.rank}.safetensors"))
+    (out / f"events_rank{env.rank}.json").write_text(json.dumps({
+        "phases": fake.phases(), "order": [[name for name, _ in load] for load in _per_sync(fake)],
+        "generated": [[r.token_ids for r in mine], [r.token_ids for r in theirs]],
+        "logprobs": [[r.logprobs for r in mine], [r.logprobs for r in theirs]], "metrics": metrics,
+        "recompute_calls": [res.recompute_calls, twin_res.recompute_calls]}))
 
 
 def _per_sync(fake) -> list[list]:

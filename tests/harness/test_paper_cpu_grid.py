@@ -49,8 +49,8 @@ HARDWARE_FORCED = {
     ("*", "resources.offload"): "CPU offload needs CUDA",
     ("*", "resources.memory_gb"): "the planner checks the machine's detected memory, not an H100's 80 GB",
     ("*", "precision"): "fp32: bf16 autocast on CPU is emulated and slow",
-    ("align", "rollout_engine"): "HF generate: vLLM needs a GPU",
-    ("rl", "rollout_engine"): "HF generate: vLLM needs a GPU",
+    ("align", "rollout_engine"): "hf_colocated: vLLM's colocated path with a transformers copy; vLLM needs a GPU",
+    ("rl", "rollout_engine"): "hf_colocated: vLLM's colocated path with a transformers copy; vLLM needs a GPU",
 }
 
 

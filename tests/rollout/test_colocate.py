@@ -2,8 +2,8 @@
 
 vLLM is GPU-only and not installed here: ``tests.fakes.RecordingEngine`` is a test double of the interface the
 trainers call. These tests prove what prism-lab builds, hands over and in which order; nothing about vLLM
-itself (benchmarks/gpu/check.py runs the real engine on a GPU). The 2-process sync is in
-tests/trainers/test_distributed.py.
+itself (benchmarks/gpu/check.py runs the real engine on a GPU). The 2-process sync, and RL through the
+colocated path (rollout_engine hf_colocated) against the plain HF engine, are in tests/trainers/test_distributed.py.
 """
 
 from __future__ import annotations
@@ -35,14 +35,6 @@ def tok():
 def _saved_names(model, tmp_path) -> list[str]:
     model.save_pretrained(str(tmp_path))
     return sorted(load_file(str(tmp_path / "model.safetensors")))
-
-
-def length_parity_score(text, gt, eq=(), acc_weight=0.8, format_weight=0.2):
-    """A toy reward with variance inside each group of a random policy (its text's length parity)."""
-    from prism_lab.rewards import RewardResult
-
-    acc = float(len(text) % 2 == 0)
-    return RewardResult(acc_weight * acc, acc, 0.0)
 
 
 # ---------------------------------------------------------------- engine kwargs (pure, no vllm)
@@ -125,47 +117,68 @@ def test_one_step_wakes_syncs_generates_and_sleeps_in_order(tok):
     assert eng2.syncs == 2  # level 2 drops the engine's weights at every sleep: every rollout syncs
 
 
-def test_a_colocated_generation_trains_the_policy_as_the_hf_engines_does(tok):
-    """RL on tiny-xs: the HF engine's rollouts, replayed through the colocated engine's fake, give the same
-    metrics and weights (the trainer recomputes the old log-probs for a vLLM engine; on-policy, they agree)."""
-    from prism_lab.data.rl_parquet import RLExample
-    from prism_lab.prompts import SYSTEM_PROMPT
-    from prism_lab.trainers.rl import train_rl
+# ---------------------------------------------------------------- hf_colocated: the same path, a real generator
+def test_hf_colocated_engine_after_a_sync_holds_the_policy_and_samples_as_the_hf_engine(tok, tmp_path):
+    """``rollout_engine: hf_colocated`` (paper-cpu's RL and alignment): a transformers copy built from the input
+    checkpoint, synced by push_weights through the colocated phases, holds the trained policy's weights exactly
+    (a tied head following the embedding) and samples the plain HF engine's tokens (log-probs to the last bit) for
+    a seed."""
+    from prism_lab.models import save_policy
+    from prism_lab.rollout.colocate import make_training_engine
 
-    exs = [RLExample(index=i, data_source="mm_gad",
-                     prompt=[{"role": "system", "content": SYSTEM_PROMPT},
-                             {"role": "user", "content": f"how many red circles are there ? add {i % 10} ."}],
-                     images=[], ground_truth=str(i % 7), equivalent_answers=[]) for i in range(6)]
-    cfg = RLConfig(algorithm="grpo", steps=2, prompts_per_step=2, n=4, max_new_tokens=8, micro_batch_size=3, seed=0,
-                   save_every=1000, precision="fp32", algorithm_overrides={"lr": 1e-3})
-    model_hf, proc = build_tiny_policy("tiny-xs", tok, seed=0)
-    hf = HFGenerateEngine(model_hf, proc)
-    made: list = []
+    preset = dataclasses.replace(PRESETS.get("tiny-xs"), tie_word_embeddings=True)  # untied: test_distributed
+    policy, proc = build_tiny_policy(preset, tok, seed=0)
+    save_policy(policy, proc, tmp_path)  # the stage's input checkpoint
+    with torch.no_grad():  # the policy trained away from it
+        for p in policy.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    eng = make_training_engine(policy, proc, RLConfig(rollout_engine="hf_colocated").rollout(),
+                               checkpoint_dir=tmp_path, rank=0, device=torch.device("cpu"))
+    assert isinstance(eng, ColocatedEngine) and eng.kind == "hf_colocated" and eng.engine.awake == set()  # asleep
+    prompts = [Prompt(messages=[{"role": "user", "content": "add 1 ."}]),
+               Prompt(messages=[{"role": "user", "content": "how many red circles are there ?"}])]
+    kw = dict(n=2, max_new_tokens=6, seed=5, return_logprobs=True)
+    got, ref = eng.generate(prompts, **kw), HFGenerateEngine(policy, proc).generate(prompts, **kw)
+    assert eng.syncs == 1 and eng.engine.awake == set()  # synced, generated, asleep again
+    copy = dict(eng.engine.model.named_parameters())
+    assert copy.keys() == dict(policy.named_parameters()).keys()
+    assert all(torch.equal(copy[n], p) for n, p in policy.named_parameters())
+    head, emb = eng.engine.model.lm_head.weight, eng.engine.model.model.language_model.embed_tokens.weight
+    assert head.data_ptr() == emb.data_ptr() and torch.equal(head, policy.lm_head.weight)
+    assert [r.token_ids for r in got] == [r.token_ids for r in ref]
+    for a, b in zip(got, ref):  # the same weights; a kernel may round the last bit apart
+        assert a.logprobs == pytest.approx(b.logprobs, abs=1e-5)
 
-    def recording(prompts, **kw):
-        out = HFGenerateEngine.generate(hf, prompts, **kw)
-        made.append(out)
-        return out
 
-    hf.generate = recording
-    ref: list = []
-    train_rl(model_hf, proc, exs, cfg, engine=hf, score_fn=length_parity_score, log=lambda s, m: ref.append(m))
-    model_v, proc_v = build_tiny_policy("tiny-xs", tok, seed=0)
-    replies = iter(made)
-    fake = RecordingEngine(reply=lambda prompts, **kw: next(replies))
-    got: list = []
-    res = train_rl(model_v, proc_v, exs, cfg, engine=ColocatedEngine(fake, model_v, device=torch.device("cpu")),
-                   score_fn=length_parity_score, log=lambda s, m: got.append(m))
-    assert res.recompute_calls == 2  # the vLLM path: old log-probs from the trainer's own pass
-    assert fake.phases().count("sync") == 2 and fake.phases().count("generate") == 2  # once per step
-    assert len(ref) == len(got) == 2
-    for a, b in zip(ref, got):
-        for key in a:
-            if key.startswith(("time/", "samples/s", "train_samples/s", "rollout/")):
-                continue
-            assert b[key] == pytest.approx(a[key], rel=1e-4, abs=1e-6), key
-    init, _ = build_tiny_policy("tiny-xs", tok, seed=0)
-    with torch.no_grad():
-        moved = max(float((p - q).abs().max()) for p, q in zip(model_hf.parameters(), init.parameters()))
-        diff = max(float((p - q).abs().max()) for p, q in zip(model_hf.parameters(), model_v.parameters()))
-    assert moved > 1e-3 and diff < 5e-5  # AdamW turns last-bit differences of tiny gradients into ~1e-6 steps
+def test_hf_colocated_engine_refuses_loads_and_generation_out_of_phase(tok):
+    from prism_lab.errors import PrismError
+    from prism_lab.rollout import make_engine
+    from prism_lab.rollout.colocate import make_training_engine
+    from prism_lab.rollout.hf_colocated import HFColocatedEngine
+
+    policy, proc = build_tiny_policy("tiny-xs", tok, seed=0)
+    eng = HFColocatedEngine(build_tiny_policy("tiny-xs", tok, seed=1)[0], proc)
+    whole = [(n, p.detach()) for n, p in policy.named_parameters()]
+    prompts = [Prompt(messages=[{"role": "user", "content": "add 1 ."}])]
+    eng.sleep(level=1)
+    with pytest.raises(RuntimeError, match="wake_up"):
+        eng.load_weights(whole[:1])
+    eng.wake_up(["weights"])
+    with pytest.raises(RuntimeError, match="kv_cache"):
+        eng.generate(prompts, max_new_tokens=2)
+    with pytest.raises(ValueError, match="whole tensors"):
+        eng.load_weights([(whole[0][0], whole[0][1][:1])])  # a shard
+    with pytest.raises(ValueError, match="no parameter 'head.score.weight'"):
+        eng.load_weights([("head.score.weight", whole[0][1])])
+    eng.sleep(level=2)  # vLLM drops its weights at level 2: every one must come back before generating
+    eng.wake_up()
+    eng.load_weights(whole[:-1])
+    with pytest.raises(RuntimeError, match="not loaded again"):
+        eng.generate(prompts, max_new_tokens=2)
+    eng.load_weights(whole[-1:])
+    assert len(eng.generate(prompts, max_new_tokens=2)) == 1
+    with pytest.raises(PrismError, match="input checkpoint directory"):
+        make_training_engine(policy, proc, RLConfig(rollout_engine="hf_colocated").rollout(), checkpoint_dir=None,
+                             rank=0, device=torch.device("cpu"))
+    with pytest.raises(PrismError, match="training stages|RL and alignment"):
+        make_engine(policy, proc, "hf_colocated")

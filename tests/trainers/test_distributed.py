@@ -201,27 +201,48 @@ def test_a_killed_two_process_align_run_resumes_bit_for_bit(align_runs, tmp_path
 
 
 def test_colocated_engine_gets_the_whole_policy_on_every_rank_once_per_step(tmp_path):
-    """Two gloo ranks of RL with the colocated engine around a recording test double of vLLM (tests.fakes; it
-    proves what prism-lab hands over, nothing about vLLM): each rank's double gets every parameter of the sharded
+    """Two gloo ranks of RL through the colocated path with a real generator (rollout_engine hf_colocated: each
+    rank's transformers copy built from the input checkpoint) behind a recording test double (tests.fakes; it
+    proves what prism-lab hands over, nothing about vLLM): each rank's engine gets every parameter of the sharded
     policy, whole, under the checkpoint's names, in the same order on both ranks, once per step, between waking
-    its weights and its KV cache; the second step's sync carries the weights the first step trained."""
+    its weights and its KV cache; the second step's sync carries the weights the first step trained. After a
+    last sync the copy holds the policy's full weights exactly and samples the plain HF engine's tokens for the
+    same seed, and the RL run through it logs the plain HF engine's metrics and ends at its weights (same init,
+    same seeds)."""
     _ok(torchrun(2, "colocate", str(tmp_path), "--steps", "2"))
     one_step = ["wake_weights", "sync", "wake_kv_cache", "generate", "sleep"]
     events = [json.loads((tmp_path / f"events_rank{r}.json").read_text()) for r in (0, 1)]
     received = [load_file(str(tmp_path / f"received_rank{r}.safetensors")) for r in (0, 1)]
     for ev in events:
-        assert ev["phases"] == ["sleep", *one_step, *one_step]
-    assert events[0]["order"] == events[1]["order"] and len(events[0]["order"]) == 2
+        assert ev["phases"] == ["sleep", *one_step, *one_step, *one_step]  # two steps, then the last sync
+    assert events[0]["order"] == events[1]["order"] and len(events[0]["order"]) == 3
     names = events[0]["order"][0]
-    assert names == events[0]["order"][1] and len(set(names)) == len(names)
+    assert names == events[0]["order"][1] == events[0]["order"][2] and len(set(names)) == len(names)
     assert sorted(names) == sorted(load_file(str(tmp_path / "hf" / "model.safetensors")))  # what vLLM loads
     init = load_file(str(tmp_path / "init.safetensors"))
     step1 = load_file(str(tmp_path / "step1.safetensors"))
-    assert max_diff(step1, init) > 20 * ATOL  # the first step trained
+    final = load_file(str(tmp_path / "weights.safetensors"))
+    assert max_diff(step1, init) > 20 * ATOL and max_diff(final, step1) > 20 * ATOL  # both steps trained
     for got in received:
         assert got.keys() == received[0].keys()
-        for k, expected in ((0, init), (1, step1)):
+        for k, expected in ((0, init), (1, step1), (2, final)):
             for name in names:
                 t = got[f"{k}/{name}"]
-                assert t.dtype == torch.bfloat16 and t.shape == expected[name].shape  # whole, not a shard
-                assert torch.equal(t, expected[name].to(torch.bfloat16)), (k, name)
+                assert t.dtype == torch.float32 and t.shape == expected[name].shape  # whole, not a shard
+                assert torch.equal(t, expected[name]), (k, name)
+    for r, ev in enumerate(events):
+        copy = load_file(str(tmp_path / f"engine_rank{r}.safetensors"))
+        assert copy.keys() == final.keys() and all(torch.equal(copy[k], final[k]) for k in final)
+        mine, theirs = ev["generated"]
+        assert mine == theirs
+        for a, b in zip(*ev["logprobs"]):
+            assert a == pytest.approx(b, abs=1e-5)
+        colocated, hf = ev["metrics"]["hf_colocated"], ev["metrics"]["hf"]
+        assert len(colocated) == len(hf) == 2
+        for a, b in zip(colocated, hf):
+            for key in b:
+                if not key.startswith(("time/", "samples/s", "train_samples/s", "rollout/")):
+                    assert a[key] == pytest.approx(b[key], rel=1e-4, abs=1e-6), key
+        assert ev["recompute_calls"] == [2, 0]  # like vLLM's, the copy's log-probs are recomputed by the trainer
+    assert events[0]["generated"] != events[1]["generated"]  # each rank samples its own prompt with its own seed
+    assert max_diff(final, load_file(str(tmp_path / "hf_weights.safetensors"))) < ATOL  # the same update
