@@ -79,11 +79,11 @@ def copy_root(root: Path, dst: Path) -> Path:
 #: --no-loadscope-reorder`` in pyproject.toml: a file's tests go to one worker, so its module and session fixtures
 #: are built once, and files go out in collection order): the longest first, so that none of them starts near the
 #: end and holds the whole run up. The smoke files wait for one worker's smoke run (``smoke_root``), then run
-#: side by side.
+#: side by side; the paper-cpu grid (tests/e2e/test_paper_cpu.py) needs no fixture and runs beside that smoke run.
 LONG_FIRST = (
     "tests/e2e/test_smoke_grid.py",
     "tests/trainers/test_distributed.py",
-    "tests/e2e/test_smoke_sharded.py",
+    "tests/e2e/test_paper_cpu.py",
     "tests/e2e/test_smoke_ray.py",
     "tests/harness/test_ray_executor.py",
     "tests/e2e/test_smoke_tune.py",

@@ -3,7 +3,8 @@
     python benchmarks/perf/memory_planner_cpu.py [--preset tiny-xs] [--rows 4] [--length 512]
 
 Each case builds a random-init tiny policy (text only, vocabulary 512), runs the product's own code
-(``trainers.sft._accumulate`` + AdamW step; ``trainers.actor.ppo_update`` on one micro-batch) once to
+(``trainers.sft._accumulate`` + AdamW step on a padded batch; ``trainers.actor.ppo_update`` on one micro-batch of
+completions sharing a prompt) once to
 create the optimizer state, then measures the second step. Measured: the peak of the CPU allocator during
 that step above what was allocated before it, read from torch's profiler (``profile_memory=True``: every
 op's own net allocation and every free of the step, summed in the order the ops started). Planned: ``harness.memory.estimate`` for the same
@@ -73,7 +74,9 @@ def sft_case(args) -> tuple[float, float]:
     vocab = shape["vocab"]
     g = torch.Generator().manual_seed(0)
     ids = torch.randint(0, vocab, (args.rows, args.length), generator=g)
-    batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": ids.clone()}
+    mask = torch.ones_like(ids)
+    mask[-1, args.length * 3 // 4:] = 0  # a padded batch, as SFT's rows of different lengths are
+    batch = {"input_ids": ids * mask, "attention_mask": mask, "labels": ids.masked_fill(mask == 0, -100)}
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
     acc = type("OneProcess", (), {"autocast": staticmethod(contextlib.nullcontext),
                                   "backward": staticmethod(lambda loss: loss.backward())})()

@@ -22,6 +22,9 @@ et al. 2020, §5 for the per-parameter byte counts):
   three fp32 ``[T x vocab]`` buffers at the peak of the loss backward (SFT and the actor update, T = the
   token budget when set, else rows x length); the no-grad log-prob recompute (RL, its own budget) keeps
   the logits plus two fp32 buffers.
+* attention masks (``memory_terms.attention_mask_bytes``): on CPU the attention is SDPA, which keeps an
+  additive ``[rows x length x length]`` mask per layer for the backward of a padded batch (one under
+  checkpointing); on a GPU the planner assumes flash-attn (the ``gpu`` extra), which keeps none.
 * rollout (rl, align): vLLM's ``gpu_memory_utilization`` share of the GPU, or HF generate's gathered
   weights and KV cache for this rank's rollouts of one call, ``seqs x (prompt + response) x layers x 2
   x kv x bytes`` (DAPO: ``gen_batch_multiplier`` x the prompts).
@@ -181,27 +184,31 @@ def _gathered(name: str, shape: Mapping[str, Any], world: int, prec: Precision, 
 
 
 def _actor_phase(kind: str, cfg: Mapping[str, Any], shape: Mapping[str, Any], world: int, prec: Precision,
-                 gc: bool, gathered: float, est: MemoryEstimate) -> float:
-    """The policy's training phase: the larger of its update micro-batch (activations + loss buffers) and,
-    in RL, the no-grad log-prob recompute with its own token budget."""
-    tokens, images = _train_tokens(kind, cfg, world)
-    act = activation_bytes(shape, tokens, images, prec.param, gc)
+                 gc: bool, gathered: float, dense_mask: bool, est: MemoryEstimate) -> float:
+    """The policy's training phase: the larger of its update micro-batch (activations + loss buffers, and with
+    ``dense_mask`` (SDPA) the attention masks of its rows) and, in RL, the no-grad log-prob recompute with its
+    own token budget."""
+    tokens, rows = _train_tokens(kind, cfg, world)  # one image per row
+    length = cfg.get("max_length", 8192) if kind in ("base", "sft") else _seq_length(cfg, kind)
+    act = activation_bytes(shape, tokens, rows, prec.param, gc)
     if kind in ("rl", "align"):  # the actor's log-probs and entropies are computed in chunks
         loss = terms.chunked_loss_buffer_bytes(tokens, shape["vocab"], prec.param)
     else:
         loss = logits_bytes(shape, tokens, prec.param)
+    mask = terms.attention_mask_bytes(rows, length, prec.param, 1 if gc else shape["layers"]) if dense_mask else 0.0
     est.components["policy/activations"] = act
     est.components["policy/loss_buffers"] = loss
-    update = gathered + act + loss
+    est.components["policy/attention_masks"] = mask
+    update = gathered + act + loss + mask
     if kind != "rl":  # alignment takes the rollout's log-probs as the old ones (trainers/align.py)
         return update
-    length = _seq_length(cfg, kind)
     rt = terms.micro_batch_tokens(cfg.get("log_prob_token_budget", cfg.get("update_token_budget")),
                                   cfg.get("micro_batch_size", 1), length)
     ract = terms.no_grad_activation_bytes(layer_activation_bytes_per_token(shape, prec.param), rt)
     rbuf = terms.chunked_recompute_buffer_bytes(rt, shape["vocab"], prec.param)
+    rmask = terms.attention_mask_bytes(max(1, rt // length), length, prec.param, 1) if dense_mask else 0.0
     est.components["policy/recompute_buffers"] = rbuf
-    return max(update, gathered + ract + rbuf)
+    return max(update, gathered + ract + rbuf + rmask)
 
 
 def _disc_phase(kind: str, cfg: Mapping[str, Any], shape: Mapping[str, Any], world: int, prec: Precision,
@@ -262,7 +269,7 @@ def estimate(kind: str, cfg: Mapping[str, Any], shapes: Mapping[str, Mapping[str
     gathered = {name: _gathered(name, shapes[name], world, prec, offload, est) for name in trained}
     phases = []  # the models train one after the other
     if "policy" in trained:
-        phases.append(_actor_phase(kind, cfg, shapes["policy"], world, prec, gc, gathered["policy"], est))
+        phases.append(_actor_phase(kind, cfg, shapes["policy"], world, prec, gc, gathered["policy"], not on_gpu, est))
     if "discriminator" in trained:
         phases.append(_disc_phase(kind, cfg, shapes["discriminator"], world, prec, gc, gathered["discriminator"], est))
     training = max(phases)

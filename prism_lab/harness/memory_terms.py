@@ -18,6 +18,14 @@ The actor update and the recompute of RL and alignment compute their log-probs a
 time, while the logits (and, in the update, the gradient of the logits) stay ``[tokens x vocab]`` in the
 compute dtype. SFT's cross-entropy is not chunked.
 
+Attention masks (SDPA, the attention on CPU and on a GPU without flash-attn; flash-attn keeps none): a padded
+batch, and every batch of the shared-prefix log-prob path, goes through the decoder with a dense boolean
+``[rows x 1 x length x length]`` mask, and SDPA turns it into an additive mask of the compute dtype in every layer
+(``convert_boolean_attn_mask``), which autograd keeps for that layer's backward: one copy per layer without
+gradient checkpointing, one (the layer being recomputed) with it, one at a time without gradients.
+Measured on tiny-xs (benchmarks/perf/memory_planner_cpu.py): the update's peak grows by ~9 bytes per row and
+squared length at 2 layers in fp32, 1 + 2 x 4.
+
 Phases of RL and alignment: the rollout engine's memory and the training memory add while the engine
 keeps its memory during training (vLLM without sleep mode keeps its ``gpu_memory_utilization`` share of
 the GPU: weights and KV cache); an engine that frees it (HF generate drops its KV cache when the call
@@ -67,6 +75,12 @@ def chunked_recompute_buffer_bytes(tokens: int, vocab: int, nbytes: int,
     """The no-grad recompute's logits (compute dtype, every token) plus its fp32 temporaries for one chunk."""
     rows = min(int(tokens), int(chunk_rows))
     return float(tokens) * vocab * nbytes + float(rows) * vocab * 4 * RECOMPUTE_FP32_BUFFERS
+
+
+def attention_mask_bytes(rows: int, length: int, nbytes: int, masks: int) -> float:
+    """The boolean ``[rows x length x length]`` mask and ``masks`` additive copies of it in the compute dtype
+    (``nbytes``): ``layers`` in a backward without checkpointing, else 1."""
+    return float(rows) * length * length * (1 + nbytes * masks)
 
 
 def no_grad_activation_bytes(per_layer_token: float, tokens: int) -> float:

@@ -128,3 +128,20 @@ def test_the_actor_loss_buffers_are_chunked_like_the_trainers_log_probs():
     assert terms.chunked_loss_buffer_bytes(10, 7, 2, chunk_rows=4) == 10 * 7 * 2 * 2 + 4 * 7 * 4 * 3
     assert terms.chunked_recompute_buffer_bytes(10, 7, 2, chunk_rows=4) == 10 * 7 * 2 + 4 * 7 * 4 * 2
     assert terms.chunked_loss_buffer_bytes(3, 7, 2, chunk_rows=4) == 3 * 7 * 2 * 2 + 3 * 7 * 4 * 3  # one short chunk
+
+
+def test_sdpa_on_cpu_keeps_an_attention_mask_per_layer_for_the_backward():
+    # the boolean [rows x length x length] mask and its additive copies in the compute dtype (2 bytes here)
+    assert terms.attention_mask_bytes(2, 5, 2, masks=2) == 2 * 5 * 5 * (1 + 2 * 2)
+    cfg = {"batch_size": 2, "max_length": 5, "precision": "bf16", "resources": BF16_GPU}
+    cpu = mem.estimate("sft", cfg, {"policy": SHAPE}, on_gpu=False)
+    assert cpu.components["policy/attention_masks"] == 2 * 25 * (1 + 2 * 2)  # one copy in each of the 2 layers
+    gc = mem.estimate("sft", {**cfg, "resources": {**BF16_GPU, "gradient_checkpointing": True}}, {"policy": SHAPE},
+                      on_gpu=False)
+    assert gc.components["policy/attention_masks"] == 2 * 25 * (1 + 2)  # only the layer being recomputed
+    assert mem.estimate("sft", cfg, {"policy": SHAPE}, on_gpu=True).components["policy/attention_masks"] == 0
+    # RL on CPU: the update's 8-token budget is 1 row of 5 (prompt 3 + response 2): 1 x 25 x (1 + 2 x 2) more
+    # than on a GPU; the recompute's 12 tokens are 2 rows, one additive mask at a time
+    rl = mem.estimate("rl", rl_cfg(rollout_engine="hf"), {"policy": SHAPE}, on_gpu=False)
+    assert rl.components["policy/attention_masks"] == 25 * (1 + 2 * 2)
+    assert rl.peak == RESIDENT + mem.PROCESS_RUNTIME_BYTES + UPDATE + 25 * 5
