@@ -237,14 +237,18 @@ def _variants(item, k: int) -> str:
     return forms[k % len(forms)]
 
 
-def _lmms_backend(**kw):
+@pytest.fixture(scope="module")
+def lmms():
+    """One lmms-eval backend (one worker: lmms-eval imported, the model loaded once) for the module's tests."""
     from prism_lab.eval.lmms.backend import LmmsEvalBackend
 
-    return LmmsEvalBackend(**kw)
+    backend = LmmsEvalBackend(batch_size=4)
+    yield backend
+    backend.close()
 
 
 @needs_both_kits
-def test_parity_builtin_vlmevalkit_lmms_eval_on_same_predictions(synth_dir, checkpoint):
+def test_parity_builtin_vlmevalkit_lmms_eval_on_same_predictions(synth_dir, checkpoint, lmms):
     """Same prediction texts -> same per-row verdicts and accuracy in all three backends, on every synthetic
     benchmark (VLMEvalKit's and lmms-eval's own bookkeeping and scoring paths)."""
     from prism_lab.config.eval import EvalConfig
@@ -252,7 +256,7 @@ def test_parity_builtin_vlmevalkit_lmms_eval_on_same_predictions(synth_dir, chec
     from prism_lab.eval.backends import summarize_rows
     from prism_lab.eval.builtin import score_response
 
-    backend, lmms = _backend(batch_size=8), _lmms_backend(batch_size=8)
+    backend = _backend(batch_size=8)
     try:
         for name in ("synth-perception", "synth-reasoning", "synth-hallusion"):
             spec = load_benchmark(name)
@@ -282,11 +286,11 @@ def test_parity_builtin_vlmevalkit_lmms_eval_on_same_predictions(synth_dir, chec
             assert lmms_acc == pytest.approx(acc)  # lmms-eval's own aggregation of its per-document verdicts
     finally:
         backend.close()
-        lmms.close()
+        lmms.replay.clear()
 
 
 @needs_both_kits
-def test_generation_parity_three_backends(synth_dir, checkpoint):
+def test_generation_parity_three_backends(synth_dir, checkpoint, lmms):
     """Greedy generation through VLMEvalKit's and lmms-eval's bookkeeping gives the built-in backend's exact
     prompts, responses and scores for the same checkpoint and decoding."""
     from prism_lab.config.eval import EvalConfig
@@ -301,11 +305,7 @@ def test_generation_parity_three_backends(synth_dir, checkpoint):
         res = backend.evaluate(checkpoint, spec, items, settings)
     finally:
         backend.close()
-    lmms = _lmms_backend(batch_size=4)
-    try:
-        third = lmms.evaluate(checkpoint, spec, items, settings)
-    finally:
-        lmms.close()
+    third = lmms.evaluate(checkpoint, spec, items, settings)  # batch size 4, as below
     ref = BuiltinBackend(batch_size=4, progress=False).evaluate(checkpoint, spec, items, settings)
     for out in (res, third):
         assert [r["index"] for r in out.rows] == [it.index for it in items]
