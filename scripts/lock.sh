@@ -4,7 +4,7 @@
 # pyproject.toml allows, minus the holds below), then `pip freeze`. Outside CI; needs the package index.
 #
 #   scripts/lock.sh                 # constraints/core.txt      (extras test,lmeval,ray)
-#   scripts/lock.sh vlmeval         # constraints/vlmeval.txt   (extras vlmeval,test; its own virtualenv)
+#   scripts/lock.sh vlmeval         # constraints/vlmeval.txt   (extras vlmeval,lmms,test; the external backends' virtualenv)
 #   scripts/lock.sh core "numpy<3"  # extra requirements are passed to pip and named in the header
 #
 # torch is installed first (the CPU wheel) and left out of the core lock; prism-lab itself is left out.
@@ -29,9 +29,9 @@ case "$TARGET" in
 # Regenerate with scripts/lock.sh; scripts/newest.sh installs the newest allowed versions instead and reports what breaks." ;;
   vlmeval)
     # torchvision must match torch (0.28.0 is the release built against 2.13.0); both stay pinned here.
-    EXTRAS="vlmeval,test"; OUT=constraints/vlmeval.txt; KEEP='^(pip|prism-lab|prism_lab)=='
+    EXTRAS="vlmeval,lmms,test"; OUT=constraints/vlmeval.txt; KEEP='^(pip|prism-lab|prism_lab)=='
     HOLDS+=("torchvision==0.28.0")
-    HEADER="# The VLMEvalKit extra's own virtualenv, locked: every version of .[$EXTRAS] that CI tested, torch and torchvision
+    HEADER="# The external evaluation backends' virtualenv (VLMEvalKit and lmms-eval side by side), locked: every version of .[$EXTRAS] that CI tested, torch and torchvision
 # included (torchvision must be the release built against torch 2.13.0). Used by the README's vlmeval install and .ci/run.
 # Regenerate with scripts/lock.sh vlmeval." ;;
   *) echo "scripts/lock.sh: unknown target '$TARGET' (expected core or vlmeval)" >&2; exit 2 ;;

@@ -50,6 +50,12 @@ def doctor() -> None:
         table.add_row("vlmevalkit backend", f"runs with {find_vlmeval_python()}")
     except PrismError as exc:
         table.add_row("vlmevalkit backend", f"[dim]not set up ({str(exc).splitlines()[0][:60]}...)[/dim]")
+    try:
+        from prism_lab.eval.lmms.backend import find_lmms_python
+
+        table.add_row("lmms_eval backend", f"runs with {find_lmms_python()}")
+    except PrismError as exc:
+        table.add_row("lmms_eval backend", f"[dim]not set up ({str(exc).splitlines()[0][:60]}...)[/dim]")
     table.add_row("wandb mode", os.environ.get("PRISM_LAB_WANDB") or os.environ.get("WANDB_MODE") or "offline")
     table.add_row("hub kernels", f"USE_HUB_KERNELS={os.environ.get('USE_HUB_KERNELS', '')} "
                   "(prism-lab sets 0 unless you export another value)")

@@ -25,7 +25,7 @@ from prism_lab.errors import CheckpointError, PrismError
 def eval_command(
     checkpoint: Annotated[Path, typer.Argument(help="Checkpoint: an HF model directory or a stage run directory.")],
     benchmark: Annotated[list[str], typer.Option("--benchmark", "-b", help="Benchmark name (repeatable).")],
-    backend: Annotated[str, typer.Option("--backend", help="`builtin` or `vlmevalkit`.")] = "builtin",
+    backend: Annotated[str, typer.Option("--backend", help="`builtin`, `vlmevalkit` or `lmms_eval`.")] = "builtin",
     bench_dir: Annotated[Optional[Path], typer.Option(
         "--bench-dir", help="Directory of the benchmark files: TSVs, generated lm-eval data (default: $LMUData).")] = None,
     root: Annotated[Optional[Path], typer.Option("--root", help="Ledger root (default: $PRISM_LAB_ROOT or ./runs).")] = None,
@@ -72,11 +72,13 @@ def check_overrides(*, limit: int | None, temperature: float | None, top_p: floa
 
 def _needs_bench_dir(spec) -> bool:
     """A TSV benchmark, or an lm-eval task reading a generated data file (hub tasks read none)."""
-    return spec.kind != "lmeval" or spec.file is not None
+    return not spec.is_task or spec.file is not None
 
 
 def _check_benchmark(spec, bdir: Path | None) -> None:
     """Everything a benchmark reads is here and well formed, before anything is written."""
+    if spec.kind == "lmms":  # its dataset is looked up when it runs (not cached: skipped with one line)
+        return
     if spec.kind == "lmeval":
         from prism_lab.eval.lmeval import require_task_data
         from prism_lab.eval.lmeval_tasks import check_task_reference
@@ -88,6 +90,24 @@ def _check_benchmark(spec, bdir: Path | None) -> None:
     from prism_lab.eval.run import benchmark_tsv
 
     read_benchmark_tsv(benchmark_tsv(spec, bdir))  # a missing or malformed TSV fails before anything is written
+
+
+def _check_lmms(specs, backend: str) -> None:
+    """lmms-eval's virtualenv is there (ConfigError, one line, before anything is written), unless every benchmark
+    it would run is a ``kind: lmms`` task whose dataset is not local (those are skipped with one line)."""
+    from prism_lab.eval.lmeval import TaskUnavailable
+    from prism_lab.eval.lmms.backend import find_lmms_python, require_local_dataset
+
+    for spec in specs:
+        if spec.kind == "lmms":
+            try:
+                require_local_dataset(spec)
+            except TaskUnavailable:
+                continue
+        elif spec.kind == "lmeval" or backend != "lmms_eval":
+            continue
+        find_lmms_python()
+        return
 
 
 def _evaluate(checkpoint: Path, benchmark: list[str], backend: str, bench_dir: Path | None, root: Path | None,
@@ -125,6 +145,8 @@ def _evaluate(checkpoint: Path, benchmark: list[str], backend: str, bench_dir: P
         raise PrismError("--bench-dir is required (or set $LMUData to the directory of the benchmark files)")
     for spec in specs:
         _check_benchmark(spec, bdir)
+    if backend == "lmms_eval" or any(s.kind == "lmms" for s in specs):
+        _check_lmms(specs, backend)
     from prism_lab.models.checkpoint import inspect_checkpoint
     from prism_lab.models.weight_check import verify_weights
 

@@ -6,7 +6,7 @@ A backend turns one benchmark's items into scored prediction rows::
     result = backend.evaluate(checkpoint_dir, spec, items, settings)   # -> BenchmarkResult
 
 ``builtin`` (``prism_lab.eval.builtin``) generates with the rollout engine and scores with the rule judge.
-Further backends (e.g. ``vlmevalkit``) register a ``module:Class`` reference with
+Further backends (``vlmevalkit``, ``lmms_eval``) register a ``module:Class`` reference with
 :func:`register_backend`; classes are imported only when used, so this module stays cheap to import.
 """
 
@@ -193,3 +193,4 @@ def get_backend_class(name: str) -> type[EvalBackend]:
 register_backend("builtin", "prism_lab.eval.builtin:BuiltinBackend")
 register_backend("vlmevalkit", "prism_lab.eval.vlmeval.backend:VLMEvalKitBackend")
 register_backend("lmeval", "prism_lab.eval.lmeval:LmEvalBackend")  # `kind: lmeval` benchmarks only
+register_backend("lmms_eval", "prism_lab.eval.lmms.backend:LmmsEvalBackend")  # `kind: lmms` ones go here always

@@ -35,17 +35,19 @@ class BenchmarkSpec(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
     name: str = Field(..., min_length=1, description="Registry name (what grids list under `benchmarks:`).")
-    kind: Literal["mcq", "yesno", "open", "lmeval"] = Field(
+    kind: Literal["mcq", "yesno", "open", "lmeval", "lmms"] = Field(
         ...,
         description="Judging: `mcq` = option letter; `yesno` = Yes/No rule; `open` = rule judge on the answer "
-        "string (rows that carry options are judged by letter); `lmeval` = an lm-eval task and its metric.",
+        "string (rows that carry options are judged by letter); `lmeval` = an lm-eval task and its metric; "
+        "`lmms` = an lmms-eval task (`lmms_task`, the paper's kit) and its own metric, run by the `lmms_eval` backend.",
     )
     file: str | None = Field(
         None, min_length=1, description="TSV file name (VLMEvalKit layout); for `lmeval`, the task's data file "
         "(JSONL) if it reads a generated one.")
-    source: Literal["synth", "vlmevalkit", "hf"] = Field(
+    source: Literal["synth", "vlmevalkit", "hf", "lmms"] = Field(
         ..., description="`synth`: <data_dir>/bench/<file> from the generator; `vlmevalkit`: $LMUData/<file>; "
-        "`hf`: an lm-eval task's own dataset, from the Hugging Face cache (offline).")
+        "`hf`: an lm-eval task's own dataset, from the Hugging Face cache (offline); `lmms`: an lmms-eval task's "
+        "dataset (`lmms_dataset`), from the Hugging Face cache (offline).")
     vlmeval_name: str | None = Field(
         None, description="VLMEvalKit dataset name (for the vlmevalkit backend / official TSVs)."
     )
@@ -67,12 +69,21 @@ class BenchmarkSpec(BaseModel):
         None, description="`lmeval`: the metric[,filter] reported as accuracy (default: the task's first).")
     num_fewshot: int | None = Field(None, ge=0, description="`lmeval`: few-shot examples (default: the task's).")
     chat_template: bool = Field(False, description="`lmeval`: wrap prompts in the checkpoint's chat template.")
+    lmms_task: str | None = Field(
+        None, description="`lmms`: the lmms-eval task or group, as the PRISM eval script names it (`mathvista_testmini`).")
+    lmms_dataset: str | None = Field(
+        None, description="`lmms`: the task's Hugging Face dataset id; the benchmark is skipped when it is not cached.")
 
     _dir: Path | None = PrivateAttr(default=None)
 
     @model_validator(mode="after")
     def _check(self) -> "BenchmarkSpec":
-        if self.kind == "lmeval":
+        if self.kind == "lmms":
+            if not (self.lmms_task and self.lmms_dataset):
+                raise ValueError("a `kind: lmms` benchmark needs `lmms_task` and `lmms_dataset`")
+            if self.file is not None:
+                raise ValueError("a `kind: lmms` benchmark reads its task's dataset, not a file: remove `file`")
+        elif self.kind == "lmeval":
             if not self.lmeval_task:
                 raise ValueError("a `kind: lmeval` benchmark needs `lmeval_task`")
             if self.file is not None and not self.file.endswith((".jsonl", ".json")):
@@ -80,6 +91,11 @@ class BenchmarkSpec(BaseModel):
         elif self.file is None or not self.file.endswith(".tsv"):
             raise ValueError(f"file must be a .tsv file name, got {self.file!r}")
         return self
+
+    @property
+    def is_task(self) -> bool:
+        """An lm-eval / lmms-eval task (the kit reads its data), not a TSV of items prism-lab reads."""
+        return self.kind in ("lmeval", "lmms")
 
     @property
     def group(self) -> str:

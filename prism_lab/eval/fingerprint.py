@@ -46,7 +46,7 @@ __all__ = ["FINGERPRINT_EVENT", "Mixed", "backend_version", "benchmark_fingerpri
 FINGERPRINT_EVENT = "eval_fingerprint"
 
 #: Backend -> the distribution whose version is the backend's version.
-BACKEND_PACKAGES = {"builtin": "prism-lab", "lmeval": "lm_eval", "vlmevalkit": "ms-vlmeval"}
+BACKEND_PACKAGES = {"builtin": "prism-lab", "lmeval": "lm_eval", "vlmevalkit": "ms-vlmeval", "lmms_eval": "lmms_eval"}
 
 #: Characters of the short hash shown in tables.
 SHORT = 12
@@ -113,12 +113,13 @@ def backend_version(name: str) -> str | None:
     found = _installed(dist)
     if found is None and name == "builtin":  # a checkout used without installing it
         return importlib.import_module("prism_lab").__version__
-    if found is None and name == "vlmevalkit":  # VLMEvalKit usually lives in a virtualenv of its own
+    if found is None and name in ("vlmevalkit", "lmms_eval"):  # they usually live in a virtualenv of their own
         from prism_lab.errors import ConfigError
+        from prism_lab.eval.lmms.backend import find_lmms_python
         from prism_lab.eval.vlmeval.backend import find_vlmeval_python
 
         try:
-            return _version_in(find_vlmeval_python(), dist)
+            return _version_in((find_vlmeval_python if name == "vlmevalkit" else find_lmms_python)(), dist)
         except ConfigError:
             return None
     return found
@@ -133,7 +134,9 @@ def protocol_key(benchmarks: Sequence[str], backend: str, search_dirs: Sequence[
     specs = all_benchmarks(search_dirs)
     known = [specs[b] for b in benchmarks if b in specs]
     external = {"lmeval"} if any(s.kind == "lmeval" for s in known) else set()
-    if backend != "builtin" and any(s.kind != "lmeval" for s in known):
+    if any(s.kind == "lmms" for s in known):
+        external.add("lmms_eval")
+    if backend != "builtin" and any(s.kind not in ("lmeval", "lmms") for s in known):
         external.add(backend)
     payload = {"benchmarks": {s.name: spec_sha256(s) for s in known},
                "backends": {b: backend_version(b) for b in sorted(external)}}

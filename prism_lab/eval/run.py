@@ -119,15 +119,20 @@ def _finite(x: Any) -> Any:
 
 
 def _backend_name(spec: BenchmarkSpec, cfg: EvalConfig) -> str:
-    """lm-eval tasks always go to the lm-eval wing; everything else to the configured backend."""
-    return "lmeval" if spec.kind == "lmeval" else cfg.backend
+    """lm-eval tasks always go to the lm-eval wing, lmms-eval tasks to lmms-eval; the rest to the configured
+    backend."""
+    return {"lmeval": "lmeval", "lmms": "lmms_eval"}.get(spec.kind, cfg.backend)
 
 
 def _source(spec: BenchmarkSpec, bench_dir: str | Path | None) -> tuple[Path | None, str]:
     """(the benchmark's data file or None, its content fingerprint for the cache key)."""
-    if spec.kind != "lmeval":
+    if not spec.is_task:
         path = benchmark_tsv(spec, bench_dir)
         return path, file_sha256(path)
+    if spec.kind == "lmms":  # the task's definition (its data is the cached dataset the task names)
+        from prism_lab.eval.fingerprint import spec_sha256
+
+        return None, spec_sha256(spec)
     from prism_lab.eval.lmeval import task_fingerprint
 
     path = Path(bench_dir) / spec.file if spec.file and bench_dir is not None else None
@@ -178,7 +183,7 @@ def _ledger_metrics(name: str, m: dict[str, Any]) -> dict[str, float]:
 def _baselines(spec: BenchmarkSpec, items: Sequence[Any]) -> dict[str, float]:
     """``{"chance", "majority"}`` of the items evaluated (after ``limit``); empty for lm-eval tasks, whose
     items the harness never sees (and for no items)."""
-    if spec.kind == "lmeval" or not items:
+    if spec.is_task or not items:
         return {}
     return {"chance": chance(items, spec.kind), "majority": majority(items)}
 
@@ -342,7 +347,7 @@ def _run_one(spec: BenchmarkSpec, cfg: EvalConfig, path: Path | None, sha: str, 
 
     noimg: list[Any] = []
     items: list[Any] = []
-    if spec.kind != "lmeval":
+    if not spec.is_task:
         assert path is not None
         items = read_benchmark_tsv(path, keep_noimg=spec.keep_noimg, skipped=noimg)
         if noimg:
@@ -362,7 +367,7 @@ def _run_one(spec: BenchmarkSpec, cfg: EvalConfig, path: Path | None, sha: str, 
         except (KeyError, ValueError) as e:
             _emit(log, f"eval {spec.name}: cache entry {key[:12]} does not fit the benchmark ({e}); regenerating")
     _emit(log, f"eval {spec.name}: generating {len(items) or 'lm-eval'} items ({settings.to_dict()})")
-    if spec.kind == "lmeval":
+    if spec.is_task:
         from prism_lab.eval.lmeval import TaskUnavailable
 
         try:

@@ -48,6 +48,12 @@ needs_vlmeval = pytest.mark.skipif(
     not HAS_VLMEVAL,
     reason="VLMEvalKit (the 'vlmeval' extra) is not installed in this environment; see docs/vlmevalkit.md",
 )
+# The parity tests compare three backends: lmms-eval is installed beside VLMEvalKit (the README's set-up line).
+needs_both_kits = pytest.mark.skipif(
+    not (HAS_VLMEVAL and importlib.util.find_spec("lmms_eval") is not None),
+    reason="the external backends' virtualenv (VLMEvalKit and lmms-eval: the 'vlmeval' and 'lmms' extras) is not "
+    "this environment; see the README's set-up line",
+)
 
 PAPER = {  # name -> (kind, paper column, max_new_tokens) from docs/prism_method.md §8
     "MathVista_MINI": ("open", "MathVista", 16384),
@@ -231,9 +237,20 @@ def _variants(item, k: int) -> str:
     return forms[k % len(forms)]
 
 
-@needs_vlmeval
-def test_parity_builtin_vs_vlmevalkit_on_same_predictions(synth_dir, checkpoint):
-    """Same prediction texts -> same per-row verdicts and accuracy, on every synthetic benchmark."""
+@pytest.fixture(scope="module")
+def lmms():
+    """One lmms-eval backend (one worker: lmms-eval imported, the model loaded once) for the module's tests."""
+    from prism_lab.eval.lmms.backend import LmmsEvalBackend
+
+    backend = LmmsEvalBackend(batch_size=4)
+    yield backend
+    backend.close()
+
+
+@needs_both_kits
+def test_parity_builtin_vlmevalkit_lmms_eval_on_same_predictions(synth_dir, checkpoint, lmms):
+    """Same prediction texts -> same per-row verdicts and accuracy in all three backends, on every synthetic
+    benchmark (VLMEvalKit's and lmms-eval's own bookkeeping and scoring paths)."""
     from prism_lab.config.eval import EvalConfig
     from prism_lab.data.bench_tsv import read_benchmark_tsv
     from prism_lab.eval.backends import summarize_rows
@@ -258,13 +275,24 @@ def test_parity_builtin_vs_vlmevalkit_on_same_predictions(synth_dir, checkpoint)
             assert table["Overall"] == pytest.approx(100 * acc)
             if name == "synth-hallusion":  # VLMEvalKit's Hallusion metrics on our layout
                 assert table["aAcc"] == pytest.approx(100 * acc) and "fAcc" in table and "qAcc" in table
+            lmms.replay[name] = preds
+            third = lmms.evaluate(checkpoint, spec, items, resolve_settings(spec, EvalConfig()))
+            assert [r["index"] for r in third.rows] == [it.index for it in items]
+            assert [r["prediction"] for r in third.rows] == [preds[str(it.index)] for it in items]
+            assert [r["correct"] for r in third.rows] == [b["correct"] for b in builtin], name
+            assert [r["format_valid"] for r in third.rows] == [b["format_valid"] for b in builtin]
+            assert third.metrics["accuracy"] == pytest.approx(acc)
+            lmms_acc = third.info["lmms_metrics"][third.info["lmms_tasks"][0]]["prism_correct,none"]
+            assert lmms_acc == pytest.approx(acc)  # lmms-eval's own aggregation of its per-document verdicts
     finally:
         backend.close()
+        lmms.replay.clear()
 
 
-@needs_vlmeval
-def test_generation_parity_with_builtin_backend(synth_dir, checkpoint):
-    """Greedy generation through VLMEvalKit's bookkeeping gives the built-in backend's exact responses."""
+@needs_both_kits
+def test_generation_parity_three_backends(synth_dir, checkpoint, lmms):
+    """Greedy generation through VLMEvalKit's and lmms-eval's bookkeeping gives the built-in backend's exact
+    prompts, responses and scores for the same checkpoint and decoding."""
     from prism_lab.config.eval import EvalConfig
     from prism_lab.data.bench_tsv import read_benchmark_tsv
     from prism_lab.eval.builtin import BuiltinBackend
@@ -277,12 +305,16 @@ def test_generation_parity_with_builtin_backend(synth_dir, checkpoint):
         res = backend.evaluate(checkpoint, spec, items, settings)
     finally:
         backend.close()
+    third = lmms.evaluate(checkpoint, spec, items, settings)  # batch size 4, as below
     ref = BuiltinBackend(batch_size=4, progress=False).evaluate(checkpoint, spec, items, settings)
-    assert [r["index"] for r in res.rows] == [it.index for it in items]
-    assert [r["prediction"] for r in res.rows] == [r["prediction"] for r in ref.rows]
-    assert [r["prompt"] for r in res.rows] == [r["prompt"] for r in ref.rows]
-    assert [r["n_tokens"] for r in res.rows] == [r["n_tokens"] for r in ref.rows]
+    for out in (res, third):
+        assert [r["index"] for r in out.rows] == [it.index for it in items]
+        assert [r["prediction"] for r in out.rows] == [r["prediction"] for r in ref.rows]
+        assert [r["prompt"] for r in out.rows] == [r["prompt"] for r in ref.rows]
+        assert [r["n_tokens"] for r in out.rows] == [r["n_tokens"] for r in ref.rows]
+        assert [r["correct"] for r in out.rows] == [r["correct"] for r in ref.rows]
     assert res.info["vlmeval_class"] == "PrismYesNoDataset"
+    assert third.info["lmms_tasks"] == ["prism_synth_hallusion"]
 
 
 def _png(seed: int) -> str:

@@ -93,6 +93,9 @@ class VLMEvalKitBackend(EvalBackend):
     """Evaluation through VLMEvalKit (see the module doc). Registered as ``vlmevalkit``."""
 
     name = "vlmevalkit"
+    #: the worker module the subprocess runs (``python -m <module> --worker``) and its work-dir prefix
+    worker_module = "prism_lab.eval.vlmeval.worker"
+    work_prefix = "prism-vlmeval-"
 
     def __init__(self, *, engine_kind: str = "auto", in_process: bool | None = None, python: str | None = None,
                  work_dir: str | Path | None = None, worker_timeout: float | None = None, **kwargs: Any) -> None:
@@ -113,29 +116,29 @@ class VLMEvalKitBackend(EvalBackend):
     # -- plumbing
     def work_root(self) -> Path:
         if self._work_root is None:
-            self._work_root = Path(tempfile.mkdtemp(prefix="prism-vlmeval-"))
+            self._work_root = Path(tempfile.mkdtemp(prefix=self.work_prefix))
         self._work_root.mkdir(parents=True, exist_ok=True)
         return self._work_root
 
     def _start(self) -> subprocess.Popen:
         if self._proc is not None and self._proc.poll() is None:
             return self._proc
-        python = self.python or find_vlmeval_python()
+        python = self.python or self.find_python()
         self._log_file = self.work_root() / "worker.log"
         env = dict(os.environ)
         env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
         env.setdefault("HF_HUB_OFFLINE", "1")
         env.setdefault("HF_DATASETS_OFFLINE", "1")
         log = open(self._log_file, "ab")  # noqa: SIM115 - owned by the worker's lifetime
-        self.log(f"vlmevalkit: starting worker {python} (log {self._log_file})")
-        self._proc = subprocess.Popen([python, "-m", "prism_lab.eval.vlmeval.worker", "--worker"],
+        self.log(f"{self.name}: starting worker {python} (log {self._log_file})")
+        self._proc = subprocess.Popen([python, "-m", self.worker_module, "--worker"],
                                       stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log, env=env,
                                       text=True, bufsize=1, cwd=str(REPO))
         log.close()
         ready = self._read_reply()
         if not ready.get("ready"):
             self.close()
-            raise ConfigError(f"vlmevalkit worker ({python}) could not import VLMEvalKit: "
+            raise ConfigError(f"{self.name} worker ({python}) could not import its evaluation kit: "
                               f"{ready.get('type')}: {ready.get('message')}")
         return self._proc
 
@@ -150,12 +153,12 @@ class VLMEvalKitBackend(EvalBackend):
         line = self._proc.stdout.readline()
         if not line:
             code = self._proc.wait()
-            raise PrismError(f"vlmevalkit worker exited (code {code}); last log lines:\n{self._log_tail()}")
+            raise PrismError(f"{self.name} worker exited (code {code}); last log lines:\n{self._log_tail()}")
         return json.loads(line)
 
     def _call(self, req: dict) -> dict:
         if self.in_process:
-            return run_request(req)
+            return self.run_local(req)
         proc = self._start()
         assert proc.stdin is not None
         proc.stdin.write(json.dumps(req) + "\n")
@@ -165,9 +168,17 @@ class VLMEvalKitBackend(EvalBackend):
             cls = _ERRORS.get(str(reply.get("type")), PrismError)
             msg = str(reply.get("message"))
             if cls is PrismError:
-                msg = f"vlmevalkit worker failed: {reply.get('type')}: {msg} (log: {self._log_file})"
+                msg = f"{self.name} worker failed: {reply.get('type')}: {msg} (log: {self._log_file})"
             raise cls(msg)
         return reply
+
+    def find_python(self) -> str:
+        """The interpreter that runs the worker (ConfigError in one line when there is none)."""
+        return find_vlmeval_python()
+
+    def run_local(self, req: dict) -> dict:
+        """One request in this process (``in_process``)."""
+        return run_request(req)
 
     # -- EvalBackend
     def request(self, checkpoint_dir: str | Path, spec: Any, items: Sequence[Any],
@@ -206,13 +217,13 @@ class VLMEvalKitBackend(EvalBackend):
     def evaluate(self, checkpoint_dir: str | Path, spec: Any, items: Sequence[Any],
                  settings: GenerationSettings) -> BenchmarkResult:
         req = self.request(checkpoint_dir, spec, items, settings)
-        self.log(f"eval {spec.name}: VLMEvalKit run in {req['work_dir']}")
+        self.log(f"eval {spec.name}: {self.name} run in {req['work_dir']}")
         reply = self._call(req)
         rows = reply["rows"]
         by_idx = {str(r["index"]): r for r in rows}
         ordered = [by_idx[str(it.index)] for it in items if str(it.index) in by_idx]
         if len(ordered) != len(list(items)):
-            raise PrismError(f"eval {spec.name}: VLMEvalKit returned {len(rows)} rows for {len(list(items))} items")
+            raise PrismError(f"eval {spec.name}: {self.name} returned {len(rows)} rows for {len(list(items))} items")
         for r, it in zip(ordered, items):
             r["index"] = it.index
         return BenchmarkResult(benchmark=spec.name, rows=ordered, settings=settings, backend=self.name,
@@ -240,6 +251,12 @@ class VLMEvalKitBackend(EvalBackend):
         cfg = JudgeConfig.from_env()
         return (cfg.model or cfg.url, None) if cfg.url else (None, None)
 
+    def close_local(self) -> None:
+        """Release the model an in-process run loaded."""
+        for m in MODEL_CACHE.values():
+            m.close()
+        MODEL_CACHE.clear()
+
     def close(self) -> None:
         proc, self._proc = self._proc, None
         if proc is not None:
@@ -255,9 +272,7 @@ class VLMEvalKitBackend(EvalBackend):
             if proc.stdout is not None:
                 proc.stdout.close()
         if self.in_process:
-            for m in MODEL_CACHE.values():
-                m.close()
-            MODEL_CACHE.clear()
+            self.close_local()
         if self._work_root is not None and not self._keep:
             shutil.rmtree(self._work_root, ignore_errors=True)
             self._work_root = None

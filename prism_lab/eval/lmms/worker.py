@@ -1,0 +1,176 @@
+"""The lmms-eval side of the ``lmms_eval`` backend: evaluate one benchmark request with lmms-eval's
+``evaluator.evaluate`` (request construction, filters, per-document ``process_results``, aggregation) and
+:class:`~prism_lab.eval.lmms.model.PrismLMMS`, in the worker process that
+``python -m prism_lab.eval.lmms.worker --worker`` starts (or in-process). Same JSON-line protocol as the
+VLMEvalKit worker (:mod:`prism_lab.eval.vlmeval.worker`); see :mod:`prism_lab.eval.lmms.backend`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+import time
+import traceback
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from prism_lab.eval.backends import GenerationSettings
+from prism_lab.prompts import Prompting
+
+MODEL_CACHE: dict[str, Any] = {}
+
+
+def import_lmms_eval() -> Any:
+    """``import lmms_eval`` (torchvision shim first: the CPU torch cannot load torchvision's C++ ops); the
+    caller's grad mode is kept."""
+    import torch
+
+    from prism_lab.eval.vlmeval.tv_shim import apply
+
+    grad = torch.is_grad_enabled()
+    apply()
+    import lmms_eval.evaluator  # noqa: F401 - the import is the point
+
+    torch.set_grad_enabled(grad)
+    import lmms_eval
+
+    return lmms_eval
+
+
+def _model_for(req: Mapping[str, Any], settings: GenerationSettings, prompting: Prompting):
+    from prism_lab.eval.lmms.model import PrismLMMS
+
+    key = json.dumps([req["checkpoint_dir"], req.get("engine_kind", "auto"), req.get("batch_size", 16),
+                      req.get("threads")])
+    model = MODEL_CACHE.get(key)
+    if model is None:
+        for old in MODEL_CACHE.values():
+            old.close()
+        MODEL_CACHE.clear()
+        model = PrismLMMS(req["checkpoint_dir"], settings=settings, prompting=prompting,
+                          batch_size=int(req.get("batch_size", 16)), engine_kind=req.get("engine_kind", "auto"),
+                          threads=req.get("threads"))
+        MODEL_CACHE[key] = model
+    model.settings, model.prompting, model._builtin.prompting = settings, prompting, prompting
+    model.replay = {str(k): str(v) for k, v in (req.get("replay") or {}).items()}
+    model.records = {}
+    model.task_dict = {}
+    return model
+
+
+def _tsv_task(req: Mapping[str, Any], spec: Any, settings: GenerationSettings, prompting: Prompting, work: Path):
+    from prism_lab.data.bench_tsv import read_benchmark_tsv
+    from prism_lab.eval.lmms.tasks import synth_task
+
+    items = read_benchmark_tsv(req["tsv"], keep_noimg=spec.keep_noimg)
+    if req.get("indices") is not None:
+        want = {str(i) for i in req["indices"]}
+        items = [it for it in items if str(it.index) in want]
+    task, _pos = synth_task(spec, items, prompting, work, settings)
+    return task, items
+
+
+def _row(spec: Any, model: Any, name: str, s: Mapping[str, Any], items: Any, score_response: Any) -> dict[str, Any]:
+    """One prediction row in the built-in backend's schema from lmms-eval's logged sample ``s``."""
+    from prism_lab.eval.lmms.tasks import METRIC
+
+    idx = model.index_of(name, "test", s["doc_id"])
+    rec = model.records[idx]
+    if items is not None:
+        it = items[s["doc_id"]]
+        row = {"index": it.index, "question": it.question, "answer": it.answer, "category": it.category,
+               **score_response(rec["raw"], it.answer, kind=spec.kind, options=it.options)}
+        row["correct"] = bool(s[METRIC])  # lmms-eval's verdict (process_results on its filtered response)
+    else:  # the task's first numeric per-document metric is the item's score
+        score = next((float(v) for k, v in s.items() if k not in ("doc_id", "target") and isinstance(v, (int, float))
+                      and not isinstance(v, bool) and math.isfinite(v)), None)
+        row = {"index": idx, "question": None, "answer": str(s.get("target")), "category": name,
+               "correct": bool(score), "score": score}
+    row.update(prompt=rec["prompt"], prediction=rec["raw"], n_tokens=rec["n_tokens"],
+               finish_reason=rec["finish_reason"], judged_by="lmms_eval")
+    return row
+
+
+def run_request(req: Mapping[str, Any]) -> dict[str, Any]:
+    """Evaluate one benchmark through lmms-eval; returns ``{"rows", "info"}``."""
+    import_lmms_eval()
+    import torch
+    from lmms_eval.evaluator import evaluate
+
+    from prism_lab.eval.benchmarks import BenchmarkSpec
+    from prism_lab.eval.builtin import score_response
+
+    grad = torch.is_grad_enabled()
+    t0 = time.perf_counter()
+    spec = BenchmarkSpec.model_validate(req["spec"])
+    settings = GenerationSettings(**req["settings"])
+    prompting = Prompting(**req.get("prompting", {}))
+    work = Path(req["work_dir"])
+    try:
+        model = _model_for(req, settings, prompting)
+        if spec.kind == "lmms":
+            from prism_lab.eval.lmms.paper import paper_tasks
+
+            tasks, items = paper_tasks(spec, settings), None
+        else:
+            task, items = _tsv_task(req, spec, settings, prompting, work)
+            tasks = {task.config.task: task}
+        docs = {}
+        for name, task in tasks.items():
+            model.task_dict[name] = task.dataset
+            docs[name] = task.test_docs()
+        if items is not None:
+            model.index_of = lambda t, _s, doc_id: str(docs[t][doc_id]["index"])
+        else:  # an lmms-eval group: its leaf tasks' documents, named task:doc_id
+            model.index_of = lambda t, _s, doc_id: f"{t}:{doc_id}"
+        out = evaluate(model, tasks, limit=settings.limit if items is None else None, bootstrap_iters=0,
+                       log_samples=True, process_docs_parallel=1, verbosity="WARNING")
+        rows = []
+        for name in tasks:
+            for s in sorted(out["samples"][name], key=lambda s: s["doc_id"]):
+                rows.append(_row(spec, model, name, s, items, score_response))
+        metrics = {name: {k: v for k, v in out["results"][name].items() if isinstance(v, (int, float))}
+                   for name in tasks}
+        info = {"lmms_tasks": sorted(tasks), "lmms_metrics": metrics, "work_dir": str(work),
+                "generate_seconds": round(model.generate_seconds, 3), "seconds": round(time.perf_counter() - t0, 3)}
+        model.generate_seconds = 0.0
+        return {"rows": rows, "info": info}
+    finally:
+        torch.set_grad_enabled(grad)
+
+
+def worker_main() -> int:
+    """``python -m prism_lab.eval.lmms.worker --worker``: serve JSON-line requests on stdin."""
+    proto = os.fdopen(os.dup(1), "w", encoding="utf-8", buffering=1)
+    os.dup2(2, 1)  # lmms-eval's prints go to the log (stderr), never into the protocol stream
+    try:
+        import_lmms_eval()
+        proto.write(json.dumps({"ready": True}) + "\n")
+    except Exception as e:  # noqa: BLE001
+        proto.write(json.dumps({"ready": False, "type": type(e).__name__, "message": str(e)}) + "\n")
+        return 1
+    for line in sys.stdin:
+        if not line.strip():
+            continue
+        req = json.loads(line)
+        if req.get("op") == "exit":
+            break
+        try:
+            reply = {"ok": True, **run_request(req)}
+        except Exception as e:  # noqa: BLE001 - reported to the parent, which re-raises
+            traceback.print_exc(file=sys.stderr)
+            reply = {"ok": False, "type": type(e).__name__, "message": str(e)}
+        proto.write(json.dumps(reply, default=str) + "\n")
+    for m in MODEL_CACHE.values():
+        m.close()
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover - the worker entry point
+    if sys.argv[1:] == ["--worker"]:
+        sys.exit(worker_main())
+    print("usage: python -m prism_lab.eval.lmms.worker --worker", file=sys.stderr)
+    sys.exit(2)
