@@ -1,7 +1,8 @@
 """Test-only stage kind and pipeline (loaded through PRISM_LAB_PLUGINS=tests.plugins.chain).
 
 `test_step` appends its label to a counter file, optionally waits while a hold file exists (so a test
-can kill the executor mid-stage), optionally fails, and writes one artifact file.
+can kill the executor mid-stage; with `sleeper`, a child process of its own sleeps meanwhile), optionally
+fails, and writes one artifact file.
 """
 
 from __future__ import annotations
@@ -26,6 +27,8 @@ class StepConfig(StrictModel):
     counter: str = Field("", description="File that gets one line per execution.")
     hold_file: str = Field("", description="While this file exists the step waits.")
     fail_if_exists: str = Field("", description="Fail when this file exists.")
+    sleeper: bool = Field(False, description="While holding, keep a child process asleep in a session of its own "
+                          "(a process that detached, out of reach of any process-group kill).")
     value: Any = Field(None, description="Axis value (changes the key).")
     seed: int = 0
     resources: ResourcesConfig = Field(default_factory=ResourcesConfig, description="Where the step runs.")
@@ -53,6 +56,11 @@ def run_step(ctx) -> dict:
         with open(cfg.counter, "a") as fh:
             fh.write(f"{cfg.name}:{cfg.value}\n")
     if cfg.hold_file:
+        if cfg.sleeper:
+            import subprocess
+            import sys
+
+            subprocess.Popen([sys.executable, "-c", "import time; time.sleep(300)"], start_new_session=True)
         marker = Path(cfg.hold_file + ".reached")
         marker.write_text(ctx.key)
         while Path(cfg.hold_file).exists():
