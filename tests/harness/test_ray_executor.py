@@ -291,9 +291,13 @@ def test_two_process_run_goes_under_torchrun_in_one_actor_and_infeasible_gpus_fa
 
     grid = _grid(tmp_path, {"processes": 2})  # 2 CPUs: the whole test cluster, so the two runs take turns
     root = tmp_path / "root"
-    res = run_cli(*ray_args(cluster, grid, root), env=env())
+    settings = {"PRISM_JUDGE_URL": "http://judge.invalid/v1", "LMUData": str(tmp_path / "lmu"), "NCCL_DEBUG": "WARN"}
+    res = run_cli(*ray_args(cluster, grid, root), env={**env(), **settings})
     assert res.returncode == 0, res.stderr[-3000:]
     rows = [line.split("\t") for line in (tmp_path / "executions.log.placement").read_text().splitlines()]
+    # the driver's judge, benchmark directory and NCCL settings reach every rank on the node (the cluster's own
+    # environment has none of them)
+    assert {tuple(r[7:10]) for r in rows} == {tuple(settings.values())}
     assert sorted((r[1], r[2], r[3]) for r in rows) == [("1", "0", "2"), ("1", "1", "2"), ("2", "0", "2"),
                                                         ("2", "1", "2")]  # (value, rank, world size)
     spans = sorted((min(float(r[5]) for r in rows if r[1] == v), max(float(r[6]) for r in rows if r[1] == v))

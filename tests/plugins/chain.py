@@ -36,12 +36,14 @@ class StepConfig(StrictModel):
 
 def _record_placement(cfg: StepConfig) -> None:
     """With non-default resources: one line per rank (name, value, rank, world size, visible GPUs,
-    start and end time) in ``<counter>.placement``, holding the step 0.5 s so overlaps show."""
+    start and end time, then the values of PRISM_JUDGE_URL, LMUData and NCCL_DEBUG, "-" when unset) in
+    ``<counter>.placement``, holding the step 0.5 s so overlaps show."""
     t0 = time.time()
     time.sleep(0.5)
     env = os.environ
     line = "\t".join([cfg.name, str(cfg.value), env.get("RANK", "-"), env.get("WORLD_SIZE", "-"),
-                      env.get("CUDA_VISIBLE_DEVICES", "<unset>"), f"{t0:.3f}", f"{time.time():.3f}"])
+                      env.get("CUDA_VISIBLE_DEVICES", "<unset>"), f"{t0:.3f}", f"{time.time():.3f}",
+                      *(env.get(var, "-") for var in ("PRISM_JUDGE_URL", "LMUData", "NCCL_DEBUG"))])
     with open(cfg.counter + ".placement", "a") as fh:
         fh.write(line + "\n")
 

@@ -28,6 +28,7 @@ from typing import Any
 
 from prism_lab.errors import PrismError
 from prism_lab.harness.context import artifact_dir, partial_dir
+from prism_lab.harness.executors.forwarded_env import forwarded_env
 from prism_lab.harness.executors.local import THREAD_ENV_VARS
 from prism_lab.harness.executors.placement import run_resources
 from prism_lab.harness.executors.ray_address import address_from, check_address
@@ -36,11 +37,6 @@ from prism_lab.harness.ledger import Ledger
 from prism_lab.harness.plan import Plan, StageRun
 from prism_lab.harness.run_reports import EVENTS_FILE, SPEC_FILE, ingest
 from prism_lab.harness.run_stage import complete_run_json, spec_from_ledger
-
-#: Environment variables of the driver that every stage process gets (plugins, W&B mode and project, ...,
-#: and the user's hub-kernels switch, which prism_lab/__init__.py otherwise sets off).
-FORWARDED_ENV_PREFIXES = ("PRISM_LAB_", "WANDB_", "USE_HUB_KERNELS")
-
 
 @dataclass(frozen=True)
 class RunResources:
@@ -170,7 +166,7 @@ class RayLauncher:
         work = partial_dir(self.storage, run.kind, key)
         work.mkdir(parents=True, exist_ok=True)
         spec.write(work / SPEC_FILE)
-        env = {k: v for k, v in os.environ.items() if k.startswith(FORWARDED_ENV_PREFIXES)}
+        env = forwarded_env(os.environ)  # the driver's settings (executors/forwarded_env.py), not the node's
         env["PYTHONUNBUFFERED"] = "1"
         for var in THREAD_ENV_VARS:
             env[var] = os.environ.get(var) or str(max(1, res.cpus // res.processes))
