@@ -323,3 +323,23 @@ def _event_messages(root: Path, label: str) -> list[str]:
         return [e["message"] for e in led.events(key)]
     finally:
         led.close()
+
+
+def test_a_driver_whose_code_differs_from_the_nodes_is_refused_before_anything_is_written(cluster, tmp_path):
+    """The cluster's node runs this checkout; the driver runs a copy with one changed file."""
+    import shutil
+
+    copy = tmp_path / "driver-code"
+    shutil.copytree(REPO / "prism_lab", copy / "prism_lab", ignore=shutil.ignore_patterns("__pycache__"))
+    with open(copy / "prism_lab" / "report" / "__init__.py", "a") as fh:
+        fh.write("\n# edited on the driver only\n")
+    root = tmp_path / "root"
+    driver_env = {**env(), "PYTHONPATH": f"{copy}{os.pathsep}{env()['PYTHONPATH']}"}
+    # from the copy's directory: `python -m` puts the working directory first on sys.path
+    res = run_cli(*ray_args(cluster, write_grid(tmp_path), root), env=driver_env, timeout=180, cwd=copy)
+    assert res.returncode == 2, res.stderr[-3000:]
+    node = res.stderr.split("Ray node ", 1)[-1].split(" runs", 1)[0]
+    assert res.stderr.strip() == (f"prism-lab: error: Ray node {node} runs other prism-lab code than this driver (1 source "
+                                  "file(s) differ: prism_lab/report/__init__.py); install the same prism-lab on every "
+                                  "node and the driver")
+    assert "(127.0.0.1)" in node and not root.exists() and executions(tmp_path) == []

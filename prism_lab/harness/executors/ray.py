@@ -88,6 +88,14 @@ def connect(address: str | None, namespace: str) -> Any:
             except (ConnectionError, ray.exceptions.RayError) as exc:  # e.g. the head went away after the check
                 raise PrismError(f"{option} {address or '(a private Ray instance)'}: cannot connect to Ray: "
                                  f"{' '.join(str(exc).split())[:300]}") from None
+            if address:  # a cluster's nodes may run another checkout; a private instance is this machine
+                from prism_lab.harness.executors.node_code import check_nodes
+
+                try:
+                    check_nodes(ray)  # before the first run: every node runs this driver's prism-lab
+                except PrismError:
+                    ray.shutdown()  # a later connect (another tune thread) checks again instead of going on
+                    raise
         elif ray.get_runtime_context().namespace != namespace:
             raise PrismError("this process is already connected to Ray with another namespace (storage root)")
     return ray
