@@ -100,7 +100,7 @@ def actor_pid(stage: int) -> int:
 
 
 def stage_tree(actor: int) -> dict[int, int]:
-    """pid -> process group of every process below the actor: the keeper, torchrun, its ranks."""
+    """pid -> process group of every process below the actor: the keeper, the stage and what it started."""
     from prism_lab.harness.executors.stage_group import descendants
 
     return {pid: int(_stat(pid)[2]) for pid in descendants(actor)}
@@ -165,18 +165,17 @@ def wait_gone(tree: dict[int, int], timeout: float = 20.0) -> list[str]:
     return left
 
 
-def held_at_middle(cluster, tmp_path, *extra: str, processes: int = 1,
+def held_at_middle(cluster, tmp_path, *extra: str,
                    sleeper: bool = False) -> tuple[subprocess.Popen, Path, Path, Path, int]:
     """A driver whose middle stage is running and waits for its hold file: (driver, grid, root, hold, stage pid);
-    with ``processes`` > 1 the middle stage runs under torchrun and the pid is rank 0's; with ``sleeper`` the
-    stage keeps a child process asleep in a session of its own (which neither Ray's clean-up of its worker's
-    process group nor torchrun's of each rank's group reaches)."""
+    with ``sleeper`` the stage keeps a child process asleep in a session of its own, as torchrun starts each
+    rank (Ray's clean-up of its worker's process group does not reach it)."""
     hold = tmp_path / "hold"
     hold.write_text("wait")
     grid = write_grid(tmp_path, xs=(1,), hold=str(hold))
-    if processes > 1 or sleeper:
+    if sleeper:
         spec = yaml.safe_load(grid.read_text())
-        spec["stages"]["middle"].update(resources={"processes": processes}, sleeper=sleeper)
+        spec["stages"]["middle"]["sleeper"] = True
         grid.write_text(yaml.safe_dump(spec))
     root = tmp_path / "root"
     driver = start_driver(cluster, grid, root, *extra)
@@ -203,14 +202,14 @@ def test_driver_sigkill_then_rerun_reattaches_and_runs_nothing_twice(cluster, tm
     assert set(statuses(root).values()) == {"done"}
 
 
-def kill_worker_mid_stage(cluster, tmp_path, *extra: str, processes: int = 1) -> tuple[subprocess.Popen, Path, Path]:
+def kill_worker_mid_stage(cluster, tmp_path, *extra: str) -> tuple[subprocess.Popen, Path, Path]:
     """Start a driver, wait for the middle stage (with a sleeping child), SIGKILL the Ray worker (actor) process
     that runs it; check that every process of the stage died with it."""
-    driver, grid, root, hold, pid = held_at_middle(cluster, tmp_path, *extra, processes=processes, sleeper=True)
+    driver, grid, root, hold, pid = held_at_middle(cluster, tmp_path, *extra, sleeper=True)
     actor = actor_pid(pid)
     assert actor != driver.pid
     tree = stage_tree(actor)
-    assert len(tree) >= (5 if processes > 1 else 4)  # keeper (relay, guardian), [torchrun,] rank 0, its child
+    assert len(tree) >= 4  # keeper (relay, guardian), the stage process, its child
     Path(str(hold) + ".reached").unlink()
     os.kill(actor, signal.SIGKILL)
     # the actor's death takes its stage down: nothing of the stage's process tree or groups is left
@@ -230,8 +229,7 @@ def test_killed_ray_worker_mid_stage_is_retried(cluster, tmp_path):
 
 
 def test_ray_worker_lost_beyond_retries_fails_and_blocks_dependents(cluster, tmp_path):
-    # under torchrun: the keeper takes down the agent, the ranks (sessions of their own) and rank 0's child
-    driver, hold, root = kill_worker_mid_stage(cluster, tmp_path, "--worker-retries", "0", processes=2)
+    driver, hold, root = kill_worker_mid_stage(cluster, tmp_path, "--worker-retries", "0")
     out, err = driver.communicate(timeout=180)
     hold.unlink()
     assert driver.returncode == 1, err[-3000:]
