@@ -2,7 +2,8 @@
 
 Each stage run is a named, detached Ray actor (harness/executors/ray_actor.py) that requests the run's
 CPUs and GPUs; one actor's request is always placed on a single node, so a run's GPUs are on one machine.
-The actor starts ``python -m prism_lab.harness.run_stage --spec`` as a subprocess; that process reads
+The actor starts ``python -m prism_lab.harness.run_stage --spec`` as a subprocess, under a keeper that takes
+every process of the stage down with the actor (stage_group.py); the stage process reads
 its run from spec.json and appends its reports to events.jsonl in the run directory, on the shared
 storage root, and the driver takes them into the ledger (harness/run_reports.py). The ledger itself stays
 on the driver's disk.
@@ -13,6 +14,8 @@ the :class:`RayLauncher` it drives. Parallelism is bounded by the cluster.
 Faults: a rerun after the driver was killed re-attaches to the actors still alive (found by name) and
 restarts the others; a run whose Ray worker or node dies is retried up to ``max_retries`` times, then
 failed with its dependents blocked; Ctrl-C kills this driver's actors and leaves their runs pending.
+Before the first run, the driver checks that every node runs its prism-lab code (node_code.py), and passes
+the stage processes the environment variables forwarded_env.py lists.
 """
 
 from __future__ import annotations
