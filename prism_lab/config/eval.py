@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import re
 
-from pydantic import Field, ValidationInfo, field_validator
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from prism_lab.config.base import KeyStable, Seed, StrictModel, registered_name
+from prism_lab.config.resources import ResourcesConfig
 
 EvalBackendName = registered_name("prism_lab.eval.backends", "EVAL_BACKENDS", "eval backend", ("register_backend",))
 
@@ -87,3 +88,15 @@ class EvalConfig(StrictModel, KeyStable):
             raise ValueError(f"applies to the builtin backend's scoring only, not {backend!r} (VLMEvalKit reads "
                              "PRISM_JUDGE_URL in its worker: docs/vlmevalkit.md)")
         return value
+    resources: ResourcesConfig = Field(
+        default_factory=ResourcesConfig,
+        description="Where the eval runs (prism_lab/config/resources.py): one process, with `gpus: 1` on a GPU of its "
+        "own (the local executor gives it one from `--gpus` / CUDA_VISIBLE_DEVICES, Ray reserves one) or `gpus: 0` "
+        "on the CPU; `cpus` as for any stage. The training fields (dtypes, checkpointing, offload) do not apply.")
+
+    @model_validator(mode="after")
+    def _one_process(self) -> EvalConfig:
+        if self.resources.processes != 1:
+            raise ValueError(f"resources.processes ({self.resources.processes}) must be 1: an eval runs in one process "
+                             "(resources.gpus 0 for the CPU or 1 for a GPU of its own)")
+        return self

@@ -1,6 +1,7 @@
 """What one stage run needs from the machine: processes, GPUs, CPUs, dtypes, checkpointing, offload.
 
-Every stage config that trains has a ``resources`` field of this type. The executors read it from
+Every stage config that trains has a ``resources`` field of this type, and so has the eval stage's (one
+process: ``gpus`` 0 or 1). The executors read it from
 the plan (no torch import): the local executor starts a run with ``processes > 1`` under torchrun and
 gives it ``gpus`` GPUs of its own; the memory planner (``sweep plan --resources``) sizes it.
 

@@ -164,3 +164,14 @@ def invalidate(ledger: Any, root: Path, plan: Any, keys: Iterable[str]) -> list[
         ledger.event("stale", "made pending again: made by other code than the code installed now", run_key=key)
         reset.append(key)
     return reset
+
+
+def installed_code(package_dir: Path = PACKAGE_DIR) -> dict[str, Any]:
+    """The code installed here, whole: every prism_lab source file (path relative to the package -> sha256[:16])
+    and the numeric packages' versions. What a Ray node must share with the driver (executors/node_code.py)."""
+    sources = {}
+    for path in sorted(package_dir.rglob("*.py")):
+        digest = None if "__pycache__" in path.parts else _file_hash(str(path))
+        if digest is not None:
+            sources[path.relative_to(package_dir).as_posix()] = digest
+    return {"sources": sources, "packages": {n: _package_version(n) for n in NUMERIC_PACKAGES}}

@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
 
 from prism_lab.harness.freshness import CODE_EVENT
 from prism_lab.harness.ledger import Ledger, pid_alive
@@ -80,8 +81,43 @@ def stage_pid(root: Path, label: str) -> int:
     return started[-1]["pid"]
 
 
+def _stat(pid: int) -> list[str]:
+    """Fields of /proc/PID/stat after the command name: state, ppid, pgrp, ..."""
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+
+
 def parent_pid(pid: int) -> int:
-    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+    return int(_stat(pid)[1])
+
+
+def actor_pid(stage: int) -> int:
+    """The Ray worker (actor) process above a stage process (Ray titles its workers ``ray::<class>...``)."""
+    pid = parent_pid(stage)
+    while not Path(f"/proc/{pid}/cmdline").read_bytes().startswith(b"ray::"):
+        pid = parent_pid(pid)
+        assert pid > 1, "no Ray worker above the stage process"
+    return pid
+
+
+def stage_tree(actor: int) -> dict[int, int]:
+    """pid -> process group of every process below the actor: the keeper, the stage and what it started."""
+    from prism_lab.harness.executors.stage_group import descendants
+
+    return {pid: int(_stat(pid)[2]) for pid in descendants(actor)}
+
+
+def leftovers(tree: dict[int, int]) -> list[str]:
+    """Processes of that tree, or of its process groups, still alive (zombies count as gone)."""
+    groups = set(tree.values())
+    out = []
+    for entry in Path("/proc").iterdir():
+        try:
+            fields = _stat(int(entry.name)) if entry.name.isdigit() else None
+        except (OSError, IndexError):
+            continue
+        if fields and fields[0] != "Z" and (int(entry.name) in tree or int(fields[2]) in groups):
+            out.append(f"{entry.name} (pgid {fields[2]}): {(entry / 'cmdline').read_bytes()[:200]!r}")
+    return out
 
 
 def test_chain_on_ray_one_ledger_writer_and_shared_storage(cluster, tmp_path):
@@ -121,11 +157,26 @@ def test_chain_on_ray_one_ledger_writer_and_shared_storage(cluster, tmp_path):
     assert len(executions(tmp_path)) == 5
 
 
-def held_at_middle(cluster, tmp_path, *extra: str) -> tuple[subprocess.Popen, Path, Path, Path, int]:
-    """A driver whose middle stage is running and waits for its hold file: (driver, grid, root, hold, stage pid)."""
+def wait_gone(tree: dict[int, int], timeout: float = 20.0) -> list[str]:
+    """What is left of the tree once it died, or after ``timeout`` seconds."""
+    deadline = time.time() + timeout
+    while (left := leftovers(tree)) and time.time() < deadline:
+        time.sleep(0.1)
+    return left
+
+
+def held_at_middle(cluster, tmp_path, *extra: str,
+                   sleeper: bool = False) -> tuple[subprocess.Popen, Path, Path, Path, int]:
+    """A driver whose middle stage is running and waits for its hold file: (driver, grid, root, hold, stage pid);
+    with ``sleeper`` the stage keeps a child process asleep in a session of its own, as torchrun starts each
+    rank (Ray's clean-up of its worker's process group does not reach it)."""
     hold = tmp_path / "hold"
     hold.write_text("wait")
     grid = write_grid(tmp_path, xs=(1,), hold=str(hold))
+    if sleeper:
+        spec = yaml.safe_load(grid.read_text())
+        spec["stages"]["middle"]["sleeper"] = True
+        grid.write_text(yaml.safe_dump(spec))
     root = tmp_path / "root"
     driver = start_driver(cluster, grid, root, *extra)
     wait_for(Path(str(hold) + ".reached").exists, "the middle stage", proc=driver)
@@ -152,12 +203,17 @@ def test_driver_sigkill_then_rerun_reattaches_and_runs_nothing_twice(cluster, tm
 
 
 def kill_worker_mid_stage(cluster, tmp_path, *extra: str) -> tuple[subprocess.Popen, Path, Path]:
-    """Start a driver, wait for the middle stage, SIGKILL the Ray worker (actor) process that runs it."""
-    driver, grid, root, hold, pid = held_at_middle(cluster, tmp_path, *extra)
-    actor = parent_pid(pid)
+    """Start a driver, wait for the middle stage (with a sleeping child), SIGKILL the Ray worker (actor) process
+    that runs it; check that every process of the stage died with it."""
+    driver, grid, root, hold, pid = held_at_middle(cluster, tmp_path, *extra, sleeper=True)
+    actor = actor_pid(pid)
     assert actor != driver.pid
+    tree = stage_tree(actor)
+    assert len(tree) >= 4  # keeper (relay, guardian), the stage process, its child
     Path(str(hold) + ".reached").unlink()
     os.kill(actor, signal.SIGKILL)
+    # the actor's death takes its stage down: nothing of the stage's process tree or groups is left
+    assert wait_gone(tree) == []
     return driver, hold, root
 
 
@@ -184,11 +240,14 @@ def test_ray_worker_lost_beyond_retries_fails_and_blocks_dependents(cluster, tmp
 
 
 def test_ctrl_c_cancels_the_ray_runs_and_leaves_a_resumable_ledger(cluster, tmp_path):
-    driver, grid, root, hold, pid = held_at_middle(cluster, tmp_path)
+    driver, grid, root, hold, pid = held_at_middle(cluster, tmp_path, sleeper=True)
+    tree = stage_tree(actor_pid(pid))
+    assert len(tree) >= 4  # keeper (relay, guardian), the stage process, its child
     driver.send_signal(signal.SIGINT)
     out, err = driver.communicate(timeout=60)
     assert driver.returncode == 130, err[-3000:]
-    wait_for(lambda: not pid_alive(pid), "the stage process to die with its actor", timeout=20)
+    # ray.kill of the actor takes the whole stage down: every process below it, every process group
+    assert wait_gone(tree) == []
     middle = run_row(root, "middle x=1")
     assert middle["status"] == "pending" and "cancelled" in middle["events"]
     hold.unlink()
@@ -230,9 +289,13 @@ def test_two_process_run_goes_under_torchrun_in_one_actor_and_infeasible_gpus_fa
 
     grid = _grid(tmp_path, {"processes": 2})  # 2 CPUs: the whole test cluster, so the two runs take turns
     root = tmp_path / "root"
-    res = run_cli(*ray_args(cluster, grid, root), env=env())
+    settings = {"PRISM_JUDGE_URL": "http://judge.invalid/v1", "LMUData": str(tmp_path / "lmu"), "NCCL_DEBUG": "WARN"}
+    res = run_cli(*ray_args(cluster, grid, root), env={**env(), **settings})
     assert res.returncode == 0, res.stderr[-3000:]
     rows = [line.split("\t") for line in (tmp_path / "executions.log.placement").read_text().splitlines()]
+    # the driver's judge, benchmark directory and NCCL settings reach every rank on the node (the cluster's own
+    # environment has none of them)
+    assert {tuple(r[7:10]) for r in rows} == {tuple(settings.values())}
     assert sorted((r[1], r[2], r[3]) for r in rows) == [("1", "0", "2"), ("1", "1", "2"), ("2", "0", "2"),
                                                         ("2", "1", "2")]  # (value, rank, world size)
     spans = sorted((min(float(r[5]) for r in rows if r[1] == v), max(float(r[6]) for r in rows if r[1] == v))
@@ -258,3 +321,23 @@ def _event_messages(root: Path, label: str) -> list[str]:
         return [e["message"] for e in led.events(key)]
     finally:
         led.close()
+
+
+def test_a_driver_whose_code_differs_from_the_nodes_is_refused_before_anything_is_written(cluster, tmp_path):
+    """The cluster's node runs this checkout; the driver runs a copy with one changed file."""
+    import shutil
+
+    copy = tmp_path / "driver-code"
+    shutil.copytree(REPO / "prism_lab", copy / "prism_lab", ignore=shutil.ignore_patterns("__pycache__"))
+    with open(copy / "prism_lab" / "report" / "__init__.py", "a") as fh:
+        fh.write("\n# edited on the driver only\n")
+    root = tmp_path / "root"
+    driver_env = {**env(), "PYTHONPATH": f"{copy}{os.pathsep}{env()['PYTHONPATH']}"}
+    # from the copy's directory: `python -m` puts the working directory first on sys.path
+    res = run_cli(*ray_args(cluster, write_grid(tmp_path), root), env=driver_env, timeout=180, cwd=copy)
+    assert res.returncode == 2, res.stderr[-3000:]
+    node = res.stderr.split("Ray node ", 1)[-1].split(" runs", 1)[0]
+    assert res.stderr.strip() == (f"prism-lab: error: Ray node {node} runs other prism-lab code than this driver (1 source "
+                                  "file(s) differ: prism_lab/report/__init__.py); install the same prism-lab on every "
+                                  "node and the driver")
+    assert "(127.0.0.1)" in node and not root.exists() and executions(tmp_path) == []

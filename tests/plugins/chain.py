@@ -1,7 +1,8 @@
 """Test-only stage kind and pipeline (loaded through PRISM_LAB_PLUGINS=tests.plugins.chain).
 
 `test_step` appends its label to a counter file, optionally waits while a hold file exists (so a test
-can kill the executor mid-stage), optionally fails, and writes one artifact file.
+can kill the executor mid-stage; with `sleeper`, a child process of its own sleeps meanwhile), optionally
+fails, and writes one artifact file.
 """
 
 from __future__ import annotations
@@ -26,6 +27,8 @@ class StepConfig(StrictModel):
     counter: str = Field("", description="File that gets one line per execution.")
     hold_file: str = Field("", description="While this file exists the step waits.")
     fail_if_exists: str = Field("", description="Fail when this file exists.")
+    sleeper: bool = Field(False, description="While holding, keep a child process asleep in a session of its own "
+                          "(a process that detached, out of reach of any process-group kill).")
     value: Any = Field(None, description="Axis value (changes the key).")
     seed: int = 0
     resources: ResourcesConfig = Field(default_factory=ResourcesConfig, description="Where the step runs.")
@@ -33,12 +36,14 @@ class StepConfig(StrictModel):
 
 def _record_placement(cfg: StepConfig) -> None:
     """With non-default resources: one line per rank (name, value, rank, world size, visible GPUs,
-    start and end time) in ``<counter>.placement``, holding the step 0.5 s so overlaps show."""
+    start and end time, then the values of PRISM_JUDGE_URL, LMUData and NCCL_DEBUG, "-" when unset) in
+    ``<counter>.placement``, holding the step 0.5 s so overlaps show."""
     t0 = time.time()
     time.sleep(0.5)
     env = os.environ
     line = "\t".join([cfg.name, str(cfg.value), env.get("RANK", "-"), env.get("WORLD_SIZE", "-"),
-                      env.get("CUDA_VISIBLE_DEVICES", "<unset>"), f"{t0:.3f}", f"{time.time():.3f}"])
+                      env.get("CUDA_VISIBLE_DEVICES", "<unset>"), f"{t0:.3f}", f"{time.time():.3f}",
+                      *(env.get(var, "-") for var in ("PRISM_JUDGE_URL", "LMUData", "NCCL_DEBUG"))])
     with open(cfg.counter + ".placement", "a") as fh:
         fh.write(line + "\n")
 
@@ -53,6 +58,11 @@ def run_step(ctx) -> dict:
         with open(cfg.counter, "a") as fh:
             fh.write(f"{cfg.name}:{cfg.value}\n")
     if cfg.hold_file:
+        if cfg.sleeper:
+            import subprocess
+            import sys
+
+            subprocess.Popen([sys.executable, "-c", "import time; time.sleep(300)"], start_new_session=True)
         marker = Path(cfg.hold_file + ".reached")
         marker.write_text(ctx.key)
         while Path(cfg.hold_file).exists():

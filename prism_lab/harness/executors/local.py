@@ -111,6 +111,13 @@ class LocalLauncher:
     def adopt(self, ledger: Ledger, targets: list[str], is_stale: Any) -> dict[str, Any]:
         return {}  # a dead executor's subprocesses died with it (PR_SET_PDEATHSIG)
 
+    def env_for(self, res: Any, placement: list[str]) -> dict[str, str]:
+        """The environment of a run with resources ``res`` given the GPUs ``placement``: its own GPUs, and none
+        for a run that asks for none whenever this executor hands GPUs out (named with ``--gpus`` /
+        CUDA_VISIBLE_DEVICES, or found because some run asks for GPUs), so it cannot land on another run's."""
+        processes = res.processes if res is not None else 1
+        return stage_env(placement_env(os.environ, res, placement, bool(self.pool.pool)), self.workers * processes)
+
     def can_place(self, run: StageRun) -> list[str] | None:
         if self.running >= self.workers:
             return None
@@ -129,7 +136,7 @@ class LocalLauncher:
         log.flush()
         res = run_resources(run.config or {})
         processes = res.processes if res is not None else 1
-        env = stage_env(placement_env(os.environ, res, placement, self.gpus is not None), self.workers * processes)
+        env = self.env_for(res, placement)
         proc = subprocess.Popen(
             launch_command(self.root, key, processes), stdout=log, stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL, env=env, preexec_fn=die_with_parent if processes > 1 else None,

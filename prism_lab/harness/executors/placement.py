@@ -5,7 +5,8 @@ torch.distributed.run --standalone``: one rendezvous on a free local port per ru
 run at once); each rank runs ``prism_lab.harness.run_stage``. A run with ``resources.gpus = g`` gets
 ``g`` GPU ids of its own from the pool (``CUDA_VISIBLE_DEVICES``); runs wait in the queue until
 enough GPUs are free, and never share one unless the executor was told to (``share_gpus``). When a
-pool is in use, runs that declare no GPUs see none, so they cannot land on a GPU another run holds.
+pool is in use (named, or found by nvidia-smi because some run asks for GPUs), runs that declare no GPUs
+see none, so they cannot land on a GPU another run holds.
 """
 
 from __future__ import annotations

@@ -2,7 +2,8 @@
 
 Each stage run is a named, detached Ray actor (harness/executors/ray_actor.py) that requests the run's
 CPUs and GPUs; one actor's request is always placed on a single node, so a run's GPUs are on one machine.
-The actor starts ``python -m prism_lab.harness.run_stage --spec`` as a subprocess; that process reads
+The actor starts ``python -m prism_lab.harness.run_stage --spec`` as a subprocess, under a keeper that takes
+every process of the stage down with the actor (stage_group.py); the stage process reads
 its run from spec.json and appends its reports to events.jsonl in the run directory, on the shared
 storage root, and the driver takes them into the ledger (harness/run_reports.py). The ledger itself stays
 on the driver's disk.
@@ -13,6 +14,8 @@ the :class:`RayLauncher` it drives. Parallelism is bounded by the cluster.
 Faults: a rerun after the driver was killed re-attaches to the actors still alive (found by name) and
 restarts the others; a run whose Ray worker or node dies is retried up to ``max_retries`` times, then
 failed with its dependents blocked; Ctrl-C kills this driver's actors and leaves their runs pending.
+Before the first run, the driver checks that every node runs its prism-lab code (node_code.py), and passes
+the stage processes the environment variables forwarded_env.py lists.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from typing import Any
 
 from prism_lab.errors import PrismError
 from prism_lab.harness.context import artifact_dir, partial_dir
+from prism_lab.harness.executors.forwarded_env import forwarded_env
 from prism_lab.harness.executors.local import THREAD_ENV_VARS
 from prism_lab.harness.executors.placement import run_resources
 from prism_lab.harness.executors.ray_address import address_from, check_address
@@ -36,11 +40,6 @@ from prism_lab.harness.ledger import Ledger
 from prism_lab.harness.plan import Plan, StageRun
 from prism_lab.harness.run_reports import EVENTS_FILE, SPEC_FILE, ingest
 from prism_lab.harness.run_stage import complete_run_json, spec_from_ledger
-
-#: Environment variables of the driver that every stage process gets (plugins, W&B mode and project, ...,
-#: and the user's hub-kernels switch, which prism_lab/__init__.py otherwise sets off).
-FORWARDED_ENV_PREFIXES = ("PRISM_LAB_", "WANDB_", "USE_HUB_KERNELS")
-
 
 @dataclass(frozen=True)
 class RunResources:
@@ -92,6 +91,14 @@ def connect(address: str | None, namespace: str) -> Any:
             except (ConnectionError, ray.exceptions.RayError) as exc:  # e.g. the head went away after the check
                 raise PrismError(f"{option} {address or '(a private Ray instance)'}: cannot connect to Ray: "
                                  f"{' '.join(str(exc).split())[:300]}") from None
+            if address:  # a cluster's nodes may run another checkout; a private instance is this machine
+                from prism_lab.harness.executors.node_code import check_nodes
+
+                try:
+                    check_nodes(ray)  # before the first run: every node runs this driver's prism-lab
+                except PrismError:
+                    ray.shutdown()  # a later connect (another tune thread) checks again instead of going on
+                    raise
         elif ray.get_runtime_context().namespace != namespace:
             raise PrismError("this process is already connected to Ray with another namespace (storage root)")
     return ray
@@ -170,7 +177,7 @@ class RayLauncher:
         work = partial_dir(self.storage, run.kind, key)
         work.mkdir(parents=True, exist_ok=True)
         spec.write(work / SPEC_FILE)
-        env = {k: v for k, v in os.environ.items() if k.startswith(FORWARDED_ENV_PREFIXES)}
+        env = forwarded_env(os.environ)  # the driver's settings (executors/forwarded_env.py), not the node's
         env["PYTHONUNBUFFERED"] = "1"
         for var in THREAD_ENV_VARS:
             env[var] = os.environ.get(var) or str(max(1, res.cpus // res.processes))

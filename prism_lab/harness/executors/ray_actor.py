@@ -4,6 +4,10 @@ A plain class: harness/executors/ray.py wraps it with ``ray.remote`` and creates
 actor, so it outlives a killed driver and a rerun can find it by name. ``run`` is idempotent within one
 actor: the first call starts the stage process, every call (from this driver or a later one) waits for it
 and returns its exit code.
+
+The stage runs under a keeper (stage_group.py) in a session of its own: when the actor dies (``ray.kill``,
+the driver's Ctrl-C, a crashed or killed worker), the keeper kills every process of the stage, torchrun's
+agent and ranks and whatever they started, so no GPU stays held by a run Ray thinks is over.
 """
 
 from __future__ import annotations
@@ -18,7 +22,9 @@ import time
 
 class StageActor:
     def __init__(self, args: list[str], env: dict[str, str], log_path: str) -> None:
-        self.command = [sys.executable, *args]  # this node's interpreter, which may differ from the driver's
+        # this node's interpreter, which may differ from the driver's; the keeper's parent is this actor
+        self.command = [sys.executable, "-m", "prism_lab.harness.executors.stage_group", str(os.getpid()), "--",
+                        sys.executable, *args]
         self.env = env
         self.log_path = log_path
         self._lock = threading.Lock()
@@ -28,8 +34,8 @@ class StageActor:
         self._code: int | None = None
 
     def _start(self) -> None:
-        """Start the stage process and wait for it, in a thread that lives as long as the process
-        (the process's PR_SET_PDEATHSIG is tied to the thread that started it)."""
+        """Start the stage's keeper and wait for it, in a thread that lives as long as the process
+        (the keeper's PR_SET_PDEATHSIG is tied to the thread that started it)."""
         with open(self.log_path, "ab") as log:
             log.write(f"\n===== {time.strftime('%Y-%m-%d %H:%M:%S')} attempt on {socket.gethostname()} "
                       f"(Ray actor pid {os.getpid()}) =====\n".encode())
@@ -38,7 +44,7 @@ class StageActor:
             env.update(self.env)
             try:
                 self._proc = subprocess.Popen(self.command, stdout=log, stderr=subprocess.STDOUT,
-                                              stdin=subprocess.DEVNULL, env=env)
+                                              stdin=subprocess.DEVNULL, env=env, start_new_session=True)
             except OSError as exc:
                 log.write(f"cannot start the stage process: {exc}\n".encode())
                 self._code = 127
