@@ -56,9 +56,19 @@ def _canonical(obj: Any) -> str:
     return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
 
 
+#: Benchmark fields added after eval runs were recorded: left out of the definition's hash while unset, so every
+#: earlier benchmark keeps its hash (and its eval runs their keys).
+ADDED_SPEC_FIELDS = ("lmms_task", "lmms_dataset")
+
+
 def spec_sha256(spec: Any) -> str:
-    """sha256 of a benchmark's definition: its validated fields as canonical JSON."""
-    return hashlib.sha256(_canonical(spec.model_dump(mode="json")).encode()).hexdigest()
+    """sha256 of a benchmark's definition: its validated fields as canonical JSON (:data:`ADDED_SPEC_FIELDS` only
+    when set)."""
+    fields = spec.model_dump(mode="json")
+    for name in ADDED_SPEC_FIELDS:
+        if fields.get(name) is None:
+            fields.pop(name, None)
+    return hashlib.sha256(_canonical(fields).encode()).hexdigest()
 
 
 def eval_fingerprint(*, benchmark_sha256: str, data_sha256: str, prompt_template: Mapping[str, Any], backend: str,

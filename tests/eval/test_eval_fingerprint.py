@@ -77,3 +77,16 @@ def test_protocol_key_follows_the_benchmark_definition(tmp_path):
     assert protocol_key(names, "builtin", [tmp_path]) != before
     path.write_text(yaml.safe_dump(spec) + "# a comment changes nothing\n")
     assert protocol_key(names, "builtin", [tmp_path]) == before
+
+
+def test_benchmark_hashes_do_not_move_when_a_field_is_added():
+    """A benchmark's hash enters its eval runs' keys: a field added to every benchmark definition (here lmms-eval's
+    task and dataset) must leave the hashes of the benchmarks that do not set it as they were, or every recorded
+    eval run would be rerun. The values are the hashes before those fields existed."""
+    from prism_lab.eval.benchmarks import all_benchmarks
+    from prism_lab.eval.fingerprint import spec_sha256
+    from tests.conftest import REPO
+
+    specs = all_benchmarks([REPO / "benchmarks"])
+    assert {n: spec_sha256(specs[n])[:16] for n in ("synth-reasoning", "gsm8k", "MMStar")} == {
+        "synth-reasoning": "91e4dc5d47192cf1", "gsm8k": "ea767b6c480d18c0", "MMStar": "2876000c9580f94a"}
