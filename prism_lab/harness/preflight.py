@@ -58,8 +58,12 @@ def check_address(address: str | None, environ: Mapping[str, str] | None = None)
 
 
 def check_usage(request: RunRequest, environ: Mapping[str, str] | None = None) -> list[str] | None:
-    """Every check of the command line; returns the GPU pool (``devices.gpu_pool``)."""
+    """Every check of the command line and of the environment the stages read; returns the GPU pool
+    (``devices.gpu_pool``)."""
+    from prism_lab.config.collective_timeout import collective_timeout_s
     from prism_lab.harness.devices import check_gpu_ids, detect_gpus, gpu_pool
+
+    collective_timeout_s(environ)  # a sharded stage reads it when it starts: refuse a bad value before any does
     from prism_lab.harness.executors import EXECUTOR_NAMES
     from prism_lab.harness.stage_kinds import STAGE_KINDS
 

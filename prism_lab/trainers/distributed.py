@@ -33,6 +33,11 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from prism_lab.config.collective_timeout import (  # noqa: F401  (re-exported)
+    COLLECTIVE_TIMEOUT_ENV,
+    DEFAULT_COLLECTIVE_TIMEOUT_S,
+    collective_timeout_s,
+)
 from prism_lab.errors import ConfigError
 
 T = TypeVar("T")
@@ -61,26 +66,9 @@ class DistEnv:
 
 SINGLE = DistEnv()
 
-#: The environment variable that sets how long a collective (a barrier included) waits for every rank, in seconds.
-COLLECTIVE_TIMEOUT_ENV = "PRISM_LAB_COLLECTIVE_TIMEOUT_S"
-#: Its default: 2 hours, room for rank 0's longest solo phase (generating and caching the warm-up's student
-#: answers with `student_source: policy`, or an eval's generations) while the other ranks wait on a barrier.
-DEFAULT_COLLECTIVE_TIMEOUT_S = 2 * 3600
-
-
 def collective_timeout(environ: dict[str, str] | None = None) -> datetime.timedelta:
-    """How long the process group's collectives wait: ``$PRISM_LAB_COLLECTIVE_TIMEOUT_S`` seconds (a positive
-    number), else :data:`DEFAULT_COLLECTIVE_TIMEOUT_S`. Anything else is a ConfigError naming the variable."""
-    raw = (os.environ if environ is None else environ).get(COLLECTIVE_TIMEOUT_ENV, "").strip()
-    if not raw:
-        return datetime.timedelta(seconds=DEFAULT_COLLECTIVE_TIMEOUT_S)
-    try:
-        seconds = float(raw)
-    except ValueError:
-        seconds = float("nan")
-    if not seconds > 0 or seconds == float("inf"):
-        raise ConfigError(f"${COLLECTIVE_TIMEOUT_ENV}: expected a positive number of seconds, got {raw!r}")
-    return datetime.timedelta(seconds=seconds)
+    """How long the process group's collectives wait (:func:`prism_lab.config.collective_timeout.collective_timeout_s`)."""
+    return datetime.timedelta(seconds=collective_timeout_s(environ))
 
 
 def env_world_size() -> int:

@@ -31,6 +31,15 @@ def test_usage_errors_are_one_line(ws, name):
     assert snapshot(ws.root) is None and snapshot(out) is None
 
 
+def test_a_bad_collective_timeout_is_refused_before_any_stage(ws):
+    """$PRISM_LAB_COLLECTIVE_TIMEOUT_S is read by every sharded stage process: a bad value is refused by the
+    pre-flight (sweep run's and tune's), not by the first stage that joins a process group."""
+    res = cli("sweep", "run", ws.dir / "base.yaml", "--root", ws.root, cwd=ws.dir,
+              PRISM_LAB_COLLECTIVE_TIMEOUT_S="ten minutes")
+    assert_user_error(res, "$PRISM_LAB_COLLECTIVE_TIMEOUT_S: expected a positive number of seconds")
+    assert snapshot(ws.root) is None
+
+
 def _newer_schema(path):
     con = sqlite3.connect(path)
     con.execute("CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
