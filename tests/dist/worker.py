@@ -1,6 +1,6 @@
 """A torchrun worker for the multi-process tests: train tiny-xs for a few steps, write the gathered weights.
 
-    torchrun --nproc_per_node N tests/dist/worker.py sft|rl|disc|align|colocate OUT_DIR [--kill-after K]
+    torchrun --nproc_per_node N tests/dist/worker.py sft|rl|disc|align|colocate|batch OUT_DIR [--kill-after K]
 
 Writes ``OUT_DIR/weights.safetensors`` (the full state dict, from rank 0) and ``OUT_DIR/hf/`` (the HF
 checkpoint rank 0 saves); ``align`` also writes ``OUT_DIR/disc.safetensors`` (the gathered discriminator).
@@ -317,9 +317,43 @@ def run_align(model, processor, out: Path, kill_after: int | None, steps: int):
         save_file({k: v.detach().clone().contiguous() for k, v in sd.items()}, str(out / "disc.safetensors"))
 
 
+#: ``batch``: the jobs one launch runs in turn, each into OUT_DIR/<mode> (sft first, so its result is the one a
+#: launch of its own gives), with their step counts; one launch instead of four saves the ranks' start-up.
+BATCH = (("sft", 4), ("rl", 2), ("disc", 4), ("align", 2))
+
+
+def run_job(mode: str, out: Path, kill_after: int | None, steps: int, resources: dict, length_groups: int) -> None:
+    """One job: a fresh tiny-xs policy (seed 0), trained by ``mode``, its gathered weights written by rank 0."""
+    out.mkdir(parents=True, exist_ok=True)
+    tok = build_tokenizer(counting_corpus(), vocab_size=300)
+    model, processor = build_tiny_policy("tiny-xs", tok, seed=0)
+    if os.environ.get("RANK", "0") == "0":
+        from safetensors.torch import save_file
+
+        save_file({k: v.detach().clone().contiguous() for k, v in model.state_dict().items()}, str(out / "init.safetensors"))
+    if mode == "sft":
+        run_sft(model, processor, out, kill_after, steps, resources, length_groups)
+    elif mode == "rl":
+        run_rl(model, processor, out, kill_after, steps)
+    elif mode == "align":
+        run_align(model, processor, out, kill_after, steps)
+    elif mode == "colocate":
+        run_colocate(model, processor, out, steps)
+    else:
+        model = run_disc(model, processor, out, kill_after, steps)
+    env = dist_.init_distributed()
+    sd = checkpoint.full_state_dict(model, env)
+    if env.is_main:
+        from safetensors.torch import save_file
+
+        save_file({k: v.detach().clone().contiguous() for k, v in sd.items()}, str(out / "weights.safetensors"))
+    if mode in ("sft", "rl", "colocate"):
+        checkpoint.save_hf_checkpoint(model, processor, out / "hf", env)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser()
-    ap.add_argument("mode", choices=["sft", "rl", "disc", "align", "colocate"])
+    ap.add_argument("mode", choices=["sft", "rl", "disc", "align", "colocate", "batch"])
     ap.add_argument("out", type=Path)
     ap.add_argument("--kill-after", type=int, default=None)
     ap.add_argument("--steps", type=int, default=4)
@@ -327,32 +361,11 @@ def main() -> int:
     ap.add_argument("--length-groups", type=int, default=1, help="The SFT config's length_groups.")
     args = ap.parse_args()
     torch.set_num_threads(1)
-    args.out.mkdir(parents=True, exist_ok=True)
-    tok = build_tokenizer(counting_corpus(), vocab_size=300)
-    model, processor = build_tiny_policy("tiny-xs", tok, seed=0)
-    if os.environ.get("RANK", "0") == "0":
-        from safetensors.torch import save_file
-
-        save_file({k: v.detach().clone().contiguous() for k, v in model.state_dict().items()}, str(args.out / "init.safetensors"))
-    if args.mode == "sft":
-        run_sft(model, processor, args.out, args.kill_after, args.steps, json.loads(args.resources), args.length_groups)
-    elif args.mode == "rl":
-        run_rl(model, processor, args.out, args.kill_after, args.steps)
-    elif args.mode == "align":
-        run_align(model, processor, args.out, args.kill_after, args.steps)
-    elif args.mode == "colocate":
-        run_colocate(model, processor, args.out, args.steps)
-    else:
-        model = run_disc(model, processor, args.out, args.kill_after, args.steps)
-    env = dist_.init_distributed()
-    sd = checkpoint.full_state_dict(model, env)
-    if env.is_main:
-        from safetensors.torch import save_file
-
-        save_file({k: v.detach().clone().contiguous() for k, v in sd.items()}, str(args.out / "weights.safetensors"))
-    if args.mode in ("sft", "rl", "colocate"):
-        checkpoint.save_hf_checkpoint(model, processor, args.out / "hf", env)
-    if env.sharded:
+    jobs = ([(mode, args.out / mode, steps) for mode, steps in BATCH] if args.mode == "batch"
+            else [(args.mode, args.out, args.steps)])
+    for mode, out, steps in jobs:
+        run_job(mode, out, args.kill_after, steps, json.loads(args.resources), args.length_groups)
+    if dist_.init_distributed().sharded:
         torch.distributed.destroy_process_group()
     return 0
 

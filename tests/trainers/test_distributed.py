@@ -41,13 +41,20 @@ def max_diff(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
 
 
 @pytest.fixture(scope="module")
-def sft_runs(tmp_path_factory) -> dict[int, Path]:
+def batch_runs(tmp_path_factory) -> dict[int, Path]:
+    """The worker's ``batch`` (sft, rl, disc, align in turn, each from a fresh policy) at 1 and at 2 processes:
+    two launches instead of eight."""
     out = {}
     for n in (1, 2):
-        d = tmp_path_factory.mktemp(f"sft{n}")
-        _ok(torchrun(n, "sft", str(d)))
+        d = tmp_path_factory.mktemp(f"batch{n}")
+        _ok(torchrun(n, "batch", str(d), timeout=480))
         out[n] = d
     return out
+
+
+@pytest.fixture(scope="module")
+def sft_runs(batch_runs) -> dict[int, Path]:
+    return {n: d / "sft" for n, d in batch_runs.items()}
 
 
 def test_sft_two_processes_match_one(sft_runs):
@@ -85,22 +92,18 @@ def test_sharded_state_gathers_into_an_ordinary_hf_checkpoint(sft_runs):
     assert max_diff(single, on_disk) < ATOL  # the same checkpoint a single process writes
 
 
-def test_rl_two_processes_match_one(tmp_path):
-    for n in (1, 2):
-        _ok(torchrun(n, "rl", str(tmp_path / f"rl{n}"), "--steps", "2"))
-    one = load_file(str(tmp_path / "rl1" / "weights.safetensors"))
-    two = load_file(str(tmp_path / "rl2" / "weights.safetensors"))
-    init = load_file(str(tmp_path / "rl1" / "init.safetensors"))
+def test_rl_two_processes_match_one(batch_runs):
+    one = load_file(str(batch_runs[1] / "rl" / "weights.safetensors"))
+    two = load_file(str(batch_runs[2] / "rl" / "weights.safetensors"))
+    init = load_file(str(batch_runs[1] / "rl" / "init.safetensors"))
     assert max_diff(one, init) > 20 * ATOL  # about 2e-3
     assert max_diff(one, two) < ATOL
 
 
-def test_disc_warmup_two_processes_match_one(tmp_path):
-    for n in (1, 2):
-        _ok(torchrun(n, "disc", str(tmp_path / f"d{n}")))
-    one = load_file(str(tmp_path / "d1" / "weights.safetensors"))
-    two = load_file(str(tmp_path / "d2" / "weights.safetensors"))
-    policy_init = load_file(str(tmp_path / "d1" / "init.safetensors"))
+def test_disc_warmup_two_processes_match_one(batch_runs):
+    one = load_file(str(batch_runs[1] / "disc" / "weights.safetensors"))
+    two = load_file(str(batch_runs[2] / "disc" / "weights.safetensors"))
+    policy_init = load_file(str(batch_runs[1] / "disc" / "init.safetensors"))
     key = "backbone.language_model.embed_tokens.weight"  # upcycling copies the policy's embeddings as they are
     assert float((one[key] - policy_init["model.language_model.embed_tokens.weight"]).abs().max()) > 20 * ATOL
     assert any(k.startswith("head.") for k in one)  # the score head is part of the gathered state
@@ -147,13 +150,8 @@ def test_sharded_state_resumes_in_one_process_and_the_reverse_fails_clearly(sft_
 
 
 @pytest.fixture(scope="module")
-def align_runs(tmp_path_factory) -> dict[int, Path]:
-    out = {}
-    for n in (1, 2):
-        d = tmp_path_factory.mktemp(f"align{n}")
-        _ok(torchrun(n, "align", str(d), "--steps", "2"))
-        out[n] = d
-    return out
+def align_runs(batch_runs) -> dict[int, Path]:
+    return {n: d / "align" for n, d in batch_runs.items()}
 
 
 def test_align_two_processes_match_one(align_runs):
