@@ -174,8 +174,9 @@ def _print_resources(plan, grid: Path, format: Format) -> None:
                       largest_terms(est, top=2))
     out.print(table)
     out.print("peak = sharded state on the device + the training phase (gathered blocks, activations, the loss's "
-              "tokens x vocab buffers) and the rollout phase (vLLM's reservation, added: it keeps it during "
-              "training; HF generate's KV cache, the larger of the two); host GB/node = every rank loading its models "
+              "tokens x vocab buffers) and the rollout phase (vLLM's reservation or HF generate's KV cache): the larger "
+              "of the two when the engine frees its memory before training (vLLM's sleep mode, HF generate), their "
+              "sum when it keeps it; host GB/node = every rank loading its models "
               "in fp32, or its offloaded state; 'fits' allows 90% of the device (and of resources.host_memory_gb).")
 
 

@@ -33,7 +33,7 @@ et al. 2020, §5 for the per-parameter byte counts):
 
 Peak = sharded state on the device + the training phase (the models train one after the other) and
 the rollout phase: added when the engine keeps its memory (vLLM without sleep mode), the larger of the
-two when it frees it (HF generate). RL loads the full fp32 policy onto its device before sharding; on
+two when it frees it (vLLM's sleep mode, which the colocated engine uses, and HF generate). RL loads the full fp32 policy onto its device before sharding; on
 CPU every rank does. ``host_node``: the host memory of the node running all ranks (every rank loads its
 models in fp32 before sharding; offloaded state). It is an estimate for planning (it ignores the
 allocator's fragmentation and CUDA context, ~1-2 GB per GPU); the ``margin`` of the fit check covers that.
