@@ -317,9 +317,12 @@ def run_align(model, processor, out: Path, kill_after: int | None, steps: int):
         save_file({k: v.detach().clone().contiguous() for k, v in sd.items()}, str(out / "disc.safetensors"))
 
 
-#: ``batch``: the jobs one launch runs in turn, each into OUT_DIR/<mode> (sft first, so its result is the one a
-#: launch of its own gives), with their step counts; one launch instead of four saves the ranks' start-up.
-BATCH = (("sft", 4), ("rl", 2), ("disc", 4), ("align", 2))
+#: ``batch``: the jobs one launch runs in turn, each into OUT_DIR/<name> (sft first, so its result is the one a
+#: launch of its own gives): (name, mode, steps, SFT resources, SFT length groups, sharded runs only). One launch
+#: instead of six saves the ranks' start-up; each job starts from a fresh policy.
+BATCH = (("sft", "sft", 4, {}, 1, False), ("rl", "rl", 2, {}, 1, False), ("disc", "disc", 4, {}, 1, False),
+         ("align", "align", 2, {}, 1, False), ("sft-gc-groups", "sft", 4, {"gradient_checkpointing": True}, 2, True),
+         ("colocate", "colocate", 2, {}, 1, True))
 
 
 def run_job(mode: str, out: Path, kill_after: int | None, steps: int, resources: dict, length_groups: int) -> None:
@@ -361,10 +364,14 @@ def main() -> int:
     ap.add_argument("--length-groups", type=int, default=1, help="The SFT config's length_groups.")
     args = ap.parse_args()
     torch.set_num_threads(1)
-    jobs = ([(mode, args.out / mode, steps) for mode, steps in BATCH] if args.mode == "batch"
-            else [(args.mode, args.out, args.steps)])
-    for mode, out, steps in jobs:
-        run_job(mode, out, args.kill_after, steps, json.loads(args.resources), args.length_groups)
+    if args.mode == "batch":
+        sharded = dist_.env_world_size() > 1
+        jobs = [(mode, args.out / name, steps, resources, groups)
+                for name, mode, steps, resources, groups, sharded_only in BATCH if sharded or not sharded_only]
+    else:
+        jobs = [(args.mode, args.out, args.steps, json.loads(args.resources), args.length_groups)]
+    for mode, out, steps, resources, groups in jobs:
+        run_job(mode, out, args.kill_after, steps, resources, groups)
     if dist_.init_distributed().sharded:
         torch.distributed.destroy_process_group()
     return 0

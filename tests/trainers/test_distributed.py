@@ -42,8 +42,9 @@ def max_diff(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
 
 @pytest.fixture(scope="module")
 def batch_runs(tmp_path_factory) -> dict[int, Path]:
-    """The worker's ``batch`` (sft, rl, disc, align in turn, each from a fresh policy) at 1 and at 2 processes:
-    two launches instead of eight."""
+    """The worker's ``batch`` (sft, rl, disc, align in turn, each from a fresh policy; at 2 processes also SFT with
+    checkpointing and length groups, and RL through the colocated engine) at 1 and at 2 processes: two launches
+    instead of ten."""
     out = {}
     for n in (1, 2):
         d = tmp_path_factory.mktemp(f"batch{n}")
@@ -65,15 +66,14 @@ def test_sft_two_processes_match_one(sft_runs):
     assert max_diff(one, two) < ATOL
 
 
-def test_gradient_checkpointing_and_length_groups_under_fsdp_change_no_weight(sft_runs, tmp_path):
+def test_gradient_checkpointing_and_length_groups_under_fsdp_change_no_weight(sft_runs, batch_runs):
     """Checkpointed blocks recompute their forward in the backward, and each rank cuts its share of a micro-batch
     into 2 runs by length (every rank makes the same number of forward passes: FSDP2 would hang otherwise): the
     weights are those of one padded batch in one process. (One launch for both: either alone changing the
     weights would show here.)"""
-    _ok(torchrun(2, "sft", str(tmp_path), "--resources", json.dumps({"gradient_checkpointing": True}),
-                 "--length-groups", "2"))
     one = load_file(str(sft_runs[1] / "weights.safetensors"))
-    assert max_diff(one, load_file(str(tmp_path / "weights.safetensors"))) < ATOL
+    assert not (batch_runs[1] / "sft-gc-groups").exists()  # the batch's 2-process launch only
+    assert max_diff(one, load_file(str(batch_runs[2] / "sft-gc-groups" / "weights.safetensors"))) < ATOL
 
 
 def test_sharded_state_gathers_into_an_ordinary_hf_checkpoint(sft_runs):
@@ -198,7 +198,7 @@ def test_a_killed_two_process_align_run_resumes_bit_for_bit(align_runs, tmp_path
                         load_file(str(align_runs[2] / f"{name}.safetensors"))) == 0.0, name
 
 
-def test_colocated_engine_gets_the_whole_policy_on_every_rank_once_per_step(tmp_path):
+def test_colocated_engine_gets_the_whole_policy_on_every_rank_once_per_step(batch_runs):
     """Two gloo ranks of RL through the colocated path with a real generator (rollout_engine hf_colocated: each
     rank's transformers copy built from the input checkpoint) behind a recording test double (tests.fakes; it
     proves what prism-lab hands over, nothing about vLLM): each rank's engine gets every parameter of the sharded
@@ -207,7 +207,7 @@ def test_colocated_engine_gets_the_whole_policy_on_every_rank_once_per_step(tmp_
     last sync the copy holds the policy's full weights exactly and samples the plain HF engine's tokens for the
     same seed, and the RL run through it logs the plain HF engine's metrics and ends at its weights (same init,
     same seeds)."""
-    _ok(torchrun(2, "colocate", str(tmp_path), "--steps", "2"))
+    tmp_path = batch_runs[2] / "colocate"  # the 2-process batch's job (tests/dist/worker.py BATCH)
     one_step = ["wake_weights", "sync", "wake_kv_cache", "generate", "sleep"]
     events = [json.loads((tmp_path / f"events_rank{r}.json").read_text()) for r in (0, 1)]
     received = [load_file(str(tmp_path / f"received_rank{r}.safetensors")) for r in (0, 1)]
