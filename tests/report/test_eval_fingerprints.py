@@ -104,4 +104,4 @@ def test_one_protocol_is_shown_and_not_flagged(tmp_path, monkeypatch):
     bench = planning.load_grid(grid).spec.benchmarks[0]
     (row,) = [r for r in section.splitlines() if r.startswith(f"| {bench} |")]
     assert "## Evaluation protocols" not in text
-    assert "runs)" not in row and "builtin" in row and "| hf |" in row and "max_new_tokens 96, greedy, limit 16" in row
+    assert "runs)" not in row and "builtin" in row and "| hf |" in row and "max_new_tokens 96, greedy, limit 8" in row
