@@ -9,15 +9,14 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import sys
 import time
-import traceback
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from prism_lab.eval.backends import GenerationSettings
+from prism_lab.eval.worker_protocol import serve
 from prism_lab.prompts import Prompting
 
 MODEL_CACHE: dict[str, Any] = {}
@@ -144,29 +143,7 @@ def run_request(req: Mapping[str, Any]) -> dict[str, Any]:
 
 def worker_main() -> int:
     """``python -m prism_lab.eval.lmms.worker --worker``: serve JSON-line requests on stdin."""
-    proto = os.fdopen(os.dup(1), "w", encoding="utf-8", buffering=1)
-    os.dup2(2, 1)  # lmms-eval's prints go to the log (stderr), never into the protocol stream
-    try:
-        import_lmms_eval()
-        proto.write(json.dumps({"ready": True}) + "\n")
-    except Exception as e:  # noqa: BLE001
-        proto.write(json.dumps({"ready": False, "type": type(e).__name__, "message": str(e)}) + "\n")
-        return 1
-    for line in sys.stdin:
-        if not line.strip():
-            continue
-        req = json.loads(line)
-        if req.get("op") == "exit":
-            break
-        try:
-            reply = {"ok": True, **run_request(req)}
-        except Exception as e:  # noqa: BLE001 - reported to the parent, which re-raises
-            traceback.print_exc(file=sys.stderr)
-            reply = {"ok": False, "type": type(e).__name__, "message": str(e)}
-        proto.write(json.dumps(reply, default=str) + "\n")
-    for m in MODEL_CACHE.values():
-        m.close()
-    return 0
+    return serve(import_lmms_eval, run_request, MODEL_CACHE.values())  # a live view: the models loaded by then
 
 
 if __name__ == "__main__":  # pragma: no cover - the worker entry point

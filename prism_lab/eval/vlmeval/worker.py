@@ -11,7 +11,6 @@ import json
 import os
 import sys
 import time
-import traceback
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -19,6 +18,7 @@ from typing import Any
 from prism_lab.eval.backends import GenerationSettings
 from prism_lab.eval.vlmeval.layout import layout_benchmark
 from prism_lab.eval.vlmeval.verdicts import hits_from_files, mcq_hits, metrics_table
+from prism_lab.eval.worker_protocol import serve
 from prism_lab.prompts import Prompting
 
 MODEL_NAME = "PrismVLM"
@@ -156,31 +156,9 @@ def _prediction_rows(data_rows: list[dict], records: Mapping[str, dict], hits: M
 
 def worker_main() -> int:
     """``python -m prism_lab.eval.vlmeval.worker --worker``: serve JSON-line requests on stdin."""
-    proto = os.fdopen(os.dup(1), "w", encoding="utf-8", buffering=1)
-    os.dup2(2, 1)  # VLMEvalKit's prints go to the log (stderr), never into the protocol stream
     from prism_lab.eval.vlmeval.tv_shim import import_vlmeval
 
-    try:
-        import_vlmeval()
-        proto.write(json.dumps({"ready": True}) + "\n")
-    except Exception as e:  # noqa: BLE001
-        proto.write(json.dumps({"ready": False, "type": type(e).__name__, "message": str(e)}) + "\n")
-        return 1
-    for line in sys.stdin:
-        if not line.strip():
-            continue
-        req = json.loads(line)
-        if req.get("op") == "exit":
-            break
-        try:
-            reply = {"ok": True, **run_request(req)}
-        except Exception as e:  # noqa: BLE001 - reported to the parent, which re-raises
-            traceback.print_exc(file=sys.stderr)
-            reply = {"ok": False, "type": type(e).__name__, "message": str(e)}
-        proto.write(json.dumps(reply, default=str) + "\n")
-    for m in MODEL_CACHE.values():
-        m.close()
-    return 0
+    return serve(import_vlmeval, run_request, MODEL_CACHE.values())  # a live view: the models loaded by then
 
 
 if __name__ == "__main__":  # pragma: no cover - the worker entry point
