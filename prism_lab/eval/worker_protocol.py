@@ -12,10 +12,11 @@ import json
 import os
 import sys
 import traceback
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
 from typing import Any
 
-__all__ = ["serve"]
+__all__ = ["cached_model", "decode_request", "serve"]
 
 
 def serve(import_kit: Callable[[], Any], run_request: Callable[[dict], dict], models: Iterable[Any]) -> int:
@@ -43,3 +44,32 @@ def serve(import_kit: Callable[[], Any], run_request: Callable[[dict], dict], mo
     for m in models:
         m.close()
     return 0
+
+
+def decode_request(req: Mapping[str, Any]) -> tuple[Any, Any, Any, Path]:
+    """A benchmark request's parts, as both workers read them: (benchmark spec, generation settings,
+    prompting convention, work directory)."""
+    from prism_lab.eval.backends import GenerationSettings
+    from prism_lab.eval.benchmarks import BenchmarkSpec
+    from prism_lab.prompts import Prompting
+
+    return (BenchmarkSpec.model_validate(req["spec"]), GenerationSettings(**req["settings"]),
+            Prompting(**req.get("prompting", {})), Path(req["work_dir"]))
+
+
+def cached_model(cache: dict[str, Any], req: Mapping[str, Any], model_class: Callable[..., Any], settings: Any,
+                 prompting: Any) -> Any:
+    """The worker's model for ``req``'s checkpoint and engine: the cached one when they match, else a new
+    ``model_class`` (the previous one closed first: one model in memory at a time)."""
+    key = json.dumps([req["checkpoint_dir"], req.get("engine_kind", "auto"), req.get("batch_size", 16),
+                      req.get("threads")])
+    model = cache.get(key)
+    if model is None:
+        for old in cache.values():
+            old.close()
+        cache.clear()
+        model = model_class(req["checkpoint_dir"], settings=settings, prompting=prompting,
+                            batch_size=int(req.get("batch_size", 16)), engine_kind=req.get("engine_kind", "auto"),
+                            threads=req.get("threads"))
+        cache[key] = model
+    return model

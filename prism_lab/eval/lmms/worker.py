@@ -7,7 +7,6 @@ VLMEvalKit worker (:mod:`prism_lab.eval.vlmeval.worker`); see :mod:`prism_lab.ev
 
 from __future__ import annotations
 
-import json
 import math
 import sys
 import time
@@ -16,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from prism_lab.eval.backends import GenerationSettings
-from prism_lab.eval.worker_protocol import serve
+from prism_lab.eval.worker_protocol import cached_model, decode_request, serve
 from prism_lab.prompts import Prompting
 
 MODEL_CACHE: dict[str, Any] = {}
@@ -42,17 +41,7 @@ def import_lmms_eval() -> Any:
 def _model_for(req: Mapping[str, Any], settings: GenerationSettings, prompting: Prompting):
     from prism_lab.eval.lmms.model import PrismLMMS
 
-    key = json.dumps([req["checkpoint_dir"], req.get("engine_kind", "auto"), req.get("batch_size", 16),
-                      req.get("threads")])
-    model = MODEL_CACHE.get(key)
-    if model is None:
-        for old in MODEL_CACHE.values():
-            old.close()
-        MODEL_CACHE.clear()
-        model = PrismLMMS(req["checkpoint_dir"], settings=settings, prompting=prompting,
-                          batch_size=int(req.get("batch_size", 16)), engine_kind=req.get("engine_kind", "auto"),
-                          threads=req.get("threads"))
-        MODEL_CACHE[key] = model
+    model = cached_model(MODEL_CACHE, req, PrismLMMS, settings, prompting)
     model.settings, model.prompting, model._builtin.prompting = settings, prompting, prompting
     model.replay = {str(k): str(v) for k, v in (req.get("replay") or {}).items()}
     model.records = {}
@@ -99,15 +88,11 @@ def run_request(req: Mapping[str, Any]) -> dict[str, Any]:
     import torch
     from lmms_eval.evaluator import evaluate
 
-    from prism_lab.eval.benchmarks import BenchmarkSpec
     from prism_lab.eval.builtin import score_response
 
     grad = torch.is_grad_enabled()
     t0 = time.perf_counter()
-    spec = BenchmarkSpec.model_validate(req["spec"])
-    settings = GenerationSettings(**req["settings"])
-    prompting = Prompting(**req.get("prompting", {}))
-    work = Path(req["work_dir"])
+    spec, settings, prompting, work = decode_request(req)
     try:
         model = _model_for(req, settings, prompting)
         if spec.kind == "lmms":

@@ -7,7 +7,6 @@ starts, or in-process. The protocol is JSON lines: requests on stdin, replies on
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 import time
@@ -18,7 +17,7 @@ from typing import Any
 from prism_lab.eval.backends import GenerationSettings
 from prism_lab.eval.vlmeval.layout import layout_benchmark
 from prism_lab.eval.vlmeval.verdicts import hits_from_files, mcq_hits, metrics_table
-from prism_lab.eval.worker_protocol import serve
+from prism_lab.eval.worker_protocol import cached_model, decode_request, serve
 from prism_lab.prompts import Prompting
 
 MODEL_NAME = "PrismVLM"
@@ -50,17 +49,7 @@ MODEL_CACHE: dict[str, Any] = {}
 def _model_for(req: Mapping[str, Any], settings: GenerationSettings, prompting: Prompting, replay):
     from prism_lab.eval.vlmeval.model import PrismVLM
 
-    key = json.dumps([req["checkpoint_dir"], req.get("engine_kind", "auto"), req.get("batch_size", 16),
-                      req.get("threads")])
-    model = MODEL_CACHE.get(key)
-    if model is None:
-        for old in MODEL_CACHE.values():
-            old.close()
-        MODEL_CACHE.clear()
-        model = PrismVLM(req["checkpoint_dir"], settings=settings, prompting=prompting,
-                         batch_size=int(req.get("batch_size", 16)), engine_kind=req.get("engine_kind", "auto"),
-                         threads=req.get("threads"))
-        MODEL_CACHE[key] = model
+    model = cached_model(MODEL_CACHE, req, PrismVLM, settings, prompting)
     model.configure(settings=settings, prompting=prompting, replay=replay)
     return model
 
@@ -76,15 +65,11 @@ def run_request(req: Mapping[str, Any]) -> dict[str, Any]:
     from vlmeval.inference import infer_data_job
     from vlmeval.smp import get_pred_file_path
 
-    from prism_lab.eval.benchmarks import BenchmarkSpec
     from prism_lab.eval.vlmeval.judge import judge_from_env, math_row_correct
 
     grad = torch.is_grad_enabled()
     t0 = time.perf_counter()
-    spec = BenchmarkSpec.model_validate(req["spec"])
-    settings = GenerationSettings(**req["settings"])
-    prompting = Prompting(**req.get("prompting", {}))
-    work = Path(req["work_dir"])
+    spec, settings, prompting, work = decode_request(req)
     work.mkdir(parents=True, exist_ok=True)
     name, root = layout_benchmark(req, spec, work)
     old_root = os.environ.get("LMUData")
