@@ -30,8 +30,8 @@ NUMERIC_PACKAGES = ("torch", "transformers", "tokenizers", "safetensors", "accel
 
 CODE_EVENT = "code"
 
-__all__ = ["CODE_EVENT", "code_fingerprint", "invalidate", "recorded_fingerprints", "run_machines",
-           "stale_reasons", "stale_runs"]
+__all__ = ["CODE_EVENT", "code_fingerprint", "installed_code", "invalidate", "recorded_fingerprints",
+           "run_machines", "stale_reasons", "stale_runs"]
 
 
 def _file_hash(path: str) -> str | None:
@@ -171,7 +171,7 @@ def installed_code(package_dir: Path = PACKAGE_DIR) -> dict[str, Any]:
     and the numeric packages' versions. What a Ray node must share with the driver (executors/node_code.py)."""
     sources = {}
     for path in sorted(package_dir.rglob("*.py")):
-        digest = None if "__pycache__" in path.parts else _file_hash(str(path))
-        if digest is not None:
+        digest = _file_hash(str(path)) if "__pycache__" not in path.parts else None
+        if digest is not None:  # None: a cache file, or one that vanished while we looked
             sources[path.relative_to(package_dir).as_posix()] = digest
     return {"sources": sources, "packages": {n: _package_version(n) for n in NUMERIC_PACKAGES}}
